@@ -1,0 +1,210 @@
+"""The ``bertsent`` command: a thin layer over the public functions, one plain function per command."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from bertsent.errors import BertsentError
+
+log = logging.getLogger("bertsent")
+
+DEFAULT_DATA = str(Path("..") / "shared" / "data" / "imdb")
+
+
+def add_data_args(p: argparse.ArgumentParser, default_data: str | None = None) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        default=default_data,
+        required=default_data is None,
+        help="folder with train/test Parquet/CSV/JSONL files, a single such file, aclImdb/ or "
+        "aclImdb_v1.tar.gz, or a Hugging Face dataset name (online)"
+        + (f" (default: {default_data})" if default_data else ""),
+    )
+    g.add_argument("--text-column", help="name of the text column (default: auto-detect)")
+    g.add_argument("--label-column", help="name of the label column (default: auto-detect)")
+    g.add_argument("--labels", help="comma-separated label names, id = position (default: negative,positive)")
+    g.add_argument("--encoding", default="utf-8", help="text encoding of CSV/JSONL files (default: utf-8)")
+    g.add_argument(
+        "--validation-size",
+        type=float,
+        default=0.1,
+        help="validation carved from train: a fraction (<1) or a count (default: 0.1)",
+    )
+    g.add_argument("--train-samples", type=int, help="stratified, seeded subset of the training reviews")
+    g.add_argument("--validation-samples", type=int, help="cap on validation reviews (stratified, seeded)")
+    g.add_argument("--eval-samples", type=int, help="stratified, seeded subset of the test reviews")
+
+
+def data_config(ns: argparse.Namespace):
+    from bertsent.data import DataConfig, parse_label_names
+
+    size = ns.validation_size
+    return DataConfig(
+        source=ns.data,
+        text_column=ns.text_column,
+        label_column=ns.label_column,
+        labels=parse_label_names(ns.labels) if ns.labels else None,
+        encoding=ns.encoding,
+        validation_size=int(size) if size >= 1 else size,
+        train_samples=ns.train_samples,
+        validation_samples=ns.validation_samples,
+        eval_samples=ns.eval_samples,
+        seed=ns.seed,
+    )
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    """One option per ``TrainingArguments`` field, with its default and type."""
+    from bertsent.train import TrainingArguments
+
+    g = p.add_argument_group("training")
+    for f in dataclasses.fields(TrainingArguments):
+        if f.name in ("evaluate_test", "progress", "keep_checkpoints", "resume"):
+            continue
+        default = f.default
+        kind = {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
+        g.add_argument(_flag(f.name), type=kind, default=default, help=f"(default: {default})")
+    g.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in --output-dir"
+    )
+    g.add_argument("--keep-checkpoints", action="store_true", help="keep resumable checkpoints after the run")
+    g.add_argument("--skip-test", action="store_true", help="do not evaluate on the test split at the end")
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    from bertsent.train import TrainingArguments, train
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    values = {k: v for k, v in vars(ns).items() if k in names}
+    args = TrainingArguments(**values, evaluate_test=not ns.skip_test)
+    result = train(args, data_config(ns))
+    print_metrics(result.metrics)
+    print(f"model saved to {result.output_dir}")
+    return 0
+
+
+def cmd_evaluate(ns: argparse.Namespace) -> int:
+    from bertsent.evaluate import evaluate
+
+    metrics = evaluate(
+        ns.model,
+        data_config(ns),
+        split=ns.split,
+        output_dir=ns.output_dir,
+        batch_size=ns.batch_size,
+        threads=ns.threads,
+    )
+    print_metrics(metrics)
+    print(f"report written to {ns.output_dir or Path(ns.model) / f'eval-{ns.split}'}")
+    return 0
+
+
+def cmd_predict(ns: argparse.Namespace) -> int:
+    from bertsent.predict import Predictor, predict_file
+
+    if bool(ns.texts) == bool(ns.input):
+        raise BertsentError("give either texts to classify or --input FILE (with --output FILE)")
+    if ns.input and not ns.output:
+        raise BertsentError("--input needs --output FILE (.csv or .jsonl)")
+    predictor = Predictor(
+        ns.model,
+        batch_size=ns.batch_size,
+        max_length=ns.max_length,
+        truncation=ns.truncation,
+        threads=ns.threads,
+    )
+    if ns.input:
+        n = predict_file(predictor, Path(ns.input), Path(ns.output), text_column=ns.text_column)
+        print(f"{n} predictions written to {ns.output}")
+        return 0
+    for text, prediction in zip(ns.texts, predictor(ns.texts, top_k=ns.top_k or None), strict=True):
+        print(json.dumps({"text": text, "prediction": prediction}, ensure_ascii=False))
+    return 0
+
+
+def print_metrics(metrics: dict) -> None:
+    keys = [
+        k for k in metrics if k.split("_", 1)[-1] in ("accuracy", "f1", "roc_auc") or k in ("accuracy", "f1")
+    ]
+    for key in keys:
+        if isinstance(metrics[key], float):
+            print(f"{key:>24}: {metrics[key]:.4f}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bertsent import __version__
+
+    parser = argparse.ArgumentParser(prog="bertsent", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"bertsent {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune a BERT-family model on labelled reviews")
+    add_training_args(p)
+    add_data_args(p, DEFAULT_DATA)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a fine-tuned model folder on a data split")
+    p.add_argument("--model", required=True, help="fine-tuned model folder")
+    p.add_argument("--split", default="test", choices=["test", "validation", "train"])
+    p.add_argument("--output-dir", help="report folder (default: MODEL/eval-SPLIT)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--seed", type=int, default=42, help="seed of the subsets and validation split")
+    add_data_args(p, DEFAULT_DATA)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify texts given on the command line or in a file")
+    p.add_argument("--model", required=True, help="fine-tuned model folder")
+    p.add_argument("texts", nargs="*", help="texts to classify")
+    p.add_argument("--input", help="CSV/JSONL/TXT file of texts")
+    p.add_argument("--output", help="where to write predictions (.csv or .jsonl)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, help="default: as trained")
+    p.add_argument("--truncation", choices=["head", "tail", "head+tail"], help="default: as trained")
+    p.add_argument("--top-k", type=int, default=1, help="scores to show per text (0: all)")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if ns.verbose else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return ns.func(ns)
+    except (BertsentError, ValueError) as e:
+        # Input the user can fix: one line, exit 2, no traceback.
+        print(f"bertsent {ns.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

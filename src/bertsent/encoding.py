@@ -1,0 +1,130 @@
+"""Tokenization, truncation strategies and length-aware batching.
+
+Token ids are kept unpadded as one small int32 array per text, so memory grows with the number of
+real tokens, not with ``rows x max_length``; batches are padded only to their own longest text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
+HEAD_FRACTION = 0.25
+"""Share of the budget kept from the start in ``head+tail`` (Sun et al., 2019: 128 of 510 tokens)."""
+
+
+@dataclass
+class Encoded:
+    """Token ids per text (special tokens included, truncated) and each text's untruncated length."""
+
+    ids: list[np.ndarray]
+    full_lengths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+def truncate(ids: Sequence[int], budget: int, strategy: str) -> Sequence[int]:
+    """Keep at most ``budget`` tokens: the start, the end, or both (``head+tail``)."""
+    if len(ids) <= budget:
+        return ids
+    if strategy == "head":
+        return ids[:budget]
+    if strategy == "tail":
+        return ids[len(ids) - budget :]
+    if strategy == "head+tail":
+        head = int(budget * HEAD_FRACTION)
+        return list(ids[:head]) + list(ids[len(ids) - (budget - head) :])
+    raise ValueError(f"truncation must be one of {', '.join(TRUNCATION_STRATEGIES)}, got {strategy!r}")
+
+
+def special_token_layout(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens a tokenizer puts before and after one text (``[CLS]`` and ``[SEP]`` for BERT)."""
+    probe = tokenizer.convert_tokens_to_ids(tokenizer.tokenize("a"))
+    ids = tokenizer("a")["input_ids"]
+    for start in range(len(ids) - len(probe) + 1):
+        if ids[start : start + len(probe)] == probe:
+            return ids[:start], ids[start + len(probe) :]
+    raise ValueError(f"cannot locate the text among the special tokens of {type(tokenizer).__name__}")
+
+
+def encode(tokenizer, texts: Sequence[str], max_length: int, truncation: str = "head") -> Encoded:
+    """Tokenize ``texts`` in fast batch mode and truncate each to ``max_length`` (special tokens included)."""
+    if truncation not in TRUNCATION_STRATEGIES:
+        raise ValueError(f"truncation must be one of {', '.join(TRUNCATION_STRATEGIES)}, got {truncation!r}")
+    prefix, suffix = special_token_layout(tokenizer)
+    budget = max_length - len(prefix) - len(suffix)
+    if budget < 1:
+        raise ValueError(f"max_length {max_length} leaves no room for text after the special tokens")
+    ids: list[np.ndarray] = []
+    full: list[int] = []
+    # Chunks bound the tokenizer's temporary memory on large inputs.
+    for start in range(0, len(texts), 4096):
+        batch = tokenizer(
+            list(texts[start : start + 4096]),
+            add_special_tokens=False,
+            truncation=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )["input_ids"]
+        for row in batch:
+            full.append(len(row) + len(prefix) + len(suffix))
+            ids.append(np.asarray([*prefix, *truncate(row, budget, truncation), *suffix], dtype=np.int32))
+    return Encoded(ids=ids, full_lengths=np.asarray(full, dtype=np.int64))
+
+
+def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Batches of indices sorted longest first: least padding for inference."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def length_grouped_batches(
+    lengths: np.ndarray, batch_size: int, seed: int, mega_batch_factor: int = 50
+) -> list[np.ndarray]:
+    """Shuffled training batches of similar-length texts.
+
+    Indices are shuffled, cut into mega-batches of ``batch_size * mega_batch_factor``, sorted by length
+    inside each, then cut into batches whose order is shuffled again. This keeps randomness for SGD
+    while most batches need little padding (the ``group_by_length`` idea of HF's Trainer).
+    The order depends only on ``seed``, so a resumed run sees exactly the same batches.
+    """
+    rng = np.random.default_rng(seed)
+    lengths = np.asarray(lengths)
+    order = rng.permutation(len(lengths))
+    mega = batch_size * mega_batch_factor
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), mega):
+        chunk = order[start : start + mega]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(encoded: Encoded, indices: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad the texts at ``indices`` to their longest member."""
+    rows = [encoded.ids[i] for i in indices]
+    width = max(len(r) for r in rows)
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for j, row in enumerate(rows):
+        input_ids[j, : len(row)] = row
+        mask[j, : len(row)] = 1
+    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+
+
+def iter_batches(
+    encoded: Encoded, batch_size: int, pad_id: int
+) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """Inference batches, longest first, with the original indices of their rows."""
+    for idx in sorted_batches(encoded.lengths, batch_size):
+        yield idx, collate(encoded, idx, pad_id)

