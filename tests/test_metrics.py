@@ -84,9 +84,21 @@ def test_multiclass_metrics_use_macro_and_match_sklearn():
     per_class = skm.f1_score(labels, preds, average=None)
     assert [m["f1_neg"], m["f1_neu"], m["f1_pos"]] == pytest.approx(list(per_class))
     assert set(m) == {
-        "accuracy", "f1", "precision", "recall", "f1_macro", "precision_macro", "recall_macro",
-        "roc_auc", "log_loss", "ece", "n", "f1_neg", "f1_neu", "f1_pos",
-    }  # fmt: skip
+        "accuracy",
+        "f1",
+        "precision",
+        "recall",
+        "f1_macro",
+        "precision_macro",
+        "recall_macro",
+        "roc_auc",
+        "log_loss",
+        "ece",
+        "n",
+        "f1_neg",
+        "f1_neu",
+        "f1_pos",
+    }
 
 
 def test_metrics_are_plain_json_values():
@@ -196,10 +208,16 @@ def test_confusion_is_flat_and_complete():
     preds = np.array([0, 1, 1, 2, 0, 2])
     c = confusion(labels, preds, TERNARY)
     assert c == {
-        "confusion/neg/neg": 1, "confusion/neg/neu": 1, "confusion/neg/pos": 0,
-        "confusion/neu/neg": 0, "confusion/neu/neu": 1, "confusion/neu/pos": 0,
-        "confusion/pos/neg": 1, "confusion/pos/neu": 0, "confusion/pos/pos": 2,
-    }  # fmt: skip
+        "confusion/neg/neg": 1,
+        "confusion/neg/neu": 1,
+        "confusion/neg/pos": 0,
+        "confusion/neu/neg": 0,
+        "confusion/neu/neu": 1,
+        "confusion/neu/pos": 0,
+        "confusion/pos/neg": 1,
+        "confusion/pos/neu": 0,
+        "confusion/pos/pos": 2,
+    }
     assert all(type(v) is int for v in c.values())
     with pytest.raises(ValueError, match="preds has 2 entries"):
         confusion(labels, preds[:2], TERNARY)
@@ -214,10 +232,13 @@ def test_length_buckets_default_edges():
     b = length_buckets(labels, preds, lengths)
     # 256-511 is empty and therefore absent.
     assert b == {
-        "length/0-127/accuracy": 0.5, "length/0-127/n": 2,
-        "length/128-255/accuracy": 1.0, "length/128-255/n": 2,
-        "length/512+/accuracy": 1 / 3, "length/512+/n": 3,
-    }  # fmt: skip
+        "length/0-127/accuracy": 0.5,
+        "length/0-127/n": 2,
+        "length/128-255/accuracy": 1.0,
+        "length/128-255/n": 2,
+        "length/512+/accuracy": 1 / 3,
+        "length/512+/n": 3,
+    }
     assert type(b["length/512+/n"]) is int
 
 

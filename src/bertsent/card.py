@@ -49,9 +49,7 @@ def write_model_card(output_dir: Path, args, data, metrics: dict) -> Path:
     import bertsent
 
     report = metrics.get("data", {})
-    labels = ", ".join(
-        f"{k}: {v}" for k, v in sorted(report.get("label_counts", {}).get("train", {}).items())
-    )
+    labels = ", ".join(f"{k}: {v}" for k, v in sorted(report.get("label_counts", {}).get("train", {}).items()))
     rows = []
     for key, name in METRIC_ROWS:
         val, test = metrics.get(f"validation_{key}"), metrics.get(f"test_{key}")

@@ -75,9 +75,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
         default = f.default
         kind = {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
         g.add_argument(_flag(f.name), type=kind, default=default, help=f"(default: {default})")
-    g.add_argument(
-        "--resume", action="store_true", help="continue from the latest checkpoint in --output-dir"
-    )
+    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
     g.add_argument("--keep-checkpoints", action="store_true", help="keep resumable checkpoints after the run")
     g.add_argument("--skip-test", action="store_true", help="do not evaluate on the test split at the end")
 
@@ -134,9 +132,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
 
 
 def print_metrics(metrics: dict) -> None:
-    keys = [
-        k for k in metrics if k.split("_", 1)[-1] in ("accuracy", "f1", "roc_auc") or k in ("accuracy", "f1")
-    ]
+    keys = [k for k in metrics if k.split("_", 1)[-1] in ("accuracy", "f1", "roc_auc") or k in ("accuracy", "f1")]
     for key in keys:
         if isinstance(metrics[key], float):
             print(f"{key:>24}: {metrics[key]:.4f}")

@@ -83,9 +83,7 @@ def evaluate(
         raise DataError(f"{data.source}: has no {split} split")
     model_labels = predictor.id2label
     if {int(k): v for k, v in splits.id2label.items()} != model_labels:
-        raise DataError(
-            f"labels of {data.source} ({splits.id2label}) differ from the model's ({model_labels})"
-        )
+        raise DataError(f"labels of {data.source} ({splits.id2label}) differ from the model's ({model_labels})")
 
     started = time.perf_counter()
     encoded = predictor.encode(frame["text"].tolist())

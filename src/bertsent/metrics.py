@@ -83,8 +83,7 @@ def _as_probs(probs: Any, n: int) -> np.ndarray:
     worst = float(np.abs(sums - 1.0).max())
     if worst > _ROW_SUM_TOLERANCE:
         raise ValueError(
-            f"probs rows must sum to 1 (worst row is off by {worst:.3g}); pass softmax probabilities, "
-            "not logits"
+            f"probs rows must sum to 1 (worst row is off by {worst:.3g}); pass softmax probabilities, not logits"
         )
     # Renormalise the float32 rounding away so sklearn's log_loss does not warn about it.
     return arr / sums[:, None]
@@ -149,9 +148,7 @@ def _ovr_roc_auc(y: np.ndarray, p: np.ndarray) -> float | None:
     return float(np.mean([roc_auc_score(y == c, p[:, c]) for c in present]))
 
 
-def classification_metrics(
-    labels: np.ndarray, probs: np.ndarray, id2label: Mapping[int, str]
-) -> dict[str, float]:
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, id2label: Mapping[int, str]) -> dict[str, float]:
     """Accuracy, F1/precision/recall (positive-class or macro), macro scores, ROC AUC, log loss, ECE.
 
     Returns a flat dict with keys ``accuracy, f1, precision, recall, f1_macro, precision_macro,
@@ -167,9 +164,7 @@ def classification_metrics(
 
     # One call gives every per-class score; the headline numbers are derived from it so they can
     # never disagree with the per-class keys. zero_division=0: a class never predicted scores 0.
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        y, preds, labels=classes, average=None, zero_division=0
-    )
+    precision, recall, f1, _ = precision_recall_fscore_support(y, preds, labels=classes, average=None, zero_division=0)
     out: dict[str, float] = {"accuracy": float(np.mean(preds == y))}
     if k == 2:
         out |= {"f1": float(f1[1]), "precision": float(precision[1]), "recall": float(recall[1])}
@@ -366,9 +361,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def plot_confusion_matrix(
-    labels: np.ndarray, preds: np.ndarray, id2label: Mapping[int, str], path: str | Path
-) -> Path:
+def plot_confusion_matrix(labels: np.ndarray, preds: np.ndarray, id2label: Mapping[int, str], path: str | Path) -> Path:
     """Save a confusion-matrix heatmap (rows true, columns predicted, counts in the cells) as PNG."""
     from sklearn.metrics import confusion_matrix
 
@@ -409,9 +402,7 @@ def plot_reliability(labels: np.ndarray, probs: np.ndarray, path: str | Path, n_
     grid = fig.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
     ax = fig.add_subplot(grid[0])
     hist = fig.add_subplot(grid[1], sharex=ax)
-    ax.bar(
-        lowers, [r["accuracy"] for r in curve], width=width, align="edge", edgecolor="black", label="accuracy"
-    )
+    ax.bar(lowers, [r["accuracy"] for r in curve], width=width, align="edge", edgecolor="black", label="accuracy")
     # The gap between mean confidence and accuracy is what ECE averages; draw it explicitly.
     ax.bar(
         lowers,

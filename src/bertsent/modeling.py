@@ -41,9 +41,7 @@ def resolve_model(name: str | os.PathLike | None) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelError(
-                f"{path}: not a model folder (no config.json); expected a save_pretrained folder"
-            )
+            raise ModelError(f"{path}: not a model folder (no config.json); expected a save_pretrained folder")
         return str(path)
     if path.exists():
         raise ModelError(f"{path}: is a file; --model takes a save_pretrained folder or a hub name")

@@ -147,14 +147,10 @@ def read_texts(path: Path, text_column: str = "text", encoding: str = "utf-8") -
                     elif isinstance(row, dict) and text_column in row:
                         texts.append(str(row[text_column]))
                     else:
-                        raise DataError(
-                            f"{path} line {line_no}: no field '{text_column}'; pass --text-column"
-                        )
+                        raise DataError(f"{path} line {line_no}: no field '{text_column}'; pass --text-column")
             return texts
     except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path}: not valid {encoding} ({e.reason} at byte {e.start}); pass --encoding"
-        ) from e
+        raise DataError(f"{path}: not valid {encoding} ({e.reason} at byte {e.start}); pass --encoding") from e
     raise DataError(f"{path}: unknown input format '{suffix}' (use .csv, .jsonl or .txt)")
 
 
@@ -180,8 +176,6 @@ def predict_file(predictor: Predictor, input_path: Path, output_path: Path, text
         raise DataError(f"{output_path}: unknown output format '{output_path.suffix}' (use .csv or .jsonl)")
     texts = read_texts(input_path, text_column)
     probs = predictor.predict_proba(texts, progress=None)
-    predictions = [
-        {"label": predictor.id2label[int(row.argmax())], "score": float(row.max())} for row in probs
-    ]
+    predictions = [{"label": predictor.id2label[int(row.argmax())], "score": float(row.max())} for row in probs]
     write_predictions(output_path, texts, predictions)
     return len(texts)

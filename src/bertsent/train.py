@@ -46,6 +46,8 @@ class TrainingArguments:
     truncation: str = "head"
     """Which part of a long review to keep: ``head``, ``tail`` or ``head+tail`` (Sun et al., 2019)."""
     epochs: int = 1
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides ``epochs``; the schedule spans these steps)."""
     batch_size: int = 16
     eval_batch_size: int = 64
     gradient_accumulation_steps: int = 1
@@ -96,7 +98,14 @@ class TrainingArguments:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        for name in ("eval_steps", "save_steps", "save_total_limit", "early_stopping_patience", "threads"):
+        for name in (
+            "max_steps",
+            "eval_steps",
+            "save_steps",
+            "save_total_limit",
+            "early_stopping_patience",
+            "threads",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or unset, got {value}")
@@ -195,9 +204,7 @@ def _checkpoint_dirs(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(
-    output_dir: Path, model, optimizer, scheduler, state: TrainState, args: TrainingArguments
-):
+def save_checkpoint(output_dir: Path, model, optimizer, scheduler, state: TrainState, args: TrainingArguments):
     """Everything needed to continue exactly: weights, optimizer, schedule, RNG and loop state."""
     path = output_dir / CHECKPOINTS / f"step-{state.step}"
     tmp = path.with_name(path.name + ".tmp")
@@ -269,16 +276,15 @@ def train(args: TrainingArguments, data: DataConfig) -> TrainResult:
     )
 
     # Model: the encoder's weights plus a fresh softmax head sized for the labels.
-    overrides = (
-        {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
-    )
+    overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
     model = load_classifier(args.model, splits.id2label, **overrides).to(device)
     model.config.problem_type = "single_label_classification"  # cross-entropy over a softmax
     pad_id = tokenizer.pad_token_id or 0
     optimizer = build_optimizer(model, args)
     batches_per_epoch = math.ceil(len(train_enc) / args.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
-    total_steps = steps_per_epoch * args.epochs
+    total_steps = args.max_steps or steps_per_epoch * args.epochs
+    n_epochs = math.ceil(total_steps / steps_per_epoch)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
 
     state = TrainState()
@@ -315,10 +321,7 @@ def train(args: TrainingArguments, data: DataConfig) -> TrainResult:
             model.save_pretrained(output_dir / CHECKPOINTS / BEST)
         else:
             state.evals_without_improvement += 1
-            if (
-                args.early_stopping_patience
-                and state.evals_without_improvement >= args.early_stopping_patience
-            ):
+            if args.early_stopping_patience and state.evals_without_improvement >= args.early_stopping_patience:
                 log.info("early stopping: no improvement in %d validations", state.evals_without_improvement)
                 state.stopped_early = True
 
@@ -333,7 +336,7 @@ def train(args: TrainingArguments, data: DataConfig) -> TrainResult:
     )
     model.train()
     running, running_n = 0.0, 0
-    while state.epoch < args.epochs and not state.stopped_early:
+    while state.epoch < n_epochs and state.step < total_steps and not state.stopped_early:
         # Same seed per epoch on every run, so resuming mid-epoch replays the same batches.
         batches = length_grouped_batches(train_enc.lengths, args.batch_size, seed=args.seed + state.epoch)
         groups = [
@@ -372,7 +375,7 @@ def train(args: TrainingArguments, data: DataConfig) -> TrainResult:
                 )
                 bar.set_postfix(loss=f"{running / running_n:.4f}")
                 running, running_n = 0.0, 0
-            end_of_epoch = state.step_in_epoch == len(groups)
+            end_of_epoch = state.step_in_epoch == len(groups) or state.step == total_steps
             if end_of_epoch:
                 state.epoch += 1
                 state.step_in_epoch = 0
@@ -390,9 +393,7 @@ def train(args: TrainingArguments, data: DataConfig) -> TrainResult:
     return finish(args, data, splits, output_dir, model, tokenizer, state, device, dtype, pad_id)
 
 
-def finish(
-    args, data, splits: Splits, output_dir: Path, model, tokenizer, state: TrainState, device, dtype, pad_id
-):
+def finish(args, data, splits: Splits, output_dir: Path, model, tokenizer, state: TrainState, device, dtype, pad_id):
     """Keep the best model, evaluate it on test, and write the self-describing output folder."""
     from safetensors.torch import load_file
 
@@ -420,17 +421,13 @@ def finish(
     }
     best_eval = [h for h in state.history if h.get("step") == state.best_step and "eval_accuracy" in h]
     if best_eval:
-        metrics |= {
-            k.replace("eval_", "validation_"): v for k, v in best_eval[-1].items() if k.startswith("eval_")
-        }
+        metrics |= {k.replace("eval_", "validation_"): v for k, v in best_eval[-1].items() if k.startswith("eval_")}
     if args.evaluate_test and splits.test is not None:
         from bertsent.evaluate import report
 
         test_enc = encode(tokenizer, splits.test["text"].tolist(), args.max_length, args.truncation)
         probs = predict_probs(model, test_enc, args.eval_batch_size, pad_id, device, dtype)
-        metrics |= report(
-            output_dir / "eval-test", splits.test, test_enc, probs, model.config.id2label, "test_"
-        )
+        metrics |= report(output_dir / "eval-test", splits.test, test_enc, probs, model.config.id2label, "test_")
     metrics["data"] = splits.report
     plot_training_curves(state.history, output_dir / "training_curves.png")
     (output_dir / "history.json").write_text(json.dumps(state.history, indent=1))

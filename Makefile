@@ -1,0 +1,38 @@
+# One command per job; each installs what it needs first (idempotent, fast when already installed).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data/imdb
+DEMO_DIR ?= runs/demo
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-fast lint bench clean
+
+install: $(BIN)/.installed
+
+# torch is pinned first so pip takes the CPU wheel on this disk instead of a multi-GB CUDA build.
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+# The main job: fine-tune the embedded all-MiniLM-L6-v2 on 2,000 IMDB reviews, test on 2,000.
+demo: install
+	$(BIN)/bertsent train --data $(DATA) --output-dir $(DEMO_DIR) \
+		--train-samples 2000 --validation-size 500 --eval-samples 2000 \
+		--epochs 1 --max-length 256 --truncation head+tail --lr 1e-4 --batch-size 16
+
+# Every test, the real-model ones on slices of the shared IMDB data included (what CI runs).
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-fast: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache
