@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DATA ?= ../shared/data/imdb
+# The shared IMDB copy when present, else the Hugging Face dataset (needs internet and bertsent[hub]).
+DATA ?= $(if $(wildcard ../shared/data/imdb/train.parquet),../shared/data/imdb,stanfordnlp/imdb)
 DEMO_DIR ?= runs/demo
 export TOKENIZERS_PARALLELISM ?= false
 

@@ -374,6 +374,11 @@ def train(args: TrainingArguments, data: DataConfig) -> TrainResult:
                     }
                 )
                 bar.set_postfix(loss=f"{running / running_n:.4f}")
+                if bar.disable:  # no terminal (a log file, CI): progress as log lines instead
+                    rate = state.reviews_seen / max(state.train_seconds + time.perf_counter() - tick, 1e-9)
+                    log.info(
+                        "step %d/%d: loss %.4f, %.1f reviews/s", state.step, total_steps, running / running_n, rate
+                    )
                 running, running_n = 0.0, 0
             end_of_epoch = state.step_in_epoch == len(groups) or state.step == total_steps
             if end_of_epoch:

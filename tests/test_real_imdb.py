@@ -1,0 +1,32 @@
+"""Real-model tests: the embedded all-MiniLM-L6-v2 on small slices of the shared IMDB data (minutes)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bertsent.data import DataConfig
+from bertsent.predict import Predictor
+from bertsent.train import TrainingArguments, train
+
+IMDB = Path(__file__).resolve().parents[2] / "shared" / "data" / "imdb"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (IMDB / "train.parquet").is_file(), reason=f"shared IMDB data not found at {IMDB}"),
+]
+
+
+def test_embedded_model_fine_tuned_on_400_reviews_reaches_70_percent(tmp_path):
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "minilm"), max_length=256, truncation="head+tail", epochs=1,
+        batch_size=16, lr=1e-4, save_steps=None, progress=False,
+    )  # fmt: skip
+    data = DataConfig(str(IMDB), train_samples=400, validation_size=0.1, validation_samples=100, eval_samples=400)
+    result = train(args, data)
+    metrics = json.loads((result.output_dir / "metrics.json").read_text())
+    assert metrics["train_reviews"] == 400 and metrics["data"]["sizes"]["test"] == 400
+    assert metrics["test_accuracy"] >= 0.70, metrics["test_accuracy"]
+    predictor = Predictor(result.output_dir)
+    assert predictor("An absolute masterpiece: moving, funny and beautifully acted.")[0]["label"] == "positive"
+    assert predictor("A dull, lifeless mess. I want my two hours back.")[0]["label"] == "negative"
