@@ -56,7 +56,7 @@ def test_training_learns_and_writes_a_self_describing_folder(trained):
     assert saved["test_accuracy"] == metrics["test_accuracy"] > 0.9
     assert saved["validation_accuracy"] > 0.9
     assert saved["train_reviews"] == 200 and saved["validation_reviews"] == 40
-    assert saved["num_parameters"] == sum(p.numel() for p in Predictor(out).model.parameters())
+    assert saved["num_parameters"] == sum(p.numel() for p in Predictor(out).backend.model.parameters())
     losses = [h["loss"] for h in json.loads((out / "history.json").read_text()) if "loss" in h]
     assert losses[-1] < losses[0] * 0.5
     args = json.loads((out / "training_args.json").read_text())

@@ -122,5 +122,26 @@ def load_classifier(
             "label2id": {v: k for k, v in id2label.items()},
             "ignore_mismatched_sizes": True,
         }
-    model = _from_pretrained(AutoModelForSequenceClassification, name, "model", **kwargs)
+    resolved = resolve_model(name)
+    saved = _local_config(resolved)
+    if "bertsent_pruning" in saved:
+        # Pruned layers have shapes stock from_pretrained cannot rebuild: bertsent builds them.
+        from bertsent.prune import load_pruned_classifier
+
+        model = load_pruned_classifier(Path(resolved))
+    else:
+        model = _from_pretrained(AutoModelForSequenceClassification, name, "model", **kwargs)
+    if saved.get("bertsent_quantization") == "torch-dynamic":
+        # Dynamic INT8 is applied at load time: its packed weights cannot be stored as safetensors.
+        from bertsent.quantize import quantize_torch_dynamic
+
+        model = quantize_torch_dynamic(model)
     return model
+
+
+def _local_config(resolved: str) -> dict:
+    """The config.json of a local model folder (empty for hub names)."""
+    import json
+
+    path = Path(resolved) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -6,7 +6,6 @@ import csv
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,8 @@ from bertsent.errors import DataError, ModelError
 from bertsent.modeling import load_classifier, load_tokenizer
 
 log = logging.getLogger("bertsent.predict")
+
+ONNX_FILE = "model.onnx"
 
 
 @torch.inference_mode()
@@ -55,14 +56,39 @@ def inference_settings(model_dir: Path, tokenizer) -> tuple[int, str]:
     return min(int(tokenizer.model_max_length), 512), "head"
 
 
-@dataclass
-class Prediction:
-    label: str
-    score: float
+class TorchBackend:
+    """Runs a PyTorch model folder (fp32; autocast on a GPU when asked)."""
+
+    name = "pytorch"
+
+    def __init__(self, model_dir: Path, device: str = "auto") -> None:
+        from bertsent.train import pick_device
+
+        self.model = load_classifier(model_dir)
+        self.device = pick_device(device)
+        self.model.to(self.device).eval()
+        self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
+
+    @torch.inference_mode()
+    def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        return self.model(**batch).logits.float().cpu().numpy()
+
+
+def load_backend(model_dir: Path, device: str = "auto"):
+    """The backend a folder calls for: ONNX Runtime when it holds ``model.onnx``, else PyTorch."""
+    if (model_dir / ONNX_FILE).is_file():
+        from bertsent.export import OnnxBackend
+
+        return OnnxBackend(model_dir)
+    return TorchBackend(model_dir, device)
 
 
 class Predictor:
-    """A model folder ready to classify texts; the one object ``predict`` and ``evaluate`` share."""
+    """A model folder ready to classify texts; the one object ``predict`` and ``evaluate`` share.
+
+    The backend (PyTorch or ONNX Runtime) is picked from what the folder holds.
+    """
 
     def __init__(
         self,
@@ -74,33 +100,36 @@ class Predictor:
         device: str = "auto",
         threads: int | None = None,
     ) -> None:
-        from bertsent.train import pick_device
-
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").is_file():
             raise ModelError(f"{self.model_dir}: not a model folder (no config.json)")
         if threads:
             torch.set_num_threads(threads)
         self.tokenizer = load_tokenizer(self.model_dir)
-        self.model = load_classifier(self.model_dir)
-        self.device = pick_device(device)
-        self.model.to(self.device).eval()
+        self.backend = load_backend(self.model_dir, device)
         trained_length, trained_truncation = inference_settings(self.model_dir, self.tokenizer)
         self.max_length = max_length or trained_length
         self.truncation = truncation or trained_truncation
         if self.truncation not in TRUNCATION_STRATEGIES:
             raise ValueError(f"truncation must be one of {', '.join(TRUNCATION_STRATEGIES)}")
         self.batch_size = batch_size
-        self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
+        self.id2label = self.backend.id2label
 
     def encode(self, texts: list[str]) -> Encoded:
         return encode(self.tokenizer, texts, self.max_length, self.truncation)
 
     def predict_proba(self, texts: list[str] | Encoded, progress: bool | None = False) -> np.ndarray:
-        """Probabilities, shape ``(len(texts), num_labels)``."""
+        """Probabilities, shape ``(len(texts), num_labels)``, in input order (batches sorted by length)."""
+        from tqdm.auto import tqdm
+
         encoded = texts if isinstance(texts, Encoded) else self.encode(list(texts))
         pad_id = self.tokenizer.pad_token_id or 0
-        return predict_probs(self.model, encoded, self.batch_size, pad_id, self.device, progress=progress)
+        out = np.zeros((len(encoded), len(self.id2label)), dtype=np.float32)
+        with tqdm(total=len(encoded), desc="predicting", unit="review", disable=not progress) as bar:
+            for idx, batch in iter_batches(encoded, self.batch_size, pad_id):
+                out[idx] = softmax(self.backend.logits(batch))
+                bar.update(len(idx))
+        return out
 
     def __call__(self, texts: str | list[str], top_k: int | None = 1) -> list[dict] | list[list[dict]]:
         """Pipeline-shaped output: ``[{"label": ..., "score": ...}]``; ``top_k=None`` gives all scores."""
@@ -112,6 +141,11 @@ class Predictor:
             scored = [{"label": self.id2label[int(i)], "score": float(row[i])} for i in order]
             results.append(scored[0] if top_k == 1 else scored)
         return results
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def read_texts(path: Path, text_column: str = "text", encoding: str = "utf-8") -> list[str]:

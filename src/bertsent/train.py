@@ -15,14 +15,19 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from bertsent.data import DataConfig, Splits, load_data
 from bertsent.encoding import TRUNCATION_STRATEGIES, Encoded, collate, encode, length_grouped_batches
+from bertsent.errors import DataError
 from bertsent.modeling import load_classifier, load_tokenizer, resolve_model
 from bertsent.predict import predict_probs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger("bertsent.train")
 
@@ -247,8 +252,12 @@ def _improved(metric: str, value: float, best: float | None) -> bool:
     return value < best if metric == "loss" else value > best
 
 
-def train(args: TrainingArguments, data: DataConfig) -> TrainResult:
-    """Fine-tune ``args.model`` on ``data`` and write the output folder; returns its path and metrics."""
+def train(args: TrainingArguments, data: DataConfig, model: PreTrainedModel | None = None) -> TrainResult:
+    """Fine-tune ``args.model`` on ``data`` and write the output folder; returns its path and metrics.
+
+    ``model`` fine-tunes an in-memory classifier instead (e.g. a pruned one, for recovery); its labels
+    must match the data's. ``args.model`` still names the folder its tokenizer comes from.
+    """
     from transformers import get_linear_schedule_with_warmup
 
     output_dir = Path(args.output_dir)
@@ -277,7 +286,11 @@ def train(args: TrainingArguments, data: DataConfig) -> TrainResult:
 
     # Model: the encoder's weights plus a fresh softmax head sized for the labels.
     overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
-    model = load_classifier(args.model, splits.id2label, **overrides).to(device)
+    if model is None:
+        model = load_classifier(args.model, splits.id2label, **overrides)
+    elif {int(k): v for k, v in model.config.id2label.items()} != splits.id2label:
+        raise DataError(f"labels of the data {splits.id2label} differ from the model's {model.config.id2label}")
+    model = model.to(device)
     model.config.problem_type = "single_label_classification"  # cross-entropy over a softmax
     pad_id = tokenizer.pad_token_id or 0
     optimizer = build_optimizer(model, args)
