@@ -65,3 +65,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     BertForSequenceClassification(config).save_pretrained(root)
     tokenizer.save_pretrained(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_dir(tiny_model_dir, toy_data_dir, tmp_path_factory) -> Path:
+    """The tiny BERT fine-tuned on the toy reviews (~5 s): a teacher/source for compression tests."""
+    from bertsent.data import DataConfig
+    from bertsent.train import TrainingArguments, train
+
+    out = tmp_path_factory.mktemp("trained_tiny")
+    args = TrainingArguments(
+        model=str(tiny_model_dir), output_dir=str(out), max_length=32, epochs=6, lr=5e-3, warmup_ratio=0.0,
+        save_steps=None, progress=False,
+    )  # fmt: skip
+    return train(args, DataConfig(str(toy_data_dir), validation_size=40)).output_dir

@@ -64,12 +64,12 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_training_args(p: argparse.ArgumentParser) -> None:
-    """One option per ``TrainingArguments`` field, with its default and type."""
-    from bertsent.train import TrainingArguments
+def add_training_args(p: argparse.ArgumentParser, arguments: type | None = None) -> None:
+    """One option per field of ``arguments`` (default ``TrainingArguments``), with its default and type."""
+    from bertsent.arguments import TrainingArguments
 
     g = p.add_argument_group("training")
-    for f in dataclasses.fields(TrainingArguments):
+    for f in dataclasses.fields(arguments or TrainingArguments):
         if f.name in ("evaluate_test", "progress", "keep_checkpoints", "resume"):
             continue
         default = f.default
@@ -80,15 +80,31 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-test", action="store_true", help="do not evaluate on the test split at the end")
 
 
+def _arguments(cls: type, ns: argparse.Namespace):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(ns).items() if k in names}, evaluate_test=not ns.skip_test)
+
+
 def cmd_train(ns: argparse.Namespace) -> int:
     from bertsent.train import TrainingArguments, train
 
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    values = {k: v for k, v in vars(ns).items() if k in names}
-    args = TrainingArguments(**values, evaluate_test=not ns.skip_test)
-    result = train(args, data_config(ns))
+    result = train(_arguments(TrainingArguments, ns), data_config(ns))
     print_metrics(result.metrics)
     print(f"model saved to {result.output_dir}")
+    return 0
+
+
+def cmd_distill(ns: argparse.Namespace) -> int:
+    from bertsent.distill import DistillationArguments, distill
+
+    result = distill(_arguments(DistillationArguments, ns), data_config(ns))
+    m = result.metrics
+    print_metrics(m)
+    print(
+        f"student: {m['num_parameters']:,} parameters, validation accuracy {m['validation_accuracy']:.4f}; "
+        f"teacher: {m['teacher_num_parameters']:,} parameters, {m['teacher_validation_accuracy']:.4f}"
+    )
+    print(f"student saved to {result.output_dir}")
     return 0
 
 
@@ -151,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p, DEFAULT_DATA)
     p.set_defaults(func=cmd_train)
 
+    from bertsent.arguments import DistillationArguments
+
+    p = sub.add_parser("distill", help="distil a fine-tuned teacher into a smaller student")
+    add_training_args(p, DistillationArguments)
+    add_data_args(p, DEFAULT_DATA)
+    p.set_defaults(func=cmd_distill)
+
     p = sub.add_parser("evaluate", help="score a fine-tuned model folder on a data split")
     p.add_argument("--model", required=True, help="fine-tuned model folder")
     p.add_argument("--split", default="test", choices=["test", "validation", "train"])
@@ -178,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
+    "distill": cmd_distill,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
 }

@@ -13,6 +13,7 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,8 +21,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from bertsent.arguments import TrainingArguments
 from bertsent.data import DataConfig, Splits, load_data
-from bertsent.encoding import TRUNCATION_STRATEGIES, Encoded, collate, encode, length_grouped_batches
+from bertsent.encoding import Encoded, collate, encode, length_grouped_batches
 from bertsent.errors import DataError
 from bertsent.modeling import load_classifier, load_tokenizer, resolve_model
 from bertsent.predict import predict_probs
@@ -35,100 +37,6 @@ ARGS_FILE = "training_args.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
-BEST_METRICS = ("accuracy", "f1", "f1_macro", "loss")
-
-
-@dataclass
-class TrainingArguments:
-    """Settings of one fine-tuning run. Validated on creation; saved as ``training_args.json``."""
-
-    output_dir: str = "runs/bertsent"
-    """Folder for the final model, metrics, plots, model card and checkpoints."""
-    model: str | None = None
-    """Starting weights: a local ``save_pretrained`` folder, a hub name, or None for the embedded MiniLM."""
-    max_length: int = 256
-    """Tokens per review, special tokens included."""
-    truncation: str = "head"
-    """Which part of a long review to keep: ``head``, ``tail`` or ``head+tail`` (Sun et al., 2019)."""
-    epochs: int = 1
-    max_steps: int | None = None
-    """Stop after this many optimizer steps (overrides ``epochs``; the schedule spans these steps)."""
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    gradient_accumulation_steps: int = 1
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    """Share of the optimizer steps spent warming the learning rate up linearly (then linear decay)."""
-    optimizer: str = "adamw"
-    """``adamw`` (decoupled weight decay) or ``adam`` (as the original system used)."""
-    max_grad_norm: float = 1.0
-    attention_dropout: float | None = 0.0
-    """Attention-probability dropout during training. 0 lets PyTorch run its fused attention kernel
-    (measured 1.7x faster training on CPU); None keeps the model's own setting (0.1 for BERT)."""
-    seed: int = 42
-    precision: str = "auto"
-    """``auto`` (bf16 on a GPU that supports it, else fp32), ``fp32``, ``bf16`` or ``fp16`` (GPU only)."""
-    device: str = "auto"
-    threads: int | None = None
-    """CPU threads for PyTorch; None leaves PyTorch's default (one per core)."""
-    logging_steps: int = 10
-    eval_steps: int | None = None
-    """Also validate every N optimizer steps (validation always runs at the end of each epoch)."""
-    save_steps: int | None = 200
-    """Write a resumable checkpoint every N optimizer steps (and at the end of each epoch)."""
-    save_total_limit: int | None = 1
-    """How many step checkpoints to keep (None keeps all)."""
-    keep_checkpoints: bool = False
-    """Keep the checkpoints folder after a successful run (it holds optimizer state: large)."""
-    metric_for_best_model: str = "accuracy"
-    early_stopping_patience: int | None = None
-    """Stop after this many validations without improvement of ``metric_for_best_model``."""
-    resume: bool = False
-    """Continue from the latest checkpoint in ``output_dir`` (same result as an uninterrupted run)."""
-    evaluate_test: bool = True
-    """Evaluate the final model on the test split when the data has one."""
-    progress: bool | None = None
-    """Progress bar: None shows it only on a terminal."""
-
-    def __post_init__(self) -> None:
-        positive = {
-            "max_length": self.max_length,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "eval_batch_size": self.eval_batch_size,
-            "logging_steps": self.logging_steps,
-            "gradient_accumulation_steps": self.gradient_accumulation_steps,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        for name in (
-            "max_steps",
-            "eval_steps",
-            "save_steps",
-            "save_total_limit",
-            "early_stopping_patience",
-            "threads",
-        ):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 or unset, got {value}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or not 0 <= self.warmup_ratio < 1 or self.max_grad_norm <= 0:
-            raise ValueError("weight_decay must be >= 0, warmup_ratio in [0, 1) and max_grad_norm > 0")
-        if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:
-            raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
-        choices = {
-            "truncation": TRUNCATION_STRATEGIES,
-            "optimizer": ("adam", "adamw"),
-            "precision": ("auto", "fp32", "bf16", "fp16"),
-            "metric_for_best_model": BEST_METRICS,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -252,11 +160,27 @@ def _improved(metric: str, value: float, best: float | None) -> bool:
     return value < best if metric == "loss" else value > best
 
 
-def train(args: TrainingArguments, data: DataConfig, model: PreTrainedModel | None = None) -> TrainResult:
+LossFn = Callable[["PreTrainedModel", dict[str, torch.Tensor], torch.Tensor, np.ndarray], torch.Tensor]
+"""``loss(model, batch, labels, row_indices)``: runs the forward pass and returns the mean loss."""
+
+
+def cross_entropy_loss(model, batch: dict[str, torch.Tensor], labels: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+    """Cross-entropy over the softmax head: the fine-tuning objective."""
+    return torch.nn.functional.cross_entropy(model(**batch).logits.float(), labels)
+
+
+def train(
+    args: TrainingArguments,
+    data: DataConfig,
+    model: PreTrainedModel | None = None,
+    make_loss: Callable[[Splits, Encoded, torch.device], LossFn] | None = None,
+) -> TrainResult:
     """Fine-tune ``args.model`` on ``data`` and write the output folder; returns its path and metrics.
 
     ``model`` fine-tunes an in-memory classifier instead (e.g. a pruned one, for recovery); its labels
     must match the data's. ``args.model`` still names the folder its tokenizer comes from.
+    ``make_loss(splits, train_encoded, device)`` builds another training objective once the data is
+    loaded (distillation uses it to cache the teacher's logits); the default is cross-entropy.
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -291,6 +215,7 @@ def train(args: TrainingArguments, data: DataConfig, model: PreTrainedModel | No
     elif {int(k): v for k, v in model.config.id2label.items()} != splits.id2label:
         raise DataError(f"labels of the data {splits.id2label} differ from the model's {model.config.id2label}")
     model = model.to(device)
+    loss_fn = make_loss(splits, train_enc, device) if make_loss else cross_entropy_loss
     model.config.problem_type = "single_label_classification"  # cross-entropy over a softmax
     pad_id = tokenizer.pad_token_id or 0
     optimizer = build_optimizer(model, args)
@@ -363,9 +288,9 @@ def train(args: TrainingArguments, data: DataConfig, model: PreTrainedModel | No
                 batch = {k: v.to(device) for k, v in collate(train_enc, idx, pad_id).items()}
                 labels = torch.from_numpy(train_labels[idx]).to(device)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    logits = model(**batch).logits
+                    loss = loss_fn(model, batch, labels, idx)
                 # Weight each micro-batch by its size: the step's loss is the mean over its reviews.
-                loss = torch.nn.functional.cross_entropy(logits.float(), labels) * (len(idx) / n_group)
+                loss = loss * (len(idx) / n_group)
                 loss.backward()
                 running += loss.item() * n_group
                 running_n += len(idx)

@@ -1,0 +1,165 @@
+"""Knowledge distillation: a smaller student learns from a fine-tuned teacher's soft labels.
+
+The student starts from the teacher's own layers (every other one, as DistilBERT did) or from any
+``--student`` model. Its loss is ``alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)``
+(Hinton et al., 2015), optionally plus an MSE between the student's hidden states and the matching
+teacher layers. The teacher's logits are computed once and cached, so the teacher does not run every
+epoch (only the hidden-state term needs it at every step). Everything else is ``train``'s loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bertsent.arguments import DistillationArguments
+from bertsent.data import DataConfig, Splits
+from bertsent.encoding import Encoded
+from bertsent.errors import ModelError
+from bertsent.modeling import load_classifier, load_tokenizer
+from bertsent.train import TrainResult, train
+
+log = logging.getLogger("bertsent.distill")
+
+TEACHER_LOGITS = "teacher_logits.npy"
+
+
+def student_layer_indices(n_teacher: int, n_student: int) -> list[int]:
+    """Evenly spaced teacher layers for the student, starting at the first (DistilBERT: 12 -> 0, 2, ..., 10)."""
+    if not 1 <= n_student <= n_teacher:
+        raise ValueError(f"student_layers must be between 1 and the teacher's {n_teacher} layers, got {n_student}")
+    return [int(i * n_teacher / n_student) for i in range(n_student)]
+
+
+def student_from_teacher(teacher, n_layers: int):
+    """A copy of the teacher keeping ``n_layers`` of its transformer layers (weights included)."""
+    encoder = teacher.base_model.encoder
+    keep = student_layer_indices(len(encoder.layer), n_layers)
+    student = copy.deepcopy(teacher)
+    student.base_model.encoder.layer = torch.nn.ModuleList(copy.deepcopy(encoder.layer[i]) for i in keep)
+    student.config.num_hidden_layers = n_layers
+    student.config.bertsent_student_of = {"layers": keep}
+    return student, keep
+
+
+def teacher_logits(teacher, encoded: Encoded, pad_id: int, device: torch.device, cache: Path) -> np.ndarray:
+    """The teacher's logits for every training review, computed once and cached next to the run."""
+    from bertsent.encoding import iter_batches
+
+    key = hashlib.sha256(b"".join(ids.tobytes() + b"|" for ids in encoded.ids)).hexdigest()[:16]
+    meta = cache.with_suffix(".json")
+    if cache.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key:
+        log.info("teacher logits from cache %s", cache)
+        return np.load(cache)
+    log.info("computing the teacher's logits for %d training reviews (once)", len(encoded))
+    out = np.zeros((len(encoded), teacher.config.num_labels), dtype=np.float32)
+    teacher.eval().to(device)
+    with torch.inference_mode():
+        for idx, batch in iter_batches(encoded, 64, pad_id):
+            out[idx] = teacher(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, out)
+    meta.write_text(json.dumps({"key": key, "rows": len(encoded)}))
+    return out
+
+
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float
+) -> torch.Tensor:
+    """``alpha * CE + (1 - alpha) * T^2 * KL(teacher_T || student_T)``; T^2 keeps gradient scales comparable."""
+    ce = torch.nn.functional.cross_entropy(student_logits, labels)
+    kl = torch.nn.functional.kl_div(
+        torch.log_softmax(student_logits / temperature, dim=-1),
+        torch.log_softmax(teacher_logits / temperature, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return alpha * ce + (1 - alpha) * temperature**2 * kl
+
+
+def distill(args: DistillationArguments, data: DataConfig) -> TrainResult:
+    """Distil ``args.teacher`` into a smaller student on ``data``; writes a ``train``-style folder."""
+    teacher = load_classifier(args.teacher)
+    if args.student_layers is not None:
+        if getattr(teacher.config, "bertsent_pruning", None):
+            raise ModelError(f"{args.teacher}: a pruned teacher cannot seed a student by layers; pass --student")
+        student, kept = student_from_teacher(teacher, args.student_layers)
+        log.info("student: teacher layers %s of %d", kept, teacher.config.num_hidden_layers)
+    else:
+        student = load_classifier(args.student, {int(k): v for k, v in teacher.config.id2label.items()})
+    if args.hidden_weight and student.config.hidden_size != teacher.config.hidden_size:
+        raise ModelError("hidden_weight needs the student's hidden size to equal the teacher's")
+    output_dir = Path(args.output_dir)
+    pad_id = load_tokenizer(args.model).pad_token_id or 0
+    mapping = student_layer_indices(teacher.config.num_hidden_layers, student.config.num_hidden_layers)
+
+    def make_loss(splits: Splits, train_enc: Encoded, device: torch.device):
+        soft = torch.from_numpy(teacher_logits(teacher, train_enc, pad_id, device, output_dir / TEACHER_LOGITS))
+        if not args.hidden_weight:
+            teacher.cpu()  # the cached logits are all the teacher is needed for
+
+        def loss(model, batch, labels, idx):
+            outputs = model(**batch, output_hidden_states=bool(args.hidden_weight))
+            total = distillation_loss(
+                outputs.logits.float(), soft[idx].to(device), labels, args.alpha, args.temperature
+            )
+            if args.hidden_weight:
+                with torch.no_grad():
+                    t_hidden = teacher(**batch, output_hidden_states=True).hidden_states
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                # Student layer j imitates teacher layer mapping[j] (+1: hidden_states[0] is the embeddings).
+                mse = sum(
+                    (((outputs.hidden_states[j + 1] - t_hidden[t + 1]) ** 2) * mask).sum() / mask.sum()
+                    for j, t in enumerate(mapping)
+                ) / len(mapping)
+                total = total + args.hidden_weight * mse / student.config.hidden_size
+            return total
+
+        return loss
+
+    if args.hidden_weight:
+        teacher.to(torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"))
+    result = train(args, data, model=student, make_loss=make_loss)
+    return _report(args, data, teacher, result)
+
+
+def _report(args: DistillationArguments, data: DataConfig, teacher, result: TrainResult) -> TrainResult:
+    """Score the teacher on the same validation rows and record both side by side."""
+    from bertsent.evaluate import evaluate
+
+    teacher_eval = evaluate(args.teacher, data, split="validation", output_dir=Path(args.output_dir) / "eval-teacher")
+    metrics = result.metrics
+    summary = {
+        "method": "distill",
+        "teacher": args.teacher,
+        "student_layers": args.student_layers,
+        "student": args.student,
+        "alpha": args.alpha,
+        "temperature": args.temperature,
+        "hidden_weight": args.hidden_weight,
+        "teacher_num_parameters": sum(p.numel() for p in teacher.parameters()),
+        "student_num_parameters": metrics["num_parameters"],
+        "teacher_validation_accuracy": teacher_eval["accuracy"],
+        "student_validation_accuracy": metrics.get("validation_accuracy"),
+    }
+    out = Path(args.output_dir)
+    (out / "compression.json").write_text(json.dumps(summary, indent=2))
+    metrics |= {k: v for k, v in summary.items() if k.startswith("teacher_")}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    ratio = summary["student_num_parameters"] / summary["teacher_num_parameters"]
+    with (out / "README.md").open("a") as card:
+        card.write(
+            f"\n## Distillation\n\nDistilled from `{args.teacher}` (alpha {args.alpha}, temperature "
+            f"{args.temperature}, hidden-state weight {args.hidden_weight}). Student "
+            f"{summary['student_num_parameters']:,} parameters ({ratio:.0%} of the teacher's "
+            f"{summary['teacher_num_parameters']:,}); validation accuracy student "
+            f"{summary['student_validation_accuracy']:.4f} vs teacher {summary['teacher_validation_accuracy']:.4f} "
+            "on the same reviews.\n"
+        )
+    return result

@@ -1,0 +1,74 @@
+"""Distillation on the tiny BERT: a smaller student that learns from cached teacher logits."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bertsent.arguments import DistillationArguments
+from bertsent.cli import main
+from bertsent.data import DataConfig
+from bertsent.distill import TEACHER_LOGITS, distill, distillation_loss, student_layer_indices
+from bertsent.modeling import load_classifier
+
+
+def test_student_layers_are_evenly_spaced_like_distilbert():
+    assert student_layer_indices(12, 6) == [0, 2, 4, 6, 8, 10]
+    assert student_layer_indices(6, 3) == [0, 2, 4]
+    assert student_layer_indices(2, 1) == [0]
+    with pytest.raises(ValueError, match="student_layers"):
+        student_layer_indices(6, 7)
+
+
+def test_distillation_loss_mixes_hard_and_soft_targets():
+    student = torch.tensor([[2.0, -1.0], [0.5, 0.3]])
+    labels = torch.tensor([0, 1])
+    ce = torch.nn.functional.cross_entropy(student, labels)
+    assert distillation_loss(student, student.clone(), labels, alpha=1.0, temperature=2.0) == pytest.approx(ce.item())
+    # Identical teacher: the KL part is zero whatever alpha is.
+    assert distillation_loss(student, student.clone(), labels, 0.3, 2.0) == pytest.approx(0.3 * ce.item())
+    teacher = torch.tensor([[-3.0, 3.0], [3.0, -3.0]])
+    assert distillation_loss(student, teacher, labels, 0.0, 2.0) > 0.5
+
+
+def test_distilled_student_is_smaller_learns_and_caches_teacher_logits(trained_tiny_dir, toy_data_dir, tmp_path):
+    out = tmp_path / "student"
+    args = DistillationArguments(
+        teacher=str(trained_tiny_dir), student_layers=1, output_dir=str(out), max_length=32, epochs=4, lr=5e-3,
+        warmup_ratio=0.0, save_steps=None, progress=False, hidden_weight=1.0,
+    )  # fmt: skip
+    data = DataConfig(str(toy_data_dir), validation_size=40)
+    result = distill(args, data)
+    teacher = load_classifier(trained_tiny_dir)
+    student = load_classifier(out)
+    assert student.config.num_hidden_layers == 1
+    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
+    summary = json.loads((out / "compression.json").read_text())
+    assert summary["student_num_parameters"] == sum(p.numel() for p in student.parameters())
+    assert summary["teacher_num_parameters"] == sum(p.numel() for p in teacher.parameters())
+    assert result.metrics["validation_accuracy"] >= 0.9
+    history = json.loads((out / "history.json").read_text())
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert losses[-1] < losses[0]
+    cached = np.load(out / TEACHER_LOGITS)
+    assert cached.shape == (200, 2)
+    # The cache holds the teacher's real logits for the training rows, in their order.
+    from bertsent.data import load_data
+    from bertsent.predict import Predictor
+
+    train_texts = load_data(data).train["text"].tolist()[:8]
+    teacher_probs = Predictor(trained_tiny_dir).predict_proba(train_texts)
+    np.testing.assert_allclose(torch.softmax(torch.from_numpy(cached[:8]), -1).numpy(), teacher_probs, atol=1e-5)
+    assert "Distillation" in (out / "README.md").read_text()
+
+
+def test_distill_command_and_its_errors(trained_tiny_dir, toy_data_dir, tmp_path, capsys):
+    argv = ["distill", "--teacher", str(trained_tiny_dir), "--student-layers", "1", "--data", str(toy_data_dir),
+            "--output-dir", str(tmp_path / "s"), "--max-length", "32", "--epochs", "1", "--validation-size", "40"]  # fmt: skip
+    assert main(argv) == 0
+    assert "student saved to" in capsys.readouterr().out
+    assert main([*argv[:3], "--student-layers", "5", *argv[5:]]) == 2
+    assert "student_layers must be between 1 and the teacher's 2 layers" in capsys.readouterr().err
+    assert main(["distill", "--data", str(toy_data_dir)]) == 2
+    assert "teacher is required" in capsys.readouterr().err
