@@ -147,6 +147,20 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(ns: argparse.Namespace) -> int:
+    from bertsent.compare import CompareConfig, compare, markdown_table
+
+    config = CompareConfig(
+        models=ns.models, data=data_config(ns), split=ns.split, batch_size=ns.batch_size,
+        latency_samples=ns.latency_samples, threads=ns.threads, output_dir=ns.output_dir,
+        names=ns.names.split(",") if ns.names else [],
+    )  # fmt: skip
+    print(markdown_table(compare(config)), end="")
+    if ns.output_dir:
+        print(f"table, JSON and Pareto plot written to {ns.output_dir}")
+    return 0
+
+
 def print_metrics(metrics: dict) -> None:
     keys = [k for k in metrics if k.split("_", 1)[-1] in ("accuracy", "f1", "roc_auc") or k in ("accuracy", "f1")]
     for key in keys:
@@ -184,6 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p, DEFAULT_DATA)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("compare", help="trade-off table: size, accuracy and speed of model folders")
+    p.add_argument("models", nargs="+", help="model folders; the first is the reference for ratios")
+    p.add_argument("--names", help="comma-separated display names (default: folder names)")
+    p.add_argument("--split", default="test", choices=["test", "validation"])
+    p.add_argument("--output-dir", help="where to write compare.md, compare.json and pareto.png")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--latency-samples", type=int, default=100, help="reviews timed one by one (batch 1)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--seed", type=int, default=42, help="seed of the subsets")
+    add_data_args(p, DEFAULT_DATA)
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("predict", help="classify texts given on the command line or in a file")
     p.add_argument("--model", required=True, help="fine-tuned model folder")
     p.add_argument("texts", nargs="*", help="texts to classify")
@@ -204,6 +230,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "distill": cmd_distill,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
+    "compare": cmd_compare,
 }
 
 

@@ -1,0 +1,200 @@
+"""The trade-off table: size, accuracy and speed of several model folders, measured in one run.
+
+Every folder is scored on the same reviews, on the same machine, in the same process, one after the
+other: parameters and size on disk (from the files), accuracy/F1 (batch predictions), throughput at
+batch size 32 and latency at batch size 1 (p50/p95), both end to end including tokenization. The first
+folder is the reference for the ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bertsent.data import DataConfig, load_data
+from bertsent.errors import ModelError
+
+log = logging.getLogger("bertsent.compare")
+
+WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx.data", ".onnx_data")
+
+
+@dataclass
+class CompareConfig:
+    """What to compare and how to measure it."""
+
+    models: list[str]
+    data: DataConfig
+    split: str = "test"
+    batch_size: int = 32
+    latency_samples: int = 100
+    """Reviews timed one at a time for the batch-1 latency percentiles."""
+    threads: int | None = None
+    """torch intra-op threads (ONNX Runtime sessions pick theirs in the backend); None: the default."""
+    output_dir: str | None = None
+    names: list[str] = field(default_factory=list)
+    """Display names (default: folder names)."""
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("models: give at least one model folder")
+        for folder in self.models:
+            if not (Path(folder) / "config.json").is_file():
+                raise ModelError(f"{folder}: not a model folder (no config.json)")
+        if self.batch_size < 1 or self.latency_samples < 1:
+            raise ValueError("batch_size and latency_samples must be >= 1")
+        if self.names and len(self.names) != len(self.models):
+            raise ValueError(f"names: {len(self.names)} names for {len(self.models)} models")
+
+
+def weight_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+
+
+def count_parameters(folder: Path) -> int:
+    """Weights stored in the folder's files (safetensors tensors or ONNX initializers), whatever the backend.
+
+    For INT8 ONNX graphs this counts the quantized weights plus their scales and zero points.
+    """
+    total = 0
+    for path in weight_files(folder):
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(path, "pt") as f:
+                for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    total += int(np.prod(f.get_slice(key).get_shape()))
+        elif path.suffix == ".onnx":
+            import onnx
+
+            graph = onnx.load(path, load_external_data=False).graph
+            total += sum(int(np.prod(t.dims)) for t in graph.initializer)
+    return total
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(folder: Path, texts: list[str], labels: np.ndarray, config: CompareConfig) -> dict:
+    """One row of the table for ``folder``."""
+    from bertsent.metrics import classification_metrics
+    from bertsent.predict import Predictor
+
+    predictor = Predictor(folder, batch_size=config.batch_size, threads=config.threads)
+    predictor.predict_proba(texts[: config.batch_size])  # warm-up: first-call allocations, lazy inits
+    probs: np.ndarray | None = None
+
+    def run() -> None:
+        nonlocal probs
+        probs = predictor.predict_proba(texts)
+
+    seconds = _timed(run)
+    metrics = classification_metrics(labels, probs, predictor.id2label)
+    latencies = [_timed(lambda t=t: predictor.predict_proba([t])) for t in texts[: config.latency_samples]]
+    return {
+        "model": str(folder),
+        "backend": predictor.backend.name,
+        "parameters": count_parameters(folder),
+        "size_mb": round(sum(p.stat().st_size for p in weight_files(folder)) / 1e6, 2),
+        "accuracy": round(metrics["accuracy"], 4),
+        "f1": round(metrics["f1"], 4),
+        "roc_auc": round(metrics.get("roc_auc", float("nan")), 4),
+        "throughput": round(len(texts) / seconds, 2),
+        "latency_p50_ms": round(1000 * float(np.percentile(latencies, 50)), 2),
+        "latency_p95_ms": round(1000 * float(np.percentile(latencies, 95)), 2),
+        "max_length": predictor.max_length,
+        "reviews": len(texts),
+    }
+
+
+def compare(config: CompareConfig) -> list[dict]:
+    """Measure every folder; writes ``compare.json``, ``compare.md`` and ``pareto.png`` to ``output_dir``."""
+    import torch
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    frame = getattr(load_data(config.data, splits=(config.split,)), config.split)
+    texts, labels = frame["text"].tolist(), frame["label"].to_numpy()
+    rows = []
+    for i, folder in enumerate(config.models):
+        log.info("measuring %s on %d %s reviews", folder, len(texts), config.split)
+        row = {"name": config.names[i] if config.names else Path(folder).name} | measure(
+            Path(folder), texts, labels, config
+        )
+        rows.append(row)
+        log.info("%s", row)
+    reference = rows[0]
+    for row in rows:
+        row["size_ratio"] = round(row["size_mb"] / reference["size_mb"], 3) if reference["size_mb"] else None
+        row["speedup"] = round(row["throughput"] / reference["throughput"], 2)
+        row["accuracy_delta_points"] = round(100 * (row["accuracy"] - reference["accuracy"]), 2)
+    if config.output_dir:
+        out = Path(config.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        settings = asdict(config) | {"data": asdict(config.data)}
+        (out / "compare.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2))
+        (out / "compare.md").write_text(markdown_table(rows))
+        plot_pareto(rows, out / "pareto.png")
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The table as Markdown, ratios against the first row."""
+    head = (
+        "| Model | Backend | Parameters | Size (MB) | Accuracy | F1 | Reviews/s (batch 32) | p50 / p95 ms (batch 1) "
+        "| Size ratio | Speed-up | Δ accuracy (points) |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = [
+        f"| {r['name']} | {r['backend']} | {r['parameters']:,} | {r['size_mb']:.1f} | {r['accuracy']:.4f} | "
+        f"{r['f1']:.4f} | {r['throughput']:.1f} | {r['latency_p50_ms']:.0f} / {r['latency_p95_ms']:.0f} | "
+        f"{r['size_ratio']} | {r['speedup']:.2f}× | {r['accuracy_delta_points']:+.2f} |"
+        for r in rows
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """Rows no other row beats on both accuracy and throughput, fastest first."""
+    front = [
+        r
+        for r in rows
+        if not any(
+            o["accuracy"] >= r["accuracy"]
+            and o["throughput"] >= r["throughput"]
+            and (o["accuracy"], o["throughput"]) != (r["accuracy"], r["throughput"])
+            for o in rows
+        )
+    ]
+    return sorted(front, key=lambda r: r["throughput"])
+
+
+def plot_pareto(rows: list[dict], path: Path) -> Path:
+    """Accuracy against throughput, the Pareto front joined by a line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.scatter([r["throughput"] for r in rows], [100 * r["accuracy"] for r in rows], s=40)
+    for r in rows:
+        ax.annotate(f"{r['name']} ({r['size_mb']:.0f} MB)", (r["throughput"], 100 * r["accuracy"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    front = pareto_front(rows)
+    ax.plot([r["throughput"] for r in front], [100 * r["accuracy"] for r in front], "--", color="tab:red",
+            label="Pareto front")  # fmt: skip
+    ax.set_xlabel("reviews/s (batch 32, end to end)")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path

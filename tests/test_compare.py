@@ -1,0 +1,60 @@
+"""The trade-off table on tiny models: measured rows, ratios, Pareto front, files."""
+
+import json
+
+import pytest
+
+from bertsent.cli import main
+from bertsent.compare import CompareConfig, compare, count_parameters, pareto_front
+from bertsent.data import DataConfig
+from bertsent.errors import ModelError
+from bertsent.modeling import load_classifier
+
+
+def test_compare_measures_every_folder_and_writes_table_and_plot(trained_tiny_dir, tiny_model_dir, toy_data_dir,
+                                                                   tmp_path):  # fmt: skip
+    untrained = tmp_path / "untrained"
+    load_classifier(tiny_model_dir).save_pretrained(untrained)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (untrained / name).write_bytes((tiny_model_dir / name).read_bytes())
+    config = CompareConfig(
+        models=[str(trained_tiny_dir), str(untrained)], names=["trained", "random"], data=DataConfig(str(toy_data_dir)),
+        latency_samples=5, output_dir=str(tmp_path / "cmp"),
+    )  # fmt: skip
+    rows = compare(config)
+    assert [r["name"] for r in rows] == ["trained", "random"]
+    assert rows[0]["speedup"] == 1.0 and rows[0]["accuracy_delta_points"] == 0.0 and rows[0]["size_ratio"] == 1.0
+    assert rows[0]["accuracy"] > 0.9 and rows[0]["reviews"] == 80
+    assert rows[0]["parameters"] == sum(p.numel() for p in load_classifier(trained_tiny_dir).parameters())
+    assert rows[1]["accuracy_delta_points"] == pytest.approx(100 * (rows[1]["accuracy"] - rows[0]["accuracy"]))
+    for row in rows:
+        assert row["throughput"] > 0 and 0 < row["latency_p50_ms"] <= row["latency_p95_ms"]
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert saved["rows"] == rows
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert table.count("\n") == 4 and "| trained | pytorch |" in table
+    assert (tmp_path / "cmp" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_front_keeps_only_undominated_rows():
+    rows = [
+        {"name": "a", "accuracy": 0.9, "throughput": 10},
+        {"name": "b", "accuracy": 0.85, "throughput": 40},
+        {"name": "c", "accuracy": 0.84, "throughput": 30},
+        {"name": "d", "accuracy": 0.91, "throughput": 5},
+    ]
+    assert [r["name"] for r in pareto_front(rows)] == ["d", "a", "b"]
+
+
+def test_count_parameters_reads_the_weight_files(trained_tiny_dir):
+    assert count_parameters(trained_tiny_dir) == sum(p.numel() for p in load_classifier(trained_tiny_dir).parameters())
+
+
+def test_compare_command_and_bad_folder(trained_tiny_dir, toy_data_dir, tmp_path, capsys):
+    argv = ["compare", str(trained_tiny_dir), "--data", str(toy_data_dir), "--latency-samples", "3"]
+    assert main(argv) == 0
+    assert "| pytorch |" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path), "--data", str(toy_data_dir)]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    with pytest.raises(ModelError):
+        CompareConfig(models=[str(tmp_path)], data=DataConfig(str(toy_data_dir)))
