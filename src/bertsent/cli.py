@@ -137,9 +137,18 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         max_length=ns.max_length,
         truncation=ns.truncation,
         threads=ns.threads,
+        long_text=ns.long_text,
+        stride=ns.stride,
     )
     if ns.input:
-        n = predict_file(predictor, Path(ns.input), Path(ns.output), text_column=ns.text_column)
+        n = predict_file(
+            predictor,
+            Path(ns.input),
+            Path(ns.output),
+            text_column=ns.text_column,
+            resume=ns.resume,
+            encoding=ns.encoding,
+        )
         print(f"{n} predictions written to {ns.output}")
         return 0
     for text, prediction in zip(ns.texts, predictor(ns.texts, top_k=ns.top_k or None), strict=True):
@@ -158,6 +167,100 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     print(markdown_table(compare(config)), end="")
     if ns.output_dir:
         print(f"table, JSON and Pareto plot written to {ns.output_dir}")
+    return 0
+
+
+def add_prune_parser(subparsers) -> None:
+    """``bertsent prune``: its options mirror ``bertsent.prune.PruneConfig``."""
+    p = subparsers.add_parser(
+        "prune",
+        help="remove attention heads, FFN neurons or layers, or zero small weights, of a fine-tuned model",
+        description="Structured (heads, FFN neurons, layers) and unstructured (magnitude) pruning of a "
+        "fine-tuned model folder, with optional recovery fine-tuning; accuracy is measured before and after.",
+    )
+    p.add_argument("--model", required=True, help="fine-tuned model folder")
+    p.add_argument("--output-dir", required=True, help="folder for the pruned model")
+    g = p.add_argument_group("pruning")
+    g.add_argument("--heads-fraction", type=float, default=0.0, help="share of attention heads to remove [0, 1)")
+    g.add_argument("--ffn-fraction", type=float, default=0.0, help="share of FFN neurons per layer to remove [0, 1)")
+    g.add_argument("--drop-layers", help="comma-separated layer indices to remove, e.g. 1,3")
+    g.add_argument("--keep-layers", type=int, help="keep K evenly spaced layers, the last one included")
+    g.add_argument("--sparsity", type=float, default=0.0, help="share of encoder weights to zero (no speed-up)")
+    g.add_argument("--importance-samples", type=int, default=256, help="reviews ranking heads/neurons (default: 256)")
+    g.add_argument("--importance-split", choices=("train", "validation"), default="train")
+    g.add_argument("--batch-size", type=int, default=16, help="importance and recovery batch size (default: 16)")
+    g = p.add_argument_group("recovery and evaluation")
+    g.add_argument("--recover-epochs", type=int, default=0, help="fine-tune the pruned model (default: 0)")
+    g.add_argument("--recover-lr", type=float, default=2e-5, help="recovery learning rate (default: 2e-5)")
+    g.add_argument("--train-samples", type=int, help="training reviews for recovery (default: all)")
+    g.add_argument("--eval-samples", type=int, default=500, help="validation reviews scored before/after (0: skip)")
+    g.add_argument("--eval-batch-size", type=int, default=64)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=DEFAULT_DATA, help=f"labelled reviews (default: {DEFAULT_DATA})")
+    g.add_argument("--text-column", help="name of the text column (default: auto-detect)")
+    g.add_argument("--label-column", help="name of the label column (default: auto-detect)")
+    g.add_argument("--labels", help="comma-separated label names, id = position")
+    g.add_argument("--encoding", default="utf-8")
+    g.add_argument("--validation-size", type=float, default=0.1, help="as in training (default: 0.1)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_prune)
+
+
+def prune_config(ns: argparse.Namespace):
+    from bertsent.data import parse_label_names
+    from bertsent.prune import PruneConfig
+
+    size = ns.validation_size
+    return PruneConfig(
+        model=ns.model,
+        output_dir=ns.output_dir,
+        heads_fraction=ns.heads_fraction,
+        ffn_fraction=ns.ffn_fraction,
+        drop_layers=ns.drop_layers,
+        keep_layers=ns.keep_layers,
+        sparsity=ns.sparsity,
+        importance_samples=ns.importance_samples,
+        importance_split=ns.importance_split,
+        eval_samples=ns.eval_samples,
+        batch_size=ns.batch_size,
+        eval_batch_size=ns.eval_batch_size,
+        recover_epochs=ns.recover_epochs,
+        recover_lr=ns.recover_lr,
+        data=ns.data,
+        text_column=ns.text_column,
+        label_column=ns.label_column,
+        labels=parse_label_names(ns.labels) if ns.labels else None,
+        encoding=ns.encoding,
+        validation_size=int(size) if size >= 1 else size,
+        train_samples=ns.train_samples,
+        seed=ns.seed,
+        device=ns.device,
+        threads=ns.threads,
+    )
+
+
+def cmd_prune(ns: argparse.Namespace) -> int:
+    from bertsent.prune import prune
+
+    result = prune(prune_config(ns))
+    c = result.compression
+    for name, key in (
+        ("parameters", "parameters"),
+        ("layers", "layers"),
+        ("heads", "heads"),
+        ("FFN neurons", "ffn_neurons"),
+    ):
+        print(f"{name:>24}: {c[key]['before']:,} -> {c[key]['after']:,}")
+    if c["arguments"]["sparsity"]:
+        print(f"{'encoder sparsity':>24}: {c['sparsity']['encoder_linear_after']:.4f} (dense storage: no speed-up)")
+    validation = c["validation"]
+    if "after" in validation:
+        for key in ("accuracy", "f1"):
+            before, after = validation["before"][key], validation["after"][key]
+            print(f"{'validation ' + key:>24}: {before:.4f} -> {after:.4f} ({validation['reviews']} reviews)")
+    print(f"pruned model saved to {result.output_dir}")
     return 0
 
 
@@ -188,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p, DEFAULT_DATA)
     p.set_defaults(func=cmd_distill)
 
+    add_prune_parser(sub)
+
     p = sub.add_parser("evaluate", help="score a fine-tuned model folder on a data split")
     p.add_argument("--model", required=True, help="fine-tuned model folder")
     p.add_argument("--split", default="test", choices=["test", "validation", "train"])
@@ -213,13 +318,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify texts given on the command line or in a file")
     p.add_argument("--model", required=True, help="fine-tuned model folder")
     p.add_argument("texts", nargs="*", help="texts to classify")
-    p.add_argument("--input", help="CSV/JSONL/TXT file of texts")
+    p.add_argument("--input", help="CSV/JSONL/Parquet/TXT file of texts (streamed: any size)")
     p.add_argument("--output", help="where to write predictions (.csv or .jsonl)")
     p.add_argument("--text-column", default="text")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, help="default: as trained")
     p.add_argument("--truncation", choices=["head", "tail", "head+tail"], help="default: as trained")
     p.add_argument("--top-k", type=int, default=1, help="scores to show per text (0: all)")
+    p.add_argument(
+        "--long-text",
+        choices=["truncate", "chunk"],
+        default="truncate",
+        help="chunk: average the scores of overlapping --max-length windows covering the whole text",
+    )
+    p.add_argument("--stride", type=int, default=128, help="tokens shared by consecutive windows (--long-text chunk)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted --input run where it stopped")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of the input file")
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_predict)
     return parser
@@ -231,6 +345,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
     "compare": cmd_compare,
+    "prune": cmd_prune,
 }
 
 

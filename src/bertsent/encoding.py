@@ -83,6 +83,31 @@ def encode(tokenizer, texts: Sequence[str], max_length: int, truncation: str = "
     return Encoded(ids=ids, full_lengths=np.asarray(full, dtype=np.int64))
 
 
+def encode_windows(tokenizer, texts: Sequence[str], max_length: int, stride: int) -> tuple[Encoded, np.ndarray]:
+    """Overlapping windows of ``max_length`` tokens covering each whole text, and the text each belongs to.
+
+    Consecutive windows share ``stride`` tokens, so no sentence is only ever seen cut in half. Short
+    texts give one window. ``full_lengths`` are per window (the owning text's untruncated length).
+    """
+    prefix, suffix = special_token_layout(tokenizer)
+    budget = max_length - len(prefix) - len(suffix)
+    if not 0 <= stride < budget:
+        raise ValueError(f"stride must be >= 0 and below the {budget} text tokens of a window, got {stride}")
+    ids: list[np.ndarray] = []
+    owner: list[int] = []
+    full: list[int] = []
+    for start in range(0, len(texts), 4096):
+        rows = tokenizer(list(texts[start : start + 4096]), add_special_tokens=False, return_attention_mask=False,
+                         return_token_type_ids=False, verbose=False)["input_ids"]  # fmt: skip
+        for i, row in enumerate(rows):
+            step = budget - stride
+            for begin in range(0, max(len(row) - stride, 1), step):
+                ids.append(np.asarray([*prefix, *row[begin : begin + budget], *suffix], dtype=np.int32))
+                owner.append(start + i)
+                full.append(len(row) + len(prefix) + len(suffix))
+    return Encoded(ids=ids, full_lengths=np.asarray(full, dtype=np.int64)), np.asarray(owner, dtype=np.int64)
+
+
 def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Batches of indices sorted longest first: least padding for inference."""
     order = np.argsort(-np.asarray(lengths), kind="stable")

@@ -129,6 +129,11 @@ def load_classifier(
         from bertsent.prune import load_pruned_classifier
 
         model = load_pruned_classifier(Path(resolved))
+        saved_labels = {int(k): v for k, v in model.config.id2label.items()}
+        if id2label is not None and saved_labels != {int(k): str(v) for k, v in id2label.items()}:
+            raise ModelError(f"{resolved}: a pruned model keeps its labels {saved_labels}; the data has {id2label}")
+        if config_overrides:
+            log.warning("%s: pruned model, config overrides %s not applied", resolved, sorted(config_overrides))
     else:
         model = _from_pretrained(AutoModelForSequenceClassification, name, "model", **kwargs)
     if saved.get("bertsent_quantization") == "torch-dynamic":

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bertsent.encoding import TRUNCATION_STRATEGIES, Encoded, encode, iter_batches
+from bertsent.encoding import TRUNCATION_STRATEGIES, Encoded, encode, encode_windows, iter_batches
 from bertsent.errors import DataError, ModelError
 from bertsent.modeling import load_classifier, load_tokenizer
 
 log = logging.getLogger("bertsent.predict")
 
 ONNX_FILE = "model.onnx"
+LONG_TEXT = ("truncate", "chunk")
 
 
 @torch.inference_mode()
@@ -99,8 +102,13 @@ class Predictor:
         truncation: str | None = None,
         device: str = "auto",
         threads: int | None = None,
+        long_text: str = "truncate",
+        stride: int = 128,
     ) -> None:
         self.model_dir = Path(model_dir)
+        if long_text not in LONG_TEXT:
+            raise ValueError(f"long_text must be one of {', '.join(LONG_TEXT)}, got {long_text!r}")
+        self.long_text, self.stride = long_text, stride
         if not (self.model_dir / "config.json").is_file():
             raise ModelError(f"{self.model_dir}: not a model folder (no config.json)")
         if threads:
@@ -122,14 +130,25 @@ class Predictor:
         """Probabilities, shape ``(len(texts), num_labels)``, in input order (batches sorted by length)."""
         from tqdm.auto import tqdm
 
-        encoded = texts if isinstance(texts, Encoded) else self.encode(list(texts))
+        owner = None
+        if isinstance(texts, Encoded):
+            encoded = texts
+        elif self.long_text == "chunk":
+            encoded, owner = encode_windows(self.tokenizer, list(texts), self.max_length, self.stride)
+        else:
+            encoded = self.encode(list(texts))
         pad_id = self.tokenizer.pad_token_id or 0
         out = np.zeros((len(encoded), len(self.id2label)), dtype=np.float32)
         with tqdm(total=len(encoded), desc="predicting", unit="review", disable=not progress) as bar:
             for idx, batch in iter_batches(encoded, self.batch_size, pad_id):
                 out[idx] = softmax(self.backend.logits(batch))
                 bar.update(len(idx))
-        return out
+        if owner is None:
+            return out
+        # Each text's score is the mean over its windows.
+        per_text = np.zeros((int(owner.max()) + 1 if len(owner) else 0, out.shape[1]), dtype=np.float32)
+        np.add.at(per_text, owner, out)
+        return per_text / np.bincount(owner)[:, None]
 
     def __call__(self, texts: str | list[str], top_k: int | None = 1) -> list[dict] | list[list[dict]]:
         """Pipeline-shaped output: ``[{"label": ..., "score": ...}]``; ``top_k=None`` gives all scores."""
@@ -148,68 +167,144 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def read_texts(path: Path, text_column: str = "text", encoding: str = "utf-8") -> list[str]:
-    """Texts from a CSV/JSONL/TXT (one text a line) file, for ``bertsent predict --input``."""
+INPUT_FORMATS = (".csv", ".jsonl", ".json", ".txt", ".parquet")
+OUTPUT_FORMATS = (".csv", ".jsonl", ".json")
+CHUNK = 4096
+"""Texts read, predicted and written at a time: memory stays flat whatever the file's size."""
+
+
+def iter_texts(path: Path, text_column: str = "text", encoding: str = "utf-8") -> Iterator[str]:
+    """Stream the texts of a CSV/JSONL/Parquet/TXT file (TXT: one text a line, blank lines skipped)."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    if suffix not in INPUT_FORMATS:
+        raise DataError(f"{path}: unknown input format '{suffix}' (use {', '.join(INPUT_FORMATS)})")
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(path)
+        if text_column not in parquet.schema_arrow.names:
+            found = ", ".join(parquet.schema_arrow.names)
+            raise DataError(f"{path}: no column '{text_column}' (found: {found}); pass --text-column")
+        for batch in parquet.iter_batches(batch_size=CHUNK, columns=[text_column]):
+            yield from ("" if t is None else str(t) for t in batch.column(0).to_pylist())
+        return
+    line_no = 0
     try:
-        if suffix == ".txt":
-            texts = path.read_text(encoding=encoding).splitlines()
-            return [t for t in texts if t.strip()]
-        if suffix == ".csv":
-            with path.open(encoding=encoding, newline="") as f:
+        with path.open(encoding=encoding, newline="" if suffix == ".csv" else None) as f:
+            if suffix == ".txt":
+                for line_no, line in enumerate(f, 1):  # noqa: B007 (line_no is reported on errors)
+                    if line.strip():
+                        yield line.rstrip("\n")
+            elif suffix == ".csv":
                 reader = csv.DictReader(f)
                 if text_column not in (reader.fieldnames or []):
-                    raise DataError(
-                        f"{path}: no column '{text_column}' (found: {', '.join(reader.fieldnames or [])});"
-                        " pass --text-column"
-                    )
-                return [row[text_column] or "" for row in reader]
-        if suffix in (".jsonl", ".json"):
-            texts = []
-            with path.open(encoding=encoding) as f:
+                    found = ", ".join(reader.fieldnames or [])
+                    raise DataError(f"{path}: no column '{text_column}' (found: {found}); pass --text-column")
+                for row in reader:
+                    line_no = reader.line_num
+                    yield row[text_column] or ""
+            else:
                 for line_no, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path} line {line_no}: invalid JSON ({e.msg})") from e
-                    if isinstance(row, str):
-                        texts.append(row)
-                    elif isinstance(row, dict) and text_column in row:
-                        texts.append(str(row[text_column]))
-                    else:
-                        raise DataError(f"{path} line {line_no}: no field '{text_column}'; pass --text-column")
-            return texts
+                    if line.strip():
+                        yield _json_text(line, path, line_no, text_column)
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid {encoding} ({e.reason} at byte {e.start}); pass --encoding") from e
-    raise DataError(f"{path}: unknown input format '{suffix}' (use .csv, .jsonl or .txt)")
+        raise DataError(f"{path} after line {line_no}: not valid {encoding} ({e.reason}); pass --encoding") from e
 
 
-def write_predictions(path: Path, texts: list[str], predictions: list[dict]) -> None:
-    """Write predictions in input order as CSV or JSONL (chosen by the suffix)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".csv":
-        with path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
+def _json_text(line: str, path: Path, line_no: int, text_column: str) -> str:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} line {line_no}: invalid JSON ({e.msg})") from e
+    if isinstance(row, str):
+        return row
+    if isinstance(row, dict) and text_column in row:
+        return "" if row[text_column] is None else str(row[text_column])
+    raise DataError(f"{path} line {line_no}: no field '{text_column}'; pass --text-column")
+
+
+def read_texts(path: Path, text_column: str = "text", encoding: str = "utf-8") -> list[str]:
+    """All texts of a file (see :func:`iter_texts`)."""
+    return list(iter_texts(path, text_column, encoding))
+
+
+def format_predictions(suffix: str, texts: list[str], predictions: list[dict], header: bool) -> str:
+    """Predictions as CSV or JSONL text (one record per input, in order)."""
+    if suffix == ".csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        if header:
             writer.writerow(["text", "label", "score"])
-            writer.writerows([t, p["label"], p["score"]] for t, p in zip(texts, predictions, strict=True))
-    elif path.suffix.lower() in (".jsonl", ".json"):
-        with path.open("w", encoding="utf-8") as f:
-            for text, pred in zip(texts, predictions, strict=True):
-                f.write(json.dumps({"text": text} | pred, ensure_ascii=False) + "\n")
-    else:
-        raise DataError(f"{path}: unknown output format '{path.suffix}' (use .csv or .jsonl)")
+        writer.writerows([t, p["label"], p["score"]] for t, p in zip(texts, predictions, strict=True))
+        return buffer.getvalue()
+    return "".join(
+        json.dumps({"text": t} | p, ensure_ascii=False) + "\n" for t, p in zip(texts, predictions, strict=True)
+    )
 
 
-def predict_file(predictor: Predictor, input_path: Path, output_path: Path, text_column: str = "text") -> int:
-    """Classify every text of ``input_path`` into ``output_path``; returns the number of rows."""
-    if output_path.suffix.lower() not in (".csv", ".jsonl", ".json"):
+def _batched(items: Iterator[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def predict_file(
+    predictor: Predictor,
+    input_path: Path,
+    output_path: Path,
+    text_column: str = "text",
+    *,
+    resume: bool = False,
+    encoding: str = "utf-8",
+    progress: bool | None = None,
+    chunk_size: int = CHUNK,
+) -> int:
+    """Classify every text of ``input_path`` into ``output_path`` in input order; returns the rows written.
+
+    Works in chunks, so files larger than memory stream through. After each chunk a sidecar
+    ``<output>.progress.json`` records rows and bytes written; ``resume`` truncates the output to that
+    point and skips the rows already done, so an interrupted run neither duplicates nor loses rows.
+    """
+    from tqdm.auto import tqdm
+
+    suffix = output_path.suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
         raise DataError(f"{output_path}: unknown output format '{output_path.suffix}' (use .csv or .jsonl)")
-    texts = read_texts(input_path, text_column)
-    probs = predictor.predict_proba(texts, progress=None)
-    predictions = [{"label": predictor.id2label[int(row.argmax())], "score": float(row.max())} for row in probs]
-    write_predictions(output_path, texts, predictions)
-    return len(texts)
+    texts = iter_texts(input_path, text_column, encoding)
+    marker = output_path.with_name(output_path.name + ".progress.json")
+    done, offset = 0, 0
+    if resume and marker.is_file():
+        state = json.loads(marker.read_text())
+        done, offset = int(state["rows"]), int(state["bytes"])
+        log.info("resuming %s after %d rows", output_path, done)
+    elif resume:
+        log.warning("--resume: no progress file %s; starting from the first row", marker)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    with output_path.open("r+b" if offset else "wb") as out:
+        out.truncate(offset)  # drop anything written after the last recorded chunk
+        out.seek(offset)
+        skipped = sum(1 for _ in zip(range(done), texts, strict=False))
+        if skipped < done:
+            raise DataError(f"{input_path}: has {skipped} rows but {output_path} already holds {done}: wrong file?")
+        with tqdm(
+            desc="predicting", unit="review", initial=done, disable=not progress if progress is not None else None
+        ) as bar:
+            for chunk in _batched(texts, chunk_size):
+                probs = predictor.predict_proba(chunk)
+                rows = [{"label": predictor.id2label[int(r.argmax())], "score": float(r.max())} for r in probs]
+                out.write(format_predictions(suffix, chunk, rows, header=done == 0).encode("utf-8"))
+                out.flush()
+                done += len(chunk)
+                marker.write_text(json.dumps({"rows": done, "bytes": out.tell(), "input": str(input_path)}))
+                bar.update(len(chunk))
+    if done == 0 and offset == 0:
+        output_path.write_bytes(format_predictions(suffix, [], [], header=True).encode("utf-8"))
+    marker.unlink(missing_ok=True)
+    return done

@@ -1,0 +1,1044 @@
+"""Pruning a fine-tuned BERT classifier: attention heads, FFN neurons, whole layers, small weights.
+
+Structured pruning really removes weights (the Linear layers shrink), so the model gets smaller and
+does less arithmetic; unstructured magnitude pruning only zeroes weights that stay stored densely, so
+it makes no size or speed claim. Decisions, in the order ``prune`` applies them:
+
+1. **Layers** (``drop_layers`` or ``keep_layers``) go first, so importance is measured on the model
+   as it will run. ``keep_layers=K`` keeps K evenly spaced layers *ending with the last one* (every
+   other layer for K = n/2): the pooler and classifier were fine-tuned on the last layer's output.
+2. **Importance** (Michel et al., 2019, "Are Sixteen Heads Really Better than One?"): a gate of ones
+   multiplies each head's context (before ``attention.output.dense``) and each FFN neuron's activation
+   (before ``output.dense``); importance is the absolute gradient of the summed cross-entropy (true
+   labels) w.r.t. the gate, accumulated per batch over ``importance_samples`` *training* reviews, so
+   the validation reviews used to score the result stay unseen. The model is in eval mode (no dropout).
+3. **Heads**: importance is L2-normalised per layer (as Michel et al.), then the globally least
+   important heads are removed until ``heads_fraction`` of the model's heads are gone, every layer
+   keeping at least one.
+4. **FFN neurons**: ``ffn_fraction`` of every layer's intermediate neurons, the least important by the
+   same gradient gate (data-driven, unlike weight magnitude, which ignores how often a neuron fires).
+5. **Sparsity**: the smallest-magnitude ``sparsity`` share of the weights of *each* encoder Linear is
+   zeroed (per matrix, not global, so no matrix is hollowed out; biases, embeddings, pooler and
+   classifier are untouched). The zeros are written into the weights: no reparametrisation.
+6. **Recovery** (``recover_epochs``): ``bertsent.train.train`` fine-tunes the pruned model; the zeroed
+   weights get zero gradients, so they stay zero (Adam moves a weight whose gradients were all zero
+   by exactly 0).
+
+A non-uniform pruned model cannot be rebuilt by stock ``from_pretrained``, so its layout lives in
+``config.json`` under ``bertsent_pruning``: ``{"layers": [original layer ids], "heads": {"<layer>":
+[kept original head ids]}, "intermediate": {"<layer>": size}}``; :func:`load_pruned_classifier` builds
+the model from the config, shrinks it to that layout and loads the safetensors weights strictly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from bertsent.errors import BertsentError, ModelError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from bertsent.data import DataConfig
+    from bertsent.encoding import Encoded
+
+log = logging.getLogger("bertsent.prune")
+
+PRUNING_KEY = "bertsent_pruning"
+"""Attribute of the model config (and key of config.json) that holds the pruned layout."""
+COMPRESSION_FILE = "compression.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+IMPORTANCE_SPLITS = ("train", "validation")
+
+
+class PruneError(BertsentError):
+    """A pruning request that cannot be carried out on this model (unknown layer, too many heads, ...)."""
+
+
+@dataclass
+class PruneConfig:
+    """Settings of one pruning run. Validated on creation; saved in ``compression.json``."""
+
+    model: str
+    """Fine-tuned model folder (as written by ``bertsent train``, or an earlier ``bertsent prune``)."""
+    output_dir: str
+    heads_fraction: float = 0.0
+    """Share of the model's attention heads to remove, in [0, 1); every layer keeps at least one."""
+    ffn_fraction: float = 0.0
+    """Share of every layer's intermediate (FFN) neurons to remove, in [0, 1)."""
+    drop_layers: list[int] | str | None = None
+    """Layer indices to remove (``"1,3"`` or ``[1, 3]``); exclusive with ``keep_layers``."""
+    keep_layers: int | None = None
+    """Keep this many evenly spaced layers, always including the last one."""
+    sparsity: float = 0.0
+    """Share of each encoder Linear's weights zeroed by magnitude, in [0, 1). Dense storage: no speed-up."""
+    importance_samples: int = 256
+    """Reviews whose gradients rank heads and neurons."""
+    importance_split: str = "train"
+    """Where those reviews come from: ``train`` (default: keeps validation unseen) or ``validation``."""
+    eval_samples: int = 500
+    """Validation reviews scored before and after pruning (0 skips the measurement)."""
+    batch_size: int = 16
+    """Batch size of the importance pass and of recovery fine-tuning."""
+    eval_batch_size: int = 64
+    recover_epochs: int = 0
+    """Epochs of recovery fine-tuning of the pruned model (0: none)."""
+    recover_lr: float = 2e-5
+    """Peak learning rate of recovery: low, as the model is already fine-tuned."""
+    data: str | None = None
+    """Labelled reviews (a ``DataConfig`` source); needed for importance, evaluation and recovery."""
+    text_column: str | None = None
+    label_column: str | None = None
+    labels: list[str] | None = None
+    encoding: str = "utf-8"
+    validation_size: float | int = 0.1
+    """As in training: with the same source and seed, validation is the split held out in training."""
+    train_samples: int | None = None
+    """Subset of training reviews for recovery fine-tuning (None: all)."""
+    seed: int = 42
+    device: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("model", "output_dir"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                setattr(self, name, value := os.fspath(value))
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{name} must be a folder path, got {value!r}")
+        for name in ("heads_fraction", "ffn_fraction", "sparsity"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
+        self.drop_layers = _parse_layers(self.drop_layers)
+        if self.drop_layers is not None and self.keep_layers is not None:
+            raise ValueError("drop_layers and keep_layers exclude each other: give one")
+        minimum = {
+            "keep_layers": 1,
+            "importance_samples": 1,
+            "eval_samples": 0,
+            "batch_size": 1,
+            "eval_batch_size": 1,
+            "recover_epochs": 0,
+            "train_samples": 1,
+            "threads": 1,
+        }
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if value is None and name in ("keep_layers", "train_samples", "threads"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not self.recover_lr > 0:
+            raise ValueError(f"recover_lr must be > 0, got {self.recover_lr!r}")
+        if self.importance_split not in IMPORTANCE_SPLITS:
+            raise ValueError(f"importance_split must be one of {', '.join(IMPORTANCE_SPLITS)}")
+        if self.data is not None:
+            self.data = os.fspath(self.data)
+            self.data_config()  # validates the data settings now, not halfway through the run
+        elif self.heads_fraction or self.ffn_fraction or self.recover_epochs:
+            raise ValueError("data: ranking heads/FFN neurons and recovery fine-tuning need labelled reviews")
+        if not any((self.heads_fraction, self.ffn_fraction, self.sparsity, self.drop_layers, self.keep_layers)):
+            raise ValueError("nothing to prune: set heads_fraction, ffn_fraction, drop_layers, keep_layers or sparsity")
+
+    def data_config(self, **changes) -> DataConfig:
+        """The data settings as a ``DataConfig`` (``changes`` override fields)."""
+        from bertsent.data import DataConfig
+
+        if self.data is None:
+            raise ValueError("data: no data source given")
+        settings = {
+            "source": self.data,
+            "text_column": self.text_column,
+            "label_column": self.label_column,
+            "labels": self.labels,
+            "encoding": self.encoding,
+            "validation_size": self.validation_size,
+            "train_samples": self.train_samples,
+            "seed": self.seed,
+        }
+        return DataConfig(**(settings | changes))
+
+
+def _parse_layers(value) -> list[int] | None:
+    """``"1,3"`` / ``[1, 3]`` -> ``[1, 3]`` (sorted); duplicates and negatives are errors."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if not parts or not all(p.isdigit() for p in parts):
+            raise ValueError(f"drop_layers: expected comma-separated layer indices such as 1,3, got {value!r}")
+        value = [int(p) for p in parts]
+    layers = list(value)
+    if not layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
+        raise ValueError(f"drop_layers: expected non-negative layer indices, got {value!r}")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"drop_layers: a layer is given twice in {value!r}")
+    return sorted(layers)
+
+
+@dataclass
+class PruneResult:
+    output_dir: Path
+    metrics: dict
+    compression: dict
+    model: PreTrainedModel
+    """The pruned model in memory (what the folder holds)."""
+
+
+@dataclass
+class Importance:
+    """Gradient importance of heads and FFN neurons (Michel et al., 2019), before normalisation.
+
+    ``heads`` has shape ``(layers, num_attention_heads)``, indexed by *original* head id (as in the
+    layout); heads an earlier pruning removed are NaN. ``ffn`` holds one array per layer with a value
+    per current intermediate neuron.
+    """
+
+    heads: np.ndarray
+    ffn: list[np.ndarray]
+    samples: int
+
+
+# --- model structure and layout ----------------------------------------------------------------------
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The encoder's layers of a BERT-style model, checked to have the modules pruning slices."""
+    base = getattr(model, "base_model", model)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        raise PruneError(f"pruning supports BERT-style encoders (encoder.layer[i]); {model_type} is laid out otherwise")
+    for layer in layers:
+        linears = (
+            getattr(getattr(getattr(layer, "attention", None), "self", None), "query", None),
+            getattr(getattr(getattr(layer, "attention", None), "output", None), "dense", None),
+            getattr(getattr(layer, "intermediate", None), "dense", None),
+            getattr(getattr(layer, "output", None), "dense", None),
+        )
+        if not all(isinstance(m, nn.Linear) for m in linears) or hasattr(layer, "crossattention"):
+            raise PruneError(f"pruning supports BERT-style encoder layers; {model_type} has a different layer layout")
+    return layers
+
+
+def pruning_layout(model_or_config) -> dict:
+    """The layout of a model (or config): kept original layers, kept heads and FFN size per layer."""
+    config = getattr(model_or_config, "config", model_or_config)
+    n, heads, size = config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
+    saved = getattr(config, PRUNING_KEY, None) or {}
+    return {
+        "layers": [int(i) for i in saved.get("layers", range(n))],
+        "heads": {str(i): [int(h) for h in saved.get("heads", {}).get(str(i), range(heads))] for i in range(n)},
+        "intermediate": {str(i): int(saved.get("intermediate", {}).get(str(i), size)) for i in range(n)},
+    }
+
+
+def _set_layout(model: nn.Module, layout: dict) -> None:
+    # The layout lives in the config so that every save_pretrained (train's too) carries it.
+    setattr(model.config, PRUNING_KEY, layout)
+
+
+def _slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """A new Linear keeping ``index`` along ``dim`` (0: outputs, 1: inputs), same dtype and device."""
+    from transformers.pytorch_utils import prune_linear_layer
+
+    return prune_linear_layer(linear, index, dim=dim).to(dtype=linear.weight.dtype)
+
+
+def retain_layers(model: nn.Module, keep: Sequence[int]) -> None:
+    """Keep only the encoder layers at ``keep`` (current indices, ascending), renumbering them."""
+    layers = encoder_layers(model)
+    layout = pruning_layout(model)
+    bad = [i for i in keep if not 0 <= i < len(layers)]
+    if bad or not keep:
+        raise PruneError(f"cannot keep layers {list(keep)} of a {len(layers)}-layer model")
+    new_layers = nn.ModuleList([layers[i] for i in keep])
+    for new, layer in enumerate(new_layers):
+        if hasattr(layer.attention.self, "layer_idx"):
+            layer.attention.self.layer_idx = new  # only caches use it, but keep it true
+    model.base_model.encoder.layer = new_layers
+    model.config.num_hidden_layers = len(keep)
+    _set_layout(
+        model,
+        {
+            "layers": [layout["layers"][i] for i in keep],
+            "heads": {str(new): layout["heads"][str(old)] for new, old in enumerate(keep)},
+            "intermediate": {str(new): layout["intermediate"][str(old)] for new, old in enumerate(keep)},
+        },
+    )
+
+
+def prune_heads(model: nn.Module, remove: dict[int, Sequence[int]]) -> None:
+    """Remove attention heads, given per layer as *current* head positions; weights really go.
+
+    Rows of query/key/value and columns of the attention output projection are sliced; BERT's
+    ``view(..., -1, head_size)`` then runs with the fewer heads.
+    """
+    layers = encoder_layers(model)
+    layout = pruning_layout(model)
+    for li, positions in remove.items():
+        if not 0 <= li < len(layers):
+            raise PruneError(f"no layer {li}: the model has {len(layers)} layers")
+        attention = layers[li].attention
+        n_heads, head_size = attention.self.num_attention_heads, attention.self.attention_head_size
+        gone = {int(p) for p in positions}
+        if not gone:
+            continue
+        if not all(0 <= p < n_heads for p in gone):
+            raise PruneError(f"layer {li} has {n_heads} heads; cannot remove {sorted(gone)}")
+        keep = [h for h in range(n_heads) if h not in gone]
+        if not keep:
+            raise PruneError(f"layer {li} would lose all its heads: every layer keeps at least one")
+        index = torch.cat([torch.arange(h * head_size, (h + 1) * head_size) for h in keep])
+        for name in ("query", "key", "value"):
+            setattr(attention.self, name, _slice_linear(getattr(attention.self, name), index, 0))
+        attention.output.dense = _slice_linear(attention.output.dense, index, 1)
+        attention.self.num_attention_heads = len(keep)
+        attention.self.all_head_size = len(keep) * head_size
+        layout["heads"][str(li)] = [layout["heads"][str(li)][h] for h in keep]
+    _set_layout(model, layout)
+
+
+def prune_ffn(model: nn.Module, keep: dict[int, Sequence[int]]) -> None:
+    """Keep only the intermediate neurons ``keep[layer]`` (current positions) of each given layer."""
+    layers = encoder_layers(model)
+    layout = pruning_layout(model)
+    for li, positions in keep.items():
+        if not 0 <= li < len(layers):
+            raise PruneError(f"no layer {li}: the model has {len(layers)} layers")
+        size = layers[li].intermediate.dense.out_features
+        index = torch.as_tensor(sorted({int(p) for p in positions}), dtype=torch.long)
+        if len(index) == 0 or index[0] < 0 or index[-1] >= size:
+            raise PruneError(f"layer {li} has {size} FFN neurons; cannot keep {list(positions)[:8]}...")
+        layers[li].intermediate.dense = _slice_linear(layers[li].intermediate.dense, index, 0)
+        layers[li].output.dense = _slice_linear(layers[li].output.dense, index, 1)
+        layout["intermediate"][str(li)] = len(index)
+    _set_layout(model, layout)
+
+
+def _encoder_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
+    for name, module in model.base_model.encoder.named_modules():
+        if isinstance(module, nn.Linear):
+            yield f"{model.base_model_prefix}.encoder.{name}", module
+
+
+@torch.no_grad()
+def magnitude_prune(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
+    """Zero the ``sparsity`` share of smallest-|w| weights of every encoder Linear (per matrix).
+
+    Returns the keep-masks by parameter name (to hold the zeros during recovery). The zeros are
+    written into ``weight`` itself: nothing else is stored, and the weights stay dense.
+    """
+    masks: dict[str, torch.Tensor] = {}
+    for name, linear in _encoder_linears(model):
+        weight = linear.weight
+        k = int(sparsity * weight.numel() + 0.5)
+        mask = torch.ones_like(weight, dtype=torch.bool)
+        if k:
+            smallest = torch.argsort(weight.abs().flatten(), stable=True)[:k]
+            mask.view(-1)[smallest] = False
+            weight.mul_(mask)
+        masks[f"{name}.weight"] = mask
+    return masks
+
+
+def encoder_sparsity(model: nn.Module) -> float:
+    """Share of exact zeros among the weights of the encoder's Linear layers."""
+    zeros = total = 0
+    for _, linear in _encoder_linears(model):
+        zeros += int((linear.weight == 0).sum())
+        total += linear.weight.numel()
+    return zeros / total
+
+
+def model_stats(model: nn.Module) -> dict:
+    """Parameters, layers, heads and FFN neurons of a model, counted from its modules."""
+    layers = encoder_layers(model)
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "layers": len(layers),
+        "heads": sum(layer.attention.self.num_attention_heads for layer in layers),
+        "ffn_neurons": sum(layer.intermediate.dense.out_features for layer in layers),
+        "encoder_sparsity": encoder_sparsity(model),
+    }
+
+
+# --- loading ----------------------------------------------------------------------------------------
+
+
+def _check_layout(layout, config, folder: Path) -> dict:
+    """The saved layout, checked against the config; a broken one is a ModelError, not a traceback."""
+    where = f"{folder}/config.json: {PRUNING_KEY}"
+    if not isinstance(layout, dict):
+        raise ModelError(f"{where} must be an object, got {type(layout).__name__}")
+    n, n_heads, size = config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
+    for key in ("heads", "intermediate"):
+        entries = layout.get(key, {})
+        if not isinstance(entries, dict):
+            raise ModelError(f"{where}.{key} must be an object keyed by layer index")
+        for layer in entries:
+            if not (str(layer).isdigit() and int(layer) < n):
+                raise ModelError(f"{where}.{key} names layer {layer!r} of a {n}-layer model")
+    for layer, heads in layout.get("heads", {}).items():
+        ok = isinstance(heads, list) and all(isinstance(h, int) and 0 <= h < n_heads for h in heads)
+        if not ok or not heads or len(set(heads)) != len(heads):
+            raise ModelError(f"{where}.heads[{layer}] must list 1 to {n_heads} distinct head ids, got {heads!r}")
+    for layer, width in layout.get("intermediate", {}).items():
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= size:
+            raise ModelError(f"{where}.intermediate[{layer}] must be a size in 1..{size}, got {width!r}")
+    if "layers" in layout and (not isinstance(layout["layers"], list) or len(layout["layers"]) != n):
+        raise ModelError(f"{where}.layers must list {n} original layer ids (num_hidden_layers)")
+    return layout
+
+
+def apply_layout(model: nn.Module, layout: dict) -> None:
+    """Shrink a freshly built (uniform) model to ``layout``'s shapes; the weights are loaded afterwards."""
+    layers = encoder_layers(model)
+    setattr(model.config, PRUNING_KEY, None)  # the fresh modules are uniform: start from that layout
+    heads, widths = layout.get("heads", {}), layout.get("intermediate", {})
+    remove, keep = {}, {}
+    for li, layer in enumerate(layers):
+        if str(li) in heads:
+            remove[li] = range(len(heads[str(li)]), layer.attention.self.num_attention_heads)
+        if str(li) in widths:
+            keep[li] = range(widths[str(li)])
+    prune_heads(model, remove)
+    prune_ffn(model, keep)
+    merged = pruning_layout(model)
+    merged["layers"] = [int(i) for i in layout.get("layers", merged["layers"])]
+    merged["heads"] |= {str(li): [int(h) for h in kept] for li, kept in heads.items()}  # original head ids
+    _set_layout(model, merged)
+
+
+def load_pruned_classifier(folder: str | os.PathLike) -> PreTrainedModel:
+    """Load a pruned sequence classifier folder: config -> model -> layout -> safetensors (strict)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from bertsent.modeling import quiet_transformers
+
+    folder = Path(folder)
+    index = folder / f"{WEIGHTS_FILE}.index.json"
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else None
+    except (json.JSONDecodeError, KeyError, AttributeError) as e:
+        raise ModelError(f"{index}: not a valid safetensors index ({e})") from e
+    files = [folder / name for name in shards] if shards else [folder / WEIGHTS_FILE]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise ModelError(f"{folder}: no {', '.join(missing)} (pruned models are loaded from safetensors only)")
+    quiet_transformers()
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read {folder}/config.json: {str(e).splitlines()[0]}") from e
+    layout = _check_layout(getattr(config, PRUNING_KEY, None) or {}, config, folder)
+    try:
+        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
+    except ValueError as e:
+        raise ModelError(f"cannot build the model of {folder}: {str(e).splitlines()[0]}") from e
+    try:
+        apply_layout(model, layout)
+    except PruneError as e:
+        raise ModelError(f"{folder}: {e}") from e
+    try:
+        state = {}
+        for path in files:
+            state |= load_file(path)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, SafetensorError, OSError) as e:
+        raise ModelError(
+            f"{folder}: weights do not match the pruned layout in config.json ({str(e).strip().splitlines()[0]})"
+        ) from e
+    return model.eval()
+
+
+# --- importance --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Gates:
+    """Per-layer gate tensors: one per head, one per FFN neuron (current positions)."""
+
+    heads: list[torch.Tensor]
+    ffn: list[torch.Tensor]
+
+
+@contextmanager
+def gated(
+    model: nn.Module,
+    heads: Sequence[Sequence[float]] | None = None,
+    ffn: Sequence[Sequence[float]] | None = None,
+    requires_grad: bool = False,
+) -> Iterator[Gates]:
+    """Multiply every head's context and every FFN activation by a gate while inside the block.
+
+    Gates default to ones; ``requires_grad=True`` makes them leaves whose gradient is the importance.
+    A gate of 0 masks a head (or neuron) exactly as removing it does.
+    """
+    layers = encoder_layers(model)
+    param = next(model.parameters())
+
+    def make(values, n: int, what: str, li: int) -> torch.Tensor:
+        gate = torch.ones(n) if values is None else torch.as_tensor(values[li], dtype=torch.float32)
+        if gate.shape != (n,):
+            raise PruneError(f"layer {li} has {n} {what}; got a gate of shape {tuple(gate.shape)}")
+        return gate.to(device=param.device, dtype=param.dtype).requires_grad_(requires_grad)
+
+    gates = Gates(
+        heads=[make(heads, layer.attention.self.num_attention_heads, "heads", i) for i, layer in enumerate(layers)],
+        ffn=[make(ffn, layer.intermediate.dense.out_features, "FFN neurons", i) for i, layer in enumerate(layers)],
+    )
+
+    def head_hook(gate: torch.Tensor, head_size: int):
+        # The context reaches attention.output.dense as (batch, length, heads * head_size).
+        def hook(module, args):
+            context = args[0].unflatten(-1, (-1, head_size)) * gate[:, None]
+            return (context.flatten(-2), *args[1:])
+
+        return hook
+
+    def ffn_hook(gate: torch.Tensor):
+        def hook(module, args):
+            return (args[0] * gate, *args[1:])
+
+        return hook
+
+    handles = []
+    try:
+        for layer, head_gate, ffn_gate in zip(layers, gates.heads, gates.ffn, strict=True):
+            head_size = layer.attention.self.attention_head_size
+            handles.append(layer.attention.output.dense.register_forward_pre_hook(head_hook(head_gate, head_size)))
+            handles.append(layer.output.dense.register_forward_pre_hook(ffn_hook(ffn_gate)))
+        yield gates
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def compute_importance(
+    model: nn.Module, encoded: Encoded, labels: np.ndarray, batch_size: int = 16, pad_id: int = 0
+) -> Importance:
+    """Accumulated |d loss / d gate| of every head and FFN neuron over ``encoded`` (true ``labels``)."""
+    from bertsent.encoding import iter_batches
+
+    was_training = model.training
+    model.eval()  # no dropout: the ranking should not depend on the random masks
+    device = next(model.parameters()).device
+    layout = pruning_layout(model)
+    with gated(model, requires_grad=True) as gates:
+        leaves = gates.heads + gates.ffn
+        totals = [torch.zeros_like(g, dtype=torch.float64) for g in leaves]
+        for idx, batch in iter_batches(encoded, batch_size, pad_id):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            target = torch.as_tensor(labels[idx], dtype=torch.long, device=device)
+            logits = model(**batch).logits
+            # Summed, so every review weighs the same whatever the batch sizes.
+            loss = nn.functional.cross_entropy(logits.float(), target, reduction="sum")
+            # autograd.grad walks only the paths to the gates: no weight gradients are computed.
+            for total, grad in zip(totals, torch.autograd.grad(loss, leaves), strict=True):
+                total += grad.detach().abs().double()
+    model.train(was_training)
+    n_layers = len(gates.heads)
+    heads = np.full((n_layers, model.config.num_attention_heads), np.nan)
+    for li in range(n_layers):
+        heads[li, layout["heads"][str(li)]] = totals[li].cpu().numpy()
+    ffn = [t.cpu().numpy() for t in totals[n_layers:]]
+    return Importance(heads=heads, ffn=ffn, samples=len(encoded))
+
+
+def current_head_scores(importance: Importance, model: nn.Module) -> list[np.ndarray]:
+    """Per layer, the importance of the heads the model has now, in their current order."""
+    layout = pruning_layout(model)
+    return [importance.heads[li, layout["heads"][str(li)]] for li in range(len(encoder_layers(model)))]
+
+
+def _count(fraction: float, total: int) -> int:
+    return int(fraction * total + 0.5)  # round half up (Python's round() goes to even)
+
+
+def heads_to_remove_count(fraction: float, heads_per_layer: Sequence[int]) -> int:
+    """How many heads ``fraction`` removes; a PruneError when layers would be left without a head."""
+    total, n_layers = sum(heads_per_layer), len(heads_per_layer)
+    n = _count(fraction, total)
+    if n > total - n_layers:
+        raise PruneError(
+            f"heads_fraction {fraction} would remove {n} of {total} heads, but each of the {n_layers} layers "
+            f"keeps at least one: use at most {(total - n_layers) / total:.3f} (or drop layers)"
+        )
+    return n
+
+
+def select_heads(scores: Sequence[np.ndarray], fraction: float) -> dict[int, list[int]]:
+    """Heads to remove (current positions per layer): the globally least important after L2 per layer."""
+    n_remove = heads_to_remove_count(fraction, [len(s) for s in scores])
+    normalised = [np.asarray(s, dtype=np.float64) / (np.linalg.norm(s) + 1e-20) for s in scores]
+    ranked = sorted((value, li, h) for li, layer in enumerate(normalised) for h, value in enumerate(layer))
+    left = [len(s) for s in scores]
+    remove: dict[int, list[int]] = {li: [] for li in range(len(scores))}
+    removed = 0
+    for _, li, h in ranked:
+        if removed == n_remove:
+            break
+        if left[li] > 1:
+            remove[li].append(h)
+            left[li] -= 1
+            removed += 1
+    return {li: sorted(hs) for li, hs in remove.items() if hs}
+
+
+def select_neurons(scores: Sequence[np.ndarray], fraction: float) -> dict[int, np.ndarray]:
+    """FFN neurons to keep (sorted current positions) per layer: all but the ``fraction`` least important."""
+    keep = {}
+    for li, layer_scores in enumerate(scores):
+        n_remove = min(_count(fraction, len(layer_scores)), len(layer_scores) - 1)
+        order = np.argsort(np.asarray(layer_scores), kind="stable")
+        keep[li] = np.sort(order[n_remove:])
+    return keep
+
+
+def select_layers(n_layers: int, drop: Sequence[int] | None = None, keep_count: int | None = None) -> list[int]:
+    """Indices of the layers to keep: all but ``drop``, or ``keep_count`` evenly spaced ending at the last."""
+    if drop is not None:
+        unknown = [i for i in drop if not 0 <= i < n_layers]
+        if unknown:
+            raise PruneError(
+                f"drop_layers: unknown layer index {unknown[0]}: the model has {n_layers} layers (0..{n_layers - 1})"
+            )
+        if len(set(drop)) >= n_layers:
+            raise PruneError(f"drop_layers: cannot drop all {n_layers} layers")
+        return [i for i in range(n_layers) if i not in set(drop)]
+    if keep_count is not None:
+        if not 1 <= keep_count <= n_layers:
+            raise PruneError(f"keep_layers: must be between 1 and the model's {n_layers} layers, got {keep_count}")
+        # Step back from the last layer by n/K: K = n/2 keeps every other layer (1, 3, ..., n-1).
+        return sorted({n_layers - 1 - (j * n_layers) // keep_count for j in range(keep_count)})
+    return list(range(n_layers))
+
+
+# --- the stage ---------------------------------------------------------------------------------------
+
+
+def _check_source(config: PruneConfig) -> Path:
+    source = Path(config.model).expanduser()
+    if not source.is_dir():
+        raise ModelError(f"{source}: no such model folder")
+    if not (source / "config.json").is_file():
+        raise ModelError(f"{source}: not a model folder (no config.json)")
+    if not (source / WEIGHTS_FILE).is_file() and not (source / f"{WEIGHTS_FILE}.index.json").is_file():
+        raise ModelError(f"{source}: no {WEIGHTS_FILE}: prune takes a fine-tuned PyTorch model folder")
+    out = Path(config.output_dir).expanduser()
+    if out.resolve() == source.resolve():
+        raise PruneError(f"output_dir {out} is the source model folder: choose another folder")
+    if (out / "model.onnx").exists():
+        raise PruneError(f"{out} holds a model.onnx that would shadow the pruned weights: choose another folder")
+    return source
+
+
+def _copy_tokenizer_and_args(source: Path, out: Path, tokenizer) -> None:
+    copied = [name for name in TOKENIZER_FILES if (source / name).is_file()]
+    for name in copied:
+        shutil.copy2(source / name, out / name)
+    if "tokenizer_config.json" not in copied:
+        tokenizer.save_pretrained(out)  # a folder without tokenizer files (hub-style): write them
+    if (source / "training_args.json").is_file():
+        shutil.copy2(source / "training_args.json", out / "training_args.json")  # max_length/truncation travel
+
+
+def _validation_metrics(model_dir: Path, texts: list[str], labels: np.ndarray, config: PruneConfig) -> dict:
+    """Metrics of a saved folder on the evaluation reviews, through ``Predictor`` (as users run it)."""
+    from bertsent.metrics import classification_metrics
+    from bertsent.predict import Predictor
+
+    predictor = Predictor(model_dir, batch_size=config.eval_batch_size, device=config.device)
+    started = time.perf_counter()
+    probs = predictor.predict_proba(texts)
+    metrics = classification_metrics(labels, probs, predictor.id2label)
+    return metrics | {"backend": predictor.backend.name, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _load_reviews(config: PruneConfig, source: Path, id2label: dict[int, str]):
+    """Importance reviews and evaluation reviews (validation: the split held out when training)."""
+    from bertsent.data import load_data, stratified_subset
+    from bertsent.evaluate import data_config_for
+
+    # Validation is carved as in training (data_config_for); subsets are drawn here, from the whole of it.
+    data = data_config_for(source, config.data_config(train_samples=None))
+    data = dataclasses.replace(data, validation_samples=None)
+    need_importance = bool(config.heads_fraction or config.ffn_fraction)
+    from_train = need_importance and config.importance_split == "train"
+    wanted = ("train", "validation") if from_train else ("validation",)
+    splits = load_data(dataclasses.replace(data, train_samples=config.importance_samples), splits=wanted)
+    if {int(k): v for k, v in splits.id2label.items()} != id2label:
+        raise PruneError(f"labels of {data.source} {splits.id2label} differ from the model's {id2label}")
+    pool = splits.train if from_train else splits.validation
+    importance = stratified_subset(pool, config.importance_samples, data.seed) if need_importance else None
+    evaluation = stratified_subset(splits.validation, config.eval_samples, data.seed) if config.eval_samples else None
+    if evaluation is not None and len(evaluation) == 0:
+        raise PruneError(f"{data.source}: no validation reviews to evaluate on")
+    return data, importance, evaluation
+
+
+def prune(config: PruneConfig) -> PruneResult:
+    """Prune ``config.model`` as configured and write a self-describing output folder."""
+    from bertsent.modeling import load_classifier, load_tokenizer, quiet_transformers
+    from bertsent.predict import inference_settings
+    from bertsent.train import pick_device
+
+    started = time.perf_counter()
+    source = _check_source(config)
+    out = Path(config.output_dir).expanduser()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    quiet_transformers()
+    device = pick_device(config.device)
+    model = load_classifier(source).eval()
+    tokenizer = load_tokenizer(source)
+    max_length, truncation = inference_settings(source, tokenizer)
+    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    before = model_stats(model)
+
+    # Check the whole request against the model before any slow step.
+    keep = select_layers(before["layers"], config.drop_layers, config.keep_layers)
+    layout = pruning_layout(model)
+    if config.heads_fraction:
+        heads_to_remove_count(config.heads_fraction, [len(layout["heads"][str(i)]) for i in keep])
+
+    data = importance_reviews = eval_reviews = None
+    if config.heads_fraction or config.ffn_fraction or config.recover_epochs or config.eval_samples:
+        if config.data is None:
+            raise PruneError("no data: pass data (--data) or set eval_samples to 0")
+        data, importance_reviews, eval_reviews = _load_reviews(config, source, id2label)
+    validation: dict = {"reviews": 0 if eval_reviews is None else len(eval_reviews)}
+    if eval_reviews is not None:
+        eval_texts, eval_labels = eval_reviews["text"].tolist(), eval_reviews["label"].to_numpy()
+        validation["before"] = _validation_metrics(source, eval_texts, eval_labels, config)
+
+    retain_layers(model, keep)
+    dropped = [i for i in range(before["layers"]) if i not in keep]
+    model.to(device)
+    importance = None
+    removed_heads: dict[str, list[int]] = {}
+    if config.heads_fraction or config.ffn_fraction:
+        tick = time.perf_counter()
+        encoded = _encode(tokenizer, importance_reviews["text"].tolist(), max_length, truncation)
+        labels = importance_reviews["label"].to_numpy()
+        importance = compute_importance(model, encoded, labels, config.batch_size, tokenizer.pad_token_id or 0)
+        log.info(
+            "importance of heads and FFN neurons from %d reviews in %.1fs", len(labels), time.perf_counter() - tick
+        )
+        if config.heads_fraction:
+            current = pruning_layout(model)["heads"]
+            remove = select_heads(current_head_scores(importance, model), config.heads_fraction)
+            if not remove:
+                log.warning("heads_fraction %s is too small to remove a head of this model", config.heads_fraction)
+            removed_heads = {str(li): [current[str(li)][h] for h in hs] for li, hs in remove.items()}
+            prune_heads(model, remove)
+        if config.ffn_fraction:
+            prune_ffn(model, select_neurons(importance.ffn, config.ffn_fraction))
+    masks = magnitude_prune(model, config.sparsity) if config.sparsity else {}
+
+    out.mkdir(parents=True, exist_ok=True)
+    recovery = None
+    if config.recover_epochs:
+        if eval_reviews is not None:
+            validation["pruned"] = _in_memory_metrics(model, tokenizer, eval_texts, eval_labels, config)
+        recovery = _recover(config, model, source, data, masks, max_length, truncation)
+        model.save_pretrained(out)  # the re-applied masks (a no-op unless a zero regrew) and the layout
+    else:
+        model.save_pretrained(out)
+        _copy_tokenizer_and_args(source, out, tokenizer)
+    after = model_stats(model)
+    if eval_reviews is not None:
+        validation["after"] = _validation_metrics(out, eval_texts, eval_labels, config)
+
+    compression = {
+        "method": "prune",
+        "source": str(source),
+        "arguments": asdict(config),
+        "resolved": {
+            "kept_layers": keep,
+            "dropped_layers": dropped,
+            "removed_heads": removed_heads,
+            "max_length": max_length,
+            "truncation": truncation,
+            "importance": "gradient of the loss w.r.t. per-head / per-neuron gates (Michel et al., 2019)",
+            "head_selection": "global, after L2 normalisation per layer; every layer keeps a head",
+            "ffn_selection": "per layer, least important by the same gradient gate",
+            "sparsity_scope": "per encoder Linear weight matrix (biases, embeddings, pooler, classifier kept)",
+            "layer_selection": "explicit" if config.drop_layers else "evenly spaced, keeping the last layer",
+        },
+        "parameters": {"before": before["parameters"], "after": after["parameters"]},
+        "layers": {"before": before["layers"], "after": after["layers"]},
+        "heads": {"before": before["heads"], "after": after["heads"]},
+        "ffn_neurons": {"before": before["ffn_neurons"], "after": after["ffn_neurons"]},
+        "sparsity": {
+            "target": config.sparsity,
+            "encoder_linear_before": before["encoder_sparsity"],
+            "encoder_linear_after": after["encoder_sparsity"],
+            "note": "zeroed weights are stored densely: no smaller file and no speed-up from sparsity",
+        },
+        "weights_bytes": {"before": _weights_bytes(source), "after": _weights_bytes(out)},
+        "layout": pruning_layout(model),
+        "stock_loadable": _uniform(model),
+        "head_importance": None if importance is None else _nan_to_none(_normalised_heads(importance)),
+        "importance_samples": 0 if importance is None else importance.samples,
+        "validation": validation,
+        "recovery": recovery,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    metrics = _flat_metrics(compression)
+    (out / COMPRESSION_FILE).write_text(json.dumps(compression, indent=2))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_prune_card(out, compression)
+    log.info("pruned model saved to %s", out)
+    return PruneResult(output_dir=out, metrics=metrics, compression=compression, model=model)
+
+
+def _encode(tokenizer, texts: list[str], max_length: int, truncation: str) -> Encoded:
+    from bertsent.encoding import encode
+
+    return encode(tokenizer, texts, max_length, truncation)
+
+
+def _in_memory_metrics(model, tokenizer, texts, labels, config: PruneConfig) -> dict:
+    """Metrics of the pruned model before recovery (not saved on its own, so scored in memory)."""
+    from bertsent.metrics import classification_metrics
+    from bertsent.predict import inference_settings, predict_probs
+
+    max_length, truncation = inference_settings(Path(config.model).expanduser(), tokenizer)
+    device = next(model.parameters()).device
+    probs = predict_probs(
+        model,
+        _encode(tokenizer, texts, max_length, truncation),
+        config.eval_batch_size,
+        tokenizer.pad_token_id or 0,
+        device,
+    )
+    return classification_metrics(labels, probs, model.config.id2label)
+
+
+def _recover(config: PruneConfig, model, source: Path, data: DataConfig, masks, max_length, truncation) -> dict:
+    """Fine-tune the pruned model with ``train``; zeroed weights are held at zero through their gradients."""
+    from bertsent.train import TrainingArguments, train
+
+    args = TrainingArguments(
+        output_dir=config.output_dir,
+        model=str(source),  # the tokenizer comes from here; the weights are the pruned model's
+        max_length=max_length,
+        truncation=truncation,
+        epochs=config.recover_epochs,
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        lr=config.recover_lr,
+        seed=config.seed,
+        device=config.device,
+        threads=config.threads,
+        save_steps=None,
+    )
+    recovery_data = dataclasses.replace(
+        data, train_samples=config.train_samples, validation_samples=config.eval_samples or None
+    )
+    handles = [
+        model.get_parameter(name).register_hook(lambda grad, mask=mask: grad * mask.to(grad.device))
+        for name, mask in masks.items()
+    ]
+    try:
+        result = train(args, recovery_data, model=model)
+    finally:
+        for handle in handles:
+            handle.remove()
+    with torch.no_grad():
+        for name, mask in masks.items():
+            param = model.get_parameter(name)
+            param.mul_(mask.to(param.device))
+    keys = ("steps", "train_seconds", "best_step", "validation_accuracy", "test_accuracy", "test_f1")
+    return {
+        "epochs": config.recover_epochs,
+        "lr": config.recover_lr,
+        "train_reviews": result.metrics.get("train_reviews"),
+        "note": "recovery picks its best epoch on the same validation reviews that are reported",
+    } | {k: result.metrics[k] for k in keys if k in result.metrics}
+
+
+def _weights_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("model*.safetensors"))
+
+
+def _uniform(model: nn.Module) -> bool:
+    """Whether stock ``from_pretrained`` (and so ``transformers.pipeline``) can rebuild the model."""
+    layout, config = pruning_layout(model), model.config
+    return all(len(h) == config.num_attention_heads for h in layout["heads"].values()) and all(
+        w == config.intermediate_size for w in layout["intermediate"].values()
+    )
+
+
+def _normalised_heads(importance: Importance) -> np.ndarray:
+    norms = np.sqrt(np.nansum(importance.heads**2, axis=1, keepdims=True))
+    return importance.heads / (norms + 1e-20)
+
+
+def _nan_to_none(matrix: np.ndarray) -> list[list[float | None]]:
+    return [[None if np.isnan(v) else round(float(v), 6) for v in row] for row in matrix]
+
+
+def _flat_metrics(compression: dict) -> dict:
+    metrics: dict = {
+        "num_parameters": compression["parameters"]["after"],
+        "num_parameters_before": compression["parameters"]["before"],
+        "parameter_reduction": 1 - compression["parameters"]["after"] / compression["parameters"]["before"],
+        "layers": compression["layers"]["after"],
+        "heads": compression["heads"]["after"],
+        "ffn_neurons": compression["ffn_neurons"]["after"],
+        "encoder_sparsity": compression["sparsity"]["encoder_linear_after"],
+    }
+    validation = compression["validation"]
+    metrics["validation_reviews"] = validation["reviews"]
+    for stage, suffix in (("after", ""), ("before", "_before"), ("pruned", "_pruned")):
+        for key in ("accuracy", "f1", "f1_macro", "log_loss"):
+            if stage in validation and key in validation[stage]:
+                metrics[f"validation_{key}{suffix}"] = validation[stage][key]
+    recovery = compression["recovery"] or {}
+    metrics |= {k: recovery[k] for k in ("test_accuracy", "test_f1") if k in recovery}
+    return metrics
+
+
+def write_prune_card(output_dir: Path, compression: dict) -> Path:
+    """The README.md of a pruned folder: what was removed and what was measured."""
+    import bertsent
+
+    args, resolved = compression["arguments"], compression["resolved"]
+    done = []
+    if resolved["dropped_layers"]:
+        done.append(
+            f"- dropped encoder layers {resolved['dropped_layers']} ({resolved['layer_selection']}); "
+            f"kept {resolved['kept_layers']}"
+        )
+    if args["heads_fraction"]:
+        done.append(
+            f"- removed {args['heads_fraction']:.0%} of the attention heads, ranked by {resolved['importance']} "
+            f"over {compression['importance_samples']} {args['importance_split']} reviews; "
+            f"{resolved['head_selection']}"
+        )
+    if args["ffn_fraction"]:
+        done.append(
+            f"- removed {args['ffn_fraction']:.0%} of the FFN neurons of every layer ({resolved['ffn_selection']})"
+        )
+    if args["sparsity"]:
+        done.append(
+            f"- zeroed the {args['sparsity']:.0%} smallest-magnitude weights {resolved['sparsity_scope']}: "
+            "**no speed or size claim**, the weights are stored densely"
+        )
+    recovery = compression["recovery"]
+    if recovery:
+        done.append(
+            f"- recovery fine-tuning: {recovery['epochs']} epoch(s) at lr {recovery['lr']} "
+            f"({recovery.get('steps')} steps, {recovery.get('train_seconds')} s); {recovery['note']}"
+        )
+
+    def row(name: str, key: str, fmt: str = ",") -> str:
+        pair = compression[key]
+        return f"| {name} | {pair['before']:{fmt}} | {pair['after']:{fmt}} |"
+
+    sparsity = compression["sparsity"]
+    rows = [
+        row("Parameters", "parameters"),
+        row("Encoder layers", "layers"),
+        row("Attention heads", "heads"),
+        row("FFN neurons", "ffn_neurons"),
+        row("Weights file (bytes)", "weights_bytes"),
+        f"| Encoder Linear sparsity | {sparsity['encoder_linear_before']:.4f} "
+        f"| {sparsity['encoder_linear_after']:.4f} |",
+    ]
+    validation = compression["validation"]
+    for key, name in (
+        ("accuracy", "Validation accuracy"),
+        ("f1", "Validation F1"),
+        ("log_loss", "Validation log-loss"),
+    ):
+        if "after" in validation:
+            pruned = f" (pruned, before recovery: {validation['pruned'][key]:.4f})" if "pruned" in validation else ""
+            rows.append(f"| {name} | {validation['before'][key]:.4f} | {validation['after'][key]:.4f}{pruned} |")
+    measured = (
+        f"Validation metrics on {validation['reviews']} validation reviews (held out from training when the data "
+        "and seed match the training run), through `bertsent.predict.Predictor`."
+        if validation["reviews"]
+        else "Accuracy was not measured (no evaluation reviews)."
+    )
+    if compression["stock_loadable"]:
+        loading = (
+            "Every layer keeps all its heads and FFN neurons, so `transformers.pipeline` and stock\n"
+            "`from_pretrained` load this folder too."
+        )
+    else:
+        loading = (
+            "The layers have pruned, non-uniform shapes (`bertsent_pruning` in `config.json`):\n"
+            "**`transformers.pipeline` and stock `from_pretrained` cannot load this folder.** Load it with\n"
+            "`bertsent.modeling.load_classifier`, `bertsent.predict.Predictor` or `bertsent predict`."
+        )
+    text = f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags: [bertsent, sentiment-analysis, pruned]
+---
+
+# Pruned sentiment classifier (bertsent prune)
+
+Pruned from `{compression["source"]}`.
+
+## What was done
+
+{chr(10).join(done)}
+
+## What was measured
+
+| | Before | After |
+|---|---|---|
+{chr(10).join(rows)}
+
+{measured} This stage measures no latency: fewer heads, neurons and layers mean fewer
+operations, but how much faster the model runs must be measured on the target machine.
+
+## Use
+
+{loading}
+
+```python
+from bertsent.predict import Predictor
+Predictor("{output_dir}")(["A wonderful, moving film."])
+```
+
+The full record (arguments, layout, head importance) is in `{COMPRESSION_FILE}`.
+Written by bertsent {bertsent.__version__}.
+"""
+    path = output_dir / "README.md"
+    path.write_text(text)
+    return path

@@ -1,0 +1,109 @@
+"""Prediction: streaming files in chunks, resuming, long texts scored by windows."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bertsent.encoding import encode_windows
+from bertsent.errors import DataError
+from bertsent.modeling import load_tokenizer
+from bertsent.predict import Predictor, predict_file
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_tiny_dir):
+    return Predictor(trained_tiny_dir)
+
+
+def reviews(n: int) -> list[str]:
+    words = ["great film", "awful plot", "superb cast", "boring and dull", "moving story", "the worst"]
+    return [f"{words[i % len(words)]} number {i}" for i in range(n)]
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_predict_file_streams_in_chunks_in_order(predictor, tmp_path, suffix):
+    texts = reviews(23)
+    source = tmp_path / f"in{suffix}"
+    frame = pd.DataFrame({"id": range(23), "review": texts})
+    {".parquet": lambda: frame.to_parquet(source), ".csv": lambda: frame.to_csv(source, index=False),
+     ".jsonl": lambda: frame.to_json(source, orient="records", lines=True)}[suffix]()  # fmt: skip
+    out = tmp_path / "out.jsonl"
+    assert predict_file(predictor, source, out, text_column="review", chunk_size=5) == 23
+    rows = read_jsonl(out)
+    assert [r["text"] for r in rows] == texts
+    expected = predictor(texts)
+    assert [r["label"] for r in rows] == [e["label"] for e in expected]
+    assert [r["score"] for r in rows] == pytest.approx([e["score"] for e in expected], abs=1e-6)
+    assert not (tmp_path / "out.jsonl.progress.json").exists()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_resume_after_an_interrupt_neither_duplicates_nor_loses_rows(predictor, tmp_path, monkeypatch, suffix):
+    texts = reviews(20)
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(texts) + "\n")
+    complete = tmp_path / f"complete{suffix}"
+    predict_file(predictor, source, complete, chunk_size=4)
+
+    out = tmp_path / f"out{suffix}"
+    real = Predictor.predict_proba
+    calls = {"n": 0}
+
+    def flaky(self, chunk, progress=False):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            with out.open("a") as f:  # a half-written chunk, as a kill mid-write would leave
+                f.write('{"text": "partial')
+            raise KeyboardInterrupt
+        return real(self, chunk, progress)
+
+    monkeypatch.setattr(Predictor, "predict_proba", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        predict_file(predictor, source, out, chunk_size=4)
+    assert json.loads((tmp_path / f"out{suffix}.progress.json").read_text())["rows"] == 8
+    monkeypatch.setattr(Predictor, "predict_proba", real)
+    assert predict_file(predictor, source, out, chunk_size=4, resume=True) == 20
+    assert out.read_text() == complete.read_text()
+
+
+def test_windows_cover_long_texts_and_scores_are_averaged(predictor):
+    tokenizer = load_tokenizer(None)
+    long_text = " ".join(f"word{i}" for i in range(300))
+    n_tokens = len(tokenizer(long_text, add_special_tokens=False)["input_ids"])
+    encoded, owner = encode_windows(tokenizer, ["short one", long_text], max_length=64, stride=16)
+    assert owner[0] == 0 and (owner[1:] == 1).all()
+    windows = [w[1:-1].tolist() for w in encoded.ids[1:]]
+    assert all(len(w) <= 62 for w in windows)
+    # Consecutive windows overlap by the stride and together cover every token.
+    assert windows[0][-16:] == windows[1][:16]
+    covered = windows[0] + [t for w in windows[1:] for t in w[16:]]
+    assert covered == tokenizer(long_text, add_special_tokens=False)["input_ids"] and len(covered) == n_tokens
+
+    chunked = Predictor(predictor.model_dir, max_length=16, long_text="chunk", stride=4)
+    text = "awful plot " * 20 + "great film " * 20
+    windows_enc, _ = encode_windows(chunked.tokenizer, [text], max_length=16, stride=4)
+    per_window = chunked.predict_proba(windows_enc)
+    np.testing.assert_allclose(chunked.predict_proba([text])[0], per_window.mean(axis=0), atol=1e-6)
+
+
+def test_bad_files_are_clear_errors(predictor, tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        predict_file(predictor, tmp_path / "none.csv", tmp_path / "o.jsonl")
+    (tmp_path / "in.xml").write_text("<r/>")
+    with pytest.raises(DataError, match="unknown input format"):
+        predict_file(predictor, tmp_path / "in.xml", tmp_path / "o.jsonl")
+    (tmp_path / "in.csv").write_text("body\nhello\n")
+    with pytest.raises(DataError, match="no column 'text'.*found: body"):
+        predict_file(predictor, tmp_path / "in.csv", tmp_path / "o.jsonl")
+    with pytest.raises(DataError, match="unknown output format"):
+        predict_file(predictor, tmp_path / "in.csv", tmp_path / "o.xlsx")
+    (tmp_path / "latin.txt").write_bytes("caf\xe9 ok\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not valid utf-8.*--encoding"):
+        predict_file(predictor, tmp_path / "latin.txt", tmp_path / "o.jsonl")
+    assert predict_file(predictor, tmp_path / "latin.txt", tmp_path / "o.jsonl", encoding="latin-1") == 1
