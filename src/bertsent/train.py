@@ -53,6 +53,7 @@ class TrainState:
     train_seconds: float = 0.0  # optimizer steps only: validation and checkpoints excluded
     reviews_seen: int = 0
     history: list[dict] = field(default_factory=list)
+    best_validation: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -256,6 +257,7 @@ def train(
         )
         if _improved(args.metric_for_best_model, value, state.best_metric):
             state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
+            state.best_validation = {k: v for k, v in metrics.items() if isinstance(v, float)}
             model.save_pretrained(output_dir / CHECKPOINTS / BEST)
         else:
             state.evals_without_improvement += 1
@@ -362,9 +364,7 @@ def finish(args, data, splits: Splits, output_dir: Path, model, tokenizer, state
         "train_seconds": round(state.train_seconds, 1),
         "train_reviews_per_second": round(state.reviews_seen / max(state.train_seconds, 1e-9), 2),
     }
-    best_eval = [h for h in state.history if h.get("step") == state.best_step and "eval_accuracy" in h]
-    if best_eval:
-        metrics |= {k.replace("eval_", "validation_"): v for k, v in best_eval[-1].items() if k.startswith("eval_")}
+    metrics |= {f"validation_{k}": v for k, v in state.best_validation.items()}
     if args.evaluate_test and splits.test is not None:
         from bertsent.evaluate import report
 
