@@ -75,7 +75,13 @@ def trained_tiny_dir(tiny_model_dir, toy_data_dir, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("trained_tiny")
     args = TrainingArguments(
-        model=str(tiny_model_dir), output_dir=str(out), max_length=32, epochs=6, lr=5e-3, warmup_ratio=0.0,
-        save_steps=None, progress=False,
-    )  # fmt: skip
+        model=str(tiny_model_dir),
+        output_dir=str(out),
+        max_length=32,
+        epochs=6,
+        lr=5e-3,
+        warmup_ratio=0.0,
+        save_steps=None,
+        progress=False,
+    )
     return train(args, DataConfig(str(toy_data_dir), validation_size=40)).output_dir

@@ -11,16 +11,20 @@ from bertsent.errors import ModelError
 from bertsent.modeling import load_classifier
 
 
-def test_compare_measures_every_folder_and_writes_table_and_plot(trained_tiny_dir, tiny_model_dir, toy_data_dir,
-                                                                   tmp_path):  # fmt: skip
+def test_compare_measures_every_folder_and_writes_table_and_plot(
+    trained_tiny_dir, tiny_model_dir, toy_data_dir, tmp_path
+):
     untrained = tmp_path / "untrained"
     load_classifier(tiny_model_dir).save_pretrained(untrained)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (untrained / name).write_bytes((tiny_model_dir / name).read_bytes())
     config = CompareConfig(
-        models=[str(trained_tiny_dir), str(untrained)], names=["trained", "random"], data=DataConfig(str(toy_data_dir)),
-        latency_samples=5, output_dir=str(tmp_path / "cmp"),
-    )  # fmt: skip
+        models=[str(trained_tiny_dir), str(untrained)],
+        names=["trained", "random"],
+        data=DataConfig(str(toy_data_dir)),
+        latency_samples=5,
+        output_dir=str(tmp_path / "cmp"),
+    )
     rows = compare(config)
     assert [r["name"] for r in rows] == ["trained", "random"]
     assert rows[0]["speedup"] == 1.0 and rows[0]["accuracy_delta_points"] == 0.0 and rows[0]["size_ratio"] == 1.0

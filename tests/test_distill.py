@@ -35,9 +35,17 @@ def test_distillation_loss_mixes_hard_and_soft_targets():
 def test_distilled_student_is_smaller_learns_and_caches_teacher_logits(trained_tiny_dir, toy_data_dir, tmp_path):
     out = tmp_path / "student"
     args = DistillationArguments(
-        teacher=str(trained_tiny_dir), student_layers=1, output_dir=str(out), max_length=32, epochs=4, lr=5e-3,
-        warmup_ratio=0.0, save_steps=None, progress=False, hidden_weight=1.0,
-    )  # fmt: skip
+        teacher=str(trained_tiny_dir),
+        student_layers=1,
+        output_dir=str(out),
+        max_length=32,
+        epochs=4,
+        lr=5e-3,
+        warmup_ratio=0.0,
+        save_steps=None,
+        progress=False,
+        hidden_weight=1.0,
+    )
     data = DataConfig(str(toy_data_dir), validation_size=40)
     result = distill(args, data)
     teacher = load_classifier(trained_tiny_dir)
@@ -64,8 +72,23 @@ def test_distilled_student_is_smaller_learns_and_caches_teacher_logits(trained_t
 
 
 def test_distill_command_and_its_errors(trained_tiny_dir, toy_data_dir, tmp_path, capsys):
-    argv = ["distill", "--teacher", str(trained_tiny_dir), "--student-layers", "1", "--data", str(toy_data_dir),
-            "--output-dir", str(tmp_path / "s"), "--max-length", "32", "--epochs", "1", "--validation-size", "40"]  # fmt: skip
+    argv = [
+        "distill",
+        "--teacher",
+        str(trained_tiny_dir),
+        "--student-layers",
+        "1",
+        "--data",
+        str(toy_data_dir),
+        "--output-dir",
+        str(tmp_path / "s"),
+        "--max-length",
+        "32",
+        "--epochs",
+        "1",
+        "--validation-size",
+        "40",
+    ]
     assert main(argv) == 0
     assert "student saved to" in capsys.readouterr().out
     assert main([*argv[:3], "--student-layers", "5", *argv[5:]]) == 2

@@ -31,8 +31,11 @@ def test_predict_file_streams_in_chunks_in_order(predictor, tmp_path, suffix):
     texts = reviews(23)
     source = tmp_path / f"in{suffix}"
     frame = pd.DataFrame({"id": range(23), "review": texts})
-    {".parquet": lambda: frame.to_parquet(source), ".csv": lambda: frame.to_csv(source, index=False),
-     ".jsonl": lambda: frame.to_json(source, orient="records", lines=True)}[suffix]()  # fmt: skip
+    {
+        ".parquet": lambda: frame.to_parquet(source),
+        ".csv": lambda: frame.to_csv(source, index=False),
+        ".jsonl": lambda: frame.to_json(source, orient="records", lines=True),
+    }[suffix]()
     out = tmp_path / "out.jsonl"
     assert predict_file(predictor, source, out, text_column="review", chunk_size=5) == 23
     rows = read_jsonl(out)

@@ -19,9 +19,15 @@ pytestmark = [
 
 def test_embedded_model_fine_tuned_on_400_reviews_reaches_70_percent(tmp_path):
     args = TrainingArguments(
-        output_dir=str(tmp_path / "minilm"), max_length=256, truncation="head+tail", epochs=1,
-        batch_size=16, lr=1e-4, save_steps=None, progress=False,
-    )  # fmt: skip
+        output_dir=str(tmp_path / "minilm"),
+        max_length=256,
+        truncation="head+tail",
+        epochs=1,
+        batch_size=16,
+        lr=1e-4,
+        save_steps=None,
+        progress=False,
+    )
     data = DataConfig(str(IMDB), train_samples=400, validation_size=0.1, validation_samples=100, eval_samples=400)
     result = train(args, data)
     metrics = json.loads((result.output_dir / "metrics.json").read_text())

@@ -160,10 +160,15 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     from bertsent.compare import CompareConfig, compare, markdown_table
 
     config = CompareConfig(
-        models=ns.models, data=data_config(ns), split=ns.split, batch_size=ns.batch_size,
-        latency_samples=ns.latency_samples, threads=ns.threads, output_dir=ns.output_dir,
+        models=ns.models,
+        data=data_config(ns),
+        split=ns.split,
+        batch_size=ns.batch_size,
+        latency_samples=ns.latency_samples,
+        threads=ns.threads,
+        output_dir=ns.output_dir,
         names=ns.names.split(",") if ns.names else [],
-    )  # fmt: skip
+    )
     print(markdown_table(compare(config)), end="")
     if ns.output_dir:
         print(f"table, JSON and Pareto plot written to {ns.output_dir}")
@@ -264,6 +269,30 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(ns: argparse.Namespace) -> int:
+    from bertsent.compare import markdown_table
+    from bertsent.compress import CompressConfig, compress
+
+    config = CompressConfig(
+        teacher=ns.teacher,
+        output_dir=ns.output_dir,
+        data=data_config(ns),
+        student_layers=ns.student_layers,
+        distill_epochs=ns.distill_epochs,
+        distill_lr=ns.distill_lr,
+        batch_size=ns.batch_size,
+        heads_fraction=ns.heads_fraction,
+        ffn_fraction=ns.ffn_fraction,
+        recover_epochs=ns.recover_epochs,
+        quantize_embeddings=not ns.keep_fp32_embeddings,
+        latency_samples=ns.latency_samples,
+        threads=ns.threads,
+    )
+    print(markdown_table(compress(config)), end="")
+    print(f"every variant and the table (compare/compare.md, pareto.png) are in {ns.output_dir}")
+    return 0
+
+
 def print_metrics(metrics: dict) -> None:
     keys = [k for k in metrics if k.split("_", 1)[-1] in ("accuracy", "f1", "roc_auc") or k in ("accuracy", "f1")]
     for key in keys:
@@ -293,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_prune_parser(sub)
 
+    from bertsent.serve import add_cli as add_serve_parser  # stdlib + numpy only: keeps --help fast
+
+    add_serve_parser(sub)
+
     p = sub.add_parser("evaluate", help="score a fine-tuned model folder on a data split")
     p.add_argument("--model", required=True, help="fine-tuned model folder")
     p.add_argument("--split", default="test", choices=["test", "validation", "train"])
@@ -314,6 +347,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="seed of the subsets")
     add_data_args(p, DEFAULT_DATA)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("compress", help="recipe: export, quantize, distil, prune a teacher, then compare all")
+    p.add_argument("--teacher", required=True, help="fine-tuned model folder")
+    p.add_argument("--output-dir", required=True, help="one sub-folder per variant, plus compare/")
+    p.add_argument("--student-layers", type=int, help="default: half of the teacher's layers")
+    p.add_argument("--distill-epochs", type=int, default=2)
+    p.add_argument("--distill-lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--heads-fraction", type=float, default=0.25, help="share of the student's heads pruned")
+    p.add_argument("--ffn-fraction", type=float, default=0.25, help="share of the student's FFN neurons pruned")
+    p.add_argument("--recover-epochs", type=int, default=1, help="fine-tuning after pruning")
+    p.add_argument("--keep-fp32-embeddings", action="store_true", help="do not quantize the student's embeddings")
+    p.add_argument("--latency-samples", type=int, default=100)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--seed", type=int, default=42)
+    add_data_args(p, DEFAULT_DATA)
+    p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("predict", help="classify texts given on the command line or in a file")
     p.add_argument("--model", required=True, help="fine-tuned model folder")
@@ -346,6 +396,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "predict": cmd_predict,
     "compare": cmd_compare,
     "prune": cmd_prune,
+    "compress": cmd_compress,
 }
 
 

@@ -1,0 +1,178 @@
+"""A compression recipe: distil, prune, quantize and export a fine-tuned teacher, then compare them all.
+
+Each stage writes its own folder under ``output_dir`` and is skipped when that folder is complete, so
+an interrupted recipe continues where it stopped (distillation also resumes from its checkpoint):
+
+    teacher-onnx/    the teacher exported to ONNX (fp32), outputs checked against PyTorch
+    teacher-int8/    the teacher, ONNX dynamic INT8 (per-channel MatMul weights)
+    student/         distilled from the teacher's own layers (half of them by default)
+    student-pruned/  the student with attention heads and FFN neurons pruned, then recovery fine-tuned
+    student-int8/    the smallest student, ONNX dynamic INT8, embeddings included
+    compare/         the trade-off table of all of the above against the fp32 teacher
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bertsent.data import DataConfig
+from bertsent.errors import ModelError
+
+log = logging.getLogger("bertsent.compress")
+
+
+@dataclass
+class CompressConfig:
+    """Settings of the recipe; the data's ``train_samples`` feed distillation and recovery, its
+    ``eval_samples`` the comparison on test."""
+
+    teacher: str
+    output_dir: str
+    data: DataConfig
+    student_layers: int | None = None
+    """Layers of the student; None: half of the teacher's."""
+    distill_epochs: int = 2
+    distill_lr: float = 1e-4
+    batch_size: int = 16
+    heads_fraction: float = 0.25
+    """Share of the student's attention heads pruned (0 with ffn_fraction 0 skips pruning)."""
+    ffn_fraction: float = 0.25
+    recover_epochs: int = 1
+    recover_lr: float = 5e-5
+    quantize_embeddings: bool = True
+    """Store the student's embedding table as INT8 too: most of a small model's bytes."""
+    latency_samples: int = 100
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (Path(self.teacher) / "config.json").is_file():
+            raise ModelError(f"{self.teacher}: not a model folder (no config.json)")
+        if self.student_layers is not None and self.student_layers < 1:
+            raise ValueError(f"student_layers must be >= 1, got {self.student_layers}")
+        if self.distill_epochs < 1 or self.recover_epochs < 0:
+            raise ValueError("distill_epochs must be >= 1 and recover_epochs >= 0")
+        for name in ("heads_fraction", "ffn_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+def _complete(folder: Path) -> bool:
+    """A stage's folder is complete once its final record is written (it is written last)."""
+    return (folder / "config.json").is_file() and any(
+        (folder / name).is_file() for name in ("compression.json", "metrics.json")
+    )
+
+
+def _teacher_settings(teacher: Path) -> dict:
+    args = teacher / "training_args.json"
+    return json.loads(args.read_text()).get("training", {}) if args.is_file() else {}
+
+
+def compress(config: CompressConfig) -> list[dict]:
+    """Run every stage that is not complete yet, then compare all variants; returns the table's rows."""
+    from bertsent.arguments import DistillationArguments
+    from bertsent.compare import CompareConfig, compare
+    from bertsent.distill import distill
+    from bertsent.export import export_onnx
+    from bertsent.prune import PruneConfig, prune
+    from bertsent.quantize import QuantizeConfig, quantize
+
+    out = Path(config.output_dir)
+    teacher = Path(config.teacher)
+    trained = _teacher_settings(teacher)
+    n_teacher = json.loads((teacher / "config.json").read_text())["num_hidden_layers"]
+    folders = {"teacher (fp32)": teacher}
+
+    timings: dict[str, float | str] = {}
+
+    def stage(name: str, folder: Path, run) -> None:
+        if _complete(folder):
+            log.info("%s: complete in %s, skipped", name, folder)
+            timings[name] = "skipped (already complete)"
+        else:
+            log.info("%s: writing %s", name, folder)
+            started = time.perf_counter()
+            run()
+            timings[name] = round(time.perf_counter() - started, 1)
+        folders[name] = folder
+
+    stage("teacher ONNX fp32", out / "teacher-onnx", lambda: export_onnx(teacher, out / "teacher-onnx"))
+    stage(
+        "teacher INT8",
+        out / "teacher-int8",
+        lambda: quantize(
+            QuantizeConfig(model=str(teacher), output_dir=str(out / "teacher-int8"), data=config.data.source)
+        ),
+    )
+
+    student_dir = out / "student"
+    distill_args = DistillationArguments(
+        teacher=str(teacher),
+        student_layers=config.student_layers or max(1, n_teacher // 2),
+        output_dir=str(student_dir),
+        epochs=config.distill_epochs,
+        lr=config.distill_lr,
+        batch_size=config.batch_size,
+        max_length=trained.get("max_length", 256),
+        truncation=trained.get("truncation", "head"),
+        resume=True,
+        evaluate_test=False,
+        threads=config.threads,
+    )
+    stage("student", student_dir, lambda: distill(distill_args, config.data))
+
+    smallest = student_dir
+    if config.heads_fraction or config.ffn_fraction:
+        pruned_dir = out / "student-pruned"
+        prune_config = PruneConfig(
+            model=str(student_dir),
+            output_dir=str(pruned_dir),
+            heads_fraction=config.heads_fraction,
+            ffn_fraction=config.ffn_fraction,
+            recover_epochs=config.recover_epochs,
+            recover_lr=config.recover_lr,
+            data=config.data.source,
+            validation_size=config.data.validation_size,
+            train_samples=config.data.train_samples,
+            seed=config.data.seed,
+            batch_size=config.batch_size,
+        )
+        stage("student pruned", pruned_dir, lambda: prune(prune_config))
+        smallest = pruned_dir
+    stage(
+        "student INT8",
+        out / "student-int8",
+        lambda: quantize(
+            QuantizeConfig(
+                model=str(smallest),
+                output_dir=str(out / "student-int8"),
+                data=config.data.source,
+                quantize_embeddings=config.quantize_embeddings,
+            )
+        ),
+    )
+
+    started = time.perf_counter()
+    rows = compare(
+        CompareConfig(
+            models=[str(f) for f in folders.values()],
+            names=list(folders),
+            data=config.data,
+            latency_samples=config.latency_samples,
+            threads=config.threads,
+            output_dir=str(out / "compare"),
+        )
+    )
+    timings["compare"] = round(time.perf_counter() - started, 1)
+    record = {
+        "settings": dataclasses.asdict(config),
+        "stage_seconds": timings,
+        "folders": {k: str(v) for k, v in folders.items()},
+    }
+    (out / "recipe.json").write_text(json.dumps(record, indent=2))
+    return rows

@@ -1,0 +1,116 @@
+"""The web page in headless Chromium (Debian's chromium + chromedriver, driven by Selenium): classify, show errors."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="serving needs fastapi: pip install fastapi uvicorn httpx")
+pytest.importorskip("uvicorn", reason="serving needs uvicorn: pip install fastapi uvicorn httpx")
+httpx = pytest.importorskip("httpx", reason="the tests' HTTP client: pip install httpx")
+pytest.importorskip("selenium", reason="browser tests need selenium: pip install selenium")
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+    pytest.skip(
+        "browser tests need Debian's chromium and chromedriver (/usr/bin): "
+        "apt-get install -y chromium chromium-driver (CI installs them)",
+        allow_module_level=True,
+    )
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from bertsent.serve import ServeSettings, background_server, create_app  # noqa: E402
+
+MAX_CHARS = 300
+REVIEW = "A wonderful, moving film: the cast was brilliant and I loved the story."
+TIMEOUT = 20
+SET_VALUE = "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'));"
+
+
+@pytest.fixture(scope="module")
+def server_url(trained_tiny_dir):
+    with background_server(create_app(trained_tiny_dir, ServeSettings(max_chars=MAX_CHARS))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    flags = "--headless=new --no-sandbox --disable-gpu --disable-dev-shm-usage --disable-background-networking"
+    flags += " --disable-component-update --disable-sync --no-first-run --window-size=900,900"
+    for flag in [*flags.split(), f"--user-data-dir={profile}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(TIMEOUT)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def open_page(browser, url: str) -> None:
+    browser.get(f"{url}/")
+    # The page fetched /info: the model line names the backend.
+    WebDriverWait(browser, TIMEOUT).until(lambda d: "pytorch" in d.find_element(By.ID, "model-info").text)
+
+
+def classify(browser, text: str) -> None:
+    """Put ``text`` in the textarea, click Classify and wait until the page has handled the answer."""
+    done = int(browser.find_element(By.TAG_NAME, "body").get_attribute("data-done"))
+    box = browser.find_element(By.ID, "review")
+    box.clear()
+    if len(text) < 200:
+        box.send_keys(text)  # typed, as a person would
+    else:  # long texts: set at once (typing is slow), then tell the page
+        browser.execute_script(SET_VALUE, box, text)
+    browser.find_element(By.ID, "classify").click()
+    WebDriverWait(browser, TIMEOUT).until(
+        lambda d: int(d.find_element(By.TAG_NAME, "body").get_attribute("data-done")) > done
+    )
+
+
+def test_page_shows_the_apis_label_score_and_bars(browser, server_url, tmp_path):
+    open_page(browser, server_url)
+    assert browser.title.startswith("bertsent")
+    classify(browser, REVIEW)
+    assert browser.find_element(By.ID, "result").is_displayed()
+    assert not browser.find_element(By.ID, "error").is_displayed()
+
+    api = httpx.post(f"{server_url}/predict", json={"inputs": REVIEW, "parameters": {"top_k": None}}, timeout=10)
+    scores = api.json()[0]  # every label, best first
+    label = browser.find_element(By.ID, "label")
+    score = browser.find_element(By.ID, "score")
+    assert label.text == scores[0]["label"]
+    assert float(score.text) == pytest.approx(scores[0]["score"], abs=5e-5)  # shown with 4 decimals
+    assert float(score.get_attribute("data-score")) == pytest.approx(scores[0]["score"], abs=1e-6)
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "#bars .bar-row")
+    assert [r.get_attribute("data-label") for r in rows] == [s["label"] for s in scores]
+    for row, s in zip(rows, scores, strict=True):
+        assert float(row.find_element(By.CLASS_NAME, "bar-value").text) == pytest.approx(s["score"], abs=5e-5)
+        track = row.find_element(By.CLASS_NAME, "bar-track").size["width"]
+        fill = row.find_element(By.CLASS_NAME, "bar-fill").size["width"]
+        assert fill / track == pytest.approx(s["score"], abs=0.02)  # bar length is the probability
+
+    shot = tmp_path / "page.png"
+    assert browser.save_screenshot(str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
+
+
+def test_page_shows_api_errors(browser, server_url):
+    open_page(browser, server_url)
+    classify(browser, "x" * (MAX_CHARS + 1))
+    error = browser.find_element(By.ID, "error")
+    assert error.is_displayed() and not browser.find_element(By.ID, "result").is_displayed()
+    assert error.text == f"Error 413: inputs[0] has {MAX_CHARS + 1} characters; the limit is {MAX_CHARS} (--max-chars)"
+    assert "over" in browser.find_element(By.ID, "chars").get_attribute("class")  # the counter warned too
+
+    classify(browser, "   ")  # nothing to classify: said on the page, no request
+    assert error.text == "Type a review first."
+    classify(browser, REVIEW)  # and it recovers
+    assert browser.find_element(By.ID, "result").is_displayed() and not error.is_displayed()

@@ -1,0 +1,487 @@
+"""The HTTP server: endpoints, limits and errors in-process (TestClient), micro-batching, a real server under load."""
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("fastapi", reason="serving needs fastapi: pip install fastapi uvicorn httpx")
+pytest.importorskip("uvicorn", reason="serving needs uvicorn: pip install fastapi uvicorn httpx")
+httpx = pytest.importorskip("httpx", reason="the tests' HTTP client: pip install httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from bertsent import __version__  # noqa: E402
+from bertsent.errors import BertsentError, ModelError  # noqa: E402
+from bertsent.predict import Predictor  # noqa: E402
+from bertsent.serve import (  # noqa: E402
+    MicroBatcher,
+    ServeError,
+    ServeSettings,
+    add_cli,
+    background_server,
+    bind_socket,
+    cmd_serve,
+    create_app,
+    settings_from_args,
+    validation_message,
+)
+
+# Small limits so the limit tests send small bodies; the toy reviews are far below them.
+SETTINGS = ServeSettings(max_batch_size=8, max_wait_ms=2, max_inputs=8, max_chars=400, max_body_bytes=6000)
+EXTRA_TEXTS = ["", "été génial 😀 — wonderful!", "terrible " * 40]  # empty, non-ASCII, truncated at max_length
+
+
+@pytest.fixture(scope="module")
+def texts(toy_data_dir) -> list[str]:
+    return pd.read_parquet(toy_data_dir / "test.parquet").text.head(40).tolist() + EXTRA_TEXTS
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_tiny_dir) -> Predictor:
+    return Predictor(trained_tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def reference(predictor, texts) -> dict[str, np.ndarray]:
+    """Each text's probabilities from the Predictor, one text at a time (no padding with others)."""
+    return {t: predictor.predict_proba([t])[0] for t in texts}
+
+
+@pytest.fixture(scope="module")
+def client(trained_tiny_dir):
+    with TestClient(create_app(trained_tiny_dir, SETTINGS)) as c:
+        yield c
+
+
+def assert_matches(prediction: dict, probs: np.ndarray, id2label: dict) -> None:
+    assert set(prediction) == {"label", "score"}
+    assert prediction["label"] == id2label[int(probs.argmax())]
+    assert prediction["score"] == pytest.approx(float(probs.max()), abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- endpoints
+
+
+def test_health_info_and_page(client, trained_tiny_dir, predictor):
+    assert client.get("/health").json() == {"status": "ok"}
+    info = client.get("/info").json()
+    assert info["model_dir"] == str(trained_tiny_dir)
+    assert info["labels"] == {str(k): v for k, v in predictor.id2label.items()}
+    assert info["backend"] == predictor.backend.name == "pytorch"
+    assert (info["max_length"], info["truncation"]) == (predictor.max_length, predictor.truncation) == (32, "head")
+    assert info["batching"] == {"max_batch_size": 8, "max_wait_ms": 2.0}
+    assert info["limits"] == {"max_inputs": 8, "max_chars": 400, "max_body_bytes": 6000}
+    assert info["version"] == __version__
+    assert set(info["stats"]) == {"requests", "texts", "batches", "largest_batch", "errors", "queued"}
+
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for needle in ('id="review"', 'id="classify"', ">Classify<", 'fetch("predict"', 'id="bars"', 'id="error"'):
+        assert needle in page.text
+
+
+def test_openapi_documents_the_api(client):
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert {"/predict", "/health", "/info"} <= set(spec["paths"])
+    post = spec["paths"]["/predict"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictRequest")
+    assert {"200", "413", "422", "500", "503"} <= set(post["responses"])
+    schemas = spec["components"]["schemas"]
+    assert schemas["PredictRequest"]["required"] == ["inputs"]
+    assert set(schemas["PredictRequest"]["properties"]) == {"inputs", "parameters"}
+    assert set(schemas["Prediction"]["properties"]) == {"label", "score"}
+    assert "top_k" in schemas["PredictParameters"]["properties"]
+
+
+def test_single_string_gives_a_list_of_one(client, reference, predictor, texts):
+    response = client.post("/predict", json={"inputs": texts[0]})
+    assert response.status_code == 200
+    body = response.json()
+    assert isinstance(body, list) and len(body) == 1
+    assert_matches(body[0], reference[texts[0]], predictor.id2label)
+
+
+def test_list_matches_predictor(client, reference, predictor, texts):
+    for start in range(0, len(texts), SETTINGS.max_inputs):
+        chunk = texts[start : start + SETTINGS.max_inputs]
+        body = client.post("/predict", json={"inputs": chunk}).json()
+        assert len(body) == len(chunk)
+        for text, prediction in zip(chunk, body, strict=True):
+            assert_matches(prediction, reference[text], predictor.id2label)
+
+
+def test_top_k(client, reference, predictor, texts):
+    labels = predictor.id2label
+    chunk = texts[:3]
+    two = client.post("/predict", json={"inputs": chunk, "parameters": {"top_k": 2}}).json()
+    every = client.post("/predict", json={"inputs": chunk, "parameters": {"top_k": None}}).json()
+    clamped = client.post("/predict", json={"inputs": chunk, "parameters": {"top_k": 5}}).json()
+    assert two == every == clamped  # 2 labels: top 2, all, and more than there are are the same
+    for text, scored in zip(chunk, two, strict=True):
+        probs = reference[text]
+        assert [s["label"] for s in scored] == [labels[int(i)] for i in np.argsort(-probs)]
+        assert [s["score"] for s in scored] == pytest.approx(sorted(probs.tolist(), reverse=True), abs=1e-5)
+        assert sum(s["score"] for s in scored) == pytest.approx(1.0, abs=1e-5)
+    one = client.post("/predict", json={"inputs": chunk[0], "parameters": {"top_k": 1}}).json()
+    assert len(one) == 1 and len(one[0]) == 1  # top_k given: a list per input, even of one
+    assert_matches(one[0][0], reference[chunk[0]], labels)
+    # No top_k (or empty parameters): one flat {"label", "score"} per input.
+    flat = client.post("/predict", json={"inputs": chunk[0], "parameters": {}}).json()
+    assert flat == [one[0][0]]
+
+
+JSON = {"content-type": "application/json"}
+BAD_REQUESTS = {
+    "invalid JSON": ({"content": b'{"inputs": ', "headers": JSON}, 422, "not valid JSON"),
+    "not JSON at all": ({"content": b"great movie", "headers": {"content-type": "text/plain"}}, 422, "JSON object"),
+    "invalid UTF-8": ({"content": b'{"inputs": "\xff\xfe"}', "headers": JSON}, 422, "not valid JSON"),
+    "absurdly nested JSON": ({"content": b"[" * 2900 + b"]" * 2900, "headers": JSON}, 422, "not valid JSON"),
+    "empty body": ({"content": b"", "headers": JSON}, 422, "body is empty"),
+    "JSON list body": ({"json": ["great movie"]}, 422, "JSON object"),
+    "missing inputs": ({"json": {"text": "great movie"}}, 422, "missing field 'inputs'"),
+    "number input": ({"json": {"inputs": 5}}, 422, "string or a list of strings, not a number"),
+    "number in list": ({"json": {"inputs": ["fine", 3]}}, 422, "inputs[1] is a number"),
+    "empty list": ({"json": {"inputs": []}}, 422, "empty list"),
+    "top_k at top level": ({"json": {"inputs": "x", "top_k": 2}}, 422, '"parameters": {"top_k"'),
+    "top_k zero": ({"json": {"inputs": "x", "parameters": {"top_k": 0}}}, 422, "parameters.top_k"),
+    "top_k string": ({"json": {"inputs": "x", "parameters": {"top_k": "2"}}}, 422, "parameters.top_k"),
+    "too many inputs": ({"json": {"inputs": ["x"] * 9}}, 413, "9 inputs; the limit is 8"),
+    "text too long": ({"json": {"inputs": ["ok", "x" * 401]}}, 413, "inputs[1] has 401 characters"),
+    "body too big": ({"json": {"inputs": "x" * 7000}}, 413, "max-body-bytes"),
+    # A generator body goes out chunked, without Content-Length: the middleware counts what it reads.
+    "body too big, chunked": ({"content": (b"x" * 1000 for _ in range(7)), "headers": JSON}, 413, "over 6,000 bytes"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_REQUESTS)
+def test_bad_requests_get_a_clear_error(client, name, texts, reference, predictor):
+    kwargs, status, message = BAD_REQUESTS[name]
+    response = client.post("/predict", **kwargs)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert message in error and "\n" not in error
+    if status == 422 and name not in ("invalid UTF-8", "absurdly nested JSON"):  # json.loads failed: no loc
+        assert response.json()["detail"][0]["loc"][0] == "body"
+    # The server keeps serving, correctly.
+    after = client.post("/predict", json={"inputs": texts[1]})
+    assert_matches(after.json()[0], reference[texts[1]], predictor.id2label)
+
+
+def test_declared_content_length_over_the_limit_is_refused_unread(client):
+    # The header alone decides: the app never sees the body.
+    response = client.post("/predict", content=b'{"inputs": "x"}', headers=JSON | {"content-length": "999999"})
+    assert response.status_code == 413
+    assert response.json()["error"] == "request body is 999,999 bytes; the limit is 6,000 bytes (--max-body-bytes)"
+
+
+def test_other_http_errors_are_json(client):
+    assert client.get("/predict").status_code == 405
+    assert client.get("/predict").json() == {"error": "Method Not Allowed"}
+    assert client.get("/nowhere").json() == {"error": "Not Found"}
+
+
+def test_validation_message_wording():
+    errors = [
+        {"type": "missing", "loc": ("body", "inputs"), "msg": "Field required"},
+        {"type": "int_type", "loc": ("body", "parameters", "top_k"), "msg": "Input should be a valid integer"},
+    ]
+    assert validation_message(errors) == "missing field 'inputs'; parameters.top_k: Input should be a valid integer"
+    assert validation_message([]) == "invalid request"
+
+
+def test_inference_error_is_a_500_and_the_server_recovers(trained_tiny_dir, texts, reference):
+    predictor = Predictor(trained_tiny_dir)
+    original, calls = predictor.predict_proba, []
+
+    def flaky(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("simulated failure\nsecond line")
+        return original(batch)
+
+    predictor.predict_proba = flaky
+    with TestClient(create_app(predictor, SETTINGS)) as client:
+        failed = client.post("/predict", json={"inputs": texts[:2]})
+        assert failed.status_code == 500
+        assert failed.json() == {"error": "inference failed: RuntimeError: simulated failure"}
+        body = client.post("/predict", json={"inputs": texts[:2]}).json()
+        for text, prediction in zip(texts[:2], body, strict=True):
+            assert_matches(prediction, reference[text], predictor.id2label)
+        stats = client.get("/info").json()["stats"]
+        assert (stats["errors"], stats["batches"], stats["requests"]) == (1, 1, 2)
+    assert calls == [2, 2]
+
+
+def test_without_lifespan_the_api_answers_503(trained_tiny_dir, predictor):
+    app = create_app(predictor, SETTINGS)
+    client = TestClient(app)  # not entered: the batching worker never starts
+    response = client.post("/predict", json={"inputs": "good"})
+    assert response.status_code == 503 and "not running" in response.json()["error"]
+    assert client.get("/health").status_code == 503
+    with TestClient(app) as running:
+        assert running.get("/health").json() == {"status": "ok"}
+        assert app.state.batcher.running
+    assert not app.state.batcher.running  # stopped on shutdown
+
+
+# ---------------------------------------------------------------------------------------------- micro-batching
+
+
+class RecordingModel:
+    """A fake model: records each batch; the row of text t is [len(t), 1]; optionally slow or gated."""
+
+    def __init__(self, delay: float = 0.0, gate: threading.Event | None = None) -> None:
+        self.batches: list[list[str]] = []
+        self.threads: set[str] = set()
+        self.delay, self.gate = delay, gate
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.batches.append(list(texts))
+        self.threads.add(threading.current_thread().name)
+        if self.gate is not None:
+            self.gate.wait(10)
+        time.sleep(self.delay)
+        return np.array([[len(t), 1.0] for t in texts])
+
+
+def test_batches_are_capped_and_rows_go_back_to_their_request():
+    model = RecordingModel()
+    requests = [[f"t{i}" + "x" * i] for i in range(10)] + [["a", "bb", "ccc", "dddd", "eeeee", "ffffff"]]
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch_size=4, max_wait_ms=50)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(r) for r in requests))
+        await batcher.stop()
+        return results, batcher.stats
+
+    results, stats = asyncio.run(scenario())
+    for request, rows in zip(requests, results, strict=True):
+        assert rows[:, 0].tolist() == [len(t) for t in request]
+    sizes = [len(b) for b in model.batches]
+    assert max(sizes) == 4 and sum(sizes) == 16 and len(sizes) == 4  # 16 texts, batches of at most 4
+    assert (stats.requests, stats.texts, stats.batches, stats.largest_batch) == (11, 16, 4, 4)
+    assert len(model.threads) == 1 and model.threads.pop().startswith("bertsent-inference")
+
+
+def test_max_wait_gathers_texts_arriving_shortly_after_the_first():
+    model = RecordingModel()
+
+    async def scenario(wait_ms: float):
+        batcher = MicroBatcher(model, max_batch_size=32, max_wait_ms=wait_ms)
+        batcher.start()
+
+        async def later(text):
+            await asyncio.sleep(0.03)
+            return await batcher.submit([text])
+
+        await asyncio.gather(batcher.submit(["first"]), later("second"))
+        await batcher.stop()
+
+    asyncio.run(scenario(300))  # the second arrives 30 ms after the first: same batch
+    assert model.batches == [["first", "second"]]
+    model.batches.clear()
+    asyncio.run(scenario(0))  # no waiting: two batches
+    assert model.batches == [["first"], ["second"]]
+
+
+def test_inference_never_blocks_the_event_loop():
+    model = RecordingModel(delay=0.4)
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch_size=8, max_wait_ms=0)
+        batcher.start()
+        ticks = 0
+        request = asyncio.create_task(batcher.submit(["slow"]))
+        while not request.done():  # the loop keeps running while the model works in its thread
+            await asyncio.sleep(0.01)
+            ticks += 1
+        await batcher.stop()
+        return ticks, request.result()
+
+    ticks, rows = asyncio.run(scenario())
+    assert rows.tolist() == [[4.0, 1.0]]
+    assert ticks >= 10  # a blocked loop would tick once or twice in 0.4 s
+
+
+def test_stop_fails_waiting_requests_instead_of_hanging():
+    gate = threading.Event()
+    model = RecordingModel(gate=gate)
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch_size=1, max_wait_ms=0)
+        batcher.start()
+        running = asyncio.create_task(batcher.submit(["in the model"]))
+        queued = asyncio.create_task(batcher.submit(["still queued"]))
+        while not model.batches:
+            await asyncio.sleep(0.005)
+        await batcher.stop()
+        gate.set()
+        outcomes = await asyncio.gather(running, queued, return_exceptions=True)
+        with pytest.raises(ServeError, match="not running"):
+            await batcher.submit(["after stop"])
+        return outcomes
+
+    outcomes = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert all(isinstance(o, ServeError) and "shutting down" in str(o) for o in outcomes)
+    assert model.batches == [["in the model"]]
+
+
+# ---------------------------------------------------------------------------------------------- settings and CLI
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_batch_size", 0),
+        ("max_inputs", -1),
+        ("max_chars", 2.5),
+        ("max_body_bytes", True),
+        ("max_wait_ms", -1),
+        ("max_wait_ms", float("nan")),
+        ("port", 70000),
+        ("host", ""),
+        ("threads", 0),
+    ],
+)
+def test_settings_validate_themselves(field, value):
+    with pytest.raises(ValueError, match=field):
+        ServeSettings(**{field: value})
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bertsent")
+    add_cli(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_cli_options_map_to_settings():
+    argv = "serve --model m --port 0 --max-batch-size 4 --max-wait-ms 1.5 --max-inputs 3 --max-chars 10"
+    ns = parse([*argv.split(), "--max-body-bytes", "100", "--threads", "1"])
+    assert ns.func is cmd_serve and ns.model == "m"
+    expected = {"max_batch_size": 4, "max_wait_ms": 1.5, "max_inputs": 3, "max_chars": 10, "max_body_bytes": 100}
+    assert settings_from_args(ns) == ServeSettings(host="127.0.0.1", port=0, threads=1, **expected)
+    assert settings_from_args(parse(["serve", "--model", "m"])) == ServeSettings()  # defaults match the dataclass
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ServeError, match=f"cannot listen on 127.0.0.1:{port}"):
+            bind_socket("127.0.0.1", port)
+        with pytest.raises(ServeError, match="cannot listen"):
+            cmd_serve(parse(["serve", "--model", str(tmp_path), "--port", str(port)]))
+    with pytest.raises(ModelError, match="not a model folder"):
+        cmd_serve(parse(["serve", "--model", str(tmp_path), "--port", "0"]))
+    with pytest.raises(ValueError, match="max_inputs"):
+        cmd_serve(parse(["serve", "--model", str(tmp_path), "--max-inputs", "0"]))
+    assert issubclass(ServeError, BertsentError)
+
+
+CLI = """
+import argparse, sys
+from bertsent.serve import add_cli
+parser = argparse.ArgumentParser(prog="bertsent")
+add_cli(parser.add_subparsers(dest="command", required=True))
+ns = parser.parse_args(sys.argv[1:])
+sys.exit(ns.func(ns))
+"""
+
+
+def test_serve_command_runs_and_stops_on_ctrl_c(trained_tiny_dir):
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    argv = [sys.executable, "-c", CLI, "serve", "--model", str(trained_tiny_dir), "--port", "0"]
+    # One pipe for both streams (uvicorn logs to stderr), read by the same buffered reader throughout.
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        first = ""
+        while not first.startswith("serving "):  # "serving DIR (pytorch; labels: ...) at http://127.0.0.1:PORT"
+            line = proc.stdout.readline()  # (library warnings may come first)
+            assert line, f"the command ended before serving: {first}"
+            first = line if line.startswith("serving ") else first + line
+        assert first.startswith(
+            f"serving {trained_tiny_dir} (pytorch; labels: negative, positive) at http://127.0.0.1:"
+        )
+        url = first.split(" at ")[-1].strip()
+        deadline = time.monotonic() + 30
+        while True:  # uvicorn starts right after the banner
+            try:
+                health = httpx.get(f"{url}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.1)
+        assert health.json() == {"status": "ok"}
+        assert httpx.post(f"{url}/predict", json={"inputs": ["good", "bad"]}, timeout=10).status_code == 200
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        out = first + proc.stdout.read()
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    assert proc.returncode == 0, out
+    assert "micro-batching: up to 32 texts, waiting at most 5 ms" in out
+    assert f"web page: {url}/   API docs: {url}/docs" in out
+    assert "Application shutdown complete" in out
+    assert "served 1 requests (2 texts) in 1 batches; 0 failed batches" in out
+
+
+# ---------------------------------------------------------------------------------------------- real server
+
+
+def test_real_server_under_concurrent_load_batches_and_stays_exact(trained_tiny_dir, texts, reference, predictor):
+    app = create_app(trained_tiny_dir, ServeSettings(max_batch_size=16, max_wait_ms=10))
+    n_threads, n_requests = 8, 10
+    rng = np.random.default_rng(0)
+    plans = [
+        [[texts[i] for i in rng.choice(len(texts), size=rng.integers(1, 4), replace=False)] for _ in range(n_requests)]
+        for _ in range(n_threads)
+    ]
+    start = threading.Barrier(n_threads)
+
+    def client_thread(url: str, plan: list[list[str]]) -> list[tuple[list[str], int, object]]:
+        answers = []
+        with httpx.Client(base_url=url, timeout=30) as http:
+            start.wait(timeout=30)
+            for request in plan:
+                # Alternate the two input shapes: a lone string, and a list.
+                inputs = request[0] if len(request) == 1 and len(answers) % 2 else request
+                response = http.post("/predict", json={"inputs": inputs})
+                answers.append((request, response.status_code, response.json()))
+        return answers
+
+    began = time.monotonic()
+    with background_server(app) as url:
+        assert url.startswith("http://127.0.0.1:")
+        before = httpx.get(f"{url}/info").json()["stats"]
+        with ThreadPoolExecutor(n_threads) as pool:
+            results = [a for answers in pool.map(client_thread, [url] * n_threads, plans) for a in answers]
+        after = httpx.get(f"{url}/info").json()["stats"]
+    assert time.monotonic() - began < 60
+
+    assert len(results) == n_threads * n_requests
+    for request, status, body in results:
+        assert status == 200, body
+        assert len(body) == len(request)
+        for text, prediction in zip(request, body, strict=True):
+            assert_matches(prediction, reference[text], predictor.id2label)
+    requests = after["requests"] - before["requests"]
+    batches = after["batches"] - before["batches"]
+    assert requests == n_threads * n_requests
+    assert after["texts"] - before["texts"] == sum(len(r) for plan in plans for r in plan)
+    assert batches < requests and after["largest_batch"] > 3  # requests were merged into batches
+    assert after["errors"] == 0 and after["queued"] == 0
