@@ -7,7 +7,7 @@ DATA ?= $(if $(wildcard ../shared/data/imdb/train.parquet),../shared/data/imdb,s
 DEMO_DIR ?= runs/demo
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint reproduce clean
 
 install: $(BIN)/.installed
 
@@ -37,3 +37,7 @@ lint: install
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
+
+# The full-scale recipe (hours on 2 cores; rerun to continue). FAST=1 runs it on small slices.
+reproduce: install
+	$(BIN)/bertsent reproduce --data $(DATA) $(if $(FAST),--fast --output-dir runs/reproduce-fast,--doc docs/results.md)

@@ -293,6 +293,30 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(ns: argparse.Namespace) -> int:
+    from bertsent.compare import markdown_table
+    from bertsent.reproduce import ReproduceConfig, reproduce
+
+    config = ReproduceConfig(
+        data=ns.data,
+        output_dir=ns.output_dir,
+        model=ns.model,
+        fast=ns.fast,
+        epochs=ns.epochs,
+        lr=ns.lr,
+        batch_size=ns.batch_size,
+        max_length=ns.max_length,
+        truncation=ns.truncation,
+        eval_samples=ns.eval_samples,
+        train_samples=ns.train_samples,
+        doc=ns.doc,
+    )
+    result = reproduce(config)
+    print(markdown_table(result["rows"]), end="")
+    print(f"results page: {Path(ns.output_dir) / 'results.md'}" + (f" and {ns.doc}" if ns.doc else ""))
+    return 0
+
+
 def print_metrics(metrics: dict) -> None:
     keys = [k for k in metrics if k.split("_", 1)[-1] in ("accuracy", "f1", "roc_auc") or k in ("accuracy", "f1")]
     for key in keys:
@@ -365,6 +389,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p, DEFAULT_DATA)
     p.set_defaults(func=cmd_compress)
 
+    p = sub.add_parser("reproduce", help="the full recipe on IMDB: fine-tune, evaluate, compress, compare")
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"labelled reviews (default: {DEFAULT_DATA})")
+    p.add_argument("--output-dir", default=str(Path("~/.cache/bertsent/reproduce").expanduser()))
+    p.add_argument("--fast", action="store_true", help="the same recipe on small slices (minutes)")
+    p.add_argument("--model", help="teacher's starting weights (default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--truncation", default="head+tail", choices=["head", "tail", "head+tail"])
+    p.add_argument("--train-samples", type=int, help="default: every training review")
+    p.add_argument("--eval-samples", type=int, help="default: every test review")
+    p.add_argument("--doc", help="also write the results page here (e.g. docs/results.md)")
+    p.set_defaults(func=cmd_reproduce)
+
     p = sub.add_parser("predict", help="classify texts given on the command line or in a file")
     p.add_argument("--model", required=True, help="fine-tuned model folder")
     p.add_argument("texts", nargs="*", help="texts to classify")
@@ -397,6 +436,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "compare": cmd_compare,
     "prune": cmd_prune,
     "compress": cmd_compress,
+    "reproduce": cmd_reproduce,
 }
 
 
