@@ -110,3 +110,11 @@ def test_bad_files_are_clear_errors(predictor, tmp_path):
     with pytest.raises(DataError, match="not valid utf-8.*--encoding"):
         predict_file(predictor, tmp_path / "latin.txt", tmp_path / "o.jsonl")
     assert predict_file(predictor, tmp_path / "latin.txt", tmp_path / "o.jsonl", encoding="latin-1") == 1
+
+
+def test_unreadable_progress_file_is_a_clear_error(predictor, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("great film\n")
+    (tmp_path / "out.jsonl.progress.json").write_text('{"rows": 4')
+    with pytest.raises(DataError, match="unreadable progress file"):
+        predict_file(predictor, source, tmp_path / "out.jsonl", resume=True)

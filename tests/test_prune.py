@@ -30,7 +30,6 @@ from bertsent.prune import (
     select_layers,
     select_neurons,
 )
-from bertsent.train import TrainingArguments, train
 
 HIDDEN, HEADS, HEAD_SIZE, FFN, LAYERS = 32, 4, 8, 64, 2
 MAX_LENGTH = 48
@@ -57,27 +56,9 @@ def source_dir(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained_dir(tiny_model_dir, toy_data_dir, tmp_path_factory):
-    """The tiny BERT fine-tuned on the toy reviews (validation: 40 reviews carved from train)."""
-    out = tmp_path_factory.mktemp("prune_trained")
-    args = TrainingArguments(
-        model=str(tiny_model_dir),
-        output_dir=str(out),
-        max_length=MAX_LENGTH,
-        epochs=6,
-        lr=5e-3,
-        warmup_ratio=0.0,
-        save_steps=None,
-        evaluate_test=False,
-        progress=False,
-    )
-    return train(args, DataConfig(source=str(toy_data_dir), validation_size=40)).output_dir
-
-
-@pytest.fixture(scope="module")
-def pruned(trained_dir, toy_data_dir, tmp_path_factory):
+def pruned(trained_tiny_dir, toy_data_dir, tmp_path_factory):
     config = PruneConfig(
-        model=str(trained_dir),
+        model=str(trained_tiny_dir),
         output_dir=str(tmp_path_factory.mktemp("pruned")),
         heads_fraction=0.5,
         ffn_fraction=0.25,
@@ -210,11 +191,11 @@ def test_dropping_a_layer_shrinks_the_model_and_renumbers(source_dir):
     assert logits(model, batch_of(source_dir)).shape == (len(TEXTS), 2)
 
 
-def test_pruned_folder_is_self_describing_and_reloads_with_identical_logits(pruned, trained_dir, toy_data_dir):
+def test_pruned_folder_is_self_describing_and_reloads_with_identical_logits(pruned, trained_tiny_dir, toy_data_dir):
     out = pruned.output_dir
     for name in ("config.json", "model.safetensors", "tokenizer.json", "training_args.json", "metrics.json"):
         assert (out / name).is_file(), name
-    assert (out / "training_args.json").read_text() == (trained_dir / "training_args.json").read_text()
+    assert (out / "training_args.json").read_text() == (trained_tiny_dir / "training_args.json").read_text()
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     assert config[PRUNING_KEY] == pruned.compression["layout"] == pruning_layout(pruned.model)
@@ -236,7 +217,7 @@ def test_pruned_folder_is_self_describing_and_reloads_with_identical_logits(prun
     # The reported accuracies are what Predictor gives on the held-out validation reviews.
     validation = load_data(DataConfig(source=str(toy_data_dir), validation_size=40), splits=("validation",))
     reviews = stratified_subset(validation.validation, 40, 42)
-    for folder, stage in ((trained_dir, "before"), (out, "after")):
+    for folder, stage in ((trained_tiny_dir, "before"), (out, "after")):
         probs = Predictor(folder).predict_proba(reviews["text"].tolist())
         accuracy = float(np.mean(probs.argmax(1) == reviews["label"].to_numpy()))
         assert c["validation"][stage]["accuracy"] == pytest.approx(accuracy)

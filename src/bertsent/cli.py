@@ -350,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_parser(sub)
 
+    from bertsent.export import add_cli as add_export_parser  # torch-free at import, like serve
+    from bertsent.quantize import add_cli as add_quantize_parser
+
+    add_export_parser(sub)
+    add_quantize_parser(sub)
+
     p = sub.add_parser("evaluate", help="score a fine-tuned model folder on a data split")
     p.add_argument("--model", required=True, help="fine-tuned model folder")
     p.add_argument("--split", default="test", choices=["test", "validation", "train"])

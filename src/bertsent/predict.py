@@ -78,12 +78,12 @@ class TorchBackend:
         return self.model(**batch).logits.float().cpu().numpy()
 
 
-def load_backend(model_dir: Path, device: str = "auto"):
+def load_backend(model_dir: Path, device: str = "auto", threads: int | None = None):
     """The backend a folder calls for: ONNX Runtime when it holds ``model.onnx``, else PyTorch."""
     if (model_dir / ONNX_FILE).is_file():
         from bertsent.export import OnnxBackend
 
-        return OnnxBackend(model_dir)
+        return OnnxBackend(model_dir, threads=threads)
     return TorchBackend(model_dir, device)
 
 
@@ -114,7 +114,7 @@ class Predictor:
         if threads:
             torch.set_num_threads(threads)
         self.tokenizer = load_tokenizer(self.model_dir)
-        self.backend = load_backend(self.model_dir, device)
+        self.backend = load_backend(self.model_dir, device, threads)
         trained_length, trained_truncation = inference_settings(self.model_dir, self.tokenizer)
         self.max_length = max_length or trained_length
         self.truncation = truncation or trained_truncation
@@ -281,8 +281,13 @@ def predict_file(
     marker = output_path.with_name(output_path.name + ".progress.json")
     done, offset = 0, 0
     if resume and marker.is_file():
-        state = json.loads(marker.read_text())
-        done, offset = int(state["rows"]), int(state["bytes"])
+        try:
+            state = json.loads(marker.read_text())
+            done, offset = int(state["rows"]), int(state["bytes"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(
+                f"{marker}: unreadable progress file ({e}); delete it and {output_path} to start over"
+            ) from e
         log.info("resuming %s after %d rows", output_path, done)
     elif resume:
         log.warning("--resume: no progress file %s; starting from the first row", marker)
@@ -302,7 +307,10 @@ def predict_file(
                 out.write(format_predictions(suffix, chunk, rows, header=done == 0).encode("utf-8"))
                 out.flush()
                 done += len(chunk)
-                marker.write_text(json.dumps({"rows": done, "bytes": out.tell(), "input": str(input_path)}))
+                # Write-then-rename: an interrupt never leaves a half-written progress file.
+                staged = marker.with_suffix(".tmp")
+                staged.write_text(json.dumps({"rows": done, "bytes": out.tell(), "input": str(input_path)}))
+                os.replace(staged, marker)
                 bar.update(len(chunk))
     if done == 0 and offset == 0:
         output_path.write_bytes(format_predictions(suffix, [], [], header=True).encode("utf-8"))

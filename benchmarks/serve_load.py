@@ -1,0 +1,552 @@
+"""Serving under load: ``bertsent serve`` against offline batch prediction, measured in one run.
+
+1. Offline baseline, in this process and before the server starts (so the two never compete):
+   ``Predictor(model, batch_size=32).predict_proba(texts)`` on N IMDB test reviews (a stratified,
+   seeded subset), timed after a warm-up; its labels are the reference answers.
+2. ``python -m bertsent serve --model DIR --port 0`` as a subprocess on 127.0.0.1 (its CPU use is then
+   separate from the load generator's), waited for on ``/health``.
+3. Load: C client threads, each with its own keep-alive ``httpx.Client``, send one review per request
+   (``{"inputs": text}``), cycling through the N reviews, until ``--requests`` (default 2N) have been
+   sent or ``--max-seconds`` have passed. Per-request latency, errors (non-200 or exceptions) and
+   answers that differ from the offline labels are counted; ``/info``'s batching counters before and
+   after give the mean batch size the server formed.
+4. Optionally (``--rss-requests``), the server's RSS from /proc before, every 1,000 requests and after
+   that many more requests of short texts.
+
+Goals: server throughput >= 70% of offline batch throughput, 0 errors. The server is stopped at the
+end (SIGINT, then terminate/kill if it does not exit), on errors too.
+
+    python benchmarks/serve_load.py --model runs/demo --data ../shared/data/imdb --n 2000 --clients 16 \\
+        --rss-requests 10000 --json serve_load.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import itertools
+import json
+import os
+import platform
+import re
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bertsent.data import DataConfig, load_data
+from bertsent.errors import BertsentError
+from bertsent.export import THREADS_ENV, physical_cores, resolve_threads
+from bertsent.predict import Predictor
+
+HOST = "127.0.0.1"
+URL_LINE = re.compile(r"^serving .* at (http://\S+)\s*$")
+"""The line ``bertsent serve`` prints once it is bound (port 0: the real port is in it)."""
+REQUEST_TIMEOUT = 120.0
+"""Seconds one request may take before it counts as an error (a stalled server must not hang the run)."""
+
+
+class LoadError(BertsentError):
+    """The server could not be started or reached."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings and the machine
+
+
+def set_threads(threads: int) -> dict:
+    """Pin this process's torch threads and ONNX Runtime's (via the env the server inherits too)."""
+    torch.set_num_threads(threads)
+    # One forward pass is a chain of large ops: inter-op parallelism only adds threads that compete.
+    with contextlib.suppress(RuntimeError):  # already set, or torch already ran parallel work
+        torch.set_num_interop_threads(1)
+    os.environ[THREADS_ENV] = str(threads)  # read by OnnxBackend (bertsent.export.resolve_threads)
+    return {
+        "torch_intra_op": torch.get_num_threads(),
+        "torch_inter_op": torch.get_num_interop_threads(),
+        THREADS_ENV: os.environ.get(THREADS_ENV),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM"),
+    }
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
+
+
+def machine_info() -> dict:
+    import httpx
+    import transformers
+
+    import bertsent
+
+    try:
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = None
+    cpu_model = next(
+        (line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "physical_cores": physical_cores(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": ort_version,
+        "httpx": httpx.__version__,
+        "bertsent": bertsent.__version__,
+    }
+
+
+def load_reviews(data: str, n: int, seed: int) -> list[str]:
+    return load_data(DataConfig(data, eval_samples=n, seed=seed), splits=("test",)).test["text"].tolist()
+
+
+# --------------------------------------------------------------------------------------------------
+# Offline baseline
+
+
+def offline_baseline(model_dir: str, texts: list[str], batch_size: int, warmup: int) -> tuple[dict, list[str]]:
+    """Batch throughput of ``Predictor.predict_proba`` and its labels (the reference answers)."""
+    started = time.perf_counter()
+    predictor = Predictor(model_dir, batch_size=batch_size)
+    loaded = time.perf_counter() - started
+    predictor.predict_proba(texts[:warmup])
+    started = time.perf_counter()
+    probs = predictor.predict_proba(texts)
+    labels = [predictor.id2label[int(i)] for i in probs.argmax(axis=1)]
+    seconds = time.perf_counter() - started
+    backend = predictor.backend
+    result = {
+        "reviews": len(texts),
+        "seconds": round(seconds, 3),
+        "reviews_per_second": round(len(texts) / seconds, 2),
+        "load_seconds": round(loaded, 2),
+        "backend": backend.name,
+        "threads": getattr(backend, "threads", torch.get_num_threads()),
+        "max_length": predictor.max_length,
+        "truncation": predictor.truncation,
+        "batch_size": batch_size,
+    }
+    del predictor, backend
+    gc.collect()  # the server is about to load its own copy
+    return result, labels
+
+
+# --------------------------------------------------------------------------------------------------
+# The server subprocess
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a live process, in kB."""
+    values = {}
+    for line in _read_lines(f"/proc/{pid}/status"):
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0])
+    return values
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (from /proc/<pid>/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": field 3 onwards
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Server:
+    """``python -m bertsent serve`` on a free loopback port; always stopped by :meth:`stop`."""
+
+    def __init__(self, model_dir: str, threads: int, extra: list[str], log: Path) -> None:
+        self.log = log
+        self.cmd = [sys.executable, "-m", "bertsent", "serve", "--model", model_dir, "--host", HOST, "--port", "0"]
+        self.cmd += ["--threads", str(threads), *extra]
+        # Unbuffered, so the "serving ... at URL" line reaches the log as soon as it is printed.
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{THREADS_ENV: str(threads)})
+        self._log_file = log.open("wb")
+        self.proc = subprocess.Popen(self.cmd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.url = ""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 8) -> str:
+        return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-lines:])
+
+    def wait_ready(self, client, timeout: float) -> str:
+        """Wait for the URL line, then for ``/health`` to answer 200; returns the base URL."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise LoadError(f"the server exited with {self.proc.returncode}: {self.log_tail()}")
+            if not self.url:
+                found = (URL_LINE.match(line) for line in self.log.read_text(errors="replace").splitlines())
+                self.url = next((m.group(1) for m in found if m), "")
+            if self.url:
+                with contextlib.suppress(Exception):  # not listening yet
+                    if client.get(f"{self.url}/health", timeout=2).status_code == 200:
+                        return self.url
+            time.sleep(0.2)
+        raise LoadError(f"the server was not healthy within {timeout:g} s: {self.log_tail()}")
+
+    def stop(self) -> int | None:
+        """Ctrl-C first (uvicorn shuts down cleanly and the CLI prints its summary), then terminate, then kill."""
+        if self.alive():
+            for stop, wait in ((lambda: self.proc.send_signal(signal.SIGINT), 30), (self.proc.terminate, 10)):
+                stop()
+                try:
+                    self.proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            else:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_file.close()
+        return self.proc.returncode
+
+
+# --------------------------------------------------------------------------------------------------
+# Load generation
+
+
+def send_load(
+    url: str,
+    texts: list[str],
+    total: int,
+    clients: int,
+    max_seconds: float,
+    server: Server,
+    expected: list[str] | None = None,
+    on_done=None,
+) -> dict:
+    """``clients`` threads post one text per request, cycling through ``texts``, ``total`` requests at most.
+
+    Returns latencies (s) of successful requests, error and mismatch counts, and wall time.
+    """
+    import httpx
+
+    counter = itertools.count()
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors: list[str] = []
+    mismatches = [0]
+    done = [0]
+    deadline = time.monotonic() + max_seconds
+
+    def worker() -> None:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        with httpx.Client(limits=limits, timeout=REQUEST_TIMEOUT) as client:
+            while time.monotonic() < deadline and server.alive():
+                i = next(counter)  # itertools.count is atomic under the GIL
+                if i >= total:
+                    return
+                text = texts[i % len(texts)]
+                started = time.perf_counter()
+                try:
+                    response = client.post(f"{url}/predict", json={"inputs": text})
+                    elapsed = time.perf_counter() - started
+                    error = None if response.status_code == 200 else f"HTTP {response.status_code}: {response.text}"
+                    label = response.json()[0]["label"] if error is None else None
+                except Exception as e:  # connection refused/reset, timeout, bad JSON: all count as errors
+                    error, label, elapsed = f"{type(e).__name__}: {e}", None, time.perf_counter() - started
+                with lock:
+                    done[0] += 1
+                    if error is None:
+                        latencies.append(elapsed)
+                        if expected is not None and label != expected[i % len(texts)]:
+                            mismatches[0] += 1
+                    else:
+                        errors.append(error[:200])
+                    count = done[0]
+                if on_done is not None:
+                    on_done(count)
+
+    threads = [threading.Thread(target=worker, name=f"client-{k}", daemon=True) for k in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        # Bounded: each request has its own timeout, and no new one starts after the deadline.
+        t.join(max_seconds + 2 * REQUEST_TIMEOUT)
+    wall = time.perf_counter() - started
+    return {
+        "requests": done[0],
+        "ok": len(latencies),
+        "errors": len(errors),
+        "error_examples": sorted(set(errors))[:5],
+        "mismatches": mismatches[0],
+        "wall_seconds": wall,
+        "latencies": latencies,
+        "stopped_by_time": time.monotonic() >= deadline and done[0] < total,
+    }
+
+
+def latency_summary(latencies: list[float]) -> dict:
+    if not latencies:
+        return {}
+    ms = np.asarray(latencies) * 1000
+    return {
+        f"{name}_ms": round(float(np.percentile(ms, q)), 1)
+        for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+    } | {"mean_ms": round(float(ms.mean()), 1)}
+
+
+def batch_counters(client, url: str) -> dict:
+    return client.get(f"{url}/info", timeout=10).json()["stats"]
+
+
+def measure_load(
+    server: Server, client, url: str, texts: list[str], expected: list[str], ns: argparse.Namespace, offline: dict
+) -> dict:
+    """The load phase: throughput, latency, errors, mismatches, batching and CPU use of both sides."""
+    info = client.get(f"{url}/info", timeout=10).json()
+    before = info["stats"]
+    rss_before = _rss_mb(server.pid)
+    print(
+        f"load    : {ns.requests} requests of one review each from {ns.clients} clients "
+        f"(at most {ns.max_seconds:g} s) ...",
+        flush=True,
+    )
+    cpu_server, cpu_client = cpu_seconds(server.pid), _self_cpu()
+    load = send_load(url, texts, ns.requests, ns.clients, ns.max_seconds, server, expected)
+    cpu_server, cpu_client = cpu_seconds(server.pid) - cpu_server, _self_cpu() - cpu_client
+    after = batch_counters(client, url)
+    batches = after["batches"] - before["batches"]
+    served_texts = after["texts"] - before["texts"]
+    throughput = load["ok"] / load["wall_seconds"] if load["wall_seconds"] else 0.0
+    return {
+        "backend": info["backend"],
+        "max_length": info["max_length"],
+        "truncation": info["truncation"],
+        "batching": info["batching"],
+        "requests": load["requests"],
+        "ok": load["ok"],
+        "errors": load["errors"],
+        "error_examples": load["error_examples"],
+        "mismatches": load["mismatches"],
+        "stopped_by_time": load["stopped_by_time"],
+        "wall_seconds": round(load["wall_seconds"], 2),
+        "reviews_per_second": round(throughput, 2),
+        "ratio_to_offline": round(throughput / offline["reviews_per_second"], 3),
+        "latency": latency_summary(load["latencies"]),
+        "batches": batches,
+        "mean_batch_size": round(served_texts / batches, 2) if batches else None,
+        "largest_batch_ever": after["largest_batch"],
+        "failed_batches": after["errors"] - before["errors"],
+        "server_cpu_seconds": round(cpu_server, 1),
+        "client_cpu_seconds": round(cpu_client, 1),
+        "server_rss_mb_before": rss_before,
+        "server_rss_mb_after": _rss_mb(server.pid),
+    }
+
+
+def rss_phase(url: str, texts: list[str], ns: argparse.Namespace, server: Server) -> dict:
+    """Server RSS before, every ``--rss-every`` requests and after ``--rss-requests`` short-text requests."""
+    short = [t[: ns.rss_chars] for t in texts]
+    samples = [{"requests": 0, "rss_mb": _rss_mb(server.pid)}]
+    lock = threading.Lock()
+
+    def on_done(count: int) -> None:
+        if count % ns.rss_every == 0:
+            rss = _rss_mb(server.pid)
+            with lock:
+                samples.append({"requests": count, "rss_mb": rss})
+
+    result = send_load(url, short, ns.rss_requests, ns.clients, ns.max_seconds, server, on_done=on_done)
+    samples.sort(key=lambda s: s["requests"])
+    end = {"requests": result["requests"], "rss_mb": _rss_mb(server.pid)}
+    if samples[-1]["requests"] != end["requests"]:
+        samples.append(end)
+    time.sleep(2)  # idle: anything the server was about to free is freed
+    after = _rss_mb(server.pid)
+    return {
+        "requests": result["requests"],
+        "errors": result["errors"],
+        "text_chars": ns.rss_chars,
+        "wall_seconds": round(result["wall_seconds"], 1),
+        "samples": samples,
+        "rss_after_idle_mb": after,
+        "growth_mb": round(after - samples[0]["rss_mb"], 1) if after and samples[0]["rss_mb"] else None,
+        "peak_rss_mb": round(proc_status(server.pid).get("VmHWM", 0) / 1024, 1),
+        "stopped_by_time": result["stopped_by_time"],
+    }
+
+
+def _rss_mb(pid: int) -> float | None:
+    rss = proc_status(pid).get("VmRSS")
+    return round(rss / 1024, 1) if rss else None
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model folder to serve (PyTorch or ONNX)")
+    parser.add_argument("--data", default="../shared/data/imdb")
+    parser.add_argument("--n", type=int, default=2000, help="test reviews (stratified, seeded subset)")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent client threads")
+    parser.add_argument("--requests", type=int, help="requests of the load phase (default: 2 x N)")
+    parser.add_argument("--max-seconds", type=float, default=300, help="time limit of each load phase")
+    parser.add_argument("--batch-size", type=int, default=32, help="offline batch size and server --max-batch-size")
+    parser.add_argument("--max-wait-ms", type=float, help="server micro-batching wait (default: the server's)")
+    parser.add_argument("--threads", type=int, help=f"intra-op threads (default: ${THREADS_ENV} or cores)")
+    parser.add_argument("--warmup", type=int, default=32, help="texts classified before timing")
+    parser.add_argument("--startup-timeout", type=float, default=180)
+    parser.add_argument("--seed", type=int, default=42)
+    g = parser.add_argument_group("server memory")
+    g.add_argument("--rss-requests", type=int, default=0, help="short-text requests while sampling RSS (0: skip)")
+    g.add_argument("--rss-every", type=int, default=1000, help="sample every this many requests")
+    g.add_argument("--rss-chars", type=int, default=120, help="characters kept of each review (short texts)")
+    parser.add_argument("--json", help="also write every figure and setting here")
+    ns = parser.parse_args(argv)
+    for name in ("n", "clients", "batch_size", "warmup", "rss_every", "rss_chars"):
+        if getattr(ns, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if ns.requests is not None and ns.requests < 1:
+        parser.error("--requests must be >= 1")
+    if ns.rss_requests < 0 or not ns.max_seconds > 0:
+        parser.error("--rss-requests must be >= 0 and --max-seconds > 0")
+    ns.requests = ns.requests or 2 * ns.n
+    return ns
+
+
+def main(argv: list[str] | None = None) -> int:
+    import httpx
+
+    ns = parse_args(argv)
+    threads = ns.threads or resolve_threads(None)
+    results: dict = {"settings": vars(ns).copy(), "machine": machine_info(), "threads": set_threads(threads)}
+    m, t = results["machine"], results["threads"]
+    print(
+        f"machine : {m['platform']}, {m['cpu']}, {m['cpu_count']} CPUs ({m['physical_cores']} physical cores), "
+        f"load average {m['load_average']}"
+    )
+    print(
+        f"versions: torch {m['torch']}, transformers {m['transformers']}, onnxruntime {m['onnxruntime']}, "
+        f"httpx {m['httpx']}, python {m['python']}"
+    )
+    print(
+        f"threads : torch intra-op {t['torch_intra_op']}, inter-op {t['torch_inter_op']} (offline and server "
+        f"--threads); ONNX Runtime intra-op {threads} (via {THREADS_ENV}); {ns.clients} client threads"
+    )
+    texts = load_reviews(ns.data, ns.n, ns.seed)
+    print(f"data    : {len(texts)} test reviews of {ns.data} (seed {ns.seed})")
+
+    print("offline : Predictor.predict_proba ...", flush=True)
+    offline, expected = offline_baseline(ns.model, texts, ns.batch_size, ns.warmup)
+    results["offline"] = offline
+    print(
+        f"offline : {offline['reviews_per_second']:.1f} reviews/s ({offline['backend']}, {offline['threads']} threads, "
+        f"batch {ns.batch_size}, {offline['max_length']} tokens, {offline['truncation']})"
+    )
+
+    extra = ["--max-batch-size", str(ns.batch_size)]
+    if ns.max_wait_ms is not None:
+        extra += ["--max-wait-ms", str(ns.max_wait_ms)]
+    with tempfile.TemporaryDirectory(prefix="bertsent-serve-") as tmp:
+        server = Server(ns.model, threads, extra, Path(tmp) / "server.log")
+        try:
+            with httpx.Client(timeout=30) as client:
+                url = server.wait_ready(client, ns.startup_timeout)
+                print(f"server  : pid {server.pid} at {url} ({' '.join(server.cmd[1:])})", flush=True)
+                # Warm-up: a few batches, so the first timed requests do not pay for lazy initialisation.
+                warm = send_load(url, texts[: ns.warmup], ns.warmup, ns.clients, ns.max_seconds, server)
+                if warm["errors"]:
+                    raise LoadError(f"warm-up requests failed: {warm['error_examples'][0]}")
+                results["server"] = measure_load(server, client, url, texts, expected, ns, offline)
+                if ns.rss_requests:
+                    print(f"memory  : {ns.rss_requests} requests of {ns.rss_chars}-character texts ...", flush=True)
+                    results["server_memory"] = rss_phase(url, texts, ns, server)
+        finally:
+            code = server.stop()
+            log_lines = server.log.read_text(errors="replace").splitlines()
+            results["server_exit"] = {
+                "returncode": code,
+                "summary": next((line for line in reversed(log_lines) if line.startswith("served ")), None),
+            }
+
+    print_report(results)
+    results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    if ns.json:
+        Path(ns.json).write_text(json.dumps(results, indent=2))
+        print(f"\nresults written to {ns.json}")
+    return 0
+
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def print_report(results: dict) -> None:
+    s, o = results["server"], results["offline"]
+    lat = s["latency"]
+    print()
+    print(f"{'':<26} {'reviews/s':>10} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'mismatches':>11}")
+    print(
+        f"{'offline predict_proba':<26} {o['reviews_per_second']:>10.1f} {1.0:>7.2f} {'':>8} {'':>8} {'':>7} {'':>11}"
+    )
+    print(
+        f"{'bertsent serve':<26} {s['reviews_per_second']:>10.1f} {s['ratio_to_offline']:>7.2f} "
+        f"{lat.get('p50_ms', float('nan')):>8.1f} {lat.get('p99_ms', float('nan')):>8.1f} {s['errors']:>7} "
+        f"{s['mismatches']:>11}"
+    )
+    print(
+        f"\nserver: {s['ok']}/{s['requests']} requests in {s['wall_seconds']:.1f} s"
+        f"{' (stopped by --max-seconds)' if s['stopped_by_time'] else ''}; {s['batches']} batches, mean "
+        f"{s['mean_batch_size']} texts (max {s['batching']['max_batch_size']}, "
+        f"wait {s['batching']['max_wait_ms']} ms); "
+        f"CPU seconds: server {s['server_cpu_seconds']}, load generator {s['client_cpu_seconds']}"
+    )
+    if s["error_examples"]:
+        print(f"errors, e.g.: {s['error_examples'][0]}")
+    met = s["ratio_to_offline"] >= 0.7 and s["errors"] == 0
+    print(
+        f"goals : {s['ratio_to_offline']:.0%} of offline throughput (goal >= 70%), {s['errors']} errors (goal 0), "
+        f"{s['mismatches']} answers differ from offline: {'met' if met else 'NOT met'}"
+    )
+    results["goals_met"] = met
+    mem = results.get("server_memory")
+    if mem:
+        points = ", ".join(f"{p['requests']}: {p['rss_mb']}" for p in mem["samples"])
+        print(
+            f"server RSS (MB) by requests served: {points}; {mem['rss_after_idle_mb']} after 2 s idle "
+            f"(growth {mem['growth_mb']} MB, peak {mem['peak_rss_mb']} MB, {mem['errors']} errors)"
+        )
+    print(f"server exit: {results['server_exit']}")
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (BertsentError, ValueError) as e:
+        print(f"serve load benchmark: error: {e}", file=sys.stderr)
+        sys.exit(2)
