@@ -186,11 +186,21 @@ def plot_pareto(rows: list[dict], path: Path) -> Path:
     ax = fig.add_subplot()
     ax.scatter([r["throughput"] for r in rows], [100 * r["accuracy"] for r in rows], s=40)
     for r in rows:
-        ax.annotate(f"{r['name']} ({r['size_mb']:.0f} MB)", (r["throughput"], 100 * r["accuracy"]), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            f"{r['name']} ({r['size_mb']:.0f} MB)",
+            (r["throughput"], 100 * r["accuracy"]),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     front = pareto_front(rows)
-    ax.plot([r["throughput"] for r in front], [100 * r["accuracy"] for r in front], "--", color="tab:red",
-            label="Pareto front")
+    ax.plot(
+        [r["throughput"] for r in front],
+        [100 * r["accuracy"] for r in front],
+        "--",
+        color="tab:red",
+        label="Pareto front",
+    )
     ax.set_xlabel("reviews/s (batch 32, end to end)")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)

@@ -97,8 +97,13 @@ def encode_windows(tokenizer, texts: Sequence[str], max_length: int, stride: int
     owner: list[int] = []
     full: list[int] = []
     for start in range(0, len(texts), 4096):
-        rows = tokenizer(list(texts[start : start + 4096]), add_special_tokens=False, return_attention_mask=False,
-                         return_token_type_ids=False, verbose=False)["input_ids"]
+        rows = tokenizer(
+            list(texts[start : start + 4096]),
+            add_special_tokens=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )["input_ids"]
         for i, row in enumerate(rows):
             step = budget - stride
             for begin in range(0, max(len(row) - stride, 1), step):
