@@ -31,12 +31,20 @@ def test_compress_recipe_writes_every_variant_then_compares_and_resumes(
         "0.25",
     ]
     assert main(argv) == 0
-    for folder in ("teacher-onnx", "teacher-int8", "student", "student-pruned", "student-int8"):
+    for folder in ("teacher-onnx", "teacher-int8", "teacher-int8-emb", "student", "student-pruned", "student-int8"):
         assert (out / folder / "config.json").is_file(), folder
     assert (out / "teacher-onnx" / "model.onnx").is_file() and (out / "student-int8" / "model.onnx").is_file()
     rows = json.loads((out / "compare" / "compare.json").read_text())["rows"]
     names = [r["name"] for r in rows]
-    assert names == ["teacher (fp32)", "teacher ONNX fp32", "teacher INT8", "student", "student pruned", "student INT8"]
+    assert names == [
+        "teacher (fp32)",
+        "teacher ONNX fp32",
+        "teacher INT8",
+        "teacher INT8 + embeddings",
+        "student",
+        "student pruned",
+        "student INT8",
+    ]
     by_name = {r["name"]: r for r in rows}
     assert by_name["student"]["parameters"] < by_name["teacher (fp32)"]["parameters"]
     assert by_name["student pruned"]["parameters"] < by_name["student"]["parameters"]

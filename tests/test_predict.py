@@ -118,3 +118,13 @@ def test_unreadable_progress_file_is_a_clear_error(predictor, tmp_path):
     (tmp_path / "out.jsonl.progress.json").write_text('{"rows": 4')
     with pytest.raises(DataError, match="unreadable progress file"):
         predict_file(predictor, source, tmp_path / "out.jsonl", resume=True)
+
+
+def test_bf16_autocast_backend_agrees_with_fp32(trained_tiny_dir):
+    texts = reviews(12)
+    fp32 = Predictor(trained_tiny_dir).predict_proba(texts)
+    bf16 = Predictor(trained_tiny_dir, precision="bf16", device="cpu").predict_proba(texts)
+    assert (bf16.argmax(1) == fp32.argmax(1)).mean() >= 0.9
+    np.testing.assert_allclose(bf16, fp32, atol=0.05)
+    with pytest.raises(ValueError, match="precision"):
+        Predictor(trained_tiny_dir, precision="fp8")

@@ -5,6 +5,7 @@ an interrupted recipe continues where it stopped (distillation also resumes from
 
     teacher-onnx/    the teacher exported to ONNX (fp32), outputs checked against PyTorch
     teacher-int8/    the teacher, ONNX dynamic INT8 (per-channel MatMul weights)
+    teacher-int8-emb/  the same with the embedding tables in INT8 too
     student/         distilled from the teacher's own layers (half of them by default)
     student-pruned/  the student with attention heads and FFN neurons pruned, then recovery fine-tuned
     student-int8/    the smallest student, ONNX dynamic INT8, embeddings included
@@ -45,7 +46,8 @@ class CompressConfig:
     recover_epochs: int = 1
     recover_lr: float = 5e-5
     quantize_embeddings: bool = True
-    """Store the student's embedding table as INT8 too: most of a small model's bytes."""
+    """Also store embedding tables as INT8 (most of a small model's bytes): the student's, and a
+    teacher variant."""
     latency_samples: int = 100
     threads: int | None = None
 
@@ -109,6 +111,19 @@ def compress(config: CompressConfig) -> list[dict]:
             QuantizeConfig(model=str(teacher), output_dir=str(out / "teacher-int8"), data=config.data.source)
         ),
     )
+    if config.quantize_embeddings:
+        stage(
+            "teacher INT8 + embeddings",
+            out / "teacher-int8-emb",
+            lambda: quantize(
+                QuantizeConfig(
+                    model=str(teacher),
+                    output_dir=str(out / "teacher-int8-emb"),
+                    data=config.data.source,
+                    quantize_embeddings=True,
+                )
+            ),
+        )
 
     student_dir = out / "student"
     distill_args = DistillationArguments(

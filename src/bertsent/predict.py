@@ -21,6 +21,7 @@ log = logging.getLogger("bertsent.predict")
 
 ONNX_FILE = "model.onnx"
 LONG_TEXT = ("truncate", "chunk")
+PRECISIONS = ("fp32", "bf16")
 
 
 @torch.inference_mode()
@@ -60,31 +61,35 @@ def inference_settings(model_dir: Path, tokenizer) -> tuple[int, str]:
 
 
 class TorchBackend:
-    """Runs a PyTorch model folder (fp32; autocast on a GPU when asked)."""
+    """Runs a PyTorch model folder in fp32, or under bf16 autocast (``precision="bf16"``, meant for GPUs)."""
 
     name = "pytorch"
 
-    def __init__(self, model_dir: Path, device: str = "auto") -> None:
+    def __init__(self, model_dir: Path, device: str = "auto", precision: str = "fp32") -> None:
         from bertsent.train import pick_device
 
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.model = load_classifier(model_dir)
         self.device = pick_device(device)
+        self.dtype = torch.bfloat16 if precision == "bf16" else None
         self.model.to(self.device).eval()
         self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
 
     @torch.inference_mode()
     def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        return self.model(**batch).logits.float().cpu().numpy()
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            return self.model(**batch).logits.float().cpu().numpy()
 
 
-def load_backend(model_dir: Path, device: str = "auto", threads: int | None = None):
+def load_backend(model_dir: Path, device: str = "auto", threads: int | None = None, precision: str = "fp32"):
     """The backend a folder calls for: ONNX Runtime when it holds ``model.onnx``, else PyTorch."""
     if (model_dir / ONNX_FILE).is_file():
         from bertsent.export import OnnxBackend
 
         return OnnxBackend(model_dir, threads=threads)
-    return TorchBackend(model_dir, device)
+    return TorchBackend(model_dir, device, precision)
 
 
 class Predictor:
@@ -104,6 +109,7 @@ class Predictor:
         threads: int | None = None,
         long_text: str = "truncate",
         stride: int = 128,
+        precision: str = "fp32",
     ) -> None:
         self.model_dir = Path(model_dir)
         if long_text not in LONG_TEXT:
@@ -114,7 +120,7 @@ class Predictor:
         if threads:
             torch.set_num_threads(threads)
         self.tokenizer = load_tokenizer(self.model_dir)
-        self.backend = load_backend(self.model_dir, device, threads)
+        self.backend = load_backend(self.model_dir, device, threads, precision)
         trained_length, trained_truncation = inference_settings(self.model_dir, self.tokenizer)
         self.max_length = max_length or trained_length
         self.truncation = truncation or trained_truncation

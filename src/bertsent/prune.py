@@ -863,6 +863,7 @@ def _recover(config: PruneConfig, model, source: Path, data: DataConfig, masks, 
         device=config.device,
         threads=config.threads,
         save_steps=None,
+        evaluate_test=False,  # test is scored by evaluate/compare, not on every recovery
     )
     recovery_data = dataclasses.replace(
         data, train_samples=config.train_samples, validation_samples=config.eval_samples or None
@@ -880,7 +881,7 @@ def _recover(config: PruneConfig, model, source: Path, data: DataConfig, masks, 
         for name, mask in masks.items():
             param = model.get_parameter(name)
             param.mul_(mask.to(param.device))
-    keys = ("steps", "train_seconds", "best_step", "validation_accuracy", "test_accuracy", "test_f1")
+    keys = ("steps", "train_seconds", "best_step", "validation_accuracy")
     return {
         "epochs": config.recover_epochs,
         "lr": config.recover_lr,
@@ -926,8 +927,6 @@ def _flat_metrics(compression: dict) -> dict:
         for key in ("accuracy", "f1", "f1_macro", "log_loss"):
             if stage in validation and key in validation[stage]:
                 metrics[f"validation_{key}{suffix}"] = validation[stage][key]
-    recovery = compression["recovery"] or {}
-    metrics |= {k: recovery[k] for k in ("test_accuracy", "test_f1") if k in recovery}
     return metrics
 
 
