@@ -198,9 +198,11 @@ class MicroBatcher:
         while True:
             first = await self._queue.get()
             batch = [first]
-            # The wait is counted from when the first text arrived: if it queued behind a running
-            # batch, it has waited already.
-            deadline = first.arrived + self.max_wait
+            # Wait up to max_wait from now (not from the first text's arrival): the clients answered by
+            # the previous batch need a moment to send their next request, and without this pause every
+            # batch would only hold the texts that arrived while the previous one ran (measured: mean
+            # batch 8 of 16 clients, 66% of offline throughput).
+            deadline = loop.time() + self.max_wait
             while len(batch) < self.max_batch_size:
                 if not self._queue.empty():
                     batch.append(self._queue.get_nowait())
