@@ -59,6 +59,12 @@ PROGRESS_SUFFIX = ".progress.json"
 # Settings and the machine
 
 
+def _restore_sigint() -> None:
+    """Give the child the default SIGINT: a job started in the background (nohup, CI) inherits SIGINT
+    ignored, and Python then never raises KeyboardInterrupt, so the Ctrl-C stop would not work."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def set_threads(threads: int) -> dict:
     """Pin torch's and ONNX Runtime's intra-op threads to ``threads``; returns what is now in effect."""
     torch.set_num_threads(threads)
@@ -280,7 +286,7 @@ def sample_run(
     interrupted = False
     rows = 0
     with log.open("ab") as log_file:
-        proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_restore_sigint)
         try:
             while proc.poll() is None:
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - started) % 1.0))

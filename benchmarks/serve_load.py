@@ -62,6 +62,12 @@ class LoadError(BertsentError):
 # Settings and the machine
 
 
+def _restore_sigint() -> None:
+    """Give the child the default SIGINT: a job started in the background (nohup, CI) inherits SIGINT
+    ignored, and Python then never raises KeyboardInterrupt, so the Ctrl-C stop would not work."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def set_threads(threads: int) -> dict:
     """Pin this process's torch threads and ONNX Runtime's (via the env the server inherits too)."""
     torch.set_num_threads(threads)
@@ -186,7 +192,9 @@ class Server:
         # Unbuffered, so the "serving ... at URL" line reaches the log as soon as it is printed.
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{THREADS_ENV: str(threads)})
         self._log_file = log.open("wb")
-        self.proc = subprocess.Popen(self.cmd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.cmd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, preexec_fn=_restore_sigint
+        )
         self.url = ""
 
     @property

@@ -406,7 +406,16 @@ def test_serve_command_runs_and_stops_on_ctrl_c(trained_tiny_dir):
     env = os.environ | {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     argv = [sys.executable, "-c", CLI, "serve", "--model", str(trained_tiny_dir), "--port", "0"]
     # One pipe for both streams (uvicorn logs to stderr), read by the same buffered reader throughout.
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # A job started in the background (nohup, some CI runners) inherits SIGINT ignored; the server
+    # under test must get the default, as a terminal gives it, or Ctrl-C cannot be tested.
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         first = ""
         while not first.startswith("serving "):  # "serving DIR (pytorch; labels: ...) at http://127.0.0.1:PORT"
