@@ -62,17 +62,6 @@ PRUNING_KEY = "bertsent_pruning"
 """Attribute of the model config (and key of config.json) that holds the pruned layout."""
 COMPRESSION_FILE = "compression.json"
 WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-)
 IMPORTANCE_SPLITS = ("train", "validation")
 
 
@@ -663,7 +652,9 @@ def _check_source(config: PruneConfig) -> Path:
 
 
 def _copy_tokenizer_and_args(source: Path, out: Path, tokenizer) -> None:
-    copied = [name for name in TOKENIZER_FILES if (source / name).is_file()]
+    from bertsent.export import TOKENIZER_PATTERNS
+
+    copied = sorted({p.name for pattern in TOKENIZER_PATTERNS for p in source.glob(pattern) if p.is_file()})
     for name in copied:
         shutil.copy2(source / name, out / name)
     if "tokenizer_config.json" not in copied:
