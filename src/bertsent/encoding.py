@@ -67,20 +67,26 @@ def encode(tokenizer, texts: Sequence[str], max_length: int, truncation: str = "
         raise ValueError(f"max_length {max_length} leaves no room for text after the special tokens")
     ids: list[np.ndarray] = []
     full: list[int] = []
-    # Chunks bound the tokenizer's temporary memory on large inputs.
-    for start in range(0, len(texts), 4096):
-        batch = tokenizer(
-            list(texts[start : start + 4096]),
+    for row in token_ids(tokenizer, texts):
+        full.append(len(row) + len(prefix) + len(suffix))
+        ids.append(np.asarray([*prefix, *truncate(row, budget, truncation), *suffix], dtype=np.int32))
+    return Encoded(ids=ids, full_lengths=np.asarray(full, dtype=np.int64))
+
+
+def token_ids(tokenizer, texts: Sequence[str], chunk: int = 4096) -> Iterator[list[int]]:
+    """Each text's token ids without special tokens or truncation, tokenized in fast batch mode.
+
+    Chunks bound the tokenizer's temporary memory on large inputs.
+    """
+    for start in range(0, len(texts), chunk):
+        yield from tokenizer(
+            list(texts[start : start + chunk]),
             add_special_tokens=False,
             truncation=False,
             return_attention_mask=False,
             return_token_type_ids=False,
             verbose=False,
         )["input_ids"]
-        for row in batch:
-            full.append(len(row) + len(prefix) + len(suffix))
-            ids.append(np.asarray([*prefix, *truncate(row, budget, truncation), *suffix], dtype=np.int32))
-    return Encoded(ids=ids, full_lengths=np.asarray(full, dtype=np.int64))
 
 
 def encode_windows(tokenizer, texts: Sequence[str], max_length: int, stride: int) -> tuple[Encoded, np.ndarray]:
@@ -96,20 +102,12 @@ def encode_windows(tokenizer, texts: Sequence[str], max_length: int, stride: int
     ids: list[np.ndarray] = []
     owner: list[int] = []
     full: list[int] = []
-    for start in range(0, len(texts), 4096):
-        rows = tokenizer(
-            list(texts[start : start + 4096]),
-            add_special_tokens=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            verbose=False,
-        )["input_ids"]
-        for i, row in enumerate(rows):
-            step = budget - stride
-            for begin in range(0, max(len(row) - stride, 1), step):
-                ids.append(np.asarray([*prefix, *row[begin : begin + budget], *suffix], dtype=np.int32))
-                owner.append(start + i)
-                full.append(len(row) + len(prefix) + len(suffix))
+    step = budget - stride
+    for i, row in enumerate(token_ids(tokenizer, texts)):
+        for begin in range(0, max(len(row) - stride, 1), step):
+            ids.append(np.asarray([*prefix, *row[begin : begin + budget], *suffix], dtype=np.int32))
+            owner.append(i)
+            full.append(len(row) + len(prefix) + len(suffix))
     return Encoded(ids=ids, full_lengths=np.asarray(full, dtype=np.int64)), np.asarray(owner, dtype=np.int64)
 
 
