@@ -7,7 +7,6 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from bertsent.errors import BertsentError
@@ -434,18 +433,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_predict)
     return parser
-
-
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "train": cmd_train,
-    "distill": cmd_distill,
-    "evaluate": cmd_evaluate,
-    "predict": cmd_predict,
-    "compare": cmd_compare,
-    "prune": cmd_prune,
-    "compress": cmd_compress,
-    "reproduce": cmd_reproduce,
-}
 
 
 def main(argv: list[str] | None = None) -> int:
