@@ -65,6 +65,12 @@ def test_distilled_student_is_smaller_learns_and_caches_teacher_logits(trained_t
     from bertsent.data import load_data
     from bertsent.predict import Predictor
 
+    # The teacher is scored on the very validation rows the student was selected on.
+    validation = load_data(data).validation
+    teacher_val = Predictor(trained_tiny_dir).predict_proba(validation["text"].tolist())
+    assert summary["teacher_validation_accuracy"] == pytest.approx(
+        (teacher_val.argmax(1) == validation["label"].to_numpy()).mean()
+    )
     train_texts = load_data(data).train["text"].tolist()[:8]
     teacher_probs = Predictor(trained_tiny_dir).predict_proba(train_texts)
     np.testing.assert_allclose(torch.softmax(torch.from_numpy(cached[:8]), -1).numpy(), teacher_probs, atol=1e-5)

@@ -130,10 +130,19 @@ def distill(args: DistillationArguments, data: DataConfig) -> TrainResult:
 
 
 def _report(args: DistillationArguments, data: DataConfig, teacher, result: TrainResult) -> TrainResult:
-    """Score the teacher on the same validation rows and record both side by side."""
-    from bertsent.evaluate import evaluate
+    """Score the teacher (already in memory) on the student's validation rows; record both side by side."""
+    from bertsent.data import load_data
+    from bertsent.encoding import encode
+    from bertsent.metrics import classification_metrics
+    from bertsent.predict import predict_probs
 
-    teacher_eval = evaluate(args.teacher, data, split="validation", output_dir=Path(args.output_dir) / "eval-teacher")
+    # Same DataConfig as training, so exactly the rows the student was selected on.
+    validation = load_data(data, splits=("validation",)).validation
+    tokenizer = load_tokenizer(args.model)
+    encoded = encode(tokenizer, validation["text"].tolist(), args.max_length, args.truncation)
+    device = next(teacher.parameters()).device
+    probs = predict_probs(teacher, encoded, args.eval_batch_size, tokenizer.pad_token_id or 0, device)
+    teacher_eval = classification_metrics(validation["label"].to_numpy(), probs, teacher.config.id2label)
     metrics = result.metrics
     summary = {
         "method": "distill",
