@@ -36,3 +36,22 @@ def test_embedded_model_fine_tuned_on_400_reviews_reaches_70_percent(tmp_path):
     predictor = Predictor(result.output_dir)
     assert predictor("An absolute masterpiece: moving, funny and beautifully acted.")[0]["label"] == "positive"
     assert predictor("A dull, lifeless mess. I want my two hours back.")[0]["label"] == "negative"
+
+
+def test_embedded_model_fine_tuned_with_keras_on_400_reviews_reaches_70_percent(tmp_path):
+    pytest.importorskip("keras_hub", reason='the keras extra is not installed: pip install "bertsent[keras]"')
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "minilm-keras"),
+        backend="keras",
+        max_length=256,
+        truncation="head+tail",
+        epochs=1,
+        batch_size=16,
+        lr=1e-4,
+        progress=False,
+    )
+    data = DataConfig(str(IMDB), train_samples=400, validation_size=0.1, validation_samples=100, eval_samples=400)
+    metrics = train(args, data).metrics
+    assert metrics["train_reviews"] == 400 and metrics["data"]["sizes"]["test"] == 400
+    assert metrics["keras_parity_max_abs_diff"] <= 1e-4
+    assert metrics["test_accuracy"] >= 0.70, metrics["test_accuracy"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
+BACKENDS = ("torch", "keras")
 BEST_METRICS = ("accuracy", "f1", "f1_macro", "loss")
 
 
@@ -64,6 +65,9 @@ class TrainingArguments:
     """Evaluate the final model on the test split when the data has one."""
     progress: bool | None = None
     """Progress bar: None shows it only on a terminal."""
+    backend: str = "torch"
+    """``torch`` (the plain PyTorch loop) or ``keras`` (Keras 3 + KerasHub on TensorFlow, ``model.fit``;
+    needs ``pip install "bertsent[keras]"``). Both write the same Hugging Face folder."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -99,10 +103,23 @@ class TrainingArguments:
             "optimizer": ("adam", "adamw"),
             "precision": ("auto", "fp32", "bf16", "fp16"),
             "metric_for_best_model": BEST_METRICS,
+            "backend": BACKENDS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.backend == "keras":
+            # model.fit validates per epoch and keeps the best weights in memory: no mid-epoch state.
+            unsupported = {
+                "resume": self.resume,
+                "max_steps": self.max_steps is not None,
+                "eval_steps": self.eval_steps is not None,
+                "gradient_accumulation_steps": self.gradient_accumulation_steps != 1,
+                "precision": self.precision not in ("auto", "fp32"),
+                "device": self.device not in ("auto", "cpu"),
+            }
+            if names := [name for name, used in unsupported.items() if used]:
+                raise ValueError(f"--backend keras does not support {', '.join(names)} (use --backend torch)")
 
 
 @dataclass

@@ -62,6 +62,14 @@ def write_model_card(output_dir: Path, args, data, metrics: dict) -> Path:
         if any(reasons.values())
     ]
     early = ", stopped early" if metrics.get("stopped_early") else ""
+    backend = ""
+    if versions := metrics.get("keras_versions"):
+        backend = (
+            f"\nTrained with Keras {versions['keras']} (KerasHub {versions['keras_hub']}, TensorFlow "
+            f"{versions['tensorflow']}, `model.fit`); the weights were converted to this PyTorch layout and "
+            f"match the Keras model's logits to {metrics['keras_parity_max_abs_diff']:.2g}. "
+            f"`bertsent export --format keras|tf-savedmodel` gives the Keras/TensorFlow forms back."
+        )
     settings = "\n".join(f"| `{k}` | `{v}` |" for k, v in asdict(args).items())
     text = f"""---
 library_name: transformers
@@ -75,7 +83,7 @@ tags: [bertsent, sentiment-analysis]
 Fine-tuned from `{args.model or "all-MiniLM-L6-v2 (embedded)"}` on `{data.source}`
 ({metrics.get("train_reviews")} training reviews, {metrics.get("validation_reviews")} validation reviews;
 train label counts: {labels or "n/a"}). {metrics.get("num_parameters", 0):,} parameters.
-Reviews are tokenized to {args.max_length} tokens (truncation: `{args.truncation}`).
+Reviews are tokenized to {args.max_length} tokens (truncation: `{args.truncation}`).{backend}
 
 ## Metrics
 

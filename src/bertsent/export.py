@@ -484,7 +484,17 @@ inputs `input_ids`, `attention_mask` (int64, dynamic batch and sequence), output
 
 
 def cmd_export(ns) -> int:
-    out = export_onnx(ns.model, ns.output_dir, opset=ns.opset, atol=ns.atol, exporter=ns.exporter)
+    if ns.format != "onnx":
+        from bertsent.keras_export import export_keras_model
+
+        out = export_keras_model(ns.model, ns.output_dir, fmt=ns.format, strings=ns.strings, atol=ns.atol or 1e-4)
+        record = json.loads((out / COMPRESSION_FILE).read_text())
+        print(f"{'parity max |diff|':>24}: {record['parity']['max_abs_diff']:.3g}")
+        print(f"{ns.format} model written to {out}")
+        return 0
+    if ns.strings:
+        raise ValueError("--strings is for --format tf-savedmodel")
+    out = export_onnx(ns.model, ns.output_dir, opset=ns.opset, atol=ns.atol or DEFAULT_ATOL, exporter=ns.exporter)
     record = json.loads((out / COMPRESSION_FILE).read_text())
     print(f"{'parity max |diff|':>24}: {record['parity']['max_abs_diff']:.3g}")
     print(f"{'onnx size':>24}: {_mb(record['onnx_bytes'])}")
@@ -494,10 +504,27 @@ def cmd_export(ns) -> int:
 
 def add_cli(subparsers) -> None:
     """Register ``bertsent export``."""
-    p = subparsers.add_parser("export", help="export a model folder to ONNX (checked against PyTorch)")
-    p.add_argument("--model", required=True, help="PyTorch model folder (fine-tuned or pruned)")
-    p.add_argument("--output-dir", required=True, help="folder for model.onnx and the files to load it")
+    p = subparsers.add_parser(
+        "export", help="export a model folder to ONNX, a TensorFlow SavedModel or .keras (checked against PyTorch)"
+    )
+    p.add_argument(
+        "--model", required=True, help="PyTorch model folder (fine-tuned or pruned; Keras formats: not pruned)"
+    )
+    p.add_argument("--output-dir", required=True, help="folder for the exported model and the files to load it")
+    p.add_argument(
+        "--format",
+        choices=("onnx", "tf-savedmodel", "keras"),
+        default="onnx",
+        help='(default: onnx); tf-savedmodel and keras need pip install "bertsent[keras]"',
+    )
+    p.add_argument(
+        "--strings",
+        action="store_true",
+        help="tf-savedmodel: add a raw-text signature (tokenizes in the graph; loading it needs tensorflow_text)",
+    )
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
-    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"logit tolerance (default: {DEFAULT_ATOL:g})")
+    p.add_argument(
+        "--atol", type=float, help=f"logit tolerance (default: {DEFAULT_ATOL:g} for ONNX, 1e-4 for the Keras formats)"
+    )
     p.add_argument("--exporter", choices=EXPORTERS, default="torchscript", help="(default: torchscript)")
     p.set_defaults(func=cmd_export)

@@ -183,6 +183,12 @@ def train(
     ``make_loss(splits, train_encoded, device)`` builds another training objective once the data is
     loaded (distillation uses it to cache the teacher's logits); the default is cross-entropy.
     """
+    if args.backend == "keras":
+        if model is not None or make_loss is not None:
+            raise ValueError("--backend keras fine-tunes a model folder with cross-entropy only")
+        from bertsent.keras_train import train_keras
+
+        return train_keras(args, data)
     from transformers import get_linear_schedule_with_warmup
 
     output_dir = Path(args.output_dir)
@@ -338,8 +344,13 @@ def train(
     return finish(args, data, splits, output_dir, model, tokenizer, state, device, dtype, pad_id)
 
 
-def finish(args, data, splits: Splits, output_dir: Path, model, tokenizer, state: TrainState, device, dtype, pad_id):
-    """Keep the best model, evaluate it on test, and write the self-describing output folder."""
+def finish(
+    args, data, splits: Splits, output_dir: Path, model, tokenizer, state: TrainState, device, dtype, pad_id, extra=None
+):
+    """Keep the best model, evaluate it on test, and write the self-describing output folder.
+
+    ``extra`` adds backend-specific entries to ``metrics.json`` (the Keras path's parity check).
+    """
     from safetensors.torch import load_file
 
     from bertsent.card import write_model_card
@@ -364,7 +375,7 @@ def finish(args, data, splits: Splits, output_dir: Path, model, tokenizer, state
         "train_seconds": round(state.train_seconds, 1),
         "train_reviews_per_second": round(state.reviews_seen / max(state.train_seconds, 1e-9), 2),
     }
-    metrics |= {f"validation_{k}": v for k, v in state.best_validation.items()}
+    metrics |= {f"validation_{k}": v for k, v in state.best_validation.items()} | (extra or {})
     if args.evaluate_test and splits.test is not None:
         from bertsent.evaluate import report
 
