@@ -25,6 +25,8 @@ from bertsent.modeling import load_classifier, load_tokenizer
 
 log = logging.getLogger("bertsent.train")
 
+ADAM_EPSILON = 1e-8
+"""torch's (and HF's) default; Keras defaults to 1e-7."""
 BUCKET_WIDTH = 32
 """Reviews are batched with others in the same 32-token length band (less padding)."""
 
@@ -104,9 +106,12 @@ def build_optimizer(keras, args: TrainingArguments, total_steps: int):
     """Adam(W) with gradient clipping; no weight decay on biases and LayerNorm (the BERT recipe)."""
     schedule = _lr_schedule(keras, args.lr, int(args.warmup_ratio * total_steps), total_steps)
     if args.optimizer == "adam":  # plain Adam, as the original Keras system used
-        return keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=args.max_grad_norm)
+        return keras.optimizers.Adam(learning_rate=schedule, epsilon=ADAM_EPSILON, global_clipnorm=args.max_grad_norm)
     optimizer = keras.optimizers.AdamW(
-        learning_rate=schedule, weight_decay=args.weight_decay, global_clipnorm=args.max_grad_norm
+        learning_rate=schedule,
+        weight_decay=args.weight_decay,
+        epsilon=ADAM_EPSILON,
+        global_clipnorm=args.max_grad_norm,
     )
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
