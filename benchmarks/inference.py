@@ -28,12 +28,10 @@ output is checked: rows committed = the sidecar's rows, every row number once, i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import gc
 import json
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -44,10 +42,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import machine_info, proc_status, restore_sigint, set_threads
 
 from bertsent.data import DataConfig, load_data
 from bertsent.errors import BertsentError
-from bertsent.export import THREADS_ENV, physical_cores, resolve_threads
+from bertsent.export import THREADS_ENV, resolve_threads
 from bertsent.predict import Predictor
 
 ROW_PREFIX = re.compile(r"#(\d+) ")
@@ -57,78 +56,6 @@ PROGRESS_SUFFIX = ".progress.json"
 
 # --------------------------------------------------------------------------------------------------
 # Settings and the machine
-
-
-def _restore_sigint() -> None:
-    """Give the child the default SIGINT: a job started in the background (nohup, CI) inherits SIGINT
-    ignored, and Python then never raises KeyboardInterrupt, so the Ctrl-C stop would not work."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def set_threads(threads: int) -> dict:
-    """Pin torch's and ONNX Runtime's intra-op threads to ``threads``; returns what is now in effect."""
-    torch.set_num_threads(threads)
-    # One forward pass is a chain of large ops: inter-op parallelism only adds threads that compete.
-    # (RuntimeError: already set, or torch already ran parallel work.)
-    with contextlib.suppress(RuntimeError):
-        torch.set_num_interop_threads(1)
-    # OnnxBackend reads it when a Predictor loads an ONNX folder (bertsent.export.resolve_threads).
-    os.environ[THREADS_ENV] = str(threads)
-    return thread_settings()
-
-
-def thread_settings() -> dict:
-    return {
-        "torch_intra_op": torch.get_num_threads(),
-        "torch_inter_op": torch.get_num_interop_threads(),
-        THREADS_ENV: os.environ.get(THREADS_ENV),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM"),
-    }
-
-
-def machine_info() -> dict:
-    import transformers
-
-    import bertsent
-
-    try:
-        import onnxruntime
-
-        ort_version = onnxruntime.__version__
-    except ImportError:
-        ort_version = None
-    cpu_model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in _read_lines("/proc/cpuinfo")
-            if line.startswith(("model name", "Model name"))
-        ),
-        platform.processor(),
-    )
-    mem_kb = next((int(line.split()[1]) for line in _read_lines("/proc/meminfo") if line.startswith("MemTotal")), 0)
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "physical_cores": physical_cores(),
-        "memory_gb": round(mem_kb / 1024**2, 1),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "onnxruntime": ort_version,
-        "numpy": np.__version__,
-        "bertsent": bertsent.__version__,
-    }
-
-
-def _read_lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text().splitlines()
-    except OSError:
-        return []
 
 
 def load_reviews(data: str, n: int, seed: int) -> tuple[list[str], np.ndarray, dict[int, str]]:
@@ -177,10 +104,15 @@ def run_pipeline(model_dir: str, texts: list[str], max_length: int, batch_size: 
     return labels, times, loaded, id2label
 
 
-def run_predictor(model_dir: str, texts: list[str], ns: argparse.Namespace):
-    """bertsent's Predictor; returns (label names, seconds per repeat, load seconds, backend description)."""
+def run_predictor(model_dir: str, texts: list[str], ns: argparse.Namespace, compile: bool = False):
+    """bertsent's Predictor; returns (label names, seconds per repeat, load seconds, backend description).
+
+    With ``compile`` the load time includes torch.compile's one-off compilation.
+    """
     started = time.perf_counter()
-    predictor = Predictor(model_dir, batch_size=ns.batch_size, max_length=ns.max_length, truncation=ns.truncation)
+    predictor = Predictor(
+        model_dir, batch_size=ns.batch_size, max_length=ns.max_length, truncation=ns.truncation, compile=compile
+    )
     loaded = time.perf_counter() - started
     predictor.predict_proba(texts[: ns.warmup])
     times, labels = [], []
@@ -195,6 +127,7 @@ def run_predictor(model_dir: str, texts: list[str], ns: argparse.Namespace):
         "threads": getattr(backend, "threads", torch.get_num_threads()),
         "max_length": predictor.max_length,
         "truncation": predictor.truncation,
+        "compiled": compile,
     }
     id2label = dict(predictor.id2label)
     del predictor, backend
@@ -259,16 +192,6 @@ def write_input(path: Path, texts: list[str], rows: int, fmt: str) -> int:
     return path.stat().st_size
 
 
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) of a live process, in kB (empty once it has exited)."""
-    values = {}
-    for line in _read_lines(f"/proc/{pid}/status"):
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0])
-    return values
-
-
 def read_progress(marker: Path) -> dict | None:
     try:
         return json.loads(marker.read_text())
@@ -286,7 +209,7 @@ def sample_run(
     interrupted = False
     rows = 0
     with log.open("ab") as log_file:
-        proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_restore_sigint)
+        proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=restore_sigint)
         try:
             while proc.poll() is None:
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - started) % 1.0))
@@ -529,6 +452,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="timed passes per contender (the best is reported)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-throughput", action="store_true", help="only the memory part")
+    parser.add_argument("--compile", action="store_true", help="also run the fp32 Predictor with torch.compile")
     g = parser.add_argument_group("memory of `bertsent predict` on a large file")
     g.add_argument("--memory-rows", type=int, default=0, help="rows of the generated input file (0: skip)")
     g.add_argument("--memory-model", help="folder to run (default: --model)")
@@ -602,31 +526,35 @@ def main(argv: list[str] | None = None) -> int:
                 truncation="head",
             )
         )
-        for name, folder in [("bertsent fp32", ns.model)] + [(Path(c).name, c) for c in ns.compressed]:
+        contenders = [("bertsent fp32", ns.model, False, "fp32")]
+        if ns.compile:
+            contenders.append(("bertsent fp32, torch.compile", ns.model, True, "fp32"))
+        contenders += [(Path(c).name, c, False, "compressed") for c in ns.compressed]
+        for name, folder, compile_model, kind in contenders:
             print(f"running: {name} ({folder}) ...", flush=True)
-            names, times, loaded, info, model_labels = run_predictor(folder, texts, ns)
+            names, times, loaded, info, model_labels = run_predictor(folder, texts, ns, compile_model)
             predicted = label_ids(names, model_labels, data_id2label)
             accuracy = float((predicted == gold).mean())
             diffs = int((predicted != reference).sum())
-            rows.append(row(name, folder, len(texts), times, loaded, accuracy, diffs, **info))
+            rows.append(row(name, folder, len(texts), times, loaded, accuracy, diffs, kind=kind, **info))
         for r in rows:
             r["ratio_to_pipeline"] = round(r["reviews_per_second"] / rows[0]["reviews_per_second"], 2)
         results["throughput"] = rows
         print()
         print_table(rows)
-        fp32 = rows[1]
+        fp32 = max((r for r in rows if r.get("kind") == "fp32"), key=lambda r: r["reviews_per_second"])
         goals = {
             "bertsent_fp32_ratio": fp32["ratio_to_pipeline"],
             "bertsent_fp32_label_differences": fp32["labels_differing_from_pipeline"],
             "bertsent_fp32_met": fp32["ratio_to_pipeline"] >= 1.5 and fp32["labels_differing_from_pipeline"] == 0,
         }
         print(
-            f"\nbertsent fp32: {fp32['ratio_to_pipeline']:.2f}x the pipeline (goal >= 1.5x), "
+            f"\n{fp32['name']}: {fp32['ratio_to_pipeline']:.2f}x the pipeline (goal >= 1.5x), "
             f"{fp32['labels_differing_from_pipeline']} labels differ (goal 0): "
             f"{'met' if goals['bertsent_fp32_met'] else 'NOT met'}"
         )
-        if len(rows) > 2:
-            best = max(rows[2:], key=lambda r: r["reviews_per_second"])
+        if compressed := [r for r in rows if r.get("kind") == "compressed"]:
+            best = max(compressed, key=lambda r: r["reviews_per_second"])
             goals |= {"best_compressed": best["name"], "best_compressed_ratio": best["ratio_to_pipeline"]}
             goals["best_compressed_met"] = best["ratio_to_pipeline"] >= 5
             print(

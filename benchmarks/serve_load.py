@@ -28,7 +28,6 @@ import gc
 import itertools
 import json
 import os
-import platform
 import re
 import resource
 import signal
@@ -41,10 +40,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import machine_info, proc_status, restore_sigint, set_threads
 
 from bertsent.data import DataConfig, load_data
 from bertsent.errors import BertsentError
-from bertsent.export import THREADS_ENV, physical_cores, resolve_threads
+from bertsent.export import THREADS_ENV, resolve_threads
 from bertsent.predict import Predictor
 
 HOST = "127.0.0.1"
@@ -62,65 +62,10 @@ class LoadError(BertsentError):
 # Settings and the machine
 
 
-def _restore_sigint() -> None:
-    """Give the child the default SIGINT: a job started in the background (nohup, CI) inherits SIGINT
-    ignored, and Python then never raises KeyboardInterrupt, so the Ctrl-C stop would not work."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def set_threads(threads: int) -> dict:
-    """Pin this process's torch threads and ONNX Runtime's (via the env the server inherits too)."""
-    torch.set_num_threads(threads)
-    # One forward pass is a chain of large ops: inter-op parallelism only adds threads that compete.
-    with contextlib.suppress(RuntimeError):  # already set, or torch already ran parallel work
-        torch.set_num_interop_threads(1)
-    os.environ[THREADS_ENV] = str(threads)  # read by OnnxBackend (bertsent.export.resolve_threads)
-    return {
-        "torch_intra_op": torch.get_num_threads(),
-        "torch_inter_op": torch.get_num_interop_threads(),
-        THREADS_ENV: os.environ.get(THREADS_ENV),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM"),
-    }
-
-
-def _read_lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text().splitlines()
-    except OSError:
-        return []
-
-
-def machine_info() -> dict:
+def _httpx_version() -> str:
     import httpx
-    import transformers
 
-    import bertsent
-
-    try:
-        import onnxruntime
-
-        ort_version = onnxruntime.__version__
-    except ImportError:
-        ort_version = None
-    cpu_model = next(
-        (line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")),
-        platform.processor(),
-    )
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "physical_cores": physical_cores(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "onnxruntime": ort_version,
-        "httpx": httpx.__version__,
-        "bertsent": bertsent.__version__,
-    }
+    return httpx.__version__
 
 
 def load_reviews(data: str, n: int, seed: int) -> list[str]:
@@ -162,16 +107,6 @@ def offline_baseline(model_dir: str, texts: list[str], batch_size: int, warmup: 
 # The server subprocess
 
 
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) of a live process, in kB."""
-    values = {}
-    for line in _read_lines(f"/proc/{pid}/status"):
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0])
-    return values
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used so far (from /proc/<pid>/stat)."""
     try:
@@ -193,7 +128,7 @@ class Server:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{THREADS_ENV: str(threads)})
         self._log_file = log.open("wb")
         self.proc = subprocess.Popen(
-            self.cmd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, preexec_fn=_restore_sigint
+            self.cmd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, preexec_fn=restore_sigint
         )
         self.url = ""
 
@@ -451,7 +386,11 @@ def main(argv: list[str] | None = None) -> int:
 
     ns = parse_args(argv)
     threads = ns.threads or resolve_threads(None)
-    results: dict = {"settings": vars(ns).copy(), "machine": machine_info(), "threads": set_threads(threads)}
+    results: dict = {
+        "settings": vars(ns).copy(),
+        "machine": machine_info(httpx=_httpx_version()),
+        "threads": set_threads(threads),
+    }
     m, t = results["machine"], results["threads"]
     print(
         f"machine : {m['platform']}, {m['cpu']}, {m['cpu_count']} CPUs ({m['physical_cores']} physical cores), "

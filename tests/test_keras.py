@@ -273,3 +273,11 @@ def test_missing_extra_gives_a_one_line_install_hint(monkeypatch, tiny_model_dir
         assert code == 2 and 'pip install "bertsent[keras]"' in err and len(err.splitlines()) == 1
     finally:
         require_keras.cache_clear()
+
+
+def test_keras_trained_folder_goes_through_onnx_export_and_predict(keras_trained, tmp_path, capsys):
+    onnx_dir = tmp_path / "onnx"
+    assert main(["export", "--model", str(keras_trained.output_dir), "--output-dir", str(onnx_dir)]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--model", str(onnx_dir), "a great and moving film"]) == 0
+    assert "positive" in capsys.readouterr().out

@@ -65,7 +65,7 @@ class TorchBackend:
 
     name = "pytorch"
 
-    def __init__(self, model_dir: Path, device: str = "auto", precision: str = "fp32") -> None:
+    def __init__(self, model_dir: Path, device: str = "auto", precision: str = "fp32", compile: bool = False) -> None:
         from bertsent.train import pick_device
 
         if precision not in PRECISIONS:
@@ -75,21 +75,43 @@ class TorchBackend:
         self.dtype = torch.bfloat16 if precision == "bf16" else None
         self.model.to(self.device).eval()
         self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
+        if compile:
+            self.model = self._compiled(self.model)
+
+    def _compiled(self, model):
+        """``torch.compile`` with dynamic shapes (batch and length vary), compiled now on a small batch;
+        eager, with a warning, where it cannot compile (e.g. no C++ compiler for the CPU backend)."""
+        compiled = torch.compile(model, dynamic=True)
+        ids = torch.full((2, 8), 1000, dtype=torch.long, device=self.device)
+        try:
+            self.logits_of(compiled, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+        except Exception as e:  # compiler errors come as many types; eager is always correct
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log.warning("torch.compile failed (%s): predicting eagerly", reason)
+            return model
+        return compiled
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        return self.logits_of(self.model, batch)
 
     @torch.inference_mode()
-    def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+    def logits_of(self, model, batch: dict[str, torch.Tensor]) -> np.ndarray:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            return self.model(**batch).logits.float().cpu().numpy()
+            return model(**batch).logits.float().cpu().numpy()
 
 
-def load_backend(model_dir: Path, device: str = "auto", threads: int | None = None, precision: str = "fp32"):
+def load_backend(
+    model_dir: Path, device: str = "auto", threads: int | None = None, precision: str = "fp32", compile: bool = False
+):
     """The backend a folder calls for: ONNX Runtime when it holds ``model.onnx``, else PyTorch."""
     if (model_dir / ONNX_FILE).is_file():
         from bertsent.export import OnnxBackend
 
+        if compile:
+            log.warning("--compile is for PyTorch folders; %s runs with ONNX Runtime as it is", model_dir)
         return OnnxBackend(model_dir, threads=threads)
-    return TorchBackend(model_dir, device, precision)
+    return TorchBackend(model_dir, device, precision, compile)
 
 
 class Predictor:
@@ -110,6 +132,7 @@ class Predictor:
         long_text: str = "truncate",
         stride: int = 128,
         precision: str = "fp32",
+        compile: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
         if long_text not in LONG_TEXT:
@@ -120,7 +143,7 @@ class Predictor:
         if threads:
             torch.set_num_threads(threads)
         self.tokenizer = load_tokenizer(self.model_dir)
-        self.backend = load_backend(self.model_dir, device, threads, precision)
+        self.backend = load_backend(self.model_dir, device, threads, precision, compile)
         trained_length, trained_truncation = inference_settings(self.model_dir, self.tokenizer)
         self.max_length = max_length or trained_length
         self.truncation = truncation or trained_truncation
