@@ -128,3 +128,27 @@ def test_bf16_autocast_backend_agrees_with_fp32(trained_tiny_dir):
     np.testing.assert_allclose(bf16, fp32, atol=0.05)
     with pytest.raises(ValueError, match="precision"):
         Predictor(trained_tiny_dir, precision="fp8")
+
+
+def test_compiled_predictor_gives_the_eager_probabilities(trained_tiny_dir):
+    texts = ["a great and moving film", "boring awful plot, the worst", "it was fine " * 20]
+    eager = Predictor(trained_tiny_dir).predict_proba(texts)
+    compiled = Predictor(trained_tiny_dir, compile=True)
+    assert type(compiled.backend.model).__name__ == "OptimizedModule"
+    np.testing.assert_allclose(compiled.predict_proba(texts), eager, atol=1e-5)
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(trained_tiny_dir, monkeypatch, caplog):
+    import torch
+
+    def broken(model, **kwargs):
+        def fail(**batch):
+            raise RuntimeError("no C++ compiler found\nlong traceback")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    predictor = Predictor(trained_tiny_dir, compile=True)
+    assert type(predictor.backend.model).__name__ == "BertForSequenceClassification"
+    assert "torch.compile failed (no C++ compiler found): predicting eagerly" in caplog.text
+    assert predictor("a great film")[0]["label"] in ("negative", "positive")
