@@ -26,6 +26,7 @@ from bertsent.export import ExportParityError
 from bertsent.keras_model import (
     KerasParityError,
     KerasTokenizer,
+    _import_keras,
     check_parity,
     keras_from_torch,
     keras_inputs,
@@ -248,7 +249,7 @@ def test_cli_refuses_keras_options_it_cannot_honour(tiny_model_dir, toy_data_dir
 
 
 def test_missing_extra_gives_a_one_line_install_hint(monkeypatch, tiny_model_dir, toy_data_dir, tmp_path, capsys):
-    require_keras.cache_clear()
+    _import_keras.cache_clear()
     monkeypatch.setitem(sys.modules, "keras_hub", None)  # "import keras_hub" now fails
     try:
         code = main(
@@ -272,7 +273,7 @@ def test_missing_extra_gives_a_one_line_install_hint(monkeypatch, tiny_model_dir
         err = capsys.readouterr().err.strip()
         assert code == 2 and 'pip install "bertsent[keras]"' in err and len(err.splitlines()) == 1
     finally:
-        require_keras.cache_clear()
+        _import_keras.cache_clear()
 
 
 def test_keras_trained_folder_goes_through_onnx_export_and_predict(keras_trained, tmp_path, capsys):

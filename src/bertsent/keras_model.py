@@ -34,13 +34,31 @@ class KerasParityError(ModelError):
     """The Keras model's logits differ from the PyTorch model's beyond the tolerance."""
 
 
-@cache
 def require_keras(threads: int | None = None) -> Any:
     """Import Keras on the TensorFlow backend (one-line error without the extra); returns ``keras``.
 
-    Thread pools are set before TensorFlow starts: one intra-op thread per physical core and a
-    single inter-op pool, so TF does not oversubscribe a small CPU (or fight torch in this process).
+    The first call sets TensorFlow's thread pools, before TensorFlow starts: ``threads`` intra-op
+    threads (default one per physical core) and a single inter-op pool, so TF does not oversubscribe
+    a small CPU (or fight torch in this process). Later calls leave them as they are.
     """
+    keras, tf = _import_keras()
+    if not _THREADS_SET:
+        from bertsent.export import resolve_threads
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(resolve_threads(threads))
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # TF already started in this process: its pools are fixed now
+            log.debug("TensorFlow thread pools were already initialised")
+        _THREADS_SET.append(True)
+    return keras
+
+
+_THREADS_SET: list[bool] = []
+
+
+@cache
+def _import_keras() -> tuple[Any, Any]:
     backend = os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if backend != "tensorflow":
         raise ModelError(f"the Keras path needs KERAS_BACKEND=tensorflow, not {backend!r}")
@@ -51,16 +69,9 @@ def require_keras(threads: int | None = None) -> Any:
         import tensorflow as tf
     except ImportError as e:
         raise ModelError(f"the Keras backend is not installed ({e.name} is missing): {INSTALL_HINT}") from e
-    from bertsent.export import resolve_threads
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(resolve_threads(threads))
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:  # TF already started in this process: its pools are fixed now
-        log.debug("TensorFlow thread pools were already initialised")
     tf.get_logger().setLevel("ERROR")
     logging.getLogger("absl").setLevel(logging.ERROR)  # SavedModel's notes on renamed captured inputs
-    return keras
+    return keras, tf
 
 
 @cache
