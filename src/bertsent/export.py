@@ -487,14 +487,14 @@ def cmd_export(ns) -> int:
     if ns.format != "onnx":
         from bertsent.keras_export import export_keras_model
 
-        out = export_keras_model(ns.model, ns.output_dir, fmt=ns.format, strings=ns.strings, atol=ns.atol or 1e-4)
+        out = export_keras_model(ns.model, ns.output_dir, fmt=ns.format, strings=ns.strings, atol=ns.atol)
         record = json.loads((out / COMPRESSION_FILE).read_text())
         print(f"{'parity max |diff|':>24}: {record['parity']['max_abs_diff']:.3g}")
         print(f"{ns.format} model written to {out}")
         return 0
     if ns.strings:
         raise ValueError("--strings is for --format tf-savedmodel")
-    out = export_onnx(ns.model, ns.output_dir, opset=ns.opset, atol=ns.atol or DEFAULT_ATOL, exporter=ns.exporter)
+    out = export_onnx(ns.model, ns.output_dir, opset=ns.opset, atol=ns.atol, exporter=ns.exporter)
     record = json.loads((out / COMPRESSION_FILE).read_text())
     print(f"{'parity max |diff|':>24}: {record['parity']['max_abs_diff']:.3g}")
     print(f"{'onnx size':>24}: {_mb(record['onnx_bytes'])}")
@@ -523,8 +523,6 @@ def add_cli(subparsers) -> None:
         help="tf-savedmodel: add a raw-text signature (tokenizes in the graph; loading it needs tensorflow_text)",
     )
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
-    p.add_argument(
-        "--atol", type=float, help=f"logit tolerance (default: {DEFAULT_ATOL:g} for ONNX, 1e-4 for the Keras formats)"
-    )
+    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"logit tolerance (default: {DEFAULT_ATOL:g})")
     p.add_argument("--exporter", choices=EXPORTERS, default="torchscript", help="(default: torchscript)")
     p.set_defaults(func=cmd_export)
