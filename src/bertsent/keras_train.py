@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from bertsent.arguments import TrainingArguments
-from bertsent.data import DataConfig, load_data
-from bertsent.encoding import Encoded, encode
+from bertsent.data import DataConfig
+from bertsent.encoding import Encoded
 from bertsent.keras_model import check_parity, keras_from_torch, require_keras, torch_from_keras
-from bertsent.modeling import load_classifier, load_tokenizer
+from bertsent.modeling import load_classifier
 
 log = logging.getLogger("bertsent.train")
 
@@ -120,7 +120,16 @@ def build_optimizer(keras, args: TrainingArguments, total_steps: int):
 def train_keras(args: TrainingArguments, data: DataConfig):
     """Fine-tune ``args.model`` with Keras on ``data`` and write the usual output folder."""
     from bertsent.metrics import classification_metrics
-    from bertsent.train import BEST, CHECKPOINTS, TrainResult, TrainState, _improved, finish, seed_everything
+    from bertsent.train import (
+        BEST,
+        CHECKPOINTS,
+        TrainResult,
+        TrainState,
+        _improved,
+        finish,
+        load_and_encode,
+        seed_everything,
+    )
 
     keras = require_keras(args.threads)
     import tensorflow as tf
@@ -134,21 +143,10 @@ def train_keras(args: TrainingArguments, data: DataConfig):
     seed_everything(args.seed)
     output_dir = Path(args.output_dir)
 
-    started = time.perf_counter()
-    splits = load_data(data)
-    tokenizer = load_tokenizer(args.model)
+    splits, tokenizer, train_enc, val_enc = load_and_encode(args, data)
     pad_id = tokenizer.pad_token_id or 0
-    train_enc = encode(tokenizer, splits.train["text"].tolist(), args.max_length, args.truncation)
-    val_enc = encode(tokenizer, splits.validation["text"].tolist(), args.max_length, args.truncation)
     train_labels = splits.train["label"].to_numpy()
     val_labels = splits.validation["label"].to_numpy()
-    log.info(
-        "data: %d train, %d validation, %s test reviews; encoded in %.1fs (Keras backend)",
-        len(train_enc),
-        len(val_enc),
-        "no" if splits.test is None else len(splits.test),
-        time.perf_counter() - started,
-    )
 
     # Starting weights: whatever the PyTorch loop would start from, converted (and checked).
     overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}

@@ -165,6 +165,27 @@ LossFn = Callable[["PreTrainedModel", dict[str, torch.Tensor], torch.Tensor, np.
 """``loss(model, batch, labels, row_indices)``: runs the forward pass and returns the mean loss."""
 
 
+def load_and_encode(args: TrainingArguments, data: DataConfig) -> tuple[Splits, object, Encoded, Encoded]:
+    """Load the splits and encode train and validation: one path for every training backend.
+
+    Validation is carved from train; test is never looked at for model selection.
+    """
+    started = time.perf_counter()
+    splits = load_data(data)
+    tokenizer = load_tokenizer(args.model)
+    train_enc = encode(tokenizer, splits.train["text"].tolist(), args.max_length, args.truncation)
+    val_enc = encode(tokenizer, splits.validation["text"].tolist(), args.max_length, args.truncation)
+    log.info(
+        "data: %d train, %d validation, %s test reviews; encoded in %.1fs (%.0f%% of train truncated)",
+        len(train_enc),
+        len(val_enc),
+        "no" if splits.test is None else len(splits.test),
+        time.perf_counter() - started,
+        100 * np.mean(train_enc.full_lengths > args.max_length),
+    )
+    return splits, tokenizer, train_enc, val_enc
+
+
 def cross_entropy_loss(model, batch: dict[str, torch.Tensor], labels: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
     """Cross-entropy over the softmax head: the fine-tuning objective."""
     return torch.nn.functional.cross_entropy(model(**batch).logits.float(), labels)
@@ -198,22 +219,9 @@ def train(
     device = pick_device(args.device)
     dtype = autocast_dtype(args.precision, device)
 
-    # Data: the validation split is carved from train; test is never looked at for model selection.
-    started = time.perf_counter()
-    splits = load_data(data)
-    tokenizer = load_tokenizer(args.model)
-    train_enc = encode(tokenizer, splits.train["text"].tolist(), args.max_length, args.truncation)
-    val_enc = encode(tokenizer, splits.validation["text"].tolist(), args.max_length, args.truncation)
+    splits, tokenizer, train_enc, val_enc = load_and_encode(args, data)
     train_labels = splits.train["label"].to_numpy()
     val_labels = splits.validation["label"].to_numpy()
-    log.info(
-        "data: %d train, %d validation, %s test reviews; encoded in %.1fs (%.0f%% of train truncated)",
-        len(train_enc),
-        len(val_enc),
-        "no" if splits.test is None else len(splits.test),
-        time.perf_counter() - started,
-        100 * np.mean(train_enc.full_lengths > args.max_length),
-    )
 
     # Model: the encoder's weights plus a fresh softmax head sized for the labels.
     overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
