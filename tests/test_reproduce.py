@@ -3,10 +3,15 @@
 import json
 
 from bertsent.cli import main
+from bertsent.ood import fetch
 
 
-def test_reproduce_fast_runs_every_stage_and_writes_the_results_page(tiny_model_dir, toy_data_dir, tmp_path, capsys):
-    out, doc = tmp_path / "repro", tmp_path / "results.md"
+def test_reproduce_fast_runs_every_stage_and_writes_the_results_page(
+    tiny_model_dir, toy_data_dir, ood_archives, tmp_path, capsys
+):
+    out, doc, ood_dir = tmp_path / "repro", tmp_path / "results.md", tmp_path / "ood"
+    for name, archive in ood_archives.items():  # what `bertsent ood` fetches with pip, from fixtures here
+        fetch(name, ood_dir, archive)
     argv = [
         "reproduce",
         "--fast",
@@ -22,6 +27,8 @@ def test_reproduce_fast_runs_every_stage_and_writes_the_results_page(tiny_model_
         "5e-3",
         "--doc",
         str(doc),
+        "--ood-dir",
+        str(ood_dir),
     ]
     assert main(argv) == 0
     result = json.loads((out / "results.json").read_text())
@@ -33,5 +40,27 @@ def test_reproduce_fast_runs_every_stage_and_writes_the_results_page(tiny_model_
     assert page == (out / "results.md").read_text()
     assert "fast mode" in page and "93.46%" in page and "quoted, not measured here" in page
     assert "| teacher INT8 | onnxruntime |" in page
-    assert "fine-tune + test evaluation" in result["stage_seconds"]
+    assert "teacher: fine-tune + test evaluation" in result["stage_seconds"]
     assert "results page:" in capsys.readouterr().out
+
+    # Out of domain: every variant scored on both sets, shown on the page and in the teacher's card.
+    for name in ("amazon-snippets", "rotten-tomatoes"):
+        scores = result["out_of_domain"][name]["scores"]
+        assert list(scores) == [r["name"] for r in result["rows"]] and all(s["reviews"] == 6 for s in scores.values())
+    assert "| Model | IMDB test accuracy | amazon-snippets: accuracy / F1 / ROC-AUC |" in page
+    assert "Dropped: 1 neutral (|mean score| < 1), 1 duplicate text." in page
+    assert (tmp_path / "results-training-curves.svg").read_text().lstrip().startswith("<?xml")
+    assert (
+        tmp_path / "results-pareto.svg"
+    ).is_file() and "![Teacher training curves](results-training-curves.svg)" in page
+    card = (out / "teacher" / "README.md").read_text()
+    assert card.count("## Full-scale results (bertsent reproduce)") == 1 and "rotten-tomatoes" in card
+
+    # A rerun finds everything complete: nothing is trained or measured again, and the times stay.
+    timings = result["stage_seconds"]
+    assert main(argv) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["rows"] == result["rows"] and again["out_of_domain"] == result["out_of_domain"]
+    assert {k: v for k, v in again["stage_seconds"].items()} == timings
+    assert all(isinstance(v, float) for v in timings.values()), timings
+    assert (out / "teacher" / "README.md").read_text().count("## Full-scale results") == 1

