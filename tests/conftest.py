@@ -44,6 +44,12 @@ def toy_data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def toy_texts(toy_data_dir) -> list[str]:
+    """The toy test reviews' texts."""
+    return pd.read_parquet(toy_data_dir / "test.parquet")["text"].tolist()
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random BERT (2 layers, hidden 32) with the embedded uncased WordPiece tokenizer."""
     import torch

@@ -33,13 +33,6 @@ def onnx_dir(trained_tiny_dir, tmp_path_factory):
     return export_onnx(trained_tiny_dir, tmp_path_factory.mktemp("onnx") / "out")
 
 
-@pytest.fixture(scope="module")
-def toy_texts(toy_data_dir):
-    import pandas as pd
-
-    return pd.read_parquet(toy_data_dir / "test.parquet")["text"].tolist()
-
-
 def _batch(vocab_size: int, batch: int, length: int, seed: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(100, vocab_size, (batch, length), generator=generator)
@@ -110,12 +103,13 @@ def test_parity_failure_raises_with_the_difference_and_shape(trained_tiny_dir, t
 
     original = export._torch_export
 
-    def export_then_change_the_model(model, *args):
-        original(model, *args)
+    def export_a_changed_model(model, *args):
+        # The exported copy, not the reference parity compares with: the graph is off by exactly 0.5.
         with torch.no_grad():
-            model.classifier.bias += 0.5  # PyTorch now differs from the exported graph by exactly 0.5
+            model.classifier.bias -= 0.5
+        original(model, *args)
 
-    monkeypatch.setattr(export, "_torch_export", export_then_change_the_model)
+    monkeypatch.setattr(export, "_torch_export", export_a_changed_model)
     out = tmp_path / "out"
     with pytest.raises(
         ExportParityError, match=r"differ from PyTorch by 0\.5 \(> atol 0\.0001\) on input shape \d+x\d+"

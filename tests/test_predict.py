@@ -152,3 +152,39 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(trained_tiny_dir, mo
     assert type(predictor.backend.model).__name__ == "BertForSequenceClassification"
     assert "torch.compile failed (no C++ compiler found): predicting eagerly" in caplog.text
     assert predictor("a great film")[0]["label"] in ("negative", "positive")
+
+
+def test_cls_only_last_layer_gives_the_plain_forwards_logits(trained_tiny_dir, toy_texts):
+    import copy
+
+    import torch
+
+    from bertsent.encoding import encode, iter_batches
+    from bertsent.modeling import load_classifier, load_tokenizer
+    from bertsent.predict import ClsOnlyLastLayer, cls_only_last_layer
+
+    plain = load_classifier(trained_tiny_dir).eval()
+    fast = copy.deepcopy(plain)
+    assert cls_only_last_layer(fast) and isinstance(fast.bert.encoder.layer[-1], ClsOnlyLastLayer)
+    encoded = encode(load_tokenizer(trained_tiny_dir), toy_texts, 32, "head")
+    with torch.inference_mode():
+        for implementation in ("sdpa", "eager"):  # the mask differs: None/bool for SDPA, additive for eager
+            plain.set_attn_implementation(implementation)
+            fast.set_attn_implementation(implementation)
+            for _, batch in iter_batches(encoded, 7, 0):  # padded batches of mixed lengths
+                torch.testing.assert_close(fast(**batch).logits, plain(**batch).logits, atol=1e-5, rtol=0)
+    # The Predictor uses it unless told not to, with the same probabilities either way.
+    on, off = Predictor(trained_tiny_dir), Predictor(trained_tiny_dir, cls_only=False)
+    assert on.backend.cls_only and not off.backend.cls_only
+    np.testing.assert_allclose(on.predict_proba(toy_texts), off.predict_proba(toy_texts), atol=1e-6, rtol=0)
+
+
+def test_cls_only_last_layer_leaves_other_models_alone(tmp_path):
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    from bertsent.predict import cls_only_last_layer
+
+    model = DistilBertForSequenceClassification(
+        DistilBertConfig(vocab_size=100, dim=16, n_layers=1, n_heads=2, hidden_dim=32, max_position_embeddings=64)
+    )
+    assert not cls_only_last_layer(model)

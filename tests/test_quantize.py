@@ -9,7 +9,6 @@ import shutil
 
 import numpy as np
 import onnx
-import pandas as pd
 import pytest
 import torch
 
@@ -28,11 +27,6 @@ from bertsent.quantize import (
 )
 
 DYNAMIC_LINEAR = torch.ao.nn.quantized.dynamic.Linear
-
-
-@pytest.fixture(scope="module")
-def toy_texts(toy_data_dir) -> list[str]:
-    return pd.read_parquet(toy_data_dir / "test.parquet")["text"].tolist()
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ export example (dynamic axes really dynamic, padding masked): :class:`ExportPari
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -368,15 +369,20 @@ def export_onnx(
         raise ExportError(f"--output-dir {output_dir} is the source folder; choose another folder")
 
     from bertsent.modeling import load_tokenizer
+    from bertsent.predict import cls_only_last_layer
 
     started = time.perf_counter()
     model = _load_eager(source)
+    # The graph computes the last layer for [CLS] only (all the head reads); parity is checked against
+    # the untouched model, so the export is held to the plain forward's logits.
+    exported = copy.deepcopy(model)
+    cls_only = cls_only_last_layer(exported)
     pad_id = load_tokenizer(source).pad_token_id or 0
     with tempfile.TemporaryDirectory(prefix="bertsent-export-") as tmp:
         staged = Path(tmp) / ONNX_FILE
         example = _example(model.config.vocab_size, pad_id, *EXAMPLE_SHAPE, seed=0)
         try:
-            _torch_export(model, example, staged, opset, exporter)
+            _torch_export(exported, example, staged, opset, exporter)
         except ExportError:
             raise
         except Exception as e:  # exporter failures come as many types; the first line says what broke
@@ -395,6 +401,7 @@ def export_onnx(
         "exporter": exporter,
         "opset": opset,
         "attn_implementation": "eager",
+        "last_layer": "cls-only" if cls_only else "full",
         "inputs": list(INPUT_NAMES),
         "output": OUTPUT_NAME,
         "dynamic_axes": {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"]},
@@ -449,6 +456,9 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+CLS_ONLY_NOTE = "The last layer is computed for the [CLS] position only (all the classifier reads)."
+
+
 def write_export_card(output_dir: Path, record: dict) -> Path:
     """README.md of an export folder: what was done and what was measured."""
     parity = record["parity"]
@@ -463,6 +473,7 @@ tags: [bertsent, sentiment-analysis, onnx]
 
 Exported with `torch.onnx.export` ({record["exporter"]} exporter, opset {record["opset"]}, eager attention);
 inputs `input_ids`, `attention_mask` (int64, dynamic batch and sequence), output `logits`.
+{CLS_ONLY_NOTE if record.get("last_layer") == "cls-only" else ""}
 
 ## Measured
 

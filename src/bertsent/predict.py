@@ -51,6 +51,58 @@ def predict_probs(
     return out
 
 
+class ClsOnlyLastLayer(torch.nn.Module):
+    """A BERT encoder's last layer computed for the [CLS] position only.
+
+    The classification head reads nothing but the final [CLS] vector, so in the last layer every
+    other position's query, attention output and feed-forward block is wasted work: only their keys
+    and values are needed. Same weights, same result (to float rounding); about 1/L of the model's
+    FLOPs saved for an L-layer encoder. Inference only: ``last_hidden_state`` keeps just [CLS].
+    """
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
+        from transformers.models.bert.modeling_bert import ALL_ATTENTION_FUNCTIONS, eager_attention_forward
+
+        attention = self.layer.attention.self
+        batch, length, _ = hidden_states.shape
+        cls = hidden_states[:, :1]
+
+        def heads(x: torch.Tensor, n: int) -> torch.Tensor:
+            return x.view(batch, n, -1, attention.attention_head_size).transpose(1, 2)
+
+        query = heads(attention.query(cls), 1)
+        key, value = heads(attention.key(hidden_states), length), heads(attention.value(hidden_states), length)
+        if attention_mask is not None and attention_mask.dim() == 4:
+            attention_mask = attention_mask[:, :, :1]  # the [CLS] query's row of the mask
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            attention.config._attn_implementation, eager_attention_forward
+        )
+        context, _ = interface(attention, query, key, value, attention_mask, dropout=0.0, scaling=attention.scaling)
+        attended = self.layer.attention.output(context.reshape(batch, 1, -1), cls)
+        return self.layer.output(self.layer.intermediate(attended), attended)
+
+
+def cls_only_last_layer(model: torch.nn.Module) -> bool:
+    """Swap a BERT classifier's last encoder layer for :class:`ClsOnlyLastLayer` (in place, for inference).
+
+    Returns False, changing nothing, for models it does not apply to (not a BERT encoder classifier).
+    """
+    from transformers.models.bert.modeling_bert import BertLayer, BertSelfAttention
+
+    bert = getattr(model, "bert", None)
+    layers = getattr(getattr(bert, "encoder", None), "layer", None)
+    if not layers or model.config.is_decoder or not isinstance(layers[-1], BertLayer):
+        return False
+    if not isinstance(layers[-1].attention.self, BertSelfAttention):
+        return False
+    layers[-1] = ClsOnlyLastLayer(layers[-1])
+    return True
+
+
 def inference_settings(model_dir: Path, tokenizer) -> tuple[int, str]:
     """Max length and truncation the model was trained with (from ``training_args.json``)."""
     args_file = model_dir / "training_args.json"
@@ -61,11 +113,21 @@ def inference_settings(model_dir: Path, tokenizer) -> tuple[int, str]:
 
 
 class TorchBackend:
-    """Runs a PyTorch model folder in fp32, or under bf16 autocast (``precision="bf16"``, meant for GPUs)."""
+    """Runs a PyTorch model folder in fp32, or under bf16 autocast (``precision="bf16"``, meant for GPUs).
+
+    The last encoder layer runs for [CLS] only (:func:`cls_only_last_layer`) unless ``cls_only=False``.
+    """
 
     name = "pytorch"
 
-    def __init__(self, model_dir: Path, device: str = "auto", precision: str = "fp32", compile: bool = False) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        device: str = "auto",
+        precision: str = "fp32",
+        compile: bool = False,
+        cls_only: bool = True,
+    ) -> None:
         from bertsent.train import pick_device
 
         if precision not in PRECISIONS:
@@ -75,6 +137,7 @@ class TorchBackend:
         self.dtype = torch.bfloat16 if precision == "bf16" else None
         self.model.to(self.device).eval()
         self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
+        self.cls_only = cls_only and cls_only_last_layer(self.model)
         if compile:
             self.model = self._compiled(self.model)
 
@@ -102,7 +165,12 @@ class TorchBackend:
 
 
 def load_backend(
-    model_dir: Path, device: str = "auto", threads: int | None = None, precision: str = "fp32", compile: bool = False
+    model_dir: Path,
+    device: str = "auto",
+    threads: int | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
+    cls_only: bool = True,
 ):
     """The backend a folder calls for: ONNX Runtime when it holds ``model.onnx``, else PyTorch."""
     if (model_dir / ONNX_FILE).is_file():
@@ -111,13 +179,15 @@ def load_backend(
         if compile:
             log.warning("--compile is for PyTorch folders; %s runs with ONNX Runtime as it is", model_dir)
         return OnnxBackend(model_dir, threads=threads)
-    return TorchBackend(model_dir, device, precision, compile)
+    return TorchBackend(model_dir, device, precision, compile, cls_only)
 
 
 class Predictor:
     """A model folder ready to classify texts; the one object ``predict`` and ``evaluate`` share.
 
-    The backend (PyTorch or ONNX Runtime) is picked from what the folder holds.
+    The backend (PyTorch or ONNX Runtime) is picked from what the folder holds. A PyTorch model runs
+    its last layer for [CLS] only (:class:`ClsOnlyLastLayer`: same logits to float rounding, fewer
+    FLOPs); ``cls_only=False`` runs the plain forward.
     """
 
     def __init__(
@@ -133,6 +203,7 @@ class Predictor:
         stride: int = 128,
         precision: str = "fp32",
         compile: bool = False,
+        cls_only: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir)
         if long_text not in LONG_TEXT:
@@ -143,7 +214,7 @@ class Predictor:
         if threads:
             torch.set_num_threads(threads)
         self.tokenizer = load_tokenizer(self.model_dir)
-        self.backend = load_backend(self.model_dir, device, threads, precision, compile)
+        self.backend = load_backend(self.model_dir, device, threads, precision, compile, cls_only)
         trained_length, trained_truncation = inference_settings(self.model_dir, self.tokenizer)
         self.max_length = max_length or trained_length
         self.truncation = truncation or trained_truncation
