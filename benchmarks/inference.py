@@ -7,6 +7,8 @@ same max length, one contender at a time in this process (never two frameworks b
    texts in their original order;
 2. ``bertsent predict``'s path: ``Predictor(model, batch_size=32)`` with head truncation and the same
    max length (what the pipeline does), and the count of labels that differ from the pipeline's;
+   first with the plain forward (``cls_only=False``), then as ``bertsent predict`` runs it (the last
+   layer for [CLS] only), so the gain of each step shows in one run;
 3. every ``--compressed`` folder (e.g. an INT8 ONNX export) through the same Predictor.
 
 Each is timed end to end (texts in, labels out) after a warm-up on a few texts; the table gives
@@ -104,14 +106,22 @@ def run_pipeline(model_dir: str, texts: list[str], max_length: int, batch_size: 
     return labels, times, loaded, id2label
 
 
-def run_predictor(model_dir: str, texts: list[str], ns: argparse.Namespace, compile: bool = False):
+def run_predictor(
+    model_dir: str, texts: list[str], ns: argparse.Namespace, compile: bool = False, cls_only: bool = True
+):
     """bertsent's Predictor; returns (label names, seconds per repeat, load seconds, backend description).
 
-    With ``compile`` the load time includes torch.compile's one-off compilation.
+    With ``compile`` the load time includes torch.compile's one-off compilation; ``cls_only=False`` runs
+    the plain forward (the last layer for every position), to show what the [CLS]-only layer gives.
     """
     started = time.perf_counter()
     predictor = Predictor(
-        model_dir, batch_size=ns.batch_size, max_length=ns.max_length, truncation=ns.truncation, compile=compile
+        model_dir,
+        batch_size=ns.batch_size,
+        max_length=ns.max_length,
+        truncation=ns.truncation,
+        compile=compile,
+        cls_only=cls_only,
     )
     loaded = time.perf_counter() - started
     predictor.predict_proba(texts[: ns.warmup])
@@ -128,6 +138,7 @@ def run_predictor(model_dir: str, texts: list[str], ns: argparse.Namespace, comp
         "max_length": predictor.max_length,
         "truncation": predictor.truncation,
         "compiled": compile,
+        "cls_only_last_layer": getattr(backend, "cls_only", False),
     }
     id2label = dict(predictor.id2label)
     del predictor, backend
@@ -526,13 +537,14 @@ def main(argv: list[str] | None = None) -> int:
                 truncation="head",
             )
         )
-        contenders = [("bertsent fp32", ns.model, False, "fp32")]
+        contenders = [("bertsent fp32, plain forward", ns.model, False, "fp32", False)]
+        contenders.append(("bertsent fp32", ns.model, False, "fp32", True))
         if ns.compile:
-            contenders.append(("bertsent fp32, torch.compile", ns.model, True, "fp32"))
-        contenders += [(Path(c).name, c, False, "compressed") for c in ns.compressed]
-        for name, folder, compile_model, kind in contenders:
+            contenders.append(("bertsent fp32, torch.compile", ns.model, True, "fp32", True))
+        contenders += [(Path(c).name, c, False, "compressed", True) for c in ns.compressed]
+        for name, folder, compile_model, kind, cls_only in contenders:
             print(f"running: {name} ({folder}) ...", flush=True)
-            names, times, loaded, info, model_labels = run_predictor(folder, texts, ns, compile_model)
+            names, times, loaded, info, model_labels = run_predictor(folder, texts, ns, compile_model, cls_only)
             predicted = label_ids(names, model_labels, data_id2label)
             accuracy = float((predicted == gold).mean())
             diffs = int((predicted != reference).sum())
