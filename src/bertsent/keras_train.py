@@ -125,8 +125,8 @@ def train_keras(args: TrainingArguments, data: DataConfig):
         CHECKPOINTS,
         TrainResult,
         TrainState,
-        _improved,
         finish,
+        improved,
         load_and_encode,
         seed_everything,
     )
@@ -207,7 +207,7 @@ def train_keras(args: TrainingArguments, data: DataConfig):
                 metrics["loss"],
             )
             value = metrics[args.metric_for_best_model]
-            if _improved(args.metric_for_best_model, value, state.best_metric):
+            if improved(args.metric_for_best_model, value, state.best_metric):
                 state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
                 state.best_validation = {k: v for k, v in metrics.items() if isinstance(v, float)}
                 best_weights[:] = self.model.get_weights()

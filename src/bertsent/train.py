@@ -155,7 +155,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
     return TrainState(**json.loads((path / "state.json").read_text()))
 
 
-def _improved(metric: str, value: float, best: float | None) -> bool:
+def improved(metric: str, value: float, best: float | None) -> bool:
     if best is None:
         return True
     return value < best if metric == "loss" else value > best
@@ -269,7 +269,7 @@ def train(
             metrics["f1"],
             metrics["loss"],
         )
-        if _improved(args.metric_for_best_model, value, state.best_metric):
+        if improved(args.metric_for_best_model, value, state.best_metric):
             state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
             state.best_validation = {k: v for k, v in metrics.items() if isinstance(v, float)}
             model.save_pretrained(output_dir / CHECKPOINTS / BEST)
