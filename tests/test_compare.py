@@ -1,11 +1,12 @@
 """The trade-off table on tiny models: measured rows, ratios, Pareto front, files."""
 
+import dataclasses
 import json
 
 import pytest
 
 from bertsent.cli import main
-from bertsent.compare import CompareConfig, compare, count_parameters, pareto_front
+from bertsent.compare import CompareConfig, compare, count_parameters, pareto_front, previous_rows
 from bertsent.data import DataConfig
 from bertsent.errors import ModelError
 from bertsent.modeling import load_classifier
@@ -38,6 +39,12 @@ def test_compare_measures_every_folder_and_writes_table_and_plot(
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert table.count("\n") == 4 and "| trained | pytorch |" in table
     assert (tmp_path / "cmp" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # What a recipe rerun may reuse: the same settings only.
+    assert previous_rows(config) == rows
+    assert previous_rows(dataclasses.replace(config, latency_samples=6)) is None
+    assert previous_rows(dataclasses.replace(config, models=config.models[:1], names=["trained"])) is None
+    assert previous_rows(dataclasses.replace(config, output_dir=str(tmp_path / "elsewhere"))) is None
 
 
 def test_pareto_front_keeps_only_undominated_rows():
