@@ -9,6 +9,9 @@ was not faster; it stays available as ``exporter="dynamo"``. SDPA attention expo
 (709 nodes, mask ``Where`` chains) that ran slower. ONNX Runtime's offline transformer optimizer fuses
 the TorchScript graph into Attention/SkipLayerNorm ops, but was not measurably faster: not used.
 
+The exported graph runs the last encoder layer for [CLS] only (``predict.cls_only_last_layer``; the
+node counts above are from before that change).
+
 An export is only accepted once ONNX Runtime reproduces PyTorch's logits on shapes other than the
 export example (dynamic axes really dynamic, padding masked): :class:`ExportParityError` otherwise.
 """
