@@ -7,6 +7,8 @@ an interrupted recipe continues where it stopped (distillation also resumes from
     teacher-int8/    the teacher, ONNX dynamic INT8 (per-channel MatMul weights)
     teacher-int8-emb/  the same with the embedding tables in INT8 too
     student/         distilled from the teacher's own layers (half of them by default)
+    student-unpruned-int8/  the student, ONNX dynamic INT8, embeddings included (when pruning is on;
+                     otherwise student-int8/ is this one)
     student-pruned/  the student with attention heads and FFN neurons pruned, then recovery fine-tuned
     student-int8/    the smallest student, ONNX dynamic INT8, embeddings included
     compare/         the trade-off table of all of the above against the fp32 teacher
@@ -106,27 +108,17 @@ def compress(config: CompressConfig) -> list[dict]:
             timings[name] = round(time.perf_counter() - started, 1)
         folders[name] = folder
 
-    stage("teacher ONNX fp32", out / "teacher-onnx", lambda: export_onnx(teacher, out / "teacher-onnx"))
-    stage(
-        "teacher INT8",
-        out / "teacher-int8",
-        lambda: quantize(
-            QuantizeConfig(model=str(teacher), output_dir=str(out / "teacher-int8"), data=config.data.source)
-        ),
-    )
-    if config.quantize_embeddings:
-        stage(
-            "teacher INT8 + embeddings",
-            out / "teacher-int8-emb",
-            lambda: quantize(
-                QuantizeConfig(
-                    model=str(teacher),
-                    output_dir=str(out / "teacher-int8-emb"),
-                    data=config.data.source,
-                    quantize_embeddings=True,
-                )
-            ),
+    def quantized(source: Path, folder: Path, embeddings: bool = config.quantize_embeddings):
+        return lambda: quantize(
+            QuantizeConfig(
+                model=str(source), output_dir=str(folder), data=config.data.source, quantize_embeddings=embeddings
+            )
         )
+
+    stage("teacher ONNX fp32", out / "teacher-onnx", lambda: export_onnx(teacher, out / "teacher-onnx"))
+    stage("teacher INT8", out / "teacher-int8", quantized(teacher, out / "teacher-int8", embeddings=False))
+    if config.quantize_embeddings:
+        stage("teacher INT8 + embeddings", out / "teacher-int8-emb", quantized(teacher, out / "teacher-int8-emb"))
 
     student_dir = out / "student"
     distill_args = DistillationArguments(
@@ -146,6 +138,10 @@ def compress(config: CompressConfig) -> list[dict]:
 
     smallest = student_dir
     if config.heads_fraction or config.ffn_fraction:
+        # Pruning buys speed but costs accuracy, so the unpruned student is quantized too: the table
+        # then shows what pruning adds on top of INT8 alone.
+        unpruned_int8 = out / "student-unpruned-int8"
+        stage("student INT8 (unpruned)", unpruned_int8, quantized(student_dir, unpruned_int8))
         pruned_dir = out / "student-pruned"
         prune_config = PruneConfig(
             model=str(student_dir),
@@ -162,18 +158,7 @@ def compress(config: CompressConfig) -> list[dict]:
         )
         stage("student pruned", pruned_dir, lambda: prune(prune_config))
         smallest = pruned_dir
-    stage(
-        "student INT8",
-        out / "student-int8",
-        lambda: quantize(
-            QuantizeConfig(
-                model=str(smallest),
-                output_dir=str(out / "student-int8"),
-                data=config.data.source,
-                quantize_embeddings=config.quantize_embeddings,
-            )
-        ),
-    )
+    stage("student INT8", out / "student-int8", quantized(smallest, out / "student-int8"))
 
     compare_config = CompareConfig(
         models=[str(f) for f in folders.values()],
