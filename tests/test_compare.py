@@ -6,7 +6,15 @@ import json
 import pytest
 
 from bertsent.cli import main
-from bertsent.compare import CompareConfig, compare, count_parameters, pareto_front, previous_rows
+from bertsent.compare import (
+    CompareConfig,
+    compare,
+    count_parameters,
+    fastest_within,
+    pareto_front,
+    previous_rows,
+    trade_off_line,
+)
 from bertsent.data import DataConfig
 from bertsent.errors import ModelError
 from bertsent.modeling import load_classifier
@@ -55,6 +63,22 @@ def test_pareto_front_keeps_only_undominated_rows():
         {"name": "d", "accuracy": 0.91, "throughput": 5},
     ]
     assert [r["name"] for r in pareto_front(rows)] == ["d", "a", "b"]
+
+
+def test_fastest_within_an_accuracy_budget_skips_the_reference_and_too_lossy_rows():
+    def row(name, delta, throughput):
+        return {"name": name, "accuracy_delta_points": delta, "throughput": throughput, "speedup": throughput / 10}
+
+    rows = [row("teacher", 0, 10), row("int8", -0.1, 20), row("pruned int8", -1.66, 55), row("student int8", -1.2, 45)]
+    rows[3] |= {"size_mb": 17.59, "size_ratio": 0.194}
+    assert fastest_within(rows, 1.5)["name"] == "student int8"
+    assert fastest_within(rows, 2.0)["name"] == "pruned int8"
+    assert fastest_within(rows[:1], 1.5) is None
+    assert trade_off_line(rows, 1.5) == (
+        "Fastest variant within 1.5 accuracy points of teacher: **student int8**, -1.20 points, 4.50× the "
+        "throughput, 17.6 MB (0.194 of the size).\n"
+    )
+    assert trade_off_line(rows[:1], 0.5) == "No variant stays within 0.5 accuracy points of teacher.\n"
 
 
 def test_count_parameters_reads_the_weight_files(trained_tiny_dir):

@@ -3,6 +3,7 @@
 import json
 
 from bertsent.cli import main
+from bertsent.compare import trade_off_line
 from bertsent.ood import fetch
 
 
@@ -40,6 +41,7 @@ def test_reproduce_fast_runs_every_stage_and_writes_the_results_page(
     assert page == (out / "results.md").read_text()
     assert "fast mode" in page and "93.46%" in page and "quoted, not measured here" in page
     assert "| teacher INT8 | onnxruntime |" in page
+    assert trade_off_line(result["rows"], 1.5) in page
     assert "teacher: fine-tune + test evaluation" in result["stage_seconds"]
     assert "results page:" in capsys.readouterr().out
 
@@ -55,6 +57,7 @@ def test_reproduce_fast_runs_every_stage_and_writes_the_results_page(
     ).is_file() and "![Teacher training curves](results-training-curves.svg)" in page
     card = (out / "teacher" / "README.md").read_text()
     assert card.count("## Full-scale results (bertsent reproduce)") == 1 and "rotten-tomatoes" in card
+    assert trade_off_line(result["rows"], 1.5) in card
 
     # A rerun finds everything complete: nothing is trained or measured again, and the times stay.
     timings = result["stage_seconds"]

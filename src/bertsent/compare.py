@@ -177,6 +177,25 @@ def markdown_table(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def fastest_within(rows: list[dict], max_drop_points: float) -> dict | None:
+    """The fastest variant (any row after the first, the reference) that loses at most ``max_drop_points``
+    of accuracy against the reference; None when none does."""
+    eligible = [r for r in rows[1:] if r["accuracy_delta_points"] >= -max_drop_points]
+    return max(eligible, key=lambda r: r["throughput"], default=None)
+
+
+def trade_off_line(rows: list[dict], max_drop_points: float) -> str:
+    """One sentence naming the fastest variant within the accuracy budget, its speed-up and size."""
+    best = fastest_within(rows, max_drop_points)
+    if best is None:
+        return f"No variant stays within {max_drop_points:g} accuracy points of {rows[0]['name']}.\n"
+    return (
+        f"Fastest variant within {max_drop_points:g} accuracy points of {rows[0]['name']}: **{best['name']}**, "
+        f"{best['accuracy_delta_points']:+.2f} points, {best['speedup']:.2f}× the throughput, "
+        f"{best['size_mb']:.1f} MB ({best['size_ratio']} of the size).\n"
+    )
+
+
 def pareto_front(rows: list[dict]) -> list[dict]:
     """Rows no other row beats on both accuracy and throughput, fastest first."""
     front = [

@@ -57,6 +57,8 @@ class ReproduceConfig:
     """Out-of-domain sets (``bertsent.ood``) every variant is also scored on; fetched with pip when
     missing from ``ood_dir``, and skipped with a warning when that fails (offline)."""
     ood_dir: str = "~/.cache/bertsent/ood"
+    accuracy_budget: float = 1.5
+    """Accuracy points a compressed variant may lose: the page names the fastest variant within it."""
 
     def __post_init__(self) -> None:
         if self.fast:
@@ -64,6 +66,8 @@ class ReproduceConfig:
                 setattr(self, key, min(getattr(self, key) or value, value))
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
             raise ValueError("epochs and batch_size must be >= 1 and max_length >= 8")
+        if self.accuracy_budget < 0:
+            raise ValueError(f"accuracy_budget must be >= 0 points, got {self.accuracy_budget}")
 
 
 def _data(config: ReproduceConfig, **changes) -> DataConfig:
@@ -202,7 +206,7 @@ CARD_SECTION = "## Full-scale results (bertsent reproduce)"
 
 def add_to_model_card(teacher: Path, result: dict) -> None:
     """Put the table (and the out-of-domain scores) in the teacher's model card, replacing an older copy."""
-    from bertsent.compare import markdown_table
+    from bertsent.compare import markdown_table, trade_off_line
 
     card = teacher / "README.md"
     text = card.read_text() if card.is_file() else ""
@@ -210,7 +214,8 @@ def add_to_model_card(teacher: Path, result: dict) -> None:
     section = (
         f"\n\n{CARD_SECTION}\n\nThis model (first row) and its compressed variants, scored on the same "
         f"{result['rows'][0]['reviews']} test reviews on a {os.cpu_count()}-CPU machine:\n\n"
-        f"{markdown_table(result['rows'])}\n{ood_table(result)}"
+        f"{markdown_table(result['rows'])}\n"
+        f"{trade_off_line(result['rows'], result['settings']['accuracy_budget'])}\n{ood_table(result)}"
     )
     card.write_text(text + section)
 
@@ -262,7 +267,7 @@ def results_page(result: dict, out: Path, plots: dict[str, str]) -> str:
     import torch
 
     from bertsent.card import _git_revision
-    from bertsent.compare import markdown_table
+    from bertsent.compare import markdown_table, trade_off_line
 
     s, m = result["settings"], result["teacher_metrics"]
     test_n = m.get("test_n", "?")
@@ -287,6 +292,7 @@ train. Every row below is scored on the same {test_n} test reviews in one run; s
 (tokenization included) on this CPU; ratios are against the fp32 teacher.
 
 {markdown_table(result["rows"])}
+{trade_off_line(result["rows"], s["accuracy_budget"])}
 Teacher on the test set: accuracy {m.get("test_accuracy", float("nan")):.4f}, F1 {m.get("test_f1", float("nan")):.4f},
 ROC-AUC {m.get("test_roc_auc", float("nan")):.4f}; best validation accuracy
 {m.get("validation_accuracy", float("nan")):.4f} at step {m.get("best_step")} of {m.get("steps")}.
