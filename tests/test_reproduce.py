@@ -1,6 +1,7 @@
 """``bertsent reproduce --fast`` end to end (tiny BERT in place of the embedded model, toy data)."""
 
 import json
+import shutil
 
 from bertsent.cli import main
 from bertsent.compare import trade_off_line
@@ -67,3 +68,11 @@ def test_reproduce_fast_runs_every_stage_and_writes_the_results_page(
     assert {k: v for k, v in again["stage_seconds"].items()} == timings
     assert all(isinstance(v, float) for v in timings.values()), timings
     assert (out / "teacher" / "README.md").read_text().count("## Full-scale results") == 1
+
+    # A stage the recipe gained after a run is made alone, and the page lists it in the recipe's order.
+    shutil.rmtree(out / "compress" / "student-unpruned-int8")
+    assert main(argv) == 0
+    latest = json.loads((out / "results.json").read_text())["stage_seconds"]
+    assert isinstance(latest["student INT8 (unpruned)"], float) and latest["student"] == timings["student"]
+    stages = list(latest)
+    assert stages.index("student") < stages.index("student INT8 (unpruned)") < stages.index("student pruned")

@@ -153,12 +153,15 @@ class _Timings:
         self.path = path
         self.seconds: dict[str, float | str] = json.loads(path.read_text()) if path.is_file() else {}
 
+    # Both move the stage to the end, so the page lists stages in this run's order even when the
+    # recipe gained a stage after the file was first written.
     def record(self, stage: str, seconds: float) -> None:
+        self.seconds.pop(stage, None)
         self.seconds[stage] = round(float(seconds), 1)
         self.path.write_text(json.dumps(self.seconds, indent=2))
 
     def skip(self, stage: str) -> None:
-        self.seconds.setdefault(stage, "skipped (complete before timings were recorded)")
+        self.seconds[stage] = self.seconds.pop(stage, "skipped (complete before timings were recorded)")
 
 
 def score_out_of_domain(name: str, folders: dict[str, str], config: ReproduceConfig, out: Path, timings) -> dict:
