@@ -187,6 +187,8 @@ def score_out_of_domain(name: str, folders: dict[str, str], config: ReproduceCon
         started = time.perf_counter()
         rows = compare(compare_config)
         timings.record(f"out-of-domain: {name}", time.perf_counter() - started)
+    else:
+        timings.skip(f"out-of-domain: {name}")
     source = json.loads((folder / "source.json").read_text())
     scores = {r["name"]: {k: r[k] for k in ("accuracy", "f1", "roc_auc", "reviews")} for r in rows}
     return {"description": SETS[name].description, "source": source, "scores": scores}
