@@ -62,7 +62,9 @@ def test_reproduce_fast_runs_every_stage_and_writes_the_results_page(
 
     # A rerun finds everything complete: nothing is trained or measured again, and the times stay.
     timings = result["stage_seconds"]
+    plots = {name: (tmp_path / name).read_bytes() for name in ("results-training-curves.svg", "results-pareto.svg")}
     assert main(argv) == 0
+    assert all((tmp_path / name).read_bytes() == svg for name, svg in plots.items())  # no date, fixed ids
     again = json.loads((out / "results.json").read_text())
     assert again["rows"] == result["rows"] and again["out_of_domain"] == result["out_of_domain"]
     assert list(again["stage_seconds"].items()) == list(timings.items())  # same times, same order

@@ -354,10 +354,16 @@ def _new_figure(**kwargs: Any) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Save in the format the suffix names (PNG when none). SVG is written reproducibly (no date, fixed
+    element ids), so a committed plot changes only when its numbers do."""
+    import matplotlib
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format=path.suffix.lstrip(".").lower() or "png", dpi=120)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    with matplotlib.rc_context({"svg.hashsalt": "bertsent"}):
+        fig.savefig(path, format=fmt, dpi=120, metadata={"Date": None} if fmt == "svg" else None)
     return path
 
 
@@ -387,7 +393,7 @@ def plot_confusion_matrix(labels: np.ndarray, preds: np.ndarray, id2label: Mappi
             color = "white" if cm[t, q] > threshold else "black"
             ax.text(q, t, str(cm[t, q]), ha="center", va="center", color=color)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reliability(labels: np.ndarray, probs: np.ndarray, path: str | Path, n_bins: int = 15) -> Path:
@@ -424,7 +430,7 @@ def plot_reliability(labels: np.ndarray, probs: np.ndarray, path: str | Path, n_
     hist.bar(lowers, [r["count"] for r in curve], width=width, align="edge", color="gray", edgecolor="black")
     hist.set_xlabel("confidence")
     hist.set_ylabel("count")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _series(rows: list[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -477,7 +483,7 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path)
     else:
         eval_ax.text(0.5, 0.5, "no evaluation logged", ha="center", va="center", transform=eval_ax.transAxes)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------
