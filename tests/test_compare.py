@@ -2,9 +2,11 @@
 
 import dataclasses
 import json
+from datetime import datetime, timezone
 
 import pytest
 
+from bertsent.card import git_revision
 from bertsent.cli import main
 from bertsent.compare import (
     CompareConfig,
@@ -44,6 +46,7 @@ def test_compare_measures_every_folder_and_writes_table_and_plot(
         assert row["throughput"] > 0 and 0 < row["latency_p50_ms"] <= row["latency_p95_ms"]
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert saved["rows"] == rows
+    assert saved["measured"] == {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "git": git_revision()}
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert table.count("\n") == 4 and "| trained | pytorch |" in table
     assert (tmp_path / "cmp" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -43,6 +43,7 @@ def test_reproduce_fast_runs_every_stage_and_writes_the_results_page(
     assert "fast mode" in page and "93.46%" in page and "quoted, not measured here" in page
     assert "| teacher INT8 | onnxruntime |" in page
     assert trade_off_line(result["rows"], 1.5) in page
+    assert f"The table was measured on {result['table_measured']['date']} at git" in page
     assert "teacher: fine-tune + test evaluation" in result["stage_seconds"]
     assert "results page:" in capsys.readouterr().out
 

@@ -25,7 +25,8 @@ def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _git_revision() -> str:
+def git_revision() -> str:
+    """The short git revision of this checkout (``unknown`` outside one): every record names the code."""
     import subprocess
 
     try:
@@ -119,7 +120,7 @@ or `bertsent predict --model {output_dir} "A wonderful, moving film."`.
 {settings}
 
 Written {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")} by bertsent {bertsent.__version__}
-(git {_git_revision()}), torch {torch.__version__}, transformers {transformers.__version__},
+(git {git_revision()}), torch {torch.__version__}, transformers {transformers.__version__},
 on {platform.platform()} ({platform.processor() or platform.machine()}).
 """
     path = output_dir / "README.md"

@@ -12,10 +12,12 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from bertsent.card import git_revision
 from bertsent.data import DataConfig, load_data
 from bertsent.errors import ModelError
 
@@ -140,7 +142,10 @@ def compare(config: CompareConfig) -> list[dict]:
         out = Path(config.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         settings = asdict(config) | {"data": asdict(config.data)}
-        (out / "compare.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2))
+        # When and at which revision: a page re-rendered later from these rows must not pass for a new run.
+        measured = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "git": git_revision()}
+        record = {"settings": settings, "measured": measured, "rows": rows}
+        (out / "compare.json").write_text(json.dumps(record, indent=2))
         (out / "compare.md").write_text(markdown_table(rows))
         plot_pareto(rows, out / "pareto.png")
     return rows

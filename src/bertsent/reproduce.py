@@ -124,6 +124,7 @@ def reproduce(config: ReproduceConfig) -> dict:
         )
     )
     recipe = json.loads((out / "compress" / "recipe.json").read_text())
+    table = json.loads((out / "compress" / "compare" / "compare.json").read_text())
     for stage, seconds in recipe["stage_seconds"].items():
         if isinstance(seconds, str):
             timings.skip(stage)
@@ -134,6 +135,7 @@ def reproduce(config: ReproduceConfig) -> dict:
         "settings": dataclasses.asdict(config),
         "teacher_metrics": teacher_metrics,
         "rows": rows,
+        "table_measured": table.get("measured"),  # absent from tables measured before it was recorded
         "out_of_domain": ood,
         "stage_seconds": timings.seconds,
     }
@@ -271,7 +273,7 @@ def results_page(result: dict, out: Path, plots: dict[str, str]) -> str:
     and commands; ``plots`` names the SVG files written beside it."""
     import torch
 
-    from bertsent.card import _git_revision
+    from bertsent.card import git_revision
     from bertsent.compare import markdown_table, trade_off_line
 
     s, m = result["settings"], result["teacher_metrics"]
@@ -284,17 +286,19 @@ def results_page(result: dict, out: Path, plots: dict[str, str]) -> str:
     anchors = "\n".join(f"| {name} | {acc} |" for name, acc in ANCHORS)
     gpu = f"GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
     ood = ood_table(result) or "No out-of-domain set was scored.\n"
+    when = result["table_measured"]
+    measured = f" The table was measured on {when['date']} at git `{when['git']}`." if when else ""
 
     return f"""# Results{" (fast mode: small slices, not the full-scale numbers)" if s["fast"] else ""}
 
 Measured by `{command}`, page written {datetime.now(timezone.utc).strftime("%Y-%m-%d")} at git
-`{_git_revision()}`, on {platform.platform()} ({os.cpu_count()} CPUs, {gpu}); {_versions()}.
+`{git_revision()}`, on {platform.platform()} ({os.cpu_count()} CPUs, {gpu}); {_versions()}.
 
 Teacher: {s["model"] or "the embedded all-MiniLM-L6-v2"} fine-tuned on {m.get("train_reviews")} IMDB training
 reviews ({s["epochs"]} epochs, lr {s["lr"]}, batch {s["batch_size"]}, {s["max_length"]} tokens,
 `{s["truncation"]}` truncation), best of {m.get("validation_reviews")} validation reviews carved from
 train. Every row below is scored on the same {test_n} test reviews in one run; speed is end to end
-(tokenization included) on this CPU; ratios are against the fp32 teacher.
+(tokenization included) on this CPU; ratios are against the fp32 teacher.{measured}
 
 {markdown_table(result["rows"])}
 {trade_off_line(result["rows"], s["accuracy_budget"])}
