@@ -34,6 +34,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertsent.export import THREADS_ENV, physical_cores
+from bertsent.runtime import THREADS_ENV, physical_cores
 
 
 def restore_sigint() -> None:

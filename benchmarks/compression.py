@@ -54,9 +54,9 @@ def verdicts(rows: list[dict]) -> dict:
 
 
 def main() -> None:
-    from bertsent.compare import markdown_table
-    from bertsent.compress import CompressConfig, compress
-    from bertsent.data import DataConfig
+    from bertsent.config import CompressConfig, DataConfig
+    from bertsent.recipes.compare import markdown_table
+    from bertsent.recipes.compress import compress
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", required=True, help="fine-tuned fp32 model folder")

@@ -46,10 +46,11 @@ import numpy as np
 import torch
 from _machine import machine_info, proc_status, restore_sigint, set_threads
 
-from bertsent.data import DataConfig, load_data
+from bertsent.config import DataConfig
+from bertsent.data.loading import load_data
 from bertsent.errors import BertsentError
-from bertsent.export import THREADS_ENV, resolve_threads
 from bertsent.predict import Predictor
+from bertsent.runtime import THREADS_ENV, resolve_threads
 
 ROW_PREFIX = re.compile(r"#(\d+) ")
 """Each generated input row starts with ``#<row number> ``: the output check reads it back."""

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from _machine import machine_info, restore_sigint
 
-from bertsent.export import resolve_threads
+from bertsent.runtime import resolve_threads
 
 
 def run(cmd: list[str], log: Path) -> float:
@@ -48,7 +48,8 @@ def worker_json(args: list[str], log: Path) -> dict:
 
 
 def test_reviews(data: str, n: int, seed: int):
-    from bertsent.data import DataConfig, load_data
+    from bertsent.config import DataConfig
+    from bertsent.data.loading import load_data
 
     splits = load_data(DataConfig(data, eval_samples=n, seed=seed, validation_size=0.01))
     return splits.test["text"].tolist(), splits.test["label"].to_numpy()
@@ -75,14 +76,14 @@ def predict_torch(folder: str, ns: argparse.Namespace) -> dict:
 
 def predict_savedmodel(folder: str, ns: argparse.Namespace, strings: bool) -> dict:
     """The SavedModel: HF tokenization + the token-id signature, or the raw-text signature alone."""
-    from bertsent.keras_model import require_keras
+    from bertsent.keras.model import require_keras
 
     require_keras(ns.threads)
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (the string signature's tokenizer ops)
 
     from bertsent.encoding import collate, encode
-    from bertsent.modeling import load_tokenizer
+    from bertsent.modeling.loading import load_tokenizer
 
     texts, labels = test_reviews(ns.data, ns.test, ns.seed)
     model = tf.saved_model.load(str(Path(folder) / "saved_model"))

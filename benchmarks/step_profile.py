@@ -15,8 +15,9 @@ import time
 
 import torch
 
-from bertsent.data import DataConfig, load_data
-from bertsent.modeling import load_classifier
+from bertsent.config import DataConfig
+from bertsent.data.loading import load_data
+from bertsent.modeling.loading import load_classifier
 from bertsent.predict import Predictor
 
 SETTINGS = {

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import torch
 
-from bertsent.data import DataConfig, load_data
+from bertsent.config import DataConfig, TrainingArguments
+from bertsent.data.loading import load_data
 from bertsent.encoding import encode
+from bertsent.inference import predict_probs
 from bertsent.metrics import classification_metrics
-from bertsent.modeling import load_classifier, load_tokenizer
-from bertsent.predict import predict_probs
-from bertsent.train import TrainingArguments, train
+from bertsent.modeling.loading import load_classifier, load_tokenizer
+from bertsent.training.loop import train
 
 
 def baseline_train(model_name, texts, labels, args: TrainingArguments) -> tuple[torch.nn.Module, float]:

@@ -55,7 +55,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from bertsent.modeling import embedded_model_path
+    from bertsent.modeling.loading import embedded_model_path
 
     root = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
@@ -76,8 +76,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_tiny_dir(tiny_model_dir, toy_data_dir, tmp_path_factory) -> Path:
     """The tiny BERT fine-tuned on the toy reviews (~5 s): a teacher/source for compression tests."""
-    from bertsent.data import DataConfig
-    from bertsent.train import TrainingArguments, train
+    from bertsent.config import DataConfig, TrainingArguments
+    from bertsent.training.loop import train
 
     out = tmp_path_factory.mktemp("trained_tiny")
     args = TrainingArguments(
@@ -156,7 +156,7 @@ def ood_archives(tmp_path, monkeypatch) -> dict[str, Path]:
     """Fixture archives for both out-of-domain sets, registered (by SHA-256) in place of the real ones."""
     import dataclasses
 
-    from bertsent import ood
+    from bertsent.data import ood
 
     archives = {
         "amazon-snippets": make_vader_sdist(tmp_path / "vaderSentiment-3.3.2.tar.gz", AMAZON_LINES),

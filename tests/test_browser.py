@@ -23,7 +23,8 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from bertsent.serve import ServeSettings, background_server, create_app  # noqa: E402
+from bertsent.config import ServeSettings  # noqa: E402
+from bertsent.serve import background_server, create_app  # noqa: E402
 
 MAX_CHARS = 300
 REVIEW = "A wonderful, moving film: the cast was brilliant and I loved the story."

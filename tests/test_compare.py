@@ -6,10 +6,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from bertsent.card import git_revision
 from bertsent.cli import main
-from bertsent.compare import (
-    CompareConfig,
+from bertsent.config import CompareConfig, DataConfig
+from bertsent.errors import ModelError
+from bertsent.folder import git_revision
+from bertsent.modeling.loading import load_classifier
+from bertsent.recipes.compare import (
     compare,
     count_parameters,
     fastest_within,
@@ -17,9 +19,6 @@ from bertsent.compare import (
     previous_rows,
     trade_off_line,
 )
-from bertsent.data import DataConfig
-from bertsent.errors import ModelError
-from bertsent.modeling import load_classifier
 
 
 def test_compare_measures_every_folder_and_writes_table_and_plot(

@@ -14,15 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bertsent.data import (
-    DEFAULT_ID2LABEL,
-    DataConfig,
-    Splits,
-    clean_text,
-    load_data,
-    parse_label_names,
-    stratified_subset,
-)
+from bertsent.config import DEFAULT_ID2LABEL, DataConfig, parse_label_names
+from bertsent.data.loading import Splits, clean_text, load_data, stratified_subset
 from bertsent.errors import BertsentError, DataError
 
 IMDB = Path(__file__).parents[1].parent / "shared/data/imdb"

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bertsent.arguments import DistillationArguments
 from bertsent.cli import main
-from bertsent.data import DataConfig
-from bertsent.distill import TEACHER_LOGITS, distill, distillation_loss, student_layer_indices
-from bertsent.modeling import load_classifier
+from bertsent.config import DataConfig, DistillationArguments
+from bertsent.modeling.loading import load_classifier
+from bertsent.training.distill import TEACHER_LOGITS, distill, distillation_loss, student_layer_indices
 
 
 def test_student_layers_are_evenly_spaced_like_distilbert():
@@ -62,7 +61,7 @@ def test_distilled_student_is_smaller_learns_and_caches_teacher_logits(trained_t
     cached = np.load(out / TEACHER_LOGITS)
     assert cached.shape == (200, 2)
     # The cache holds the teacher's real logits for the training rows, in their order.
-    from bertsent.data import load_data
+    from bertsent.data.loading import load_data
     from bertsent.predict import Predictor
 
     # The teacher is scored on the very validation rows the student was selected on.

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from bertsent.encoding import collate, encode, length_grouped_batches, sorted_batches, truncate
-from bertsent.modeling import load_tokenizer
+from bertsent.modeling.loading import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -13,19 +13,13 @@ import onnx
 import pytest
 import torch
 
-from bertsent.errors import BertsentError, ModelError
-from bertsent.export import (
-    PARITY_SHAPES,
-    ExportError,
-    ExportParityError,
-    OnnxBackend,
-    add_cli,
-    export_onnx,
-    physical_cores,
-    resolve_threads,
-)
-from bertsent.modeling import load_classifier
-from bertsent.predict import ONNX_FILE, Predictor
+from bertsent.compression.export import PARITY_SHAPES, add_cli, export_onnx
+from bertsent.errors import BertsentError, ExportError, ExportParityError, ModelError
+from bertsent.folder import ONNX_FILE
+from bertsent.inference import OnnxBackend
+from bertsent.modeling.loading import load_classifier
+from bertsent.predict import Predictor
+from bertsent.runtime import physical_cores, resolve_threads
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +93,7 @@ def test_predictor_runs_the_onnx_folder_like_the_pytorch_one(onnx_dir, trained_t
 
 
 def test_parity_failure_raises_with_the_difference_and_shape(trained_tiny_dir, tmp_path, monkeypatch):
-    import bertsent.export as export
+    import bertsent.compression.export as export
 
     original = export._torch_export
 
@@ -199,7 +193,8 @@ def test_cli_export(trained_tiny_dir, tmp_path, capsys):
 
 
 def test_pruned_folder_exports_with_parity(trained_tiny_dir, toy_data_dir, tmp_path, toy_texts):
-    from bertsent.prune import PruneConfig, prune
+    from bertsent.compression.prune import prune
+    from bertsent.config import PruneConfig
 
     pruned = prune(
         PruneConfig(
@@ -229,10 +224,10 @@ def test_modules_are_light_to_import():
     import subprocess
     import sys
 
-    import bertsent.export
-    import bertsent.predict
+    import bertsent.compression.export
+    import bertsent.inference
 
-    assert bertsent.export.ONNX_FILE == bertsent.predict.ONNX_FILE
-    code = "import sys, bertsent.export, bertsent.quantize; print('torch' in sys.modules)"
+    assert bertsent.compression.export.ONNX_FILE == bertsent.inference.ONNX_FILE
+    code = "import sys, bertsent.compression.export, bertsent.compression.quantize; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "False"

@@ -20,11 +20,9 @@ else:
     pytest.importorskip("keras_hub", reason='the keras extra is not installed: pip install "bertsent[keras]"')
 
 from bertsent.cli import main
-from bertsent.data import DataConfig
-from bertsent.errors import ModelError
-from bertsent.export import ExportParityError
-from bertsent.keras_model import (
-    KerasParityError,
+from bertsent.config import DataConfig, TrainingArguments
+from bertsent.errors import ExportParityError, KerasParityError, ModelError
+from bertsent.keras.model import (
     KerasTokenizer,
     _import_keras,
     check_parity,
@@ -34,8 +32,8 @@ from bertsent.keras_model import (
     require_keras,
     torch_from_keras,
 )
-from bertsent.modeling import embedded_model_path, load_classifier, load_tokenizer
-from bertsent.train import TrainingArguments, train
+from bertsent.modeling.loading import embedded_model_path, load_classifier, load_tokenizer
+from bertsent.training.loop import train
 
 TRICKY = [
     "Café déjà vu — naïve résumé!",
@@ -179,7 +177,7 @@ def test_savedmodel_export_with_string_signature_matches_pytorch(keras, keras_tr
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the tokenizer ops the string signature uses)
 
-    from bertsent.keras_export import export_keras_model
+    from bertsent.keras.export import export_keras_model
 
     source = tmp_path / "source"
     shutil.copytree(keras_trained.output_dir, source)
@@ -222,7 +220,7 @@ def test_keras_file_export_reloads_and_matches(keras, trained_tiny_dir, tmp_path
 
 
 def test_export_parity_failure_raises_the_typed_error(keras, trained_tiny_dir):
-    from bertsent.keras_export import _check
+    from bertsent.keras.export import _check
 
     hf_model = load_classifier(trained_tiny_dir).eval()
     with pytest.raises(ExportParityError, match="tolerance 0.0001"):

@@ -1,7 +1,7 @@
 import pytest
 
 from bertsent.errors import ModelError
-from bertsent.modeling import embedded_model_path, load_classifier, load_tokenizer, resolve_model
+from bertsent.modeling.loading import embedded_model_path, load_classifier, load_tokenizer, resolve_model
 
 
 def test_embedded_default_resolves_to_the_packaged_folder():

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from conftest import make_vader_sdist
 
-from bertsent import ood
 from bertsent.cli import main
+from bertsent.data import ood
 from bertsent.errors import DataError
 
 

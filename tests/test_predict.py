@@ -8,7 +8,7 @@ import pytest
 
 from bertsent.encoding import encode_windows
 from bertsent.errors import DataError
-from bertsent.modeling import load_tokenizer
+from bertsent.modeling.loading import load_tokenizer
 from bertsent.predict import Predictor, predict_file
 
 
@@ -160,8 +160,8 @@ def test_cls_only_last_layer_gives_the_plain_forwards_logits(trained_tiny_dir, t
     import torch
 
     from bertsent.encoding import encode, iter_batches
-    from bertsent.modeling import load_classifier, load_tokenizer
-    from bertsent.predict import ClsOnlyLastLayer, cls_only_last_layer
+    from bertsent.modeling.cls_only import ClsOnlyLastLayer, cls_only_last_layer
+    from bertsent.modeling.loading import load_classifier, load_tokenizer
 
     plain = load_classifier(trained_tiny_dir).eval()
     fast = copy.deepcopy(plain)
@@ -182,7 +182,7 @@ def test_cls_only_last_layer_gives_the_plain_forwards_logits(trained_tiny_dir, t
 def test_cls_only_last_layer_leaves_other_models_alone(tmp_path):
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
-    from bertsent.predict import cls_only_last_layer
+    from bertsent.modeling.cls_only import cls_only_last_layer
 
     model = DistilBertForSequenceClassification(
         DistilBertConfig(vocab_size=100, dim=16, n_layers=1, n_heads=2, hidden_dim=32, max_position_embeddings=64)

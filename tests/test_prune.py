@@ -7,29 +7,24 @@ import numpy as np
 import pytest
 import torch
 
-from bertsent.data import DataConfig, load_data, stratified_subset
-from bertsent.encoding import collate, encode
-from bertsent.errors import BertsentError, ModelError
-from bertsent.modeling import load_classifier, load_tokenizer
-from bertsent.predict import Predictor
-from bertsent.prune import (
-    COMPRESSION_FILE,
-    PRUNING_KEY,
-    PruneConfig,
-    PruneError,
+from bertsent.compression.prune import (
     compute_importance,
     current_head_scores,
     encoder_sparsity,
     gated,
     prune,
-    prune_ffn,
-    prune_heads,
-    pruning_layout,
-    retain_layers,
     select_heads,
     select_layers,
     select_neurons,
 )
+from bertsent.config import DataConfig, PruneConfig
+from bertsent.data.loading import load_data, stratified_subset
+from bertsent.encoding import collate, encode
+from bertsent.errors import BertsentError, ModelError, PruneError
+from bertsent.folder import COMPRESSION_FILE
+from bertsent.modeling.loading import load_classifier, load_tokenizer
+from bertsent.modeling.pruned import PRUNING_KEY, prune_ffn, prune_heads, pruning_layout, retain_layers
+from bertsent.predict import Predictor
 
 HIDDEN, HEADS, HEAD_SIZE, FFN, LAYERS = 32, 4, 8, 64, 2
 MAX_LENGTH = 48

@@ -12,19 +12,22 @@ import onnx
 import pytest
 import torch
 
-from bertsent.errors import BertsentError, DataError, ModelError
-from bertsent.export import OnnxBackend, export_onnx
-from bertsent.modeling import load_classifier
-from bertsent.predict import ONNX_FILE, Predictor
-from bertsent.quantize import (
+from bertsent.compression.export import export_onnx
+from bertsent.compression.quantize import add_cli, quantize
+from bertsent.config import QuantizeConfig
+from bertsent.errors import (
+    BertsentError,
+    DataError,
+    ModelError,
     QuantizationCollapseError,
-    QuantizeConfig,
     QuantizeError,
     QuantizeSettingsError,
-    add_cli,
-    quantize,
-    quantize_torch_dynamic,
 )
+from bertsent.folder import ONNX_FILE
+from bertsent.inference import OnnxBackend
+from bertsent.modeling.loading import load_classifier
+from bertsent.modeling.quantized import quantize_torch_dynamic
+from bertsent.predict import Predictor
 
 DYNAMIC_LINEAR = torch.ao.nn.quantized.dynamic.Linear
 

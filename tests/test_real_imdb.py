@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from bertsent.data import DataConfig
+from bertsent.config import DataConfig, TrainingArguments
 from bertsent.predict import Predictor
-from bertsent.train import TrainingArguments, train
+from bertsent.training.loop import train
 
 IMDB = Path(__file__).resolve().parents[2] / "shared" / "data" / "imdb"
 

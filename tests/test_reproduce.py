@@ -4,8 +4,8 @@ import json
 import shutil
 
 from bertsent.cli import main
-from bertsent.compare import trade_off_line
-from bertsent.ood import fetch
+from bertsent.data.ood import fetch
+from bertsent.recipes.compare import trade_off_line
 
 
 def test_reproduce_fast_runs_every_stage_and_writes_the_results_page(

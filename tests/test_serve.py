@@ -22,12 +22,15 @@ httpx = pytest.importorskip("httpx", reason="the tests' HTTP client: pip install
 from fastapi.testclient import TestClient  # noqa: E402
 
 from bertsent import __version__  # noqa: E402
-from bertsent.errors import BertsentError, ModelError  # noqa: E402
+from bertsent.config import ServeSettings  # noqa: E402
+from bertsent.errors import (  # noqa: E402
+    BertsentError,
+    ModelError,
+    ServeError,
+)
 from bertsent.predict import Predictor  # noqa: E402
 from bertsent.serve import (  # noqa: E402
     MicroBatcher,
-    ServeError,
-    ServeSettings,
     add_cli,
     background_server,
     bind_socket,

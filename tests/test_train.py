@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from bertsent.data import DataConfig
+from bertsent.config import DataConfig, TrainingArguments
 from bertsent.predict import Predictor
-from bertsent.train import CHECKPOINTS, TrainingArguments, train
+from bertsent.training.loop import CHECKPOINTS, train
 
 
 def tiny_args(tiny_model_dir, output_dir, **overrides) -> TrainingArguments:

@@ -6,11 +6,14 @@ __version__ = "0.1.0"
 
 # Heavy modules (torch, transformers) load on first use, so `bertsent --help` stays fast.
 _EXPORTS = {
-    "DataConfig": "bertsent.data",
-    "Splits": "bertsent.data",
-    "load_data": "bertsent.data",
-    "TrainingArguments": "bertsent.train",
-    "train": "bertsent.train",
+    "DataConfig": "bertsent.config",
+    "Splits": "bertsent.data.loading",
+    "load_data": "bertsent.data.loading",
+    "TrainingArguments": "bertsent.config",
+    "DistillationArguments": "bertsent.config",
+    "InferenceSettings": "bertsent.config",
+    "train": "bertsent.training.loop",
+    "distill": "bertsent.training.distill",
     "evaluate": "bertsent.evaluate",
     "Predictor": "bertsent.predict",
     "BertsentError": "bertsent.errors",

@@ -42,7 +42,7 @@ def add_data_args(p: argparse.ArgumentParser, default_data: str | None = None) -
 
 
 def data_config(ns: argparse.Namespace):
-    from bertsent.data import DataConfig, parse_label_names
+    from bertsent.config import DataConfig, parse_label_names
 
     size = ns.validation_size
     return DataConfig(
@@ -65,7 +65,7 @@ def _flag(name: str) -> str:
 
 def add_training_args(p: argparse.ArgumentParser, arguments: type | None = None) -> None:
     """One option per field of ``arguments`` (default ``TrainingArguments``), with its default and type."""
-    from bertsent.arguments import TrainingArguments
+    from bertsent.config import TrainingArguments
 
     g = p.add_argument_group("training")
     for f in dataclasses.fields(arguments or TrainingArguments):
@@ -85,7 +85,8 @@ def _arguments(cls: type, ns: argparse.Namespace):
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from bertsent.train import TrainingArguments, train
+    from bertsent.config import TrainingArguments
+    from bertsent.training.loop import train
 
     result = train(_arguments(TrainingArguments, ns), data_config(ns))
     print_metrics(result.metrics)
@@ -94,7 +95,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 
 def cmd_distill(ns: argparse.Namespace) -> int:
-    from bertsent.distill import DistillationArguments, distill
+    from bertsent.config import DistillationArguments
+    from bertsent.training.distill import distill
 
     result = distill(_arguments(DistillationArguments, ns), data_config(ns))
     m = result.metrics
@@ -158,7 +160,8 @@ def cmd_predict(ns: argparse.Namespace) -> int:
 
 
 def cmd_compare(ns: argparse.Namespace) -> int:
-    from bertsent.compare import CompareConfig, compare, markdown_table
+    from bertsent.config import CompareConfig
+    from bertsent.recipes.compare import compare, markdown_table
 
     config = CompareConfig(
         models=ns.models,
@@ -215,8 +218,7 @@ def add_prune_parser(subparsers) -> None:
 
 
 def prune_config(ns: argparse.Namespace):
-    from bertsent.data import parse_label_names
-    from bertsent.prune import PruneConfig
+    from bertsent.config import PruneConfig, parse_label_names
 
     size = ns.validation_size
     return PruneConfig(
@@ -248,7 +250,7 @@ def prune_config(ns: argparse.Namespace):
 
 
 def cmd_prune(ns: argparse.Namespace) -> int:
-    from bertsent.prune import prune
+    from bertsent.compression.prune import prune
 
     result = prune(prune_config(ns))
     c = result.compression
@@ -271,8 +273,9 @@ def cmd_prune(ns: argparse.Namespace) -> int:
 
 
 def cmd_compress(ns: argparse.Namespace) -> int:
-    from bertsent.compare import markdown_table
-    from bertsent.compress import CompressConfig, compress
+    from bertsent.config import CompressConfig
+    from bertsent.recipes.compare import markdown_table
+    from bertsent.recipes.compress import compress
 
     config = CompressConfig(
         teacher=ns.teacher,
@@ -296,8 +299,9 @@ def cmd_compress(ns: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(ns: argparse.Namespace) -> int:
-    from bertsent.compare import markdown_table
-    from bertsent.reproduce import ReproduceConfig, reproduce
+    from bertsent.config import ReproduceConfig
+    from bertsent.recipes.compare import markdown_table
+    from bertsent.recipes.reproduce import reproduce
 
     config = ReproduceConfig(
         data=ns.data,
@@ -323,7 +327,7 @@ def cmd_reproduce(ns: argparse.Namespace) -> int:
 
 
 def cmd_ood(ns: argparse.Namespace) -> int:
-    from bertsent.ood import SETS, fetch
+    from bertsent.data.ood import SETS, fetch
 
     names = ns.sets or list(SETS)
     if ns.archive and len(names) != 1:
@@ -355,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p, DEFAULT_DATA)
     p.set_defaults(func=cmd_train)
 
-    from bertsent.arguments import DistillationArguments
+    from bertsent.config import DistillationArguments
 
     p = sub.add_parser("distill", help="distil a fine-tuned teacher into a smaller student")
     add_training_args(p, DistillationArguments)
@@ -368,8 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_parser(sub)
 
-    from bertsent.export import add_cli as add_export_parser  # torch-free at import, like serve
-    from bertsent.quantize import add_cli as add_quantize_parser
+    from bertsent.compression.export import add_cli as add_export_parser  # torch-free at import, like serve
+    from bertsent.compression.quantize import add_cli as add_quantize_parser
 
     add_export_parser(sub)
     add_quantize_parser(sub)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bertsent.arguments import TRUNCATION_STRATEGIES
+from bertsent.config import TRUNCATION_STRATEGIES
 
 HEAD_FRACTION = 0.25
 """Share of the budget kept from the start in ``head+tail`` (Sun et al., 2019: 128 of 510 tokens)."""

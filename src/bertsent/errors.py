@@ -1,12 +1,17 @@
-"""User-facing errors.
+"""Every exception bertsent raises on purpose, in one module.
 
 Anything raised as a :class:`BertsentError` is a problem with the user's input or environment, not a
-bug: the CLI prints its message on one line and exits with code 2, never a traceback.
+bug: the CLI prints its message on one line and exits with code 2 (``-v`` adds the traceback). Any other
+exception is a bug and keeps its traceback.
 """
 
 
 class BertsentError(Exception):
     """Base class for errors caused by input the user can fix."""
+
+
+class SettingsError(BertsentError, ValueError):
+    """A setting out of range or of the wrong kind; a ValueError too, naming the field."""
 
 
 class DataError(BertsentError):
@@ -15,3 +20,45 @@ class DataError(BertsentError):
 
 class ModelError(BertsentError):
     """A model cannot be found or loaded (bad path, offline hub name, unsafe weights, ...)."""
+
+
+class ExportError(BertsentError):
+    """A model folder cannot be exported to ONNX."""
+
+
+class ExportParityError(ExportError):
+    """ONNX Runtime's logits differ from PyTorch's by more than the tolerance."""
+
+
+class PruneError(BertsentError):
+    """A pruning request that cannot be carried out on this model (unknown layer, too many heads, ...)."""
+
+
+class QuantizeError(BertsentError):
+    """Quantization cannot run with these inputs."""
+
+
+class QuantizeSettingsError(QuantizeError, SettingsError):
+    """A bad setting: a ValueError naming the field, and a BertsentError so the CLI prints one line."""
+
+
+class QuantizationCollapseError(QuantizeError):
+    """The quantized model predicts (almost) a single class where the fp32 model does not."""
+
+
+class KerasParityError(ModelError):
+    """The Keras model's logits differ from the PyTorch model's beyond the tolerance."""
+
+
+class ServeError(BertsentError):
+    """The server cannot start or cannot take a request (port in use, worker stopped, ...)."""
+
+
+class InferenceError(ServeError):
+    """The model failed on a batch; every request with a text in that batch gets a 500."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none (for one-line errors)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -11,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bertsent.data import DEFAULT_ID2LABEL, DataConfig, load_data
+from bertsent.config import DataConfig
+from bertsent.data.loading import load_data
 from bertsent.encoding import Encoded
 from bertsent.errors import DataError
+from bertsent.folder import data_config_for
 
 log = logging.getLogger("bertsent.evaluate")
-
-SPLIT_FIELDS = ("validation_size", "validation_samples", "test_size", "seed")
-"""Data settings that decide which rows form the validation split: reused from training."""
 
 
 def report(
@@ -42,22 +40,6 @@ def report(
         {int(k): v for k, v in id2label.items()},
         prefix=prefix,
     )
-
-
-def data_config_for(model_dir: Path, data: DataConfig) -> DataConfig:
-    """Align ``data`` with the model: its labels, and the split settings it was trained with."""
-
-    config = json.loads((model_dir / "config.json").read_text())
-    id2label = {int(k): v for k, v in config.get("id2label", {}).items()}
-    changes: dict = {}
-    if id2label and id2label != DEFAULT_ID2LABEL and data.labels is None:
-        changes["labels"] = [id2label[i] for i in range(len(id2label))]
-    args_file = model_dir / "training_args.json"
-    if args_file.is_file():
-        trained = json.loads(args_file.read_text()).get("data", {})
-        if Path(str(trained.get("source", ""))).resolve() == Path(data.source).resolve():
-            changes |= {k: trained[k] for k in SPLIT_FIELDS if k in trained}
-    return dataclasses.replace(data, **changes) if changes else data
 
 
 def evaluate(

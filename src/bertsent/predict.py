@@ -1,4 +1,8 @@
-"""Prediction with a fine-tuned model folder: texts in, ``{"label", "score"}`` out, like the pipeline."""
+"""Prediction with a fine-tuned model folder: texts in, ``{"label", "score"}`` out, like the pipeline.
+
+:class:`Predictor` is the one object that ``predict``, ``evaluate``, ``compare`` and ``serve`` share; files of any size
+are streamed through it by :func:`predict_file`.
+"""
 
 from __future__ import annotations
 
@@ -13,173 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertsent.encoding import TRUNCATION_STRATEGIES, Encoded, encode, encode_windows, iter_batches
+from bertsent.config import TRUNCATION_STRATEGIES
+from bertsent.encoding import Encoded, encode, encode_windows, iter_batches
 from bertsent.errors import DataError, ModelError
-from bertsent.modeling import load_classifier, load_tokenizer
-
-log = logging.getLogger("bertsent.predict")
-
-ONNX_FILE = "model.onnx"
-LONG_TEXT = ("truncate", "chunk")
-PRECISIONS = ("fp32", "bf16")
-
-
-@torch.inference_mode()
-def predict_probs(
-    model: torch.nn.Module,
-    encoded: Encoded,
-    batch_size: int,
-    pad_id: int,
-    device: torch.device,
-    dtype: torch.dtype | None = None,
-    progress: bool | None = False,
-) -> np.ndarray:
-    """Class probabilities for every encoded text, in input order (batches sorted by length)."""
-    from tqdm.auto import tqdm
-
-    was_training = model.training
-    model.eval()
-    out = np.zeros((len(encoded), model.config.num_labels), dtype=np.float32)
-    with tqdm(total=len(encoded), desc="predicting", unit="review", disable=not progress) as bar:
-        for idx, batch in iter_batches(encoded, batch_size, pad_id):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = model(**batch).logits
-            out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-            bar.update(len(idx))
-    model.train(was_training)
-    return out
-
-
-class ClsOnlyLastLayer(torch.nn.Module):
-    """A BERT encoder's last layer computed for the [CLS] position only.
-
-    The classification head reads nothing but the final [CLS] vector, so in the last layer every
-    other position's query, attention output and feed-forward block is wasted work: only their keys
-    and values are needed. Same weights, same result (to float rounding); about 1/L of the model's
-    FLOPs saved for an L-layer encoder. Inference only: ``last_hidden_state`` keeps just [CLS].
-    """
-
-    def __init__(self, layer: torch.nn.Module) -> None:
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
-        from transformers.models.bert.modeling_bert import ALL_ATTENTION_FUNCTIONS, eager_attention_forward
-
-        attention = self.layer.attention.self
-        batch, length, _ = hidden_states.shape
-        cls = hidden_states[:, :1]
-
-        def heads(x: torch.Tensor, n: int) -> torch.Tensor:
-            return x.view(batch, n, -1, attention.attention_head_size).transpose(1, 2)
-
-        query = heads(attention.query(cls), 1)
-        key, value = heads(attention.key(hidden_states), length), heads(attention.value(hidden_states), length)
-        if attention_mask is not None and attention_mask.dim() == 4:
-            attention_mask = attention_mask[:, :, :1]  # the [CLS] query's row of the mask
-        interface = ALL_ATTENTION_FUNCTIONS.get_interface(
-            attention.config._attn_implementation, eager_attention_forward
-        )
-        context, _ = interface(attention, query, key, value, attention_mask, dropout=0.0, scaling=attention.scaling)
-        attended = self.layer.attention.output(context.reshape(batch, 1, -1), cls)
-        return self.layer.output(self.layer.intermediate(attended), attended)
-
-
-def cls_only_last_layer(model: torch.nn.Module) -> bool:
-    """Swap a BERT classifier's last encoder layer for :class:`ClsOnlyLastLayer` (in place, for inference).
-
-    Returns False, changing nothing, for models it does not apply to (not a BERT encoder classifier).
-    """
-    from transformers.models.bert.modeling_bert import BertLayer, BertSelfAttention
-
-    bert = getattr(model, "bert", None)
-    layers = getattr(getattr(bert, "encoder", None), "layer", None)
-    if not layers or model.config.is_decoder or not isinstance(layers[-1], BertLayer):
-        return False
-    if not isinstance(layers[-1].attention.self, BertSelfAttention):
-        return False
-    layers[-1] = ClsOnlyLastLayer(layers[-1])
-    return True
-
-
-def inference_settings(model_dir: Path, tokenizer) -> tuple[int, str]:
-    """Max length and truncation the model was trained with (from ``training_args.json``)."""
-    args_file = model_dir / "training_args.json"
-    if args_file.is_file():
-        training = json.loads(args_file.read_text()).get("training", {})
-        return int(training.get("max_length", 256)), training.get("truncation", "head")
-    return min(int(tokenizer.model_max_length), 512), "head"
-
-
-class TorchBackend:
-    """Runs a PyTorch model folder in fp32, or under bf16 autocast (``precision="bf16"``, meant for GPUs).
-
-    The last encoder layer runs for [CLS] only (:func:`cls_only_last_layer`) unless ``cls_only=False``.
-    """
-
-    name = "pytorch"
-
-    def __init__(
-        self,
-        model_dir: Path,
-        device: str = "auto",
-        precision: str = "fp32",
-        compile: bool = False,
-        cls_only: bool = True,
-    ) -> None:
-        from bertsent.train import pick_device
-
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        self.model = load_classifier(model_dir)
-        self.device = pick_device(device)
-        self.dtype = torch.bfloat16 if precision == "bf16" else None
-        self.model.to(self.device).eval()
-        self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
-        self.cls_only = cls_only and cls_only_last_layer(self.model)
-        if compile:
-            self.model = self._compiled(self.model)
-
-    def _compiled(self, model):
-        """``torch.compile`` with dynamic shapes (batch and length vary), compiled now on a small batch;
-        eager, with a warning, where it cannot compile (e.g. no C++ compiler for the CPU backend)."""
-        compiled = torch.compile(model, dynamic=True)
-        ids = torch.full((2, 8), 1000, dtype=torch.long, device=self.device)
-        try:
-            self.logits_of(compiled, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
-        except Exception as e:  # compiler errors come as many types; eager is always correct
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            log.warning("torch.compile failed (%s): predicting eagerly", reason)
-            return model
-        return compiled
-
-    def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        return self.logits_of(self.model, batch)
-
-    @torch.inference_mode()
-    def logits_of(self, model, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            return model(**batch).logits.float().cpu().numpy()
-
-
-def load_backend(
-    model_dir: Path,
-    device: str = "auto",
-    threads: int | None = None,
-    precision: str = "fp32",
-    compile: bool = False,
-    cls_only: bool = True,
-):
-    """The backend a folder calls for: ONNX Runtime when it holds ``model.onnx``, else PyTorch."""
-    if (model_dir / ONNX_FILE).is_file():
-        from bertsent.export import OnnxBackend
-
-        if compile:
-            log.warning("--compile is for PyTorch folders; %s runs with ONNX Runtime as it is", model_dir)
-        return OnnxBackend(model_dir, threads=threads)
-    return TorchBackend(model_dir, device, precision, compile, cls_only)
+from bertsent.folder import inference_settings
+from bertsent.inference import LONG_TEXT, load_backend, softmax
+from bertsent.modeling.loading import load_tokenizer
 
 
 class Predictor:
@@ -262,15 +105,16 @@ class Predictor:
         return results
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
 INPUT_FORMATS = (".csv", ".jsonl", ".json", ".txt", ".parquet")
+
+
 OUTPUT_FORMATS = (".csv", ".jsonl", ".json")
+
+
 CHUNK = 4096
 """Texts read, predicted and written at a time: memory stays flat whatever the file's size."""
+
+log = logging.getLogger("bertsent.predict")
 
 
 def iter_texts(path: Path, text_column: str = "text", encoding: str = "utf-8") -> Iterator[str]:

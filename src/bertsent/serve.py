@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import socket
 import threading
@@ -42,66 +41,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bertsent.errors import BertsentError
+from bertsent.config import DEFAULT_HOST, ServeSettings
+from bertsent.errors import InferenceError, ServeError
 
 if TYPE_CHECKING:
     from bertsent.predict import Predictor
 
 log = logging.getLogger("bertsent.serve")
 
-DEFAULT_HOST = "127.0.0.1"
-"""Loopback only: the API has no authentication, so exposing it is an explicit choice (``--host``)."""
 PAGE = ("static", "index.html")
 """The web page, as package data of ``bertsent`` (found with importlib.resources, so it works installed)."""
 BODY_EXAMPLE = '{"inputs": "a review"}'
-
-
-class ServeError(BertsentError):
-    """The server cannot start or cannot take a request (port in use, worker stopped, ...)."""
-
-
-class InferenceError(ServeError):
-    """The model failed on a batch; every request with a text in that batch gets a 500."""
-
-
-@dataclass
-class ServeSettings:
-    """Settings of ``bertsent serve``: where to listen, how to batch, what to refuse. Validated on creation."""
-
-    host: str = DEFAULT_HOST
-    port: int = 8000
-    """0 picks a free port."""
-    max_batch_size: int = 32
-    """Most texts the model runs at once (also the Predictor's batch size when the app loads the folder)."""
-    max_wait_ms: float = 5.0
-    """How long the first waiting text may wait for others to join its batch."""
-    max_inputs: int = 64
-    """Most texts in one request (more: 413)."""
-    max_chars: int = 20_000
-    """Longest text, in characters (longer: 413)."""
-    max_body_bytes: int = 1_000_000
-    """Largest request body (larger: 413, checked on the Content-Length header and on the bytes read)."""
-    threads: int | None = None
-    """CPU threads for PyTorch when the app loads the folder; None leaves PyTorch's default."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.host, str) or not self.host.strip():
-            raise ValueError("host must be a host name or address, e.g. 127.0.0.1")
-        if _not_int(self.port) or not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be an integer in [0, 65535] (0: any free port), got {self.port!r}")
-        for name in ("max_batch_size", "max_inputs", "max_chars", "max_body_bytes"):
-            value = getattr(self, name)
-            if _not_int(value) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        wait = self.max_wait_ms
-        if isinstance(wait, bool) or not isinstance(wait, int | float) or not math.isfinite(wait) or wait < 0:
-            raise ValueError(f"max_wait_ms must be a number >= 0, got {wait!r}")
-        if self.threads is not None and (_not_int(self.threads) or self.threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
-
-
-def _not_int(value: object) -> bool:
-    return isinstance(value, bool) or not isinstance(value, int)
 
 
 # --------------------------------------------------------------------------------------------------

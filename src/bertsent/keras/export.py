@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bertsent.export import COMPRESSION_FILE, ExportParityError, check_source, copy_model_files, read_id2label
-from bertsent.keras_model import (
+from bertsent.errors import ExportParityError
+from bertsent.folder import COMPRESSION_FILE, check_source, copy_model_files, read_id2label
+from bertsent.keras.model import (
     PARITY_ATOL,
     PARITY_SHAPES,
     KerasTokenizer,
@@ -123,8 +124,8 @@ def export_keras_model(
     keras = require_keras(threads)
     import tensorflow as tf
 
-    from bertsent.modeling import load_classifier, load_tokenizer
-    from bertsent.predict import inference_settings
+    from bertsent.folder import inference_settings
+    from bertsent.modeling.loading import load_classifier, load_tokenizer
 
     source = check_source(model_dir)
     output_dir = Path(output_dir)
@@ -182,7 +183,7 @@ def export_keras_model(
             shutil.rmtree(target)
         shutil.move(str(staged / artifact), target)
     copy_model_files(source, output_dir)
-    from bertsent.keras_train import keras_versions
+    from bertsent.keras.model import keras_versions
 
     record["versions"] = keras_versions()
     (output_dir / COMPRESSION_FILE).write_text(json.dumps(record, indent=2))
@@ -222,7 +223,7 @@ def _write_card(output_dir: Path, record: dict, id2label: dict[int, str]) -> Non
     labels = ", ".join(f"{i}: {name}" for i, name in sorted(id2label.items()))
     if record["method"] == "keras":
         use = f"""```python
-import keras, bertsent.keras_model  # registers the HF-exact BERT backbone class
+import keras, bertsent.keras.model  # registers the HF-exact BERT backbone class
 model = keras.saving.load_model("{output_dir / KERAS_FILE}")
 logits = model({{"token_ids": ids, "segment_ids": segments, "padding_mask": mask}})
 ```"""

@@ -126,7 +126,7 @@ def load_classifier(
     saved = _local_config(resolved)
     if "bertsent_pruning" in saved:
         # Pruned layers have shapes stock from_pretrained cannot rebuild: bertsent builds them.
-        from bertsent.prune import load_pruned_classifier
+        from bertsent.modeling.pruned import load_pruned_classifier
 
         model = load_pruned_classifier(Path(resolved))
         saved_labels = {int(k): v for k, v in model.config.id2label.items()}
@@ -138,7 +138,7 @@ def load_classifier(
         model = _from_pretrained(AutoModelForSequenceClassification, name, "model", **kwargs)
     if saved.get("bertsent_quantization") == "torch-dynamic":
         # Dynamic INT8 is applied at load time: its packed weights cannot be stored as safetensors.
-        from bertsent.quantize import quantize_torch_dynamic
+        from bertsent.modeling.quantized import quantize_torch_dynamic
 
         model = quantize_torch_dynamic(model)
     return model

@@ -20,52 +20,11 @@ import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from bertsent.data import DataConfig
-from bertsent.errors import ModelError
+from bertsent.config import CompressConfig
 
 log = logging.getLogger("bertsent.compress")
-
-
-@dataclass
-class CompressConfig:
-    """Settings of the recipe; the data's ``train_samples`` feed distillation and recovery, its
-    ``eval_samples`` the comparison on test."""
-
-    teacher: str
-    output_dir: str
-    data: DataConfig
-    student_layers: int | None = None
-    """Layers of the student; None: half of the teacher's."""
-    distill_epochs: int = 2
-    distill_lr: float = 1e-4
-    batch_size: int = 16
-    heads_fraction: float = 0.25
-    """Share of the student's attention heads pruned (0 with ffn_fraction 0 skips pruning)."""
-    ffn_fraction: float = 0.25
-    recover_epochs: int = 1
-    recover_lr: float = 5e-5
-    quantize_embeddings: bool = True
-    """Also store embedding tables as INT8 (most of a small model's bytes): the student's, and a
-    teacher variant."""
-    latency_samples: int = 100
-    threads: int | None = None
-    remeasure: bool = False
-    """Measure the table again even when every stage was complete and ``compare/`` already holds it
-    (e.g. on a quieter machine); otherwise a complete recipe is skipped whole."""
-
-    def __post_init__(self) -> None:
-        if not (Path(self.teacher) / "config.json").is_file():
-            raise ModelError(f"{self.teacher}: not a model folder (no config.json)")
-        if self.student_layers is not None and self.student_layers < 1:
-            raise ValueError(f"student_layers must be >= 1, got {self.student_layers}")
-        if self.distill_epochs < 1 or self.recover_epochs < 0:
-            raise ValueError("distill_epochs must be >= 1 and recover_epochs >= 0")
-        for name in ("heads_fraction", "ffn_fraction"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 def _complete(folder: Path) -> bool:
@@ -82,12 +41,12 @@ def _teacher_settings(teacher: Path) -> dict:
 
 def compress(config: CompressConfig) -> list[dict]:
     """Run every stage that is not complete yet, then compare all variants; returns the table's rows."""
-    from bertsent.arguments import DistillationArguments
-    from bertsent.compare import CompareConfig, compare, previous_rows
-    from bertsent.distill import distill
-    from bertsent.export import export_onnx
-    from bertsent.prune import PruneConfig, prune
-    from bertsent.quantize import QuantizeConfig, quantize
+    from bertsent.compression.export import export_onnx
+    from bertsent.compression.prune import prune
+    from bertsent.compression.quantize import quantize
+    from bertsent.config import CompareConfig, DistillationArguments, PruneConfig, QuantizeConfig
+    from bertsent.recipes.compare import compare, previous_rows
+    from bertsent.training.distill import distill
 
     out = Path(config.output_dir)
     teacher = Path(config.teacher)

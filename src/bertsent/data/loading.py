@@ -49,11 +49,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sklearn.model_selection import train_test_split
 
+from bertsent.config import DEFAULT_ID2LABEL, DataConfig, _check_label_names
 from bertsent.errors import DataError
 
 log = logging.getLogger("bertsent.data")
 
-DEFAULT_ID2LABEL = {0: "negative", 1: "positive"}
 
 SPLIT_NAMES = ("train", "validation", "test")
 TEXT_CANDIDATES = ("text", "review", "sentence", "content")
@@ -83,73 +83,6 @@ _OFFLINE_HINT = (
 
 
 @dataclass
-class DataConfig:
-    """Where the reviews come from and how they are split.
-
-    Attributes:
-        source: a folder, a Parquet/CSV/TSV/JSONL file, an ``aclImdb`` folder or ``.tar.gz`` archive, or a
-            Hugging Face dataset name.
-        text_column / label_column: column names; None auto-detects (:data:`TEXT_CANDIDATES`,
-            :data:`LABEL_CANDIDATES`, case-insensitive).
-        labels: label names, position = id; None is binary ``negative``/``positive`` (or the dataset's
-            own class names for a Hugging Face dataset).
-        encoding: text encoding of CSV/TSV/JSON files and aclImdb reviews.
-        validation_size: fraction (0 < x < 1) or number of rows carved from train; ignored when the
-            source has its own validation split.
-        train_samples / validation_samples / eval_samples: stratified seeded subsets of train (after the
-            validation carve), validation and test; None keeps everything.
-        test_size: fraction carved off as test when the source has no test split.
-        seed: drives every split and subset.
-    """
-
-    source: str
-    text_column: str | None = None
-    label_column: str | None = None
-    labels: list[str] | None = None
-    encoding: str = "utf-8"
-    validation_size: float | int = 0.1
-    train_samples: int | None = None
-    eval_samples: int | None = None
-    validation_samples: int | None = None
-    test_size: float = 0.2
-    seed: int = 42
-
-    def __post_init__(self) -> None:
-        if isinstance(self.source, os.PathLike):
-            self.source = os.fspath(self.source)
-        if not isinstance(self.source, str) or not self.source.strip():
-            raise DataError("data source is empty: pass a folder, a file or a dataset name")
-        for name in ("text_column", "label_column"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise DataError(f"{name} must be a non-empty column name, got {value!r}")
-        if self.text_column is not None and self.text_column == self.label_column:
-            raise DataError(f"text and label column are both {self.text_column!r}")
-        if self.labels is not None:
-            names = parse_label_names(self.labels) if isinstance(self.labels, str) else list(self.labels)
-            self.labels = _check_label_names(names)
-        try:
-            codecs.lookup(self.encoding)
-        except (LookupError, TypeError):
-            raise DataError(f"unknown encoding {self.encoding!r} (try utf-8 or latin-1)") from None
-        size = self.validation_size
-        if isinstance(size, float) and size >= 1 and size.is_integer():
-            self.validation_size = size = int(size)  # a count that came through a float option
-        count = isinstance(size, numbers.Integral) and not isinstance(size, bool) and size >= 1
-        fraction = isinstance(size, float) and 0 < size < 1
-        if not (count or fraction):
-            raise DataError(f"validation_size must be a fraction in (0, 1) or a count >= 1, got {size!r}")
-        for name in ("train_samples", "eval_samples", "validation_samples"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise DataError(f"{name} must be a count >= 1 (or unset), got {value!r}")
-        if not (isinstance(self.test_size, float) and 0 < self.test_size < 1):
-            raise DataError(f"test_size must be a fraction between 0 and 1, got {self.test_size!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise DataError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
-
-
-@dataclass
 class Splits:
     """Cleaned splits: DataFrames with columns exactly ``text`` (str) and ``label`` (int64 id)."""
 
@@ -162,27 +95,6 @@ class Splits:
     @property
     def label2id(self) -> dict[str, int]:
         return {name: i for i, name in self.id2label.items()}
-
-
-def parse_label_names(spec: str) -> list[str]:
-    """``"a, b,c"`` -> ``["a", "b", "c"]``; empty or duplicate names are errors."""
-    if not spec or not spec.strip():
-        raise DataError("--labels is empty: give comma-separated names, e.g. negative,positive")
-    return _check_label_names([name.strip() for name in spec.split(",")])
-
-
-def _check_label_names(names: list) -> list[str]:
-    if any(not isinstance(n, str) or not n.strip() for n in names):
-        raise DataError(f"label names must be non-empty strings, got {names!r}")
-    names = [n.strip() for n in names]
-    if len(names) < 2:
-        raise DataError(f"need at least two label names, got {names!r}")
-    seen: set[str] = set()
-    for name in names:
-        if name.lower() in seen:  # matching is case-insensitive, so "Pos" and "pos" would collide
-            raise DataError(f"duplicate label name {name!r} in {', '.join(names)}")
-        seen.add(name.lower())
-    return names
 
 
 def clean_text(text: str) -> str:

@@ -32,198 +32,33 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bertsent.errors import BertsentError, ModelError
+from bertsent.config import DEFAULT_ATOL, DEFAULT_OPSET, EXPORTERS, MAX_OPSET, MIN_OPSET
+from bertsent.errors import ExportError, ExportParityError
+from bertsent.folder import (
+    COMPRESSION_FILE,
+    INPUT_NAMES,
+    METRICS_FILE,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    check_source,
+    clear_weights,
+    copy_model_files,
+    weights_bytes,
+)
+from bertsent.runtime import THREADS_ENV, require_onnxruntime, session_options
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("bertsent.export")
 
-ONNX_FILE = "model.onnx"
-"""Same name as ``bertsent.predict.ONNX_FILE`` (checked by the tests); not imported from there because
-predict pulls in torch, and this module stays light so ``bertsent --help`` is fast."""
-DEFAULT_OPSET = 17
-MIN_OPSET = 13
-"""Per-channel INT8 needs the ``axis`` attribute of (De)QuantizeLinear, added in opset 13."""
-MAX_OPSET = 23
-"""Highest opset torch 2.13's exporters write (checked: 24 fails after dumping the whole graph to stdout)."""
-DEFAULT_ATOL = 1e-4
-EXPORTERS = ("torchscript", "dynamo")
 PARITY_SHAPES: tuple[tuple[int, int], ...] = ((1, 7), (3, 50), (2, 300))
 """(batch, sequence) shapes of the parity check; all differ from the export example (2, 16)."""
 EXAMPLE_SHAPE = (2, 16)
-COMPRESSION_FILE = "compression.json"
-METRICS_FILE = "metrics.json"
-ARGS_FILE = "training_args.json"
-THREADS_ENV = "BERTSENT_THREADS"
-INPUT_NAMES = ("input_ids", "attention_mask")
-OUTPUT_NAME = "logits"
-
-# What a model folder is made of besides its weights (tokenizer files of WordPiece, BPE and SentencePiece).
-TOKENIZER_PATTERNS = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "*.model",
-)
-WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json")
-
-
-class ExportError(BertsentError):
-    """A model folder cannot be exported to ONNX."""
-
-
-class ExportParityError(ExportError):
-    """ONNX Runtime's logits differ from PyTorch's by more than the tolerance."""
-
-
-def require_onnxruntime():
-    """Import onnxruntime, or fail with the install hint."""
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise ModelError("onnxruntime is not installed: pip install onnxruntime") from e
-    return onnxruntime
-
-
-def physical_cores() -> int:
-    """Physical cores this process may use: hyper-threads share one core's matrix units, so they don't help.
-
-    Read from sysfs topology (no psutil dependency); falls back to the logical CPUs available.
-    """
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-    cores = set()
-    for cpu in cpus:
-        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            package = (topology / "physical_package_id").read_text().strip()
-            core = (topology / "core_id").read_text().strip()
-        except OSError:
-            return len(cpus)
-        cores.add((package, core))
-    return max(len(cores), 1)
-
-
-def resolve_threads(threads: int | None = None) -> int:
-    """Intra-op threads: the argument, else ``$BERTSENT_THREADS``, else one per physical core."""
-    if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
-        return threads
-    env = os.environ.get(THREADS_ENV, "").strip()
-    if env:
-        if not env.isdigit() or int(env) < 1:
-            raise BertsentError(f"{THREADS_ENV} must be an integer >= 1, got {env!r}")
-        return int(env)
-    return physical_cores()
-
-
-def session_options(threads: int | None = None):
-    """CPU session settings, chosen deliberately rather than left to ONNX Runtime's defaults."""
-    ort = require_onnxruntime()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = resolve_threads(threads)
-    # One request's graph is a chain of large MatMuls: parallelism belongs inside the ops, not across them.
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only: ORT's warnings about its own rewrites are noise here
-    return options
-
-
-def read_id2label(model_dir: Path) -> dict[int, str]:
-    """Labels as transformers reads them (``LABEL_i`` defaults when config.json names none)."""
-    from transformers import AutoConfig
-
-    if not (model_dir / "config.json").is_file():
-        raise ModelError(f"{model_dir}: not a model folder (no config.json)")
-    try:
-        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
-    except (OSError, ValueError) as e:  # JSON errors are ValueErrors
-        raise ModelError(f"cannot read {model_dir / 'config.json'}: {str(e).splitlines()[0]}") from e
-    return {int(k): str(v) for k, v in config.id2label.items()}
-
-
-class OnnxBackend:
-    """Runs a folder's ``model.onnx`` with ONNX Runtime on the CPU (the ``Predictor`` backend for it)."""
-
-    name = "onnxruntime"
-
-    def __init__(self, model_dir: str | os.PathLike, threads: int | None = None) -> None:
-        ort = require_onnxruntime()
-        self.model_dir = Path(model_dir)
-        path = self.model_dir / ONNX_FILE
-        if not path.is_file():
-            raise ModelError(f"{self.model_dir}: no {ONNX_FILE}")
-        self.id2label = read_id2label(self.model_dir)
-        options = session_options(threads)
-        self.threads = options.intra_op_num_threads
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError(f"cannot load {path} with onnxruntime: {reason}") from e
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        unknown = set(self.input_names) - set(INPUT_NAMES)
-        if unknown:
-            raise ModelError(f"{path}: expects inputs {sorted(unknown)} that bertsent does not provide")
-
-    def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        feed = {name: batch[name].detach().cpu().numpy().astype(np.int64, copy=False) for name in self.input_names}
-        return np.asarray(self.session.run([OUTPUT_NAME], feed)[0], dtype=np.float32)
-
-
-def copy_model_files(source: Path, target: Path, weights: bool = False) -> list[str]:
-    """Copy config, tokenizer files and ``training_args.json`` (and the safetensors weights if asked)."""
-    target.mkdir(parents=True, exist_ok=True)
-    patterns = ("config.json", ARGS_FILE, *TOKENIZER_PATTERNS, *(WEIGHT_PATTERNS if weights else ()))
-    copied = []
-    for pattern in patterns:
-        for path in sorted(source.glob(pattern)):
-            if path.is_file():
-                shutil.copy2(path, target / path.name)
-                copied.append(path.name)
-    return copied
-
-
-def clear_weights(output_dir: Path) -> None:
-    """Remove weights of an earlier run: a stale model.onnx would make Predictor pick the wrong model."""
-    for pattern in (ONNX_FILE, f"{ONNX_FILE}.data", *WEIGHT_PATTERNS):
-        for path in output_dir.glob(pattern):
-            path.unlink()
-
-
-def check_source(model_dir: str | os.PathLike) -> Path:
-    """The source folder, or a one-line error when it cannot be exported/quantized."""
-    path = Path(model_dir).expanduser()
-    if not path.is_dir():
-        raise ModelError(f"{path}: no such model folder")
-    if not (path / "config.json").is_file():
-        raise ModelError(f"{path}: not a model folder (no config.json)")
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path / 'config.json'}: invalid JSON ({e.msg})") from e
-    if not any(path.glob("model*.safetensors")):
-        if (path / ONNX_FILE).is_file():
-            raise ModelError(f"{path}: is already an ONNX export (no PyTorch weights); pass the PyTorch folder")
-        raise ModelError(f"{path}: has no model.safetensors weights")
-    if config.get("bertsent_quantization"):
-        raise ModelError(
-            f"{path}: is already quantized ({config['bertsent_quantization']}); pass its fp32 source folder"
-        )
-    return path
 
 
 def _load_eager(model_dir: Path) -> torch.nn.Module:
-    from bertsent.modeling import load_classifier
+    from bertsent.modeling.loading import load_classifier
 
     model = load_classifier(model_dir)
     # Eager attention: SDPA exports to a larger graph (mask Where chains) that ORT does not simplify.
@@ -334,13 +169,6 @@ def op_counts(onnx_path: Path) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def weights_bytes(model_dir: Path) -> int:
-    """Size on disk of a folder's weights (safetensors or ONNX)."""
-    return sum(p.stat().st_size for p in model_dir.glob("model*.safetensors")) + sum(
-        p.stat().st_size for p in model_dir.glob("model.onnx*")
-    )
-
-
 def export_onnx(
     model_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -371,8 +199,8 @@ def export_onnx(
     if output_dir.resolve() == source.resolve():
         raise ExportError(f"--output-dir {output_dir} is the source folder; choose another folder")
 
-    from bertsent.modeling import load_tokenizer
-    from bertsent.predict import cls_only_last_layer
+    from bertsent.modeling.cls_only import cls_only_last_layer
+    from bertsent.modeling.loading import load_tokenizer
 
     started = time.perf_counter()
     model = _load_eager(source)
@@ -499,7 +327,7 @@ inputs `input_ids`, `attention_mask` (int64, dynamic batch and sequence), output
 
 def cmd_export(ns) -> int:
     if ns.format != "onnx":
-        from bertsent.keras_export import export_keras_model
+        from bertsent.keras.export import export_keras_model
 
         out = export_keras_model(ns.model, ns.output_dir, fmt=ns.format, strings=ns.strings, atol=ns.atol)
         record = json.loads((out / COMPRESSION_FILE).read_text())

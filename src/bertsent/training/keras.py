@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bertsent.arguments import TrainingArguments
-from bertsent.data import DataConfig
+from bertsent.config import DataConfig, TrainingArguments
 from bertsent.encoding import Encoded
-from bertsent.keras_model import check_parity, keras_from_torch, require_keras, torch_from_keras
-from bertsent.modeling import load_classifier
+from bertsent.keras.model import check_parity, keras_from_torch, keras_versions, require_keras, torch_from_keras
+from bertsent.modeling.loading import load_classifier
 
 log = logging.getLogger("bertsent.train")
 
@@ -120,7 +119,7 @@ def build_optimizer(keras, args: TrainingArguments, total_steps: int):
 def train_keras(args: TrainingArguments, data: DataConfig):
     """Fine-tune ``args.model`` with Keras on ``data`` and write the usual output folder."""
     from bertsent.metrics import classification_metrics
-    from bertsent.train import (
+    from bertsent.training.loop import (
         BEST,
         CHECKPOINTS,
         TrainResult,
@@ -230,11 +229,3 @@ def train_keras(args: TrainingArguments, data: DataConfig):
     cpu = torch.device("cpu")
     result: TrainResult = finish(args, data, splits, output_dir, hf_model, tokenizer, state, cpu, None, pad_id, extra)
     return result
-
-
-def keras_versions() -> dict[str, str]:
-    import keras
-    import keras_hub
-    import tensorflow as tf
-
-    return {"keras": keras.__version__, "keras_hub": keras_hub.__version__, "tensorflow": tf.__version__}

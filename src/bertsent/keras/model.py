@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bertsent.errors import ModelError
+from bertsent.errors import KerasParityError, ModelError
 
 log = logging.getLogger("bertsent.keras")
 
@@ -28,10 +28,6 @@ PARITY_ATOL = 1e-4
 PARITY_SHAPES = ((1, 9), (3, 37), (2, 128))
 EXACT_GELU = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True, "gelu_fast": True}
 """HF ``hidden_act`` values KerasHub can express, and whether each is the tanh approximation."""
-
-
-class KerasParityError(ModelError):
-    """The Keras model's logits differ from the PyTorch model's beyond the tolerance."""
 
 
 def require_keras(threads: int | None = None) -> Any:
@@ -43,7 +39,7 @@ def require_keras(threads: int | None = None) -> Any:
     """
     keras, tf = _import_keras()
     if not _THREADS_SET:
-        from bertsent.export import resolve_threads
+        from bertsent.runtime import resolve_threads
 
         try:
             tf.config.threading.set_intra_op_parallelism_threads(resolve_threads(threads))
@@ -320,3 +316,11 @@ def _normalizer_state(normalizer) -> dict:
     if state.get("type") != "BertNormalizer":
         raise ModelError(f"the Keras tokenizer needs a BERT WordPiece tokenizer, not a {state.get('type')} normalizer")
     return state
+
+
+def keras_versions() -> dict[str, str]:
+    import keras
+    import keras_hub
+    import tensorflow as tf
+
+    return {"keras": keras.__version__, "keras_hub": keras_hub.__version__, "tensorflow": tf.__version__}

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from bertsent.arguments import TrainingArguments
-from bertsent.data import DataConfig, Splits, load_data
+from bertsent.config import DataConfig, TrainingArguments
+from bertsent.data.loading import Splits, load_data
 from bertsent.encoding import Encoded, collate, encode, length_grouped_batches
 from bertsent.errors import DataError
-from bertsent.modeling import load_classifier, load_tokenizer, resolve_model
-from bertsent.predict import predict_probs
+from bertsent.inference import predict_probs
+from bertsent.modeling.loading import load_classifier, load_tokenizer, resolve_model
+from bertsent.runtime import autocast_dtype, pick_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -60,23 +61,6 @@ class TrainState:
 class TrainResult:
     output_dir: Path
     metrics: dict[str, float]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision setting; None means plain fp32."""
-    if precision == "fp32" or device.type == "cpu":
-        if precision in ("bf16", "fp16"):
-            log.warning("%s autocast is for GPUs; training in fp32 on the CPU", precision)
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
 def seed_everything(seed: int) -> None:
@@ -207,7 +191,7 @@ def train(
     if args.backend == "keras":
         if model is not None or make_loss is not None:
             raise ValueError("--backend keras fine-tunes a model folder with cross-entropy only")
-        from bertsent.keras_train import train_keras
+        from bertsent.training.keras import train_keras
 
         return train_keras(args, data)
     from transformers import get_linear_schedule_with_warmup
@@ -361,7 +345,7 @@ def finish(
     """
     from safetensors.torch import load_file
 
-    from bertsent.card import write_model_card
+    from bertsent.folder import write_model_card
     from bertsent.metrics import plot_training_curves
 
     best = output_dir / CHECKPOINTS / BEST

@@ -13,11 +13,10 @@ import logging
 import os
 import platform
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bertsent.data import DataConfig
+from bertsent.config import DataConfig, ReproduceConfig
 
 log = logging.getLogger("bertsent.reproduce")
 
@@ -27,47 +26,6 @@ ANCHORS = (
     ("DistilBERT (Sanh et al., 2019, Table 2)", "92.82%"),
     ("NBSVM (Wang & Manning, 2012)", "91.22%"),
 )
-FAST = {"train_samples": 400, "validation_samples": 200, "eval_samples": 400, "epochs": 1, "latency_samples": 20}
-
-
-@dataclass
-class ReproduceConfig:
-    """The recipe's settings; ``fast`` swaps in small slices (see ``FAST``)."""
-
-    data: str
-    output_dir: str
-    model: str | None = None
-    """Teacher's starting weights (None: the embedded all-MiniLM-L6-v2)."""
-    fast: bool = False
-    epochs: int = 2
-    lr: float = 1e-4
-    batch_size: int = 16
-    max_length: int = 256
-    truncation: str = "head+tail"
-    validation_size: float | int = 0.1
-    train_samples: int | None = None
-    validation_samples: int | None = 2000
-    """Cap on validation reviews: enough to pick checkpoints, cheap to score every epoch."""
-    eval_samples: int | None = None
-    """Test reviews (None: all 25,000)."""
-    latency_samples: int = 100
-    doc: str | None = None
-    """Also write the results page here (e.g. docs/results.md), its two plots beside it as SVG."""
-    ood: tuple[str, ...] = ("amazon-snippets", "rotten-tomatoes")
-    """Out-of-domain sets (``bertsent.ood``) every variant is also scored on; fetched with pip when
-    missing from ``ood_dir``, and skipped with a warning when that fails (offline)."""
-    ood_dir: str = "~/.cache/bertsent/ood"
-    accuracy_budget: float = 1.5
-    """Accuracy points a compressed variant may lose: the page names the fastest variant within it."""
-
-    def __post_init__(self) -> None:
-        if self.fast:
-            for key, value in FAST.items():
-                setattr(self, key, min(getattr(self, key) or value, value))
-        if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
-            raise ValueError("epochs and batch_size must be >= 1 and max_length >= 8")
-        if self.accuracy_budget < 0:
-            raise ValueError(f"accuracy_budget must be >= 0 points, got {self.accuracy_budget}")
 
 
 def _data(config: ReproduceConfig, **changes) -> DataConfig:
@@ -83,9 +41,9 @@ def _data(config: ReproduceConfig, **changes) -> DataConfig:
 
 def reproduce(config: ReproduceConfig) -> dict:
     """Run (or continue) the recipe; returns what the results page shows."""
-    from bertsent.arguments import TrainingArguments
-    from bertsent.compress import CompressConfig, compress
-    from bertsent.train import train
+    from bertsent.config import CompressConfig, TrainingArguments
+    from bertsent.recipes.compress import compress
+    from bertsent.training.loop import train
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,9 +126,10 @@ class _Timings:
 
 def score_out_of_domain(name: str, folders: dict[str, str], config: ReproduceConfig, out: Path, timings) -> dict:
     """Every variant's accuracy/F1/ROC-AUC on one out-of-domain set (``bertsent.ood``), or why not."""
-    from bertsent.compare import CompareConfig, compare, previous_rows
+    from bertsent.config import CompareConfig
+    from bertsent.data.ood import SETS, fetch
     from bertsent.errors import BertsentError
-    from bertsent.ood import SETS, fetch
+    from bertsent.recipes.compare import compare, previous_rows
 
     try:
         folder = fetch(name, config.ood_dir)
@@ -198,8 +157,8 @@ def score_out_of_domain(name: str, folders: dict[str, str], config: ReproduceCon
 
 def write_plots(teacher: Path, rows: list[dict], page: Path) -> dict[str, str]:
     """The training curves and the Pareto plot as SVG (text, diff-able) beside ``page``; their file names."""
-    from bertsent.compare import plot_pareto
     from bertsent.metrics import plot_training_curves
+    from bertsent.recipes.compare import plot_pareto
 
     stem = page.with_suffix("")
     curves, pareto = Path(f"{stem}-training-curves.svg"), Path(f"{stem}-pareto.svg")
@@ -213,7 +172,7 @@ CARD_SECTION = "## Full-scale results (bertsent reproduce)"
 
 def add_to_model_card(teacher: Path, result: dict) -> None:
     """Put the table (and the out-of-domain scores) in the teacher's model card, replacing an older copy."""
-    from bertsent.compare import markdown_table, trade_off_line
+    from bertsent.recipes.compare import markdown_table, trade_off_line
 
     card = teacher / "README.md"
     text = card.read_text() if card.is_file() else ""
@@ -273,8 +232,8 @@ def results_page(result: dict, out: Path, plots: dict[str, str]) -> str:
     and commands; ``plots`` names the SVG files written beside it."""
     import torch
 
-    from bertsent.card import git_revision
-    from bertsent.compare import markdown_table, trade_off_line
+    from bertsent.folder import git_revision
+    from bertsent.recipes.compare import markdown_table, trade_off_line
 
     s, m = result["settings"], result["teacher_metrics"]
     test_n = m.get("test_n", "?")

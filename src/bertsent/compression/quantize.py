@@ -21,11 +21,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,103 +31,30 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bertsent.errors import BertsentError, DataError
-from bertsent.export import (
+from bertsent.compression.export import export_onnx, onnx_versions, op_counts
+from bertsent.config import DEFAULT_OPSET, METHODS, QuantizeConfig
+from bertsent.errors import DataError, QuantizationCollapseError, QuantizeError
+from bertsent.folder import (
     ARGS_FILE,
     COMPRESSION_FILE,
-    DEFAULT_OPSET,
-    MAX_OPSET,
     METRICS_FILE,
-    MIN_OPSET,
     ONNX_FILE,
     check_source,
     clear_weights,
     copy_model_files,
-    export_onnx,
-    onnx_versions,
-    op_counts,
     read_id2label,
-    require_onnxruntime,
     weights_bytes,
 )
+from bertsent.modeling.quantized import CONFIG_FLAG, PER_CHANNEL_FLAG
+from bertsent.runtime import require_onnxruntime
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 log = logging.getLogger("bertsent.quantize")
 
-METHODS = ("onnx-dynamic", "onnx-static", "torch-dynamic")
 COLLAPSE_SHARE = 0.95
 """A model that gives one class to at least this share of reviews (when fp32 does not) has collapsed."""
-CONFIG_FLAG = "bertsent_quantization"
-PER_CHANNEL_FLAG = "bertsent_quantization_per_channel"
-
-
-class QuantizeError(BertsentError):
-    """Quantization cannot run with these inputs."""
-
-
-class QuantizeSettingsError(QuantizeError, ValueError):
-    """A bad setting: a ValueError naming the field, and a BertsentError so the CLI prints one line."""
-
-
-class QuantizationCollapseError(QuantizeError):
-    """The quantized model predicts (almost) a single class where the fp32 model does not."""
-
-
-@dataclass
-class QuantizeConfig:
-    """Settings of one quantization run; saved in ``compression.json``."""
-
-    model: str
-    """Source folder: a fp32 PyTorch classifier (fine-tuned or pruned)."""
-    output_dir: str
-    method: str = "onnx-dynamic"
-    per_channel: bool = True
-    """One INT8 scale per output channel: per-tensor lost ~2 accuracy points on IMDB, per-channel kept them
-    (MiniLM, 300 validation reviews, onnx-dynamic: agreement with fp32 99.3% per-channel, 96.7% per-tensor)."""
-    quantize_embeddings: bool = False
-    """ONNX methods: also store the embedding tables in 8 bits (most of a small model's bytes). ONNX Runtime
-    quantizes Gather data like an activation: uint8, one scale per table."""
-    calibration_samples: int = 200
-    """onnx-static: training reviews whose activations set the INT8 ranges."""
-    eval_samples: int = 500
-    """Validation reviews on which the quantized model is checked against fp32."""
-    max_drop: float = 1.0
-    """Accuracy points the quantized model may lose before a loud warning."""
-    allow_collapse: bool = False
-    """Write the folder even when the quantized model collapses onto one class."""
-    data: str | None = None
-    """Reviews for the check and the calibration; None: the data recorded in the source's training_args.json."""
-    text_column: str | None = None
-    label_column: str | None = None
-    labels: list[str] | None = None
-    encoding: str = "utf-8"
-    opset: int = DEFAULT_OPSET
-    batch_size: int = 32
-    seed: int = 42
-
-    def __post_init__(self) -> None:
-        for name in ("model", "output_dir"):
-            value = getattr(self, name)
-            if isinstance(value, os.PathLike):
-                setattr(self, name, value := os.fspath(value))
-            if not isinstance(value, str) or not value.strip():
-                raise QuantizeSettingsError(f"{name} must be a folder path, got {value!r}")
-        if isinstance(self.data, os.PathLike):
-            self.data = os.fspath(self.data)
-        if self.method not in METHODS:
-            raise QuantizeSettingsError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        for name in ("calibration_samples", "eval_samples", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise QuantizeSettingsError(f"{name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, int | float) or not self.max_drop >= 0:
-            raise QuantizeSettingsError(f"max_drop must be a number of accuracy points >= 0, got {self.max_drop!r}")
-        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
-            raise QuantizeSettingsError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}], got {self.opset!r}")
-        if self.method == "torch-dynamic" and self.quantize_embeddings:
-            raise QuantizeSettingsError("quantize_embeddings applies to onnx-dynamic and onnx-static only")
 
 
 @dataclass
@@ -137,24 +62,6 @@ class QuantizeResult:
     output_dir: Path
     record: dict
     """What ``compression.json`` holds."""
-
-
-def quantize_torch_dynamic(model: torch.nn.Module) -> torch.nn.Module:
-    """INT8 dynamic quantization of every ``nn.Linear`` (in place), per-channel unless the config says not.
-
-    The one place bertsent touches the deprecated ``torch.ao.quantization`` eager API; it is also the
-    load-time hook of :func:`bertsent.modeling.load_classifier` for ``torch-dynamic`` folders.
-    """
-    import torch
-    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
-
-    per_channel = getattr(getattr(model, "config", None), PER_CHANNEL_FLAG, True)
-    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
-    with warnings.catch_warnings():
-        # Deprecation notices about torch.ao moving to torchao: known, and this function is the only user.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*deprecated.*")
-        return quantize_dynamic(model.eval(), {torch.nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
 
 
 def quantized_node_counts(counts: dict[str, int]) -> dict[str, int]:
@@ -183,8 +90,8 @@ def _recorded_data(source: Path) -> dict | None:
 
 def resolve_data(config: QuantizeConfig, source: Path):
     """The ``DataConfig`` for the check and calibration, and where it came from; (None, reason) if none."""
-    from bertsent.data import DataConfig
-    from bertsent.evaluate import data_config_for
+    from bertsent.config import DataConfig
+    from bertsent.folder import data_config_for
 
     fields = {f.name for f in dataclasses.fields(DataConfig)}
     if config.data:
@@ -219,7 +126,7 @@ def resolve_data(config: QuantizeConfig, source: Path):
 
 def load_reviews(config: QuantizeConfig, source: Path, model_labels: dict[int, str]):
     """Validation (and, for onnx-static, calibration) reviews, or None with the reason to skip the check."""
-    from bertsent.data import load_data
+    from bertsent.data.loading import load_data
 
     data, origin = resolve_data(config, source)
     if data is None:
@@ -317,8 +224,8 @@ def _calibration_reader(batches: list[dict[str, np.ndarray]]):
 def _calibration_batches(source: Path, texts: list[str], batch_size: int) -> list[dict[str, np.ndarray]]:
     """Training reviews tokenized as the source was trained (max_length, truncation), padded per batch."""
     from bertsent.encoding import encode, iter_batches
-    from bertsent.modeling import load_tokenizer
-    from bertsent.predict import inference_settings
+    from bertsent.folder import inference_settings
+    from bertsent.modeling.loading import load_tokenizer
 
     tokenizer = load_tokenizer(source)
     max_length, truncation = inference_settings(source, tokenizer)
@@ -382,7 +289,7 @@ def _onnx_static(config: QuantizeConfig, model_in: Path, model_out: Path, source
 def _torch_dynamic(config: QuantizeConfig, source: Path, staged: Path) -> dict:
     import torch
 
-    from bertsent.modeling import load_classifier
+    from bertsent.modeling.loading import load_classifier
 
     copy_model_files(source, staged, weights=True)
     config_file = staged / "config.json"
@@ -642,7 +549,7 @@ Weights: {size}. Quantized nodes: {", ".join(f"{k} {v}" for k, v in nodes.items(
 
 
 def cmd_quantize(ns) -> int:
-    from bertsent.data import parse_label_names
+    from bertsent.config import parse_label_names
 
     config = QuantizeConfig(
         model=ns.model,

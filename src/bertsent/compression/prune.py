@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -48,147 +47,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from bertsent.errors import BertsentError, ModelError
+from bertsent.config import PruneConfig
+from bertsent.errors import ModelError, PruneError
+from bertsent.folder import COMPRESSION_FILE, WEIGHTS_FILE
+from bertsent.modeling.pruned import encoder_layers, prune_ffn, prune_heads, pruning_layout, retain_layers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from bertsent.data import DataConfig
+    from bertsent.config import DataConfig
     from bertsent.encoding import Encoded
 
 log = logging.getLogger("bertsent.prune")
-
-PRUNING_KEY = "bertsent_pruning"
-"""Attribute of the model config (and key of config.json) that holds the pruned layout."""
-COMPRESSION_FILE = "compression.json"
-WEIGHTS_FILE = "model.safetensors"
-IMPORTANCE_SPLITS = ("train", "validation")
-
-
-class PruneError(BertsentError):
-    """A pruning request that cannot be carried out on this model (unknown layer, too many heads, ...)."""
-
-
-@dataclass
-class PruneConfig:
-    """Settings of one pruning run. Validated on creation; saved in ``compression.json``."""
-
-    model: str
-    """Fine-tuned model folder (as written by ``bertsent train``, or an earlier ``bertsent prune``)."""
-    output_dir: str
-    heads_fraction: float = 0.0
-    """Share of the model's attention heads to remove, in [0, 1); every layer keeps at least one."""
-    ffn_fraction: float = 0.0
-    """Share of every layer's intermediate (FFN) neurons to remove, in [0, 1)."""
-    drop_layers: list[int] | str | None = None
-    """Layer indices to remove (``"1,3"`` or ``[1, 3]``); exclusive with ``keep_layers``."""
-    keep_layers: int | None = None
-    """Keep this many evenly spaced layers, always including the last one."""
-    sparsity: float = 0.0
-    """Share of each encoder Linear's weights zeroed by magnitude, in [0, 1). Dense storage: no speed-up."""
-    importance_samples: int = 256
-    """Reviews whose gradients rank heads and neurons."""
-    importance_split: str = "train"
-    """Where those reviews come from: ``train`` (default: keeps validation unseen) or ``validation``."""
-    eval_samples: int = 500
-    """Validation reviews scored before and after pruning (0 skips the measurement)."""
-    batch_size: int = 16
-    """Batch size of the importance pass and of recovery fine-tuning."""
-    eval_batch_size: int = 64
-    recover_epochs: int = 0
-    """Epochs of recovery fine-tuning of the pruned model (0: none)."""
-    recover_lr: float = 2e-5
-    """Peak learning rate of recovery: low, as the model is already fine-tuned."""
-    data: str | None = None
-    """Labelled reviews (a ``DataConfig`` source); needed for importance, evaluation and recovery."""
-    text_column: str | None = None
-    label_column: str | None = None
-    labels: list[str] | None = None
-    encoding: str = "utf-8"
-    validation_size: float | int = 0.1
-    """As in training: with the same source and seed, validation is the split held out in training."""
-    train_samples: int | None = None
-    """Subset of training reviews for recovery fine-tuning (None: all)."""
-    seed: int = 42
-    device: str = "auto"
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("model", "output_dir"):
-            value = getattr(self, name)
-            if isinstance(value, os.PathLike):
-                setattr(self, name, value := os.fspath(value))
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{name} must be a folder path, got {value!r}")
-        for name in ("heads_fraction", "ffn_fraction", "sparsity"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
-        self.drop_layers = _parse_layers(self.drop_layers)
-        if self.drop_layers is not None and self.keep_layers is not None:
-            raise ValueError("drop_layers and keep_layers exclude each other: give one")
-        minimum = {
-            "keep_layers": 1,
-            "importance_samples": 1,
-            "eval_samples": 0,
-            "batch_size": 1,
-            "eval_batch_size": 1,
-            "recover_epochs": 0,
-            "train_samples": 1,
-            "threads": 1,
-        }
-        for name, low in minimum.items():
-            value = getattr(self, name)
-            if value is None and name in ("keep_layers", "train_samples", "threads"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not self.recover_lr > 0:
-            raise ValueError(f"recover_lr must be > 0, got {self.recover_lr!r}")
-        if self.importance_split not in IMPORTANCE_SPLITS:
-            raise ValueError(f"importance_split must be one of {', '.join(IMPORTANCE_SPLITS)}")
-        if self.data is not None:
-            self.data = os.fspath(self.data)
-            self.data_config()  # validates the data settings now, not halfway through the run
-        elif self.heads_fraction or self.ffn_fraction or self.recover_epochs:
-            raise ValueError("data: ranking heads/FFN neurons and recovery fine-tuning need labelled reviews")
-        if not any((self.heads_fraction, self.ffn_fraction, self.sparsity, self.drop_layers, self.keep_layers)):
-            raise ValueError("nothing to prune: set heads_fraction, ffn_fraction, drop_layers, keep_layers or sparsity")
-
-    def data_config(self, **changes) -> DataConfig:
-        """The data settings as a ``DataConfig`` (``changes`` override fields)."""
-        from bertsent.data import DataConfig
-
-        if self.data is None:
-            raise ValueError("data: no data source given")
-        settings = {
-            "source": self.data,
-            "text_column": self.text_column,
-            "label_column": self.label_column,
-            "labels": self.labels,
-            "encoding": self.encoding,
-            "validation_size": self.validation_size,
-            "train_samples": self.train_samples,
-            "seed": self.seed,
-        }
-        return DataConfig(**(settings | changes))
-
-
-def _parse_layers(value) -> list[int] | None:
-    """``"1,3"`` / ``[1, 3]`` -> ``[1, 3]`` (sorted); duplicates and negatives are errors."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        parts = [p.strip() for p in value.split(",") if p.strip()]
-        if not parts or not all(p.isdigit() for p in parts):
-            raise ValueError(f"drop_layers: expected comma-separated layer indices such as 1,3, got {value!r}")
-        value = [int(p) for p in parts]
-    layers = list(value)
-    if not layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
-        raise ValueError(f"drop_layers: expected non-negative layer indices, got {value!r}")
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"drop_layers: a layer is given twice in {value!r}")
-    return sorted(layers)
 
 
 @dataclass
@@ -215,120 +85,6 @@ class Importance:
 
 
 # --- model structure and layout ----------------------------------------------------------------------
-
-
-def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The encoder's layers of a BERT-style model, checked to have the modules pruning slices."""
-    base = getattr(model, "base_model", model)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
-        raise PruneError(f"pruning supports BERT-style encoders (encoder.layer[i]); {model_type} is laid out otherwise")
-    for layer in layers:
-        linears = (
-            getattr(getattr(getattr(layer, "attention", None), "self", None), "query", None),
-            getattr(getattr(getattr(layer, "attention", None), "output", None), "dense", None),
-            getattr(getattr(layer, "intermediate", None), "dense", None),
-            getattr(getattr(layer, "output", None), "dense", None),
-        )
-        if not all(isinstance(m, nn.Linear) for m in linears) or hasattr(layer, "crossattention"):
-            raise PruneError(f"pruning supports BERT-style encoder layers; {model_type} has a different layer layout")
-    return layers
-
-
-def pruning_layout(model_or_config) -> dict:
-    """The layout of a model (or config): kept original layers, kept heads and FFN size per layer."""
-    config = getattr(model_or_config, "config", model_or_config)
-    n, heads, size = config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
-    saved = getattr(config, PRUNING_KEY, None) or {}
-    return {
-        "layers": [int(i) for i in saved.get("layers", range(n))],
-        "heads": {str(i): [int(h) for h in saved.get("heads", {}).get(str(i), range(heads))] for i in range(n)},
-        "intermediate": {str(i): int(saved.get("intermediate", {}).get(str(i), size)) for i in range(n)},
-    }
-
-
-def _set_layout(model: nn.Module, layout: dict) -> None:
-    # The layout lives in the config so that every save_pretrained (train's too) carries it.
-    setattr(model.config, PRUNING_KEY, layout)
-
-
-def _slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
-    """A new Linear keeping ``index`` along ``dim`` (0: outputs, 1: inputs), same dtype and device."""
-    from transformers.pytorch_utils import prune_linear_layer
-
-    return prune_linear_layer(linear, index, dim=dim).to(dtype=linear.weight.dtype)
-
-
-def retain_layers(model: nn.Module, keep: Sequence[int]) -> None:
-    """Keep only the encoder layers at ``keep`` (current indices, ascending), renumbering them."""
-    layers = encoder_layers(model)
-    layout = pruning_layout(model)
-    bad = [i for i in keep if not 0 <= i < len(layers)]
-    if bad or not keep:
-        raise PruneError(f"cannot keep layers {list(keep)} of a {len(layers)}-layer model")
-    new_layers = nn.ModuleList([layers[i] for i in keep])
-    for new, layer in enumerate(new_layers):
-        if hasattr(layer.attention.self, "layer_idx"):
-            layer.attention.self.layer_idx = new  # only caches use it, but keep it true
-    model.base_model.encoder.layer = new_layers
-    model.config.num_hidden_layers = len(keep)
-    _set_layout(
-        model,
-        {
-            "layers": [layout["layers"][i] for i in keep],
-            "heads": {str(new): layout["heads"][str(old)] for new, old in enumerate(keep)},
-            "intermediate": {str(new): layout["intermediate"][str(old)] for new, old in enumerate(keep)},
-        },
-    )
-
-
-def prune_heads(model: nn.Module, remove: dict[int, Sequence[int]]) -> None:
-    """Remove attention heads, given per layer as *current* head positions; weights really go.
-
-    Rows of query/key/value and columns of the attention output projection are sliced; BERT's
-    ``view(..., -1, head_size)`` then runs with the fewer heads.
-    """
-    layers = encoder_layers(model)
-    layout = pruning_layout(model)
-    for li, positions in remove.items():
-        if not 0 <= li < len(layers):
-            raise PruneError(f"no layer {li}: the model has {len(layers)} layers")
-        attention = layers[li].attention
-        n_heads, head_size = attention.self.num_attention_heads, attention.self.attention_head_size
-        gone = {int(p) for p in positions}
-        if not gone:
-            continue
-        if not all(0 <= p < n_heads for p in gone):
-            raise PruneError(f"layer {li} has {n_heads} heads; cannot remove {sorted(gone)}")
-        keep = [h for h in range(n_heads) if h not in gone]
-        if not keep:
-            raise PruneError(f"layer {li} would lose all its heads: every layer keeps at least one")
-        index = torch.cat([torch.arange(h * head_size, (h + 1) * head_size) for h in keep])
-        for name in ("query", "key", "value"):
-            setattr(attention.self, name, _slice_linear(getattr(attention.self, name), index, 0))
-        attention.output.dense = _slice_linear(attention.output.dense, index, 1)
-        attention.self.num_attention_heads = len(keep)
-        attention.self.all_head_size = len(keep) * head_size
-        layout["heads"][str(li)] = [layout["heads"][str(li)][h] for h in keep]
-    _set_layout(model, layout)
-
-
-def prune_ffn(model: nn.Module, keep: dict[int, Sequence[int]]) -> None:
-    """Keep only the intermediate neurons ``keep[layer]`` (current positions) of each given layer."""
-    layers = encoder_layers(model)
-    layout = pruning_layout(model)
-    for li, positions in keep.items():
-        if not 0 <= li < len(layers):
-            raise PruneError(f"no layer {li}: the model has {len(layers)} layers")
-        size = layers[li].intermediate.dense.out_features
-        index = torch.as_tensor(sorted({int(p) for p in positions}), dtype=torch.long)
-        if len(index) == 0 or index[0] < 0 or index[-1] >= size:
-            raise PruneError(f"layer {li} has {size} FFN neurons; cannot keep {list(positions)[:8]}...")
-        layers[li].intermediate.dense = _slice_linear(layers[li].intermediate.dense, index, 0)
-        layers[li].output.dense = _slice_linear(layers[li].output.dense, index, 1)
-        layout["intermediate"][str(li)] = len(index)
-    _set_layout(model, layout)
 
 
 def _encoder_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
@@ -379,94 +135,6 @@ def model_stats(model: nn.Module) -> dict:
 
 
 # --- loading ----------------------------------------------------------------------------------------
-
-
-def _check_layout(layout, config, folder: Path) -> dict:
-    """The saved layout, checked against the config; a broken one is a ModelError, not a traceback."""
-    where = f"{folder}/config.json: {PRUNING_KEY}"
-    if not isinstance(layout, dict):
-        raise ModelError(f"{where} must be an object, got {type(layout).__name__}")
-    n, n_heads, size = config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
-    for key in ("heads", "intermediate"):
-        entries = layout.get(key, {})
-        if not isinstance(entries, dict):
-            raise ModelError(f"{where}.{key} must be an object keyed by layer index")
-        for layer in entries:
-            if not (str(layer).isdigit() and int(layer) < n):
-                raise ModelError(f"{where}.{key} names layer {layer!r} of a {n}-layer model")
-    for layer, heads in layout.get("heads", {}).items():
-        ok = isinstance(heads, list) and all(isinstance(h, int) and 0 <= h < n_heads for h in heads)
-        if not ok or not heads or len(set(heads)) != len(heads):
-            raise ModelError(f"{where}.heads[{layer}] must list 1 to {n_heads} distinct head ids, got {heads!r}")
-    for layer, width in layout.get("intermediate", {}).items():
-        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= size:
-            raise ModelError(f"{where}.intermediate[{layer}] must be a size in 1..{size}, got {width!r}")
-    if "layers" in layout and (not isinstance(layout["layers"], list) or len(layout["layers"]) != n):
-        raise ModelError(f"{where}.layers must list {n} original layer ids (num_hidden_layers)")
-    return layout
-
-
-def apply_layout(model: nn.Module, layout: dict) -> None:
-    """Shrink a freshly built (uniform) model to ``layout``'s shapes; the weights are loaded afterwards."""
-    layers = encoder_layers(model)
-    setattr(model.config, PRUNING_KEY, None)  # the fresh modules are uniform: start from that layout
-    heads, widths = layout.get("heads", {}), layout.get("intermediate", {})
-    remove, keep = {}, {}
-    for li, layer in enumerate(layers):
-        if str(li) in heads:
-            remove[li] = range(len(heads[str(li)]), layer.attention.self.num_attention_heads)
-        if str(li) in widths:
-            keep[li] = range(widths[str(li)])
-    prune_heads(model, remove)
-    prune_ffn(model, keep)
-    merged = pruning_layout(model)
-    merged["layers"] = [int(i) for i in layout.get("layers", merged["layers"])]
-    merged["heads"] |= {str(li): [int(h) for h in kept] for li, kept in heads.items()}  # original head ids
-    _set_layout(model, merged)
-
-
-def load_pruned_classifier(folder: str | os.PathLike) -> PreTrainedModel:
-    """Load a pruned sequence classifier folder: config -> model -> layout -> safetensors (strict)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from bertsent.modeling import quiet_transformers
-
-    folder = Path(folder)
-    index = folder / f"{WEIGHTS_FILE}.index.json"
-    try:
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else None
-    except (json.JSONDecodeError, KeyError, AttributeError) as e:
-        raise ModelError(f"{index}: not a valid safetensors index ({e})") from e
-    files = [folder / name for name in shards] if shards else [folder / WEIGHTS_FILE]
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise ModelError(f"{folder}: no {', '.join(missing)} (pruned models are loaded from safetensors only)")
-    quiet_transformers()
-    try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read {folder}/config.json: {str(e).splitlines()[0]}") from e
-    layout = _check_layout(getattr(config, PRUNING_KEY, None) or {}, config, folder)
-    try:
-        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
-    except ValueError as e:
-        raise ModelError(f"cannot build the model of {folder}: {str(e).splitlines()[0]}") from e
-    try:
-        apply_layout(model, layout)
-    except PruneError as e:
-        raise ModelError(f"{folder}: {e}") from e
-    try:
-        state = {}
-        for path in files:
-            state |= load_file(path)
-        model.load_state_dict(state, strict=True)
-    except (RuntimeError, SafetensorError, OSError) as e:
-        raise ModelError(
-            f"{folder}: weights do not match the pruned layout in config.json ({str(e).strip().splitlines()[0]})"
-        ) from e
-    return model.eval()
 
 
 # --- importance --------------------------------------------------------------------------------------
@@ -652,7 +320,7 @@ def _check_source(config: PruneConfig) -> Path:
 
 
 def _copy_tokenizer_and_args(source: Path, out: Path, tokenizer) -> None:
-    from bertsent.export import TOKENIZER_PATTERNS
+    from bertsent.folder import TOKENIZER_PATTERNS
 
     copied = sorted({p.name for pattern in TOKENIZER_PATTERNS for p in source.glob(pattern) if p.is_file()})
     for name in copied:
@@ -677,8 +345,8 @@ def _validation_metrics(model_dir: Path, texts: list[str], labels: np.ndarray, c
 
 def _load_reviews(config: PruneConfig, source: Path, id2label: dict[int, str]):
     """Importance reviews and evaluation reviews (validation: the split held out when training)."""
-    from bertsent.data import load_data, stratified_subset
-    from bertsent.evaluate import data_config_for
+    from bertsent.data.loading import load_data, stratified_subset
+    from bertsent.folder import data_config_for
 
     # Validation is carved as in training (data_config_for); subsets are drawn here, from the whole of it.
     data = data_config_for(source, config.data_config(train_samples=None))
@@ -699,9 +367,9 @@ def _load_reviews(config: PruneConfig, source: Path, id2label: dict[int, str]):
 
 def prune(config: PruneConfig) -> PruneResult:
     """Prune ``config.model`` as configured and write a self-describing output folder."""
-    from bertsent.modeling import load_classifier, load_tokenizer, quiet_transformers
-    from bertsent.predict import inference_settings
-    from bertsent.train import pick_device
+    from bertsent.folder import inference_settings
+    from bertsent.modeling.loading import load_classifier, load_tokenizer, quiet_transformers
+    from bertsent.runtime import pick_device
 
     started = time.perf_counter()
     source = _check_source(config)
@@ -822,8 +490,9 @@ def _encode(tokenizer, texts: list[str], max_length: int, truncation: str) -> En
 
 def _in_memory_metrics(model, tokenizer, texts, labels, config: PruneConfig) -> dict:
     """Metrics of the pruned model before recovery (not saved on its own, so scored in memory)."""
+    from bertsent.folder import inference_settings
+    from bertsent.inference import predict_probs
     from bertsent.metrics import classification_metrics
-    from bertsent.predict import inference_settings, predict_probs
 
     max_length, truncation = inference_settings(Path(config.model).expanduser(), tokenizer)
     device = next(model.parameters()).device
@@ -839,7 +508,8 @@ def _in_memory_metrics(model, tokenizer, texts, labels, config: PruneConfig) -> 
 
 def _recover(config: PruneConfig, model, source: Path, data: DataConfig, masks, max_length, truncation) -> dict:
     """Fine-tune the pruned model with ``train``; zeroed weights are held at zero through their gradients."""
-    from bertsent.train import TrainingArguments, train
+    from bertsent.config import TrainingArguments
+    from bertsent.training.loop import train
 
     args = TrainingArguments(
         output_dir=config.output_dir,

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertsent.arguments import DistillationArguments
-from bertsent.data import DataConfig, Splits
+from bertsent.config import DataConfig, DistillationArguments
+from bertsent.data.loading import Splits
 from bertsent.encoding import Encoded
 from bertsent.errors import ModelError
-from bertsent.modeling import load_classifier, load_tokenizer
-from bertsent.train import TrainResult, train
+from bertsent.modeling.loading import load_classifier, load_tokenizer
+from bertsent.training.loop import TrainResult, train
 
 log = logging.getLogger("bertsent.distill")
 
@@ -131,10 +131,10 @@ def distill(args: DistillationArguments, data: DataConfig) -> TrainResult:
 
 def _report(args: DistillationArguments, data: DataConfig, teacher, result: TrainResult) -> TrainResult:
     """Score the teacher (already in memory) on the student's validation rows; record both side by side."""
-    from bertsent.data import load_data
+    from bertsent.data.loading import load_data
     from bertsent.encoding import encode
+    from bertsent.inference import predict_probs
     from bertsent.metrics import classification_metrics
-    from bertsent.predict import predict_probs
 
     # Same DataConfig as training, so exactly the rows the student was selected on.
     validation = load_data(data, splits=("validation",)).validation

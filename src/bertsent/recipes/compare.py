@@ -11,47 +11,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from bertsent.card import git_revision
-from bertsent.data import DataConfig, load_data
-from bertsent.errors import ModelError
+from bertsent.config import CompareConfig
+from bertsent.data.loading import load_data
+from bertsent.folder import git_revision
 
 log = logging.getLogger("bertsent.compare")
 
 WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx.data", ".onnx_data")
-
-
-@dataclass
-class CompareConfig:
-    """What to compare and how to measure it."""
-
-    models: list[str]
-    data: DataConfig
-    split: str = "test"
-    batch_size: int = 32
-    latency_samples: int = 100
-    """Reviews timed one at a time for the batch-1 latency percentiles."""
-    threads: int | None = None
-    """torch intra-op threads (ONNX Runtime sessions pick theirs in the backend); None: the default."""
-    output_dir: str | None = None
-    names: list[str] = field(default_factory=list)
-    """Display names (default: folder names)."""
-
-    def __post_init__(self) -> None:
-        if not self.models:
-            raise ValueError("models: give at least one model folder")
-        for folder in self.models:
-            if not (Path(folder) / "config.json").is_file():
-                raise ModelError(f"{folder}: not a model folder (no config.json)")
-        if self.batch_size < 1 or self.latency_samples < 1:
-            raise ValueError("batch_size and latency_samples must be >= 1")
-        if self.names and len(self.names) != len(self.models):
-            raise ValueError(f"names: {len(self.names)} names for {len(self.models)} models")
 
 
 def weight_files(folder: Path) -> list[Path]:

@@ -1,0 +1,640 @@
+"""Every settings dataclass of bertsent, validated on creation and free of heavy imports.
+
+One place for the options of every stage (training, distillation, data, pruning, quantization,
+export, comparison, the recipes, serving and inference), so the CLI builds its flags from them and a
+stage never re-declares another's options. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import numbers
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bertsent.errors import DataError, ModelError, QuantizeSettingsError, SettingsError
+
+TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
+BACKENDS = ("torch", "keras")
+BEST_METRICS = ("accuracy", "f1", "f1_macro", "loss")
+IMPORTANCE_SPLITS = ("train", "validation")
+LONG_TEXT = ("truncate", "chunk")
+PRECISIONS = ("fp32", "bf16")
+"""Inference precisions: fp32, or bf16 autocast for the PyTorch backend."""
+INFERENCE_BACKENDS = ("auto", "torch", "onnx")
+METHODS = ("onnx-dynamic", "onnx-static", "torch-dynamic")
+FAST = {"train_samples": 400, "validation_samples": 200, "eval_samples": 400, "epochs": 1, "latency_samples": 20}
+DEFAULT_HOST = "127.0.0.1"
+"""Loopback only: the API has no authentication, so exposing it is an explicit choice (``--host``)."""
+DEFAULT_OPSET = 17
+MIN_OPSET = 13
+"""Per-channel INT8 needs the ``axis`` attribute of (De)QuantizeLinear, added in opset 13."""
+MAX_OPSET = 23
+"""Highest opset torch 2.13's exporters write (checked: 24 fails after dumping the whole graph to stdout)."""
+DEFAULT_ATOL = 1e-4
+EXPORTERS = ("torchscript", "dynamo")
+DEFAULT_ID2LABEL = {0: "negative", 1: "positive"}
+
+
+@dataclass
+class InferenceSettings:
+    """How a model folder is run, the same for ``predict``, ``evaluate``, ``compare``, ``serve`` and the
+    Python API (:class:`bertsent.predict.Predictor`). ``None`` means what the folder records (the max
+    length and truncation it was trained with)."""
+
+    max_length: int | None = None
+    """Tokens per review, special tokens included (default: as trained)."""
+    truncation: str | None = None
+    """``head``, ``tail`` or ``head+tail`` (default: as trained)."""
+    long_text: str = "truncate"
+    """``chunk``: average the scores of overlapping ``max_length`` windows covering the whole text."""
+    stride: int = 128
+    """Tokens shared by consecutive windows (``long_text="chunk"``)."""
+    precision: str = "fp32"
+    """``fp32``, or ``bf16`` autocast for a PyTorch folder."""
+    backend: str = "auto"
+    """``auto`` picks by what the folder holds (``model.onnx``: ONNX Runtime, else PyTorch); ``torch`` or
+    ``onnx`` insist on one."""
+    batch_size: int = 32
+    threads: int | None = None
+    """CPU threads (PyTorch intra-op; ONNX Runtime's session); None: ``BERTSENT_THREADS``, else the default."""
+    device: str = "auto"
+    compile: bool = False
+    """``torch.compile`` a PyTorch folder first (~30 s once; same fp32 results, faster on large inputs)."""
+
+    def __post_init__(self) -> None:
+        choices = {"long_text": LONG_TEXT, "precision": PRECISIONS, "backend": INFERENCE_BACKENDS}
+        if self.truncation is not None:
+            choices["truncation"] = TRUNCATION_STRATEGIES
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name, low in (("max_length", 8), ("stride", 0), ("batch_size", 1), ("threads", 1)):
+            value = getattr(self, name)
+            if value is None and name in ("max_length", "threads"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise SettingsError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.max_length is not None and self.long_text == "chunk" and self.stride >= self.max_length - 2:
+            raise SettingsError(f"stride ({self.stride}) must be smaller than max_length - 2 ({self.max_length - 2})")
+
+
+@dataclass
+class TrainingArguments:
+    """Settings of one fine-tuning run. Validated on creation; saved as ``training_args.json``."""
+
+    output_dir: str = "runs/bertsent"
+    """Folder for the final model, metrics, plots, model card and checkpoints."""
+    model: str | None = None
+    """Starting weights: a local ``save_pretrained`` folder, a hub name, or None for the embedded MiniLM."""
+    max_length: int = 256
+    """Tokens per review, special tokens included."""
+    truncation: str = "head"
+    """Which part of a long review to keep: ``head``, ``tail`` or ``head+tail`` (Sun et al., 2019)."""
+    epochs: int = 1
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides ``epochs``; the schedule spans these steps)."""
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    """Share of the optimizer steps spent warming the learning rate up linearly (then linear decay)."""
+    optimizer: str = "adamw"
+    """``adamw`` (decoupled weight decay) or ``adam`` (as the original system used)."""
+    max_grad_norm: float = 1.0
+    attention_dropout: float | None = 0.0
+    """Attention-probability dropout during training. 0 lets PyTorch run its fused attention kernel
+    (1.55x faster training steps on CPU: benchmarks/step_profile.py); None keeps the model's own
+    setting (0.1 for BERT)."""
+    seed: int = 42
+    precision: str = "auto"
+    """``auto`` (bf16 on a GPU that supports it, else fp32), ``fp32``, ``bf16`` or ``fp16`` (GPU only)."""
+    device: str = "auto"
+    threads: int | None = None
+    """CPU threads for PyTorch; None leaves PyTorch's default (one per core)."""
+    logging_steps: int = 10
+    eval_steps: int | None = None
+    """Also validate every N optimizer steps (validation always runs at the end of each epoch)."""
+    save_steps: int | None = 200
+    """Write a resumable checkpoint every N optimizer steps (and at the end of each epoch)."""
+    save_total_limit: int | None = 1
+    """How many step checkpoints to keep (None keeps all)."""
+    keep_checkpoints: bool = False
+    """Keep the checkpoints folder after a successful run (it holds optimizer state: large)."""
+    metric_for_best_model: str = "accuracy"
+    early_stopping_patience: int | None = None
+    """Stop after this many validations without improvement of ``metric_for_best_model``."""
+    resume: bool = False
+    """Continue from the latest checkpoint in ``output_dir`` (same result as an uninterrupted run)."""
+    evaluate_test: bool = True
+    """Evaluate the final model on the test split when the data has one."""
+    progress: bool | None = None
+    """Progress bar: None shows it only on a terminal."""
+    backend: str = "torch"
+    """``torch`` (the plain PyTorch loop) or ``keras`` (Keras 3 + KerasHub on TensorFlow, ``model.fit``;
+    needs ``pip install "bertsent[keras]"``). Both write the same Hugging Face folder."""
+
+    def __post_init__(self) -> None:
+        positive = {
+            "max_length": self.max_length,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "eval_batch_size": self.eval_batch_size,
+            "logging_steps": self.logging_steps,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise SettingsError(f"{name} must be >= 1, got {value}")
+        for name in (
+            "max_steps",
+            "eval_steps",
+            "save_steps",
+            "save_total_limit",
+            "early_stopping_patience",
+            "threads",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SettingsError(f"{name} must be >= 1 or unset, got {value}")
+        if not self.lr > 0:
+            raise SettingsError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or not 0 <= self.warmup_ratio < 1 or self.max_grad_norm <= 0:
+            raise SettingsError("weight_decay must be >= 0, warmup_ratio in [0, 1) and max_grad_norm > 0")
+        if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:
+            raise SettingsError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
+        choices = {
+            "truncation": TRUNCATION_STRATEGIES,
+            "optimizer": ("adam", "adamw"),
+            "precision": ("auto", "fp32", "bf16", "fp16"),
+            "metric_for_best_model": BEST_METRICS,
+            "backend": BACKENDS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.backend == "keras":
+            # model.fit validates per epoch and keeps the best weights in memory: no mid-epoch state.
+            unsupported = {
+                "resume": self.resume,
+                "max_steps": self.max_steps is not None,
+                "eval_steps": self.eval_steps is not None,
+                "gradient_accumulation_steps": self.gradient_accumulation_steps != 1,
+                "precision": self.precision not in ("auto", "fp32"),
+                "device": self.device not in ("auto", "cpu"),
+            }
+            if names := [name for name, used in unsupported.items() if used]:
+                raise SettingsError(f"--backend keras does not support {', '.join(names)} (use --backend torch)")
+
+
+@dataclass
+class DistillationArguments(TrainingArguments):
+    """``TrainingArguments`` plus the teacher, the student and the loss mix."""
+
+    teacher: str = ""
+    """Fine-tuned teacher folder (its tokenizer and labels are used)."""
+    student_layers: int | None = None
+    """Student = this many of the teacher's layers, evenly spaced (6 -> 3 keeps layers 0, 2, 4)."""
+    student: str | None = None
+    """Or start the student from this model (folder or hub name); it must share the teacher's tokenizer."""
+    alpha: float = 0.5
+    """Weight of the cross-entropy on the true labels; 1 - alpha goes to the teacher's soft labels."""
+    temperature: float = 2.0
+    hidden_weight: float = 0.0
+    """Weight of the hidden-state MSE (needs equal hidden sizes; runs the teacher at every step)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.teacher:
+            raise SettingsError("teacher is required: the fine-tuned model folder to distil from")
+        if (self.student_layers is None) == (self.student is None):
+            raise SettingsError("give exactly one of student_layers (a share of the teacher's layers) or student")
+        if self.student_layers is not None and self.student_layers < 1:
+            raise SettingsError(f"student_layers must be >= 1, got {self.student_layers}")
+        if not 0 <= self.alpha <= 1:
+            raise SettingsError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise SettingsError(f"temperature must be > 0, got {self.temperature}")
+        if self.hidden_weight < 0:
+            raise SettingsError(f"hidden_weight must be >= 0, got {self.hidden_weight}")
+        # The tokenizer (and max length) come from the teacher unless a student model is given.
+        if self.model is None:
+            self.model = self.student or self.teacher
+
+
+@dataclass
+class DataConfig:
+    """Where the reviews come from and how they are split.
+
+    Attributes:
+        source: a folder, a Parquet/CSV/TSV/JSONL file, an ``aclImdb`` folder or ``.tar.gz`` archive, or a
+            Hugging Face dataset name.
+        text_column / label_column: column names; None auto-detects (:data:`TEXT_CANDIDATES`,
+            :data:`LABEL_CANDIDATES`, case-insensitive).
+        labels: label names, position = id; None is binary ``negative``/``positive`` (or the dataset's
+            own class names for a Hugging Face dataset).
+        encoding: text encoding of CSV/TSV/JSON files and aclImdb reviews.
+        validation_size: fraction (0 < x < 1) or number of rows carved from train; ignored when the
+            source has its own validation split.
+        train_samples / validation_samples / eval_samples: stratified seeded subsets of train (after the
+            validation carve), validation and test; None keeps everything.
+        test_size: fraction carved off as test when the source has no test split.
+        seed: drives every split and subset.
+    """
+
+    source: str
+    text_column: str | None = None
+    label_column: str | None = None
+    labels: list[str] | None = None
+    encoding: str = "utf-8"
+    validation_size: float | int = 0.1
+    train_samples: int | None = None
+    eval_samples: int | None = None
+    validation_samples: int | None = None
+    test_size: float = 0.2
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if isinstance(self.source, os.PathLike):
+            self.source = os.fspath(self.source)
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise DataError("data source is empty: pass a folder, a file or a dataset name")
+        for name in ("text_column", "label_column"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise DataError(f"{name} must be a non-empty column name, got {value!r}")
+        if self.text_column is not None and self.text_column == self.label_column:
+            raise DataError(f"text and label column are both {self.text_column!r}")
+        if self.labels is not None:
+            names = parse_label_names(self.labels) if isinstance(self.labels, str) else list(self.labels)
+            self.labels = _check_label_names(names)
+        try:
+            codecs.lookup(self.encoding)
+        except (LookupError, TypeError):
+            raise DataError(f"unknown encoding {self.encoding!r} (try utf-8 or latin-1)") from None
+        size = self.validation_size
+        if isinstance(size, float) and size >= 1 and size.is_integer():
+            self.validation_size = size = int(size)  # a count that came through a float option
+        count = isinstance(size, numbers.Integral) and not isinstance(size, bool) and size >= 1
+        fraction = isinstance(size, float) and 0 < size < 1
+        if not (count or fraction):
+            raise DataError(f"validation_size must be a fraction in (0, 1) or a count >= 1, got {size!r}")
+        for name in ("train_samples", "eval_samples", "validation_samples"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise DataError(f"{name} must be a count >= 1 (or unset), got {value!r}")
+        if not (isinstance(self.test_size, float) and 0 < self.test_size < 1):
+            raise DataError(f"test_size must be a fraction between 0 and 1, got {self.test_size!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise DataError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
+
+
+def parse_label_names(spec: str) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``; empty or duplicate names are errors."""
+    if not spec or not spec.strip():
+        raise DataError("--labels is empty: give comma-separated names, e.g. negative,positive")
+    return _check_label_names([name.strip() for name in spec.split(",")])
+
+
+def _check_label_names(names: list) -> list[str]:
+    if any(not isinstance(n, str) or not n.strip() for n in names):
+        raise DataError(f"label names must be non-empty strings, got {names!r}")
+    names = [n.strip() for n in names]
+    if len(names) < 2:
+        raise DataError(f"need at least two label names, got {names!r}")
+    seen: set[str] = set()
+    for name in names:
+        if name.lower() in seen:  # matching is case-insensitive, so "Pos" and "pos" would collide
+            raise DataError(f"duplicate label name {name!r} in {', '.join(names)}")
+        seen.add(name.lower())
+    return names
+
+
+@dataclass
+class PruneConfig:
+    """Settings of one pruning run. Validated on creation; saved in ``compression.json``."""
+
+    model: str
+    """Fine-tuned model folder (as written by ``bertsent train``, or an earlier ``bertsent prune``)."""
+    output_dir: str
+    heads_fraction: float = 0.0
+    """Share of the model's attention heads to remove, in [0, 1); every layer keeps at least one."""
+    ffn_fraction: float = 0.0
+    """Share of every layer's intermediate (FFN) neurons to remove, in [0, 1)."""
+    drop_layers: list[int] | str | None = None
+    """Layer indices to remove (``"1,3"`` or ``[1, 3]``); exclusive with ``keep_layers``."""
+    keep_layers: int | None = None
+    """Keep this many evenly spaced layers, always including the last one."""
+    sparsity: float = 0.0
+    """Share of each encoder Linear's weights zeroed by magnitude, in [0, 1). Dense storage: no speed-up."""
+    importance_samples: int = 256
+    """Reviews whose gradients rank heads and neurons."""
+    importance_split: str = "train"
+    """Where those reviews come from: ``train`` (default: keeps validation unseen) or ``validation``."""
+    eval_samples: int = 500
+    """Validation reviews scored before and after pruning (0 skips the measurement)."""
+    batch_size: int = 16
+    """Batch size of the importance pass and of recovery fine-tuning."""
+    eval_batch_size: int = 64
+    recover_epochs: int = 0
+    """Epochs of recovery fine-tuning of the pruned model (0: none)."""
+    recover_lr: float = 2e-5
+    """Peak learning rate of recovery: low, as the model is already fine-tuned."""
+    data: str | None = None
+    """Labelled reviews (a ``DataConfig`` source); needed for importance, evaluation and recovery."""
+    text_column: str | None = None
+    label_column: str | None = None
+    labels: list[str] | None = None
+    encoding: str = "utf-8"
+    validation_size: float | int = 0.1
+    """As in training: with the same source and seed, validation is the split held out in training."""
+    train_samples: int | None = None
+    """Subset of training reviews for recovery fine-tuning (None: all)."""
+    seed: int = 42
+    device: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("model", "output_dir"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                setattr(self, name, value := os.fspath(value))
+            if not isinstance(value, str) or not value.strip():
+                raise SettingsError(f"{name} must be a folder path, got {value!r}")
+        for name in ("heads_fraction", "ffn_fraction", "sparsity"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise SettingsError(f"{name} must be a fraction in [0, 1), got {value!r}")
+        self.drop_layers = _parse_layers(self.drop_layers)
+        if self.drop_layers is not None and self.keep_layers is not None:
+            raise SettingsError("drop_layers and keep_layers exclude each other: give one")
+        minimum = {
+            "keep_layers": 1,
+            "importance_samples": 1,
+            "eval_samples": 0,
+            "batch_size": 1,
+            "eval_batch_size": 1,
+            "recover_epochs": 0,
+            "train_samples": 1,
+            "threads": 1,
+        }
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if value is None and name in ("keep_layers", "train_samples", "threads"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise SettingsError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not self.recover_lr > 0:
+            raise SettingsError(f"recover_lr must be > 0, got {self.recover_lr!r}")
+        if self.importance_split not in IMPORTANCE_SPLITS:
+            raise SettingsError(f"importance_split must be one of {', '.join(IMPORTANCE_SPLITS)}")
+        if self.data is not None:
+            self.data = os.fspath(self.data)
+            self.data_config()  # validates the data settings now, not halfway through the run
+        elif self.heads_fraction or self.ffn_fraction or self.recover_epochs:
+            raise SettingsError("data: ranking heads/FFN neurons and recovery fine-tuning need labelled reviews")
+        if not any((self.heads_fraction, self.ffn_fraction, self.sparsity, self.drop_layers, self.keep_layers)):
+            raise SettingsError(
+                "nothing to prune: set heads_fraction, ffn_fraction, drop_layers, keep_layers or sparsity"
+            )
+
+    def data_config(self, **changes) -> DataConfig:
+        """The data settings as a ``DataConfig`` (``changes`` override fields)."""
+        from bertsent.config import DataConfig
+
+        if self.data is None:
+            raise SettingsError("data: no data source given")
+        settings = {
+            "source": self.data,
+            "text_column": self.text_column,
+            "label_column": self.label_column,
+            "labels": self.labels,
+            "encoding": self.encoding,
+            "validation_size": self.validation_size,
+            "train_samples": self.train_samples,
+            "seed": self.seed,
+        }
+        return DataConfig(**(settings | changes))
+
+
+def _parse_layers(value) -> list[int] | None:
+    """``"1,3"`` / ``[1, 3]`` -> ``[1, 3]`` (sorted); duplicates and negatives are errors."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if not parts or not all(p.isdigit() for p in parts):
+            raise SettingsError(f"drop_layers: expected comma-separated layer indices such as 1,3, got {value!r}")
+        value = [int(p) for p in parts]
+    layers = list(value)
+    if not layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
+        raise SettingsError(f"drop_layers: expected non-negative layer indices, got {value!r}")
+    if len(set(layers)) != len(layers):
+        raise SettingsError(f"drop_layers: a layer is given twice in {value!r}")
+    return sorted(layers)
+
+
+@dataclass
+class QuantizeConfig:
+    """Settings of one quantization run; saved in ``compression.json``."""
+
+    model: str
+    """Source folder: a fp32 PyTorch classifier (fine-tuned or pruned)."""
+    output_dir: str
+    method: str = "onnx-dynamic"
+    per_channel: bool = True
+    """One INT8 scale per output channel: per-tensor lost ~2 accuracy points on IMDB, per-channel kept them
+    (MiniLM, 300 validation reviews, onnx-dynamic: agreement with fp32 99.3% per-channel, 96.7% per-tensor)."""
+    quantize_embeddings: bool = False
+    """ONNX methods: also store the embedding tables in 8 bits (most of a small model's bytes). ONNX Runtime
+    quantizes Gather data like an activation: uint8, one scale per table."""
+    calibration_samples: int = 200
+    """onnx-static: training reviews whose activations set the INT8 ranges."""
+    eval_samples: int = 500
+    """Validation reviews on which the quantized model is checked against fp32."""
+    max_drop: float = 1.0
+    """Accuracy points the quantized model may lose before a loud warning."""
+    allow_collapse: bool = False
+    """Write the folder even when the quantized model collapses onto one class."""
+    data: str | None = None
+    """Reviews for the check and the calibration; None: the data recorded in the source's training_args.json."""
+    text_column: str | None = None
+    label_column: str | None = None
+    labels: list[str] | None = None
+    encoding: str = "utf-8"
+    opset: int = DEFAULT_OPSET
+    batch_size: int = 32
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        for name in ("model", "output_dir"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                setattr(self, name, value := os.fspath(value))
+            if not isinstance(value, str) or not value.strip():
+                raise QuantizeSettingsError(f"{name} must be a folder path, got {value!r}")
+        if isinstance(self.data, os.PathLike):
+            self.data = os.fspath(self.data)
+        if self.method not in METHODS:
+            raise QuantizeSettingsError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        for name in ("calibration_samples", "eval_samples", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise QuantizeSettingsError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, int | float) or not self.max_drop >= 0:
+            raise QuantizeSettingsError(f"max_drop must be a number of accuracy points >= 0, got {self.max_drop!r}")
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise QuantizeSettingsError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}], got {self.opset!r}")
+        if self.method == "torch-dynamic" and self.quantize_embeddings:
+            raise QuantizeSettingsError("quantize_embeddings applies to onnx-dynamic and onnx-static only")
+
+
+@dataclass
+class CompareConfig:
+    """What to compare and how to measure it."""
+
+    models: list[str]
+    data: DataConfig
+    split: str = "test"
+    batch_size: int = 32
+    latency_samples: int = 100
+    """Reviews timed one at a time for the batch-1 latency percentiles."""
+    threads: int | None = None
+    """torch intra-op threads (ONNX Runtime sessions pick theirs in the backend); None: the default."""
+    output_dir: str | None = None
+    names: list[str] = field(default_factory=list)
+    """Display names (default: folder names)."""
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise SettingsError("models: give at least one model folder")
+        for folder in self.models:
+            if not (Path(folder) / "config.json").is_file():
+                raise ModelError(f"{folder}: not a model folder (no config.json)")
+        if self.batch_size < 1 or self.latency_samples < 1:
+            raise SettingsError("batch_size and latency_samples must be >= 1")
+        if self.names and len(self.names) != len(self.models):
+            raise SettingsError(f"names: {len(self.names)} names for {len(self.models)} models")
+
+
+@dataclass
+class CompressConfig:
+    """Settings of the recipe; the data's ``train_samples`` feed distillation and recovery, its
+    ``eval_samples`` the comparison on test."""
+
+    teacher: str
+    output_dir: str
+    data: DataConfig
+    student_layers: int | None = None
+    """Layers of the student; None: half of the teacher's."""
+    distill_epochs: int = 2
+    distill_lr: float = 1e-4
+    batch_size: int = 16
+    heads_fraction: float = 0.25
+    """Share of the student's attention heads pruned (0 with ffn_fraction 0 skips pruning)."""
+    ffn_fraction: float = 0.25
+    recover_epochs: int = 1
+    recover_lr: float = 5e-5
+    quantize_embeddings: bool = True
+    """Also store embedding tables as INT8 (most of a small model's bytes): the student's, and a
+    teacher variant."""
+    latency_samples: int = 100
+    threads: int | None = None
+    remeasure: bool = False
+    """Measure the table again even when every stage was complete and ``compare/`` already holds it
+    (e.g. on a quieter machine); otherwise a complete recipe is skipped whole."""
+
+    def __post_init__(self) -> None:
+        if not (Path(self.teacher) / "config.json").is_file():
+            raise ModelError(f"{self.teacher}: not a model folder (no config.json)")
+        if self.student_layers is not None and self.student_layers < 1:
+            raise SettingsError(f"student_layers must be >= 1, got {self.student_layers}")
+        if self.distill_epochs < 1 or self.recover_epochs < 0:
+            raise SettingsError("distill_epochs must be >= 1 and recover_epochs >= 0")
+        for name in ("heads_fraction", "ffn_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+@dataclass
+class ReproduceConfig:
+    """The recipe's settings; ``fast`` swaps in small slices (see ``FAST``)."""
+
+    data: str
+    output_dir: str
+    model: str | None = None
+    """Teacher's starting weights (None: the embedded all-MiniLM-L6-v2)."""
+    fast: bool = False
+    epochs: int = 2
+    lr: float = 1e-4
+    batch_size: int = 16
+    max_length: int = 256
+    truncation: str = "head+tail"
+    validation_size: float | int = 0.1
+    train_samples: int | None = None
+    validation_samples: int | None = 2000
+    """Cap on validation reviews: enough to pick checkpoints, cheap to score every epoch."""
+    eval_samples: int | None = None
+    """Test reviews (None: all 25,000)."""
+    latency_samples: int = 100
+    doc: str | None = None
+    """Also write the results page here (e.g. docs/results.md), its two plots beside it as SVG."""
+    ood: tuple[str, ...] = ("amazon-snippets", "rotten-tomatoes")
+    """Out-of-domain sets (``bertsent.ood``) every variant is also scored on; fetched with pip when
+    missing from ``ood_dir``, and skipped with a warning when that fails (offline)."""
+    ood_dir: str = "~/.cache/bertsent/ood"
+    accuracy_budget: float = 1.5
+    """Accuracy points a compressed variant may lose: the page names the fastest variant within it."""
+
+    def __post_init__(self) -> None:
+        if self.fast:
+            for key, value in FAST.items():
+                setattr(self, key, min(getattr(self, key) or value, value))
+        if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
+            raise SettingsError("epochs and batch_size must be >= 1 and max_length >= 8")
+        if self.accuracy_budget < 0:
+            raise SettingsError(f"accuracy_budget must be >= 0 points, got {self.accuracy_budget}")
+
+
+@dataclass
+class ServeSettings:
+    """Settings of ``bertsent serve``: where to listen, how to batch, what to refuse. Validated on creation."""
+
+    host: str = DEFAULT_HOST
+    port: int = 8000
+    """0 picks a free port."""
+    max_batch_size: int = 32
+    """Most texts the model runs at once (also the Predictor's batch size when the app loads the folder)."""
+    max_wait_ms: float = 5.0
+    """How long the first waiting text may wait for others to join its batch."""
+    max_inputs: int = 64
+    """Most texts in one request (more: 413)."""
+    max_chars: int = 20_000
+    """Longest text, in characters (longer: 413)."""
+    max_body_bytes: int = 1_000_000
+    """Largest request body (larger: 413, checked on the Content-Length header and on the bytes read)."""
+    threads: int | None = None
+    """CPU threads for PyTorch when the app loads the folder; None leaves PyTorch's default."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host.strip():
+            raise SettingsError("host must be a host name or address, e.g. 127.0.0.1")
+        if _not_int(self.port) or not 0 <= self.port <= 65535:
+            raise SettingsError(f"port must be an integer in [0, 65535] (0: any free port), got {self.port!r}")
+        for name in ("max_batch_size", "max_inputs", "max_chars", "max_body_bytes"):
+            value = getattr(self, name)
+            if _not_int(value) or value < 1:
+                raise SettingsError(f"{name} must be a positive integer, got {value!r}")
+        wait = self.max_wait_ms
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not math.isfinite(wait) or wait < 0:
+            raise SettingsError(f"max_wait_ms must be a number >= 0, got {wait!r}")
+        if self.threads is not None and (_not_int(self.threads) or self.threads < 1):
+            raise SettingsError(f"threads must be a positive integer or None, got {self.threads!r}")
+
+
+def _not_int(value: object) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int)

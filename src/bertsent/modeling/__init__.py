@@ -1,0 +1,7 @@
+"""Models in memory: loading from the embedded default, folders and hub names (``loading``), the layouts
+of pruned folders (``pruned``), load-time INT8 (``quantized``) and the [CLS]-only last layer
+(``cls_only``). Nothing here knows about stages: they build on it."""
+
+from bertsent.modeling.loading import load_classifier, load_tokenizer, resolve_model
+
+__all__ = ["load_classifier", "load_tokenizer", "resolve_model"]
