@@ -95,3 +95,24 @@ def test_compare_command_and_bad_folder(trained_tiny_dir, toy_data_dir, tmp_path
     assert "no config.json" in capsys.readouterr().err
     with pytest.raises(ModelError):
         CompareConfig(models=[str(tmp_path)], data=DataConfig(str(toy_data_dir)))
+
+
+def test_compare_runs_every_folder_with_the_inference_settings(trained_tiny_dir, toy_data_dir):
+    import pandas as pd
+
+    from bertsent.config import InferenceSettings
+    from bertsent.recipes.compare import measure
+
+    data = DataConfig(str(toy_data_dir))
+    inference = InferenceSettings(max_length=16, batch_size=4, threads=2)
+    assert CompareConfig(models=[str(trained_tiny_dir)], data=data).resolved_inference() == InferenceSettings()
+    config = CompareConfig(models=[str(trained_tiny_dir)], data=data, inference=inference, latency_samples=2)
+    assert config.resolved_inference() == inference
+    # batch_size and threads, when given, override the inference settings' own.
+    overridden = dataclasses.replace(config, batch_size=8, threads=1).resolved_inference()
+    assert overridden == dataclasses.replace(inference, batch_size=8, threads=1)
+    with pytest.raises(ValueError, match="batch_size"):
+        dataclasses.replace(config, batch_size=0)
+    frame = pd.read_parquet(toy_data_dir / "test.parquet").head(12)
+    row = measure(trained_tiny_dir, frame["text"].tolist(), frame["label"].to_numpy(), config)
+    assert row["max_length"] == 16 and row["reviews"] == 12

@@ -77,3 +77,41 @@ def test_compress_recipe_writes_every_variant_then_compares_and_resumes(
     assert main(argv) == 0
     timings = json.loads((out / "recipe.json").read_text())["stage_seconds"]
     assert [k for k, v in timings.items() if isinstance(v, float)] == ["student INT8 (unpruned)", "compare"]
+
+
+def test_every_stage_reads_the_data_options(tiny_model_dir, toy_data_dir, tmp_path):
+    """A CSV whose columns are neither text nor label, with its own label names: each stage must read it."""
+    import pandas as pd
+
+    from bertsent.config import DataConfig, TrainingArguments
+    from bertsent.training.loop import train
+
+    data = tmp_path / "csv"
+    data.mkdir()
+    for split in ("train", "test"):
+        frame = pd.read_parquet(toy_data_dir / f"{split}.parquet")
+        stars = frame["label"].map({0: "bad", 1: "good"})
+        pd.DataFrame({"body": frame["text"], "stars": stars}).to_csv(data / f"{split}.csv", index=False)
+    options = {"text_column": "body", "label_column": "stars", "labels": ["bad", "good"], "validation_size": 40}
+    teacher = train(
+        TrainingArguments(model=str(tiny_model_dir), output_dir=str(tmp_path / "teacher"), max_length=32, epochs=3),
+        DataConfig(str(data), **options),
+    ).output_dir
+    out = tmp_path / "recipe"
+    argv = ["compress", "--teacher", str(teacher), "--output-dir", str(out), "--data", str(data)]
+    argv += ["--text-column", "body", "--label-column", "stars", "--labels", "bad,good", "--validation-size", "40"]
+    argv += ["--distill-epochs", "1", "--recover-epochs", "0", "--latency-samples", "2"]
+    assert main(argv) == 0
+    recorded = {
+        "student": json.loads((out / "student" / "training_args.json").read_text())["data"],
+        "student-pruned": json.loads((out / "student-pruned" / "compression.json").read_text())["arguments"]["data"],
+    }
+    for folder in ("teacher-int8", "student-int8"):
+        record = json.loads((out / folder / "compression.json").read_text())
+        assert record["validation"]["origin"] == "--data" and record["validation"]["reviews"] > 0, folder
+        recorded[folder] = record["settings"]["data"]
+    for folder, settings in recorded.items():
+        assert (settings["text_column"], settings["label_column"]) == ("body", "stars"), folder
+        assert settings["labels"] == ["bad", "good"], folder
+    rows = json.loads((out / "compare" / "compare.json").read_text())["rows"]
+    assert all(r["reviews"] == 80 for r in rows)

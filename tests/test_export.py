@@ -13,7 +13,8 @@ import onnx
 import pytest
 import torch
 
-from bertsent.compression.export import PARITY_SHAPES, add_cli, export_onnx
+from bertsent.cli import add_command
+from bertsent.compression.export import PARITY_SHAPES, export_onnx
 from bertsent.errors import BertsentError, ExportError, ExportParityError, ModelError
 from bertsent.folder import ONNX_FILE
 from bertsent.inference import OnnxBackend
@@ -182,7 +183,7 @@ def test_dynamo_exporter_passes_parity(trained_tiny_dir, tmp_path):
 
 def test_cli_export(trained_tiny_dir, tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command"))
+    add_command(parser.add_subparsers(dest="command"), "export")
     out = tmp_path / "cli"
     ns = parser.parse_args(["export", "--model", str(trained_tiny_dir), "--output-dir", str(out), "--opset", "18"])
     assert ns.func(ns) == 0
@@ -194,7 +195,7 @@ def test_cli_export(trained_tiny_dir, tmp_path, capsys):
 
 def test_pruned_folder_exports_with_parity(trained_tiny_dir, toy_data_dir, tmp_path, toy_texts):
     from bertsent.compression.prune import prune
-    from bertsent.config import PruneConfig
+    from bertsent.config import DataConfig, PruneConfig
 
     pruned = prune(
         PruneConfig(
@@ -202,8 +203,7 @@ def test_pruned_folder_exports_with_parity(trained_tiny_dir, toy_data_dir, tmp_p
             output_dir=str(tmp_path / "pruned"),
             heads_fraction=0.5,
             ffn_fraction=0.5,
-            data=str(toy_data_dir),
-            validation_size=40,
+            data=DataConfig(str(toy_data_dir), validation_size=40),
             importance_samples=64,
             eval_samples=40,
             device="cpu",

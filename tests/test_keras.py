@@ -28,11 +28,11 @@ from bertsent.keras.model import (
     check_parity,
     keras_from_torch,
     keras_inputs,
-    random_batch,
     require_keras,
     torch_from_keras,
 )
 from bertsent.modeling.loading import embedded_model_path, load_classifier, load_tokenizer
+from bertsent.modeling.parity import random_batch
 from bertsent.training.loop import train
 
 TRICKY = [
@@ -220,7 +220,7 @@ def test_keras_file_export_reloads_and_matches(keras, trained_tiny_dir, tmp_path
 
 
 def test_export_parity_failure_raises_the_typed_error(keras, trained_tiny_dir):
-    from bertsent.keras.export import _check
+    from bertsent.modeling.parity import parity_check as _check
 
     hf_model = load_classifier(trained_tiny_dir).eval()
     with pytest.raises(ExportParityError, match="tolerance 0.0001"):

@@ -188,3 +188,116 @@ def test_cls_only_last_layer_leaves_other_models_alone(tmp_path):
         DistilBertConfig(vocab_size=100, dim=16, n_layers=1, n_heads=2, hidden_dim=32, max_position_embeddings=64)
     )
     assert not cls_only_last_layer(model)
+
+
+# ---------------------------------------------------------------------------------------------- one inference path
+
+
+def test_settings_and_keywords_give_the_same_predictor(trained_tiny_dir, toy_texts):
+    import dataclasses
+
+    from bertsent.config import InferenceSettings
+
+    texts = [*toy_texts[:20], "awful plot " * 20 + "great film " * 20]
+    settings = InferenceSettings(max_length=16, long_text="chunk", stride=4, batch_size=5, cls_only=False)
+    by_settings = Predictor(trained_tiny_dir, settings=settings)
+    by_keywords = Predictor(trained_tiny_dir, max_length=16, long_text="chunk", stride=4, batch_size=5, cls_only=False)
+    assert by_settings.settings == by_keywords.settings == dataclasses.replace(settings, truncation="head")
+    assert not by_settings.backend.cls_only
+    np.testing.assert_array_equal(by_settings.predict_proba(texts), by_keywords.predict_proba(texts))
+    # Keywords override the settings; None means "not given"; unset length/truncation come from the folder.
+    assert Predictor(trained_tiny_dir, settings, batch_size=7, max_length=None).settings == dataclasses.replace(
+        settings, batch_size=7, truncation="head"
+    )
+    plain = Predictor(trained_tiny_dir)
+    assert (plain.settings.max_length, plain.settings.truncation, plain.batch_size) == (32, "head", 32)
+    with pytest.raises(TypeError, match="unknown inference settings"):
+        Predictor(trained_tiny_dir, max_len=16)
+    with pytest.raises(ValueError, match="stride"):  # checked against the length the folder records
+        Predictor(trained_tiny_dir, long_text="chunk")
+
+
+def test_forcing_a_backend_the_folder_lacks_is_a_clean_error(trained_tiny_dir, tmp_path):
+    import shutil
+
+    from bertsent.errors import BertsentError, ModelError, SettingsError
+
+    with pytest.raises(ModelError, match="backend 'onnx' needs model.onnx"):
+        Predictor(trained_tiny_dir, backend="onnx")
+    onnx_only = tmp_path / "onnx-only"
+    onnx_only.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "training_args.json"):
+        shutil.copy2(trained_tiny_dir / name, onnx_only / name)
+    (onnx_only / "model.onnx").write_bytes(b"not read: the check comes first")
+    with pytest.raises(BertsentError, match="backend 'torch' needs PyTorch weights.*holds model.onnx"):
+        Predictor(onnx_only, backend="torch")
+    with pytest.raises(SettingsError, match="backend must be one of auto, torch, onnx"):
+        Predictor(trained_tiny_dir, backend="tensorflow")
+    assert Predictor(trained_tiny_dir, backend="torch").backend.name == "pytorch"
+
+
+def test_threads_apply_to_the_torch_backend_as_to_onnx_runtime(trained_tiny_dir, monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert Predictor(trained_tiny_dir, threads=1).backend.threads == torch.get_num_threads() == 1
+        monkeypatch.setenv("BERTSENT_THREADS", "2")
+        assert Predictor(trained_tiny_dir).backend.threads == torch.get_num_threads() == 2
+        assert Predictor(trained_tiny_dir, threads=1).backend.threads == 1  # the argument beats the variable
+    finally:
+        torch.set_num_threads(before)
+
+
+class LengthBackend:
+    """A duck-typed backend: each row's logits are [its length, batch number]; records the batch widths."""
+
+    name, id2label = "lengths", {0: "a", 1: "b"}
+
+    def __init__(self) -> None:
+        self.widths: list[int] = []
+
+    def logits(self, batch):
+        self.widths.append(batch["input_ids"].shape[1])
+        mask = batch["attention_mask"].numpy()
+        return np.stack([mask.sum(1), np.full(len(mask), len(self.widths))], axis=1).astype(np.float32)
+
+
+def test_run_is_the_one_loop_in_input_order_longest_batches_first(trained_tiny_dir, toy_texts):
+    import torch
+
+    from bertsent.inference import TorchBackend, predict_probs, run, softmax
+    from bertsent.modeling.loading import load_classifier
+
+    predictor = Predictor(trained_tiny_dir, batch_size=6, cls_only=False)
+    encoded = predictor.encode(toy_texts)
+    fake = LengthBackend()
+    logits = run(fake, encoded, 6, predictor.pad_id)
+    np.testing.assert_array_equal(logits[:, 0], encoded.lengths)  # rows back in input order
+    assert fake.widths == sorted(fake.widths, reverse=True) and len(fake.widths) == -(-len(toy_texts) // 6)
+    # An in-memory model goes through the same loop, in eval mode, and gets its own mode back.
+    model = load_classifier(trained_tiny_dir).train()
+    in_memory = run(TorchBackend.from_model(model, torch.device("cpu")), encoded, 6, predictor.pad_id)
+    assert model.training
+    np.testing.assert_array_equal(softmax(in_memory), predictor.predict_proba(encoded))
+    probs = predict_probs(model, encoded, 6, predictor.pad_id, torch.device("cpu"))
+    np.testing.assert_array_equal(probs, torch.softmax(torch.from_numpy(in_memory), -1).numpy())
+    assert model.training
+
+
+def test_evaluate_runs_with_inference_settings(trained_tiny_dir, toy_data_dir, tmp_path):
+    from bertsent.config import DataConfig, InferenceSettings
+    from bertsent.evaluate import evaluate
+    from bertsent.metrics import classification_metrics
+
+    data = DataConfig(str(toy_data_dir))
+    plain = evaluate(trained_tiny_dir, data, output_dir=tmp_path / "plain")
+    settings = InferenceSettings(max_length=16, long_text="chunk", stride=4)
+    chunked = evaluate(trained_tiny_dir, data, output_dir=tmp_path / "chunked", settings=settings, batch_size=8)
+    assert (plain["max_length"], plain["long_text"]) == (32, "truncate")
+    assert (chunked["max_length"], chunked["long_text"]) == (16, "chunk")
+    frame = pd.read_parquet(toy_data_dir / "test.parquet")
+    probs = Predictor(trained_tiny_dir, settings).predict_proba(frame["text"].tolist())
+    expected = classification_metrics(frame["label"].to_numpy(), probs, {0: "negative", 1: "positive"})
+    assert chunked["log_loss"] == pytest.approx(expected["log_loss"], abs=1e-6)
+    assert chunked["log_loss"] != pytest.approx(plain["log_loss"], abs=1e-6)

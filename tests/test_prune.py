@@ -57,8 +57,7 @@ def pruned(trained_tiny_dir, toy_data_dir, tmp_path_factory):
         output_dir=str(tmp_path_factory.mktemp("pruned")),
         heads_fraction=0.5,
         ffn_fraction=0.25,
-        data=str(toy_data_dir),
-        validation_size=40,
+        data=DataConfig(str(toy_data_dir), validation_size=40),
         importance_samples=64,
         eval_samples=40,
     )
@@ -241,8 +240,7 @@ def test_pruning_a_pruned_model_composes(pruned, toy_data_dir, tmp_path):
         model=str(pruned.output_dir),
         output_dir=str(tmp_path / "again"),
         heads_fraction=0.5,
-        data=str(toy_data_dir),
-        validation_size=40,
+        data=DataConfig(str(toy_data_dir), validation_size=40),
         importance_samples=32,
         eval_samples=0,
     )
@@ -289,11 +287,9 @@ def test_recovery_fine_tuning_keeps_pruned_shapes_and_zeros(source_dir, toy_data
         model=str(source_dir),
         heads_fraction=0.5,
         sparsity=0.3,
-        data=str(toy_data_dir),
-        validation_size=40,
+        data=DataConfig(str(toy_data_dir), validation_size=40, train_samples=64),
         importance_samples=32,
         eval_samples=40,
-        train_samples=64,
         recover_lr=1e-3,
     )
     plain = prune(PruneConfig(output_dir=str(tmp_path / "plain"), **settings))

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from bertsent.compression.export import export_onnx
-from bertsent.compression.quantize import add_cli, quantize
+from bertsent.cli import add_command
+from bertsent.compression.quantize import quantize
 from bertsent.config import QuantizeConfig
 from bertsent.errors import (
     BertsentError,
@@ -274,7 +275,7 @@ def test_quantized_or_onnx_sources_are_refused(torch_dir, dynamic_dir, tmp_path)
 
 def test_cli_quantize(trained_tiny_dir, tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command"))
+    add_command(parser.add_subparsers(dest="command"), "quantize")
     out = tmp_path / "cli"
     argv = ["quantize", "--model", str(trained_tiny_dir), "--method", "torch-dynamic", "--output-dir", str(out)]
     ns = parser.parse_args([*argv, "--no-per-channel", "--eval-samples", "20"])

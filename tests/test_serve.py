@@ -31,7 +31,6 @@ from bertsent.errors import (  # noqa: E402
 from bertsent.predict import Predictor  # noqa: E402
 from bertsent.serve import (  # noqa: E402
     MicroBatcher,
-    add_cli,
     background_server,
     bind_socket,
     cmd_serve,
@@ -365,8 +364,10 @@ def test_settings_validate_themselves(field, value):
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
+    from bertsent.cli import add_command
+
     parser = argparse.ArgumentParser(prog="bertsent")
-    add_cli(parser.add_subparsers(dest="command", required=True))
+    add_command(parser.add_subparsers(dest="command", required=True), "serve")
     return parser.parse_args(argv)
 
 
@@ -397,9 +398,9 @@ def test_cli_errors_are_one_line(tmp_path):
 
 CLI = """
 import argparse, sys
-from bertsent.serve import add_cli
+from bertsent.cli import add_command
 parser = argparse.ArgumentParser(prog="bertsent")
-add_cli(parser.add_subparsers(dest="command", required=True))
+add_command(parser.add_subparsers(dest="command", required=True), "serve")
 ns = parser.parse_args(sys.argv[1:])
 sys.exit(ns.func(ns))
 """
@@ -497,3 +498,25 @@ def test_real_server_under_concurrent_load_batches_and_stays_exact(trained_tiny_
     assert after["texts"] - before["texts"] == sum(len(r) for plan in plans for r in plan)
     assert batches < requests and after["largest_batch"] > 3  # requests were merged into batches
     assert after["errors"] == 0 and after["queued"] == 0
+
+
+def test_a_folder_is_served_with_the_inference_settings_given(trained_tiny_dir):
+    from bertsent.config import InferenceSettings
+    from bertsent.errors import SettingsError
+
+    inference = InferenceSettings(max_length=16, long_text="chunk", stride=4, batch_size=3)
+    long_text = "awful plot, the worst " * 8 + "a great and moving film " * 8  # under max_chars
+    app = create_app(trained_tiny_dir, SETTINGS, inference)
+    served = app.state.predictor
+    assert (served.long_text, served.max_length) == ("chunk", 16)
+    assert served.batch_size == SETTINGS.max_batch_size  # the server's batch size wins
+    expected = Predictor(trained_tiny_dir, inference).predict_proba([long_text])[0]
+    assert not np.allclose(expected, Predictor(trained_tiny_dir).predict_proba([long_text])[0], atol=1e-4)
+    with TestClient(app) as client:
+        assert client.get("/info").json()["max_length"] == 16
+        [prediction] = client.post("/predict", json={"inputs": [long_text]}).json()
+    assert_matches(prediction, expected, served.id2label)
+    threads = ServeSettings(threads=1)
+    assert create_app(trained_tiny_dir, threads, inference).state.predictor.settings.threads == 1
+    with pytest.raises(SettingsError, match="a Predictor already has its own"):
+        create_app(served, SETTINGS, inference)

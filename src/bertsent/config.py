@@ -8,6 +8,7 @@ stage never re-declares another's options. Nothing here imports torch.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import math
 import numbers
 import os
@@ -46,15 +47,15 @@ class InferenceSettings:
 
     max_length: int | None = None
     """Tokens per review, special tokens included (default: as trained)."""
-    truncation: str | None = None
+    truncation: str | None = field(default=None, metadata={"choices": TRUNCATION_STRATEGIES})
     """``head``, ``tail`` or ``head+tail`` (default: as trained)."""
-    long_text: str = "truncate"
+    long_text: str = field(default="truncate", metadata={"choices": LONG_TEXT})
     """``chunk``: average the scores of overlapping ``max_length`` windows covering the whole text."""
     stride: int = 128
     """Tokens shared by consecutive windows (``long_text="chunk"``)."""
-    precision: str = "fp32"
+    precision: str = field(default="fp32", metadata={"choices": PRECISIONS})
     """``fp32``, or ``bf16`` autocast for a PyTorch folder."""
-    backend: str = "auto"
+    backend: str = field(default="auto", metadata={"choices": INFERENCE_BACKENDS})
     """``auto`` picks by what the folder holds (``model.onnx``: ONNX Runtime, else PyTorch); ``torch`` or
     ``onnx`` insist on one."""
     batch_size: int = 32
@@ -63,6 +64,9 @@ class InferenceSettings:
     device: str = "auto"
     compile: bool = False
     """``torch.compile`` a PyTorch folder first (~30 s once; same fp32 results, faster on large inputs)."""
+    cls_only: bool = True
+    """Run a PyTorch BERT's last layer for [CLS] only (same logits to float rounding, fewer FLOPs); False:
+    the plain forward."""
 
     def __post_init__(self) -> None:
         choices = {"long_text": LONG_TEXT, "precision": PRECISIONS, "backend": INFERENCE_BACKENDS}
@@ -91,7 +95,7 @@ class TrainingArguments:
     """Starting weights: a local ``save_pretrained`` folder, a hub name, or None for the embedded MiniLM."""
     max_length: int = 256
     """Tokens per review, special tokens included."""
-    truncation: str = "head"
+    truncation: str = field(default="head", metadata={"choices": TRUNCATION_STRATEGIES})
     """Which part of a long review to keep: ``head``, ``tail`` or ``head+tail`` (Sun et al., 2019)."""
     epochs: int = 1
     max_steps: int | None = None
@@ -103,7 +107,7 @@ class TrainingArguments:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     """Share of the optimizer steps spent warming the learning rate up linearly (then linear decay)."""
-    optimizer: str = "adamw"
+    optimizer: str = field(default="adamw", metadata={"choices": ("adam", "adamw")})
     """``adamw`` (decoupled weight decay) or ``adam`` (as the original system used)."""
     max_grad_norm: float = 1.0
     attention_dropout: float | None = 0.0
@@ -111,7 +115,7 @@ class TrainingArguments:
     (1.55x faster training steps on CPU: benchmarks/step_profile.py); None keeps the model's own
     setting (0.1 for BERT)."""
     seed: int = 42
-    precision: str = "auto"
+    precision: str = field(default="auto", metadata={"choices": ("auto", "fp32", "bf16", "fp16")})
     """``auto`` (bf16 on a GPU that supports it, else fp32), ``fp32``, ``bf16`` or ``fp16`` (GPU only)."""
     device: str = "auto"
     threads: int | None = None
@@ -125,7 +129,7 @@ class TrainingArguments:
     """How many step checkpoints to keep (None keeps all)."""
     keep_checkpoints: bool = False
     """Keep the checkpoints folder after a successful run (it holds optimizer state: large)."""
-    metric_for_best_model: str = "accuracy"
+    metric_for_best_model: str = field(default="accuracy", metadata={"choices": BEST_METRICS})
     early_stopping_patience: int | None = None
     """Stop after this many validations without improvement of ``metric_for_best_model``."""
     resume: bool = False
@@ -134,7 +138,7 @@ class TrainingArguments:
     """Evaluate the final model on the test split when the data has one."""
     progress: bool | None = None
     """Progress bar: None shows it only on a terminal."""
-    backend: str = "torch"
+    backend: str = field(default="torch", metadata={"choices": BACKENDS})
     """``torch`` (the plain PyTorch loop) or ``keras`` (Keras 3 + KerasHub on TensorFlow, ``model.fit``;
     needs ``pip install "bertsent[keras]"``). Both write the same Hugging Face folder."""
 
@@ -228,35 +232,31 @@ class DistillationArguments(TrainingArguments):
 
 @dataclass
 class DataConfig:
-    """Where the reviews come from and how they are split.
+    """Where the reviews come from and how they are split; every stage that reads reviews takes one."""
 
-    Attributes:
-        source: a folder, a Parquet/CSV/TSV/JSONL file, an ``aclImdb`` folder or ``.tar.gz`` archive, or a
-            Hugging Face dataset name.
-        text_column / label_column: column names; None auto-detects (:data:`TEXT_CANDIDATES`,
-            :data:`LABEL_CANDIDATES`, case-insensitive).
-        labels: label names, position = id; None is binary ``negative``/``positive`` (or the dataset's
-            own class names for a Hugging Face dataset).
-        encoding: text encoding of CSV/TSV/JSON files and aclImdb reviews.
-        validation_size: fraction (0 < x < 1) or number of rows carved from train; ignored when the
-            source has its own validation split.
-        train_samples / validation_samples / eval_samples: stratified seeded subsets of train (after the
-            validation carve), validation and test; None keeps everything.
-        test_size: fraction carved off as test when the source has no test split.
-        seed: drives every split and subset.
-    """
-
-    source: str
+    source: str = field(metadata={"aliases": ["--data"]})
+    """A folder with train/test Parquet/CSV/JSONL files, a single such file, an ``aclImdb`` folder or
+    ``.tar.gz`` archive, or a Hugging Face dataset name (online)."""
     text_column: str | None = None
+    """Name of the text column (default: auto-detect: text, review, sentence, content)."""
     label_column: str | None = None
+    """Name of the label column (default: auto-detect: label, sentiment, labels, polarity)."""
     labels: list[str] | None = None
+    """Label names, id = position, e.g. ``bad,ok,good`` (default: negative,positive, or a hub dataset's own)."""
     encoding: str = "utf-8"
-    validation_size: float | int = 0.1
+    """Text encoding of CSV/TSV/JSON files and aclImdb reviews."""
+    validation_size: float = 0.1
+    """Validation carved from train: a fraction (<1) or a count; ignored when the source has a validation split."""
     train_samples: int | None = None
+    """Stratified, seeded subset of the training reviews (after the validation carve)."""
     eval_samples: int | None = None
+    """Stratified, seeded subset of the test reviews."""
     validation_samples: int | None = None
+    """Cap on validation reviews (stratified, seeded)."""
     test_size: float = 0.2
+    """Share carved off as test when the source has no test split."""
     seed: int = 42
+    """Drives every split and subset."""
 
     def __post_init__(self) -> None:
         if isinstance(self.source, os.PathLike):
@@ -270,8 +270,7 @@ class DataConfig:
         if self.text_column is not None and self.text_column == self.label_column:
             raise DataError(f"text and label column are both {self.text_column!r}")
         if self.labels is not None:
-            names = parse_label_names(self.labels) if isinstance(self.labels, str) else list(self.labels)
-            self.labels = _check_label_names(names)
+            self.labels = _check_label_names(split_names(self.labels, parse_label_names))
         try:
             codecs.lookup(self.encoding)
         except (LookupError, TypeError):
@@ -291,6 +290,20 @@ class DataConfig:
             raise DataError(f"test_size must be a fraction between 0 and 1, got {self.test_size!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise DataError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
+
+
+def as_data_config(data: DataConfig | str | os.PathLike | None) -> DataConfig | None:
+    """A stage's ``data`` setting as a ``DataConfig``: a source path or name is read with the defaults."""
+    if data is None or isinstance(data, DataConfig):
+        return data
+    return DataConfig(source=os.fspath(data))
+
+
+def split_names(value: str | list, parse=None) -> list:
+    """A list of names from ``"a,b"``, ``["a,b"]`` or ``["a", "b"]`` (the CLI gives either form)."""
+    items = [value] if isinstance(value, str) else list(value)
+    parse = parse or (lambda spec: [name.strip() for name in spec.split(",") if name.strip()])
+    return [name for item in items for name in (parse(item) if isinstance(item, str) and "," in item else [item])]
 
 
 def parse_label_names(spec: str) -> list[str]:
@@ -333,7 +346,7 @@ class PruneConfig:
     """Share of each encoder Linear's weights zeroed by magnitude, in [0, 1). Dense storage: no speed-up."""
     importance_samples: int = 256
     """Reviews whose gradients rank heads and neurons."""
-    importance_split: str = "train"
+    importance_split: str = field(default="train", metadata={"choices": IMPORTANCE_SPLITS})
     """Where those reviews come from: ``train`` (default: keeps validation unseen) or ``validation``."""
     eval_samples: int = 500
     """Validation reviews scored before and after pruning (0 skips the measurement)."""
@@ -344,16 +357,10 @@ class PruneConfig:
     """Epochs of recovery fine-tuning of the pruned model (0: none)."""
     recover_lr: float = 2e-5
     """Peak learning rate of recovery: low, as the model is already fine-tuned."""
-    data: str | None = None
-    """Labelled reviews (a ``DataConfig`` source); needed for importance, evaluation and recovery."""
-    text_column: str | None = None
-    label_column: str | None = None
-    labels: list[str] | None = None
-    encoding: str = "utf-8"
-    validation_size: float | int = 0.1
-    """As in training: with the same source and seed, validation is the split held out in training."""
-    train_samples: int | None = None
-    """Subset of training reviews for recovery fine-tuning (None: all)."""
+    data: DataConfig | str | None = None
+    """Labelled reviews, needed for importance, evaluation and recovery (a source string is read with
+    the default settings). Its ``train_samples`` caps the recovery reviews; with the training source and
+    seed, validation is the split held out in training."""
     seed: int = 42
     device: str = "auto"
     threads: int | None = None
@@ -379,12 +386,11 @@ class PruneConfig:
             "batch_size": 1,
             "eval_batch_size": 1,
             "recover_epochs": 0,
-            "train_samples": 1,
             "threads": 1,
         }
         for name, low in minimum.items():
             value = getattr(self, name)
-            if value is None and name in ("keep_layers", "train_samples", "threads"):
+            if value is None and name in ("keep_layers", "threads"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise SettingsError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -392,33 +398,13 @@ class PruneConfig:
             raise SettingsError(f"recover_lr must be > 0, got {self.recover_lr!r}")
         if self.importance_split not in IMPORTANCE_SPLITS:
             raise SettingsError(f"importance_split must be one of {', '.join(IMPORTANCE_SPLITS)}")
-        if self.data is not None:
-            self.data = os.fspath(self.data)
-            self.data_config()  # validates the data settings now, not halfway through the run
-        elif self.heads_fraction or self.ffn_fraction or self.recover_epochs:
+        self.data = as_data_config(self.data)
+        if self.data is None and (self.heads_fraction or self.ffn_fraction or self.recover_epochs):
             raise SettingsError("data: ranking heads/FFN neurons and recovery fine-tuning need labelled reviews")
         if not any((self.heads_fraction, self.ffn_fraction, self.sparsity, self.drop_layers, self.keep_layers)):
             raise SettingsError(
                 "nothing to prune: set heads_fraction, ffn_fraction, drop_layers, keep_layers or sparsity"
             )
-
-    def data_config(self, **changes) -> DataConfig:
-        """The data settings as a ``DataConfig`` (``changes`` override fields)."""
-        from bertsent.config import DataConfig
-
-        if self.data is None:
-            raise SettingsError("data: no data source given")
-        settings = {
-            "source": self.data,
-            "text_column": self.text_column,
-            "label_column": self.label_column,
-            "labels": self.labels,
-            "encoding": self.encoding,
-            "validation_size": self.validation_size,
-            "train_samples": self.train_samples,
-            "seed": self.seed,
-        }
-        return DataConfig(**(settings | changes))
 
 
 def _parse_layers(value) -> list[int] | None:
@@ -445,7 +431,7 @@ class QuantizeConfig:
     model: str
     """Source folder: a fp32 PyTorch classifier (fine-tuned or pruned)."""
     output_dir: str
-    method: str = "onnx-dynamic"
+    method: str = field(default="onnx-dynamic", metadata={"choices": METHODS})
     per_channel: bool = True
     """One INT8 scale per output channel: per-tensor lost ~2 accuracy points on IMDB, per-channel kept them
     (MiniLM, 300 validation reviews, onnx-dynamic: agreement with fp32 99.3% per-channel, 96.7% per-tensor)."""
@@ -460,12 +446,8 @@ class QuantizeConfig:
     """Accuracy points the quantized model may lose before a loud warning."""
     allow_collapse: bool = False
     """Write the folder even when the quantized model collapses onto one class."""
-    data: str | None = None
+    data: DataConfig | str | None = None
     """Reviews for the check and the calibration; None: the data recorded in the source's training_args.json."""
-    text_column: str | None = None
-    label_column: str | None = None
-    labels: list[str] | None = None
-    encoding: str = "utf-8"
     opset: int = DEFAULT_OPSET
     batch_size: int = 32
     seed: int = 42
@@ -477,8 +459,7 @@ class QuantizeConfig:
                 setattr(self, name, value := os.fspath(value))
             if not isinstance(value, str) or not value.strip():
                 raise QuantizeSettingsError(f"{name} must be a folder path, got {value!r}")
-        if isinstance(self.data, os.PathLike):
-            self.data = os.fspath(self.data)
+        self.data = as_data_config(self.data)
         if self.method not in METHODS:
             raise QuantizeSettingsError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         for name in ("calibration_samples", "eval_samples", "batch_size"):
@@ -499,15 +480,18 @@ class CompareConfig:
 
     models: list[str]
     data: DataConfig
-    split: str = "test"
-    batch_size: int = 32
+    split: str = field(default="test", metadata={"choices": ("test", "validation")})
+    batch_size: int | None = None
+    """Batch size of the accuracy and throughput runs; None: ``inference.batch_size`` (32 by default)."""
     latency_samples: int = 100
     """Reviews timed one at a time for the batch-1 latency percentiles."""
     threads: int | None = None
-    """torch intra-op threads (ONNX Runtime sessions pick theirs in the backend); None: the default."""
+    """CPU threads for every folder (both backends); None: ``inference.threads``."""
     output_dir: str | None = None
     names: list[str] = field(default_factory=list)
     """Display names (default: folder names)."""
+    inference: InferenceSettings = field(default_factory=InferenceSettings)
+    """How every folder is run; ``batch_size`` and ``threads`` above, when set, override its own."""
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -515,10 +499,17 @@ class CompareConfig:
         for folder in self.models:
             if not (Path(folder) / "config.json").is_file():
                 raise ModelError(f"{folder}: not a model folder (no config.json)")
-        if self.batch_size < 1 or self.latency_samples < 1:
-            raise SettingsError("batch_size and latency_samples must be >= 1")
+        self.resolved_inference()  # batch_size/threads validated with the inference settings
+        if self.latency_samples < 1:
+            raise SettingsError(f"latency_samples must be an integer >= 1, got {self.latency_samples!r}")
+        self.names = split_names(self.names)
         if self.names and len(self.names) != len(self.models):
             raise SettingsError(f"names: {len(self.names)} names for {len(self.models)} models")
+
+    def resolved_inference(self) -> InferenceSettings:
+        """The settings every folder runs with: ``inference``, with ``batch_size``/``threads`` when set."""
+        given = {"batch_size": self.batch_size, "threads": self.threads}
+        return dataclasses.replace(self.inference, **{k: v for k, v in given.items() if v is not None})
 
 
 @dataclass
@@ -564,7 +555,9 @@ class CompressConfig:
 class ReproduceConfig:
     """The recipe's settings; ``fast`` swaps in small slices (see ``FAST``)."""
 
-    data: str
+    data: DataConfig | str
+    """The reviews; a source string reads them with validation capped at 2,000 reviews (enough to pick
+    checkpoints, cheap to score every epoch). ``eval_samples`` None scores all test reviews."""
     output_dir: str
     model: str | None = None
     """Teacher's starting weights (None: the embedded all-MiniLM-L6-v2)."""
@@ -573,27 +566,27 @@ class ReproduceConfig:
     lr: float = 1e-4
     batch_size: int = 16
     max_length: int = 256
-    truncation: str = "head+tail"
-    validation_size: float | int = 0.1
-    train_samples: int | None = None
-    validation_samples: int | None = 2000
-    """Cap on validation reviews: enough to pick checkpoints, cheap to score every epoch."""
-    eval_samples: int | None = None
-    """Test reviews (None: all 25,000)."""
+    truncation: str = field(default="head+tail", metadata={"choices": TRUNCATION_STRATEGIES})
     latency_samples: int = 100
     doc: str | None = None
     """Also write the results page here (e.g. docs/results.md), its two plots beside it as SVG."""
-    ood: tuple[str, ...] = ("amazon-snippets", "rotten-tomatoes")
+    ood: list[str] = field(default_factory=lambda: ["amazon-snippets", "rotten-tomatoes"], metadata={"nargs": "*"})
     """Out-of-domain sets (``bertsent.ood``) every variant is also scored on; fetched with pip when
-    missing from ``ood_dir``, and skipped with a warning when that fails (offline)."""
+    missing from ``ood_dir``, and skipped with a warning when that fails (offline). ``--ood`` with no
+    names: none."""
     ood_dir: str = "~/.cache/bertsent/ood"
     accuracy_budget: float = 1.5
     """Accuracy points a compressed variant may lose: the page names the fastest variant within it."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.data, DataConfig):
+            self.data = DataConfig(source=os.fspath(self.data), validation_samples=2000)
+        self.ood = list(self.ood)
         if self.fast:
-            for key, value in FAST.items():
-                setattr(self, key, min(getattr(self, key) or value, value))
+            self.epochs = min(self.epochs, FAST["epochs"])
+            self.latency_samples = min(self.latency_samples, FAST["latency_samples"])
+            caps = {k: min(getattr(self.data, k) or v, v) for k, v in FAST.items() if hasattr(self.data, k)}
+            self.data = dataclasses.replace(self.data, **caps)
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
             raise SettingsError("epochs and batch_size must be >= 1 and max_length >= 8")
         if self.accuracy_budget < 0:
@@ -638,3 +631,85 @@ class ServeSettings:
 
 def _not_int(value: object) -> bool:
     return isinstance(value, bool) or not isinstance(value, int)
+
+
+EXPORT_FORMATS = ("onnx", "tf-savedmodel", "keras")
+
+
+@dataclass
+class ExportConfig:
+    """Settings of ``bertsent export``: nothing is written unless the export's logits match PyTorch's."""
+
+    model: str
+    """PyTorch model folder (fine-tuned or pruned; the Keras formats: not pruned)."""
+    output_dir: str
+    """Folder for the exported model and the files to load it."""
+    format: str = field(default="onnx", metadata={"choices": EXPORT_FORMATS})
+    """``onnx``; ``tf-savedmodel`` and ``keras`` need ``pip install "bertsent[keras]"``."""
+    strings: bool = False
+    """tf-savedmodel: add a raw-text signature (tokenizes in the graph; loading it needs tensorflow_text)."""
+    opset: int = DEFAULT_OPSET
+    """ONNX opset."""
+    atol: float = DEFAULT_ATOL
+    """Largest logit difference from PyTorch the export may have."""
+    exporter: str = field(default="torchscript", metadata={"choices": EXPORTERS})
+
+    def __post_init__(self) -> None:
+        if self.format not in EXPORT_FORMATS or self.exporter not in EXPORTERS:
+            raise SettingsError(f"format must be one of {', '.join(EXPORT_FORMATS)} and exporter one of {EXPORTERS}")
+        if self.strings and self.format != "tf-savedmodel":
+            raise SettingsError("--strings is for --format tf-savedmodel")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise SettingsError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}], got {self.opset!r}")
+        if not self.atol > 0:
+            raise SettingsError(f"atol must be > 0, got {self.atol!r}")
+
+
+@dataclass
+class ModelArguments:
+    """The model folder a command reads."""
+
+    model: str
+    """Fine-tuned model folder (PyTorch, ONNX, pruned or quantized: any folder bertsent wrote)."""
+
+
+@dataclass
+class EvaluateArguments:
+    """What ``bertsent evaluate`` scores and where the report goes."""
+
+    split: str = field(default="test", metadata={"choices": ("test", "validation", "train")})
+    """``validation`` scores exactly the validation rows used in training."""
+    output_dir: str | None = None
+    """Report folder (default: MODEL/eval-SPLIT)."""
+
+
+@dataclass
+class PredictArguments:
+    """Where ``bertsent predict`` reads texts and writes predictions (texts on the command line otherwise)."""
+
+    input: str | None = None
+    """CSV/JSONL/Parquet/TXT file of texts (streamed: any size)."""
+    output: str | None = None
+    """Where to write predictions (.csv or .jsonl), in input order."""
+    text_column: str = "text"
+    top_k: int = 1
+    """Scores to show per text (0: all)."""
+    resume: bool = False
+    """Continue an interrupted ``--input`` run where it stopped."""
+    encoding: str = "utf-8"
+    """Text encoding of the input file."""
+
+    def __post_init__(self) -> None:
+        if self.top_k < 0:
+            raise SettingsError(f"top_k must be >= 0 (0: all scores), got {self.top_k}")
+        if self.input and not self.output:
+            raise SettingsError("--input needs --output FILE (.csv or .jsonl)")
+
+
+@dataclass
+class OodArguments:
+    """Where ``bertsent ood`` keeps the out-of-domain sets."""
+
+    output_dir: str = "~/.cache/bertsent/ood"
+    archive: str | None = None
+    """A local copy of the set's package archive (offline)."""

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from bertsent.config import TRUNCATION_STRATEGIES
+from bertsent.errors import SettingsError
 
 HEAD_FRACTION = 0.25
 """Share of the budget kept from the start in ``head+tail`` (Sun et al., 2019: 128 of 510 tokens)."""
@@ -60,11 +61,11 @@ def special_token_layout(tokenizer) -> tuple[list[int], list[int]]:
 def encode(tokenizer, texts: Sequence[str], max_length: int, truncation: str = "head") -> Encoded:
     """Tokenize ``texts`` in fast batch mode and truncate each to ``max_length`` (special tokens included)."""
     if truncation not in TRUNCATION_STRATEGIES:
-        raise ValueError(f"truncation must be one of {', '.join(TRUNCATION_STRATEGIES)}, got {truncation!r}")
+        raise SettingsError(f"truncation must be one of {', '.join(TRUNCATION_STRATEGIES)}, got {truncation!r}")
     prefix, suffix = special_token_layout(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
     if budget < 1:
-        raise ValueError(f"max_length {max_length} leaves no room for text after the special tokens")
+        raise SettingsError(f"max_length {max_length} leaves no room for text after the special tokens")
     ids: list[np.ndarray] = []
     full: list[int] = []
     for row in token_ids(tokenizer, texts):
@@ -98,7 +99,7 @@ def encode_windows(tokenizer, texts: Sequence[str], max_length: int, stride: int
     prefix, suffix = special_token_layout(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
     if not 0 <= stride < budget:
-        raise ValueError(f"stride must be >= 0 and below the {budget} text tokens of a window, got {stride}")
+        raise SettingsError(f"stride must be >= 0 and below the {budget} text tokens of a window, got {stride}")
     ids: list[np.ndarray] = []
     owner: list[int] = []
     full: list[int] = []

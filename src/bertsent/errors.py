@@ -27,7 +27,10 @@ class ExportError(BertsentError):
 
 
 class ExportParityError(ExportError):
-    """ONNX Runtime's logits differ from PyTorch's by more than the tolerance."""
+    """A converted model's logits (ONNX Runtime, Keras, TensorFlow) differ from PyTorch's beyond the tolerance.
+
+    Raised by the one parity check, ``bertsent.modeling.parity.parity_check``.
+    """
 
 
 class PruneError(BertsentError):
@@ -46,8 +49,8 @@ class QuantizationCollapseError(QuantizeError):
     """The quantized model predicts (almost) a single class where the fp32 model does not."""
 
 
-class KerasParityError(ModelError):
-    """The Keras model's logits differ from the PyTorch model's beyond the tolerance."""
+KerasParityError = ExportParityError
+"""The name the Keras conversion check used to raise: the same error as every other parity failure."""
 
 
 class ServeError(BertsentError):

@@ -10,13 +10,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bertsent.config import DataConfig
+from bertsent.config import DataConfig, InferenceSettings
 from bertsent.data.loading import load_data
 from bertsent.encoding import Encoded
 from bertsent.errors import DataError
 from bertsent.folder import data_config_for
 
 log = logging.getLogger("bertsent.evaluate")
+
+EVAL_BATCH_SIZE = 64
+"""``evaluate``'s batch size when no settings are given."""
 
 
 def report(
@@ -42,22 +45,38 @@ def report(
     )
 
 
+def per_text(encoded: Encoded, owner: np.ndarray | None) -> Encoded:
+    """One row per text: ``encoded`` itself, or the first window of each text (windows share its full length)."""
+    if owner is None:
+        return encoded
+    first = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]) if len(owner) else np.zeros(0, dtype=np.int64)
+    return Encoded(ids=[encoded.ids[i] for i in first], full_lengths=encoded.full_lengths[first])
+
+
 def evaluate(
     model_dir: str | Path,
     data: DataConfig,
     split: str = "test",
     output_dir: str | Path | None = None,
-    batch_size: int = 64,
+    *,
+    settings: InferenceSettings | None = None,
+    batch_size: int | None = None,
     threads: int | None = None,
 ) -> dict[str, float]:
-    """Score ``model_dir`` on one split of ``data``; writes ``metrics.json``, plots and ``errors.csv``."""
+    """Score ``model_dir`` on one split of ``data``; writes ``metrics.json``, plots and ``errors.csv``.
+
+    The folder runs with ``settings`` (default: :class:`InferenceSettings` with batch size 64);
+    ``batch_size`` and ``threads``, when given, override theirs. With ``long_text="chunk"`` each review
+    is scored by its windows (length buckets still use each review's full length).
+    """
     from bertsent.predict import Predictor
 
     model_dir = Path(model_dir)
     output_dir = Path(output_dir) if output_dir else model_dir / f"eval-{split}"
     if split not in ("test", "validation", "train"):
         raise DataError(f"unknown split '{split}': use test, validation or train")
-    predictor = Predictor(model_dir, batch_size=batch_size, threads=threads)
+    settings = settings if settings is not None else InferenceSettings(batch_size=EVAL_BATCH_SIZE)
+    predictor = Predictor(model_dir, settings, batch_size=batch_size, threads=threads)
     data = data_config_for(model_dir, data)
     splits = load_data(data, splits=(split,))
     frame = getattr(splits, split)
@@ -68,15 +87,16 @@ def evaluate(
         raise DataError(f"labels of {data.source} ({splits.id2label}) differ from the model's ({model_labels})")
 
     started = time.perf_counter()
-    encoded = predictor.encode(frame["text"].tolist())
-    probs = predictor.predict_proba(encoded, progress=None)
+    encoded, owner = predictor.prepare(frame["text"].tolist())
+    probs = predictor.scores(encoded, owner, progress=None)
     seconds = time.perf_counter() - started
-    metrics = report(output_dir, frame, encoded, probs, model_labels)
+    metrics = report(output_dir, frame, per_text(encoded, owner), probs, model_labels)
     metrics |= {
         "split": split,
         "model": str(model_dir),
         "max_length": predictor.max_length,
         "truncation": predictor.truncation,
+        "long_text": predictor.long_text,
         "reviews_per_second": round(len(frame) / seconds, 2),
         "data": splits.report,
     }

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from bertsent.config import DEFAULT_ID2LABEL, DataConfig
-from bertsent.errors import ModelError
+from bertsent.errors import ModelError, first_line
 
 METRIC_ROWS = (
     ("accuracy", "Accuracy"),
@@ -53,53 +56,150 @@ def git_revision() -> str:
         return "unknown"
 
 
+CARD_FILE = "README.md"
+CARD_TASK = "text-classification"
+CARD_TAGS = ("bertsent", "sentiment-analysis")
+
+
+def write_card(
+    output_dir: Path,
+    *,
+    title: str,
+    summary: str,
+    sections: Mapping[str, str],
+    results: Mapping[str, Mapping[str, Any]] | None = None,
+    dataset: str | None = None,
+    base_model: str | None = None,
+    library_name: str = "transformers",
+    tags: Sequence[str] = (),
+    versions: Mapping[str, str] | None = None,
+    **card_data: Any,
+) -> Path:
+    """Write the folder's ``README.md``: Hub front matter, ``# title``, the summary, the sections, provenance.
+
+    ``results`` maps a split to what was measured on it (metric key -> value, keys as in ``METRIC_ROWS``;
+    other keys are ignored); with a ``dataset`` (the data source) they become the card's ``model-index``,
+    so the Hub shows them. ``sections`` maps a heading to its Markdown body, in order (empty ones are left
+    out). ``versions`` (package -> version) go in the closing provenance line; ``card_data`` passes further
+    ``huggingface_hub.ModelCardData`` fields (``license``, ``datasets``, ``model_name``...).
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    evals = eval_results(results or {}, dataset)
+    model_name = card_data.pop("model_name", output_dir.name)
+    data = ModelCardData(
+        library_name=library_name,
+        pipeline_tag=CARD_TASK,
+        base_model=base_model,
+        tags=[*CARD_TAGS, *tags],
+        model_name=model_name if evals else None,
+        eval_results=evals or None,
+        **card_data,
+    )
+    body = "".join(f"## {heading}\n\n{text.strip()}\n\n" for heading, text in sections.items() if text.strip())
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n# {title}\n\n{summary.strip()}\n\n{body}{_provenance(versions)}\n")
+    path = output_dir / CARD_FILE
+    card.save(path)
+    return path
+
+
+def eval_results(results: Mapping[str, Mapping[str, Any]], dataset: str | None) -> list:
+    """``huggingface_hub.EvalResult`` entries (task text-classification) for each split's known metrics."""
+    from huggingface_hub import EvalResult
+
+    if not dataset:
+        return []
+    local = Path(dataset).expanduser()
+    dataset_type = (local.stem if local.is_file() else local.name) if local.exists() else dataset
+    return [
+        EvalResult(
+            task_type=CARD_TASK,
+            task_name="Sentiment classification",
+            dataset_type=dataset_type,
+            dataset_name=dataset,
+            dataset_split=split,
+            metric_type=key,
+            metric_name=name,
+            metric_value=float(measured[key]),
+        )
+        for split, measured in results.items()
+        for key, name in METRIC_ROWS
+        if _is_number(measured.get(key))
+    ]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def metrics_by_split(metrics: Mapping[str, Any], splits: Sequence[str] = ("validation", "test")) -> dict[str, dict]:
+    """``{split: {key: value}}`` from flat ``metrics.json`` entries named ``{split}_{key}``."""
+    return {
+        split: measured
+        for split in splits
+        if (measured := {key: metrics[f"{split}_{key}"] for key, _ in METRIC_ROWS if f"{split}_{key}" in metrics})
+    }
+
+
+def card_base_model(model_dir: Path) -> str | list[str] | None:
+    """The ``base_model`` a folder's card names (None without a readable card): derived folders inherit it."""
+    from huggingface_hub import ModelCard
+
+    path = model_dir / CARD_FILE
+    if not path.is_file():
+        return None
+    try:
+        return ModelCard.load(path, ignore_metadata_errors=True).data.base_model
+    except (ValueError, OSError):  # YAML errors are ValueErrors too
+        return None
+
+
+def set_card_section(output_dir: Path, heading: str, body: str) -> Path:
+    """Put ``## heading`` + ``body`` in the folder's card: replacing that section where present, else appended."""
+    import re
+
+    from huggingface_hub import ModelCard, ModelCardData
+
+    path = output_dir / CARD_FILE
+    if path.is_file():
+        card = ModelCard.load(path)
+    else:
+        data = ModelCardData(library_name="transformers", pipeline_tag=CARD_TASK, tags=list(CARD_TAGS))
+        card = ModelCard(f"---\n{data.to_yaml()}\n---\n")
+    section = f"## {heading}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(heading)}[ \t]*\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    if pattern.search(card.text):
+        card.text = pattern.sub(lambda _: section + "\n", card.text, count=1).rstrip("\n") + "\n"
+    else:
+        card.text = f"{card.text.rstrip()}\n\n{section}"
+    card.save(path)
+    return path
+
+
+def _provenance(versions: Mapping[str, str] | None) -> str:
+    import bertsent
+
+    others = "".join(f", {name} {version}" for name, version in (versions or {}).items() if name != "bertsent")
+    return (
+        f"Written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by bertsent {bertsent.__version__} "
+        f"(git {git_revision()}){others}, on {platform.platform()} ({platform.processor() or platform.machine()})."
+    )
+
+
 def write_model_card(output_dir: Path, args, data, metrics: dict) -> Path:
-    """Write ``README.md`` with Hugging Face front matter, the data, the settings and the metrics."""
+    """The fine-tuning card: the data, the settings and the metrics (validation and test in ``model-index``)."""
     import torch
     import transformers
 
-    import bertsent
-
-    report = metrics.get("data", {})
-    labels = ", ".join(f"{k}: {v}" for k, v in sorted(report.get("label_counts", {}).get("train", {}).items()))
     rows = []
     for key, name in METRIC_ROWS:
         val, test = metrics.get(f"validation_{key}"), metrics.get(f"test_{key}")
         if val is not None or test is not None:
             rows.append(f"| {name} | {_fmt(val)} | {_fmt(test)} |")
-    dropped = report.get("dropped", {})
-    dropped_lines = [
-        f"- {split}: " + ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in reasons.items() if n)
-        for split, reasons in dropped.items()
-        if any(reasons.values())
-    ]
     early = ", stopped early" if metrics.get("stopped_early") else ""
-    backend = ""
-    if versions := metrics.get("keras_versions"):
-        backend = (
-            f"\nTrained with Keras {versions['keras']} (KerasHub {versions['keras_hub']}, TensorFlow "
-            f"{versions['tensorflow']}, `model.fit`); the weights were converted to this PyTorch layout and "
-            f"match the Keras model's logits to {metrics['keras_parity_max_abs_diff']:.2g}. "
-            f"`bertsent export --format keras|tf-savedmodel` gives the Keras/TensorFlow forms back."
-        )
     settings = "\n".join(f"| `{k}` | `{v}` |" for k, v in asdict(args).items())
-    text = f"""---
-library_name: transformers
-pipeline_tag: text-classification
-base_model: {metrics.get("base_model", args.model or "sentence-transformers/all-MiniLM-L6-v2")}
-tags: [bertsent, sentiment-analysis]
----
-
-# Sentiment classifier fine-tuned with bertsent
-
-Fine-tuned from `{args.model or "all-MiniLM-L6-v2 (embedded)"}` on `{data.source}`
-({metrics.get("train_reviews")} training reviews, {metrics.get("validation_reviews")} validation reviews;
-train label counts: {labels or "n/a"}). {metrics.get("num_parameters", 0):,} parameters.
-Reviews are tokenized to {args.max_length} tokens (truncation: `{args.truncation}`).{backend}
-
-## Metrics
-
-Validation is the split used to pick the best checkpoint (step {metrics.get("best_step")});
+    sections = {
+        "Metrics": f"""Validation is the split used to pick the best checkpoint (step {metrics.get("best_step")});
 test was never used for model selection.
 
 | Metric | Validation | Test |
@@ -108,42 +208,59 @@ test was never used for model selection.
 
 Training: {metrics.get("steps")} optimizer steps, {metrics.get("train_seconds")} s
 ({metrics.get("train_reviews_per_second")} reviews/s){early}.
-Curves: `training_curves.png`; test plots and the most confident mistakes: `eval-test/`.
-
-## Data cleaning
-
-{chr(10).join(dropped_lines) or "No rows were dropped."}
-
-## Use
-
-```python
+Curves: `training_curves.png`; test plots and the most confident mistakes: `eval-test/`.""",
+        "Data cleaning": _dropped_lines(metrics.get("data", {})),
+        "Use": f"""```python
 from transformers import pipeline
 classifier = pipeline("text-classification", model="{output_dir}")
 classifier("A wonderful, moving film.", truncation=True)
 ```
 
-or `bertsent predict --model {output_dir} "A wonderful, moving film."`.
+or `bertsent predict --model {output_dir} "A wonderful, moving film."`.""",
+        "Settings": f"| Argument | Value |\n|---|---|\n{settings}",
+    }
+    return write_card(
+        output_dir,
+        title="Sentiment classifier fine-tuned with bertsent",
+        summary=_training_summary(args, data, metrics),
+        sections=sections,
+        results=metrics_by_split(metrics),
+        dataset=data.source,
+        base_model=metrics.get("base_model", args.model or "sentence-transformers/all-MiniLM-L6-v2"),
+        versions={"torch": torch.__version__, "transformers": transformers.__version__},
+    )
 
-## Settings
 
-| Argument | Value |
-|---|---|
-{settings}
+def _training_summary(args, data, metrics: dict) -> str:
+    report = metrics.get("data", {})
+    labels = ", ".join(f"{k}: {v}" for k, v in sorted(report.get("label_counts", {}).get("train", {}).items()))
+    backend = ""
+    if versions := metrics.get("keras_versions"):
+        backend = (
+            f"\nTrained with Keras {versions['keras']} (KerasHub {versions['keras_hub']}, TensorFlow "
+            f"{versions['tensorflow']}, `model.fit`); the weights were converted to this PyTorch layout and "
+            f"match the Keras model's logits to {metrics['keras_parity_max_abs_diff']:.2g}. "
+            f"`bertsent export --format keras|tf-savedmodel` gives the Keras/TensorFlow forms back."
+        )
+    return f"""Fine-tuned from `{args.model or "all-MiniLM-L6-v2 (embedded)"}` on `{data.source}`
+({metrics.get("train_reviews")} training reviews, {metrics.get("validation_reviews")} validation reviews;
+train label counts: {labels or "n/a"}). {metrics.get("num_parameters", 0):,} parameters.
+Reviews are tokenized to {args.max_length} tokens (truncation: `{args.truncation}`).{backend}"""
 
-Written {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")} by bertsent {bertsent.__version__}
-(git {git_revision()}), torch {torch.__version__}, transformers {transformers.__version__},
-on {platform.platform()} ({platform.processor() or platform.machine()}).
-"""
-    path = output_dir / "README.md"
-    path.write_text(text)
-    return path
+
+def _dropped_lines(report: dict) -> str:
+    lines = [
+        f"- {split}: " + ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in reasons.items() if n)
+        for split, reasons in report.get("dropped", {}).items()
+        if any(reasons.values())
+    ]
+    return "\n".join(lines) or "No rows were dropped."
 
 
 def inference_settings(model_dir: Path, tokenizer) -> tuple[int, str]:
     """Max length and truncation the model was trained with (from ``training_args.json``)."""
-    args_file = model_dir / "training_args.json"
-    if args_file.is_file():
-        training = json.loads(args_file.read_text()).get("training", {})
+    if (model_dir / ARGS_FILE).is_file():
+        training = read_training_args(model_dir).get("training", {})
         return int(training.get("max_length", 256)), training.get("truncation", "head")
     return min(int(tokenizer.model_max_length), 512), "head"
 
@@ -155,6 +272,17 @@ METRICS_FILE = "metrics.json"
 
 
 ARGS_FILE = "training_args.json"
+
+
+def read_training_args(model_dir: Path) -> dict:
+    """The folder's ``training_args.json`` (``{"training": ..., "data": ...}``); ``{}`` when it has none."""
+    path = Path(model_dir) / ARGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # JSON errors are ValueErrors
+        raise ModelError(f"cannot read {path}: {first_line(e)}") from e
 
 
 # What a model folder is made of besides its weights (tokenizer files of WordPiece, BPE and SentencePiece).
@@ -182,7 +310,7 @@ def read_id2label(model_dir: Path) -> dict[int, str]:
     try:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     except (OSError, ValueError) as e:  # JSON errors are ValueErrors
-        raise ModelError(f"cannot read {model_dir / 'config.json'}: {str(e).splitlines()[0]}") from e
+        raise ModelError(f"cannot read {model_dir / 'config.json'}: {first_line(e)}") from e
     return {int(k): str(v) for k, v in config.id2label.items()}
 
 
@@ -228,11 +356,15 @@ def check_source(model_dir: str | os.PathLike) -> Path:
     return path
 
 
+def weight_files(model_dir: Path) -> list[Path]:
+    """A folder's weight files: ``model*.safetensors`` and ``model.onnx`` with its external data."""
+    patterns = ("model*.safetensors", ONNX_FILE, f"{ONNX_FILE}.data", f"{ONNX_FILE}_data")
+    return sorted({p for pattern in patterns for p in Path(model_dir).glob(pattern) if p.is_file()})
+
+
 def weights_bytes(model_dir: Path) -> int:
     """Size on disk of a folder's weights (safetensors or ONNX)."""
-    return sum(p.stat().st_size for p in model_dir.glob("model*.safetensors")) + sum(
-        p.stat().st_size for p in model_dir.glob("model.onnx*")
-    )
+    return sum(p.stat().st_size for p in weight_files(model_dir))
 
 
 SPLIT_FIELDS = ("validation_size", "validation_samples", "test_size", "seed")
@@ -247,11 +379,9 @@ def data_config_for(model_dir: Path, data: DataConfig) -> DataConfig:
     changes: dict = {}
     if id2label and id2label != DEFAULT_ID2LABEL and data.labels is None:
         changes["labels"] = [id2label[i] for i in range(len(id2label))]
-    args_file = model_dir / "training_args.json"
-    if args_file.is_file():
-        trained = json.loads(args_file.read_text()).get("data", {})
-        if Path(str(trained.get("source", ""))).resolve() == Path(data.source).resolve():
-            changes |= {k: trained[k] for k in SPLIT_FIELDS if k in trained}
+    trained = read_training_args(model_dir).get("data", {})
+    if trained and Path(str(trained.get("source", ""))).resolve() == Path(data.source).resolve():
+        changes |= {k: trained[k] for k in SPLIT_FIELDS if k in trained}
     return dataclasses.replace(data, **changes) if changes else data
 
 

@@ -7,6 +7,7 @@ are streamed through it by :func:`predict_file`.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -15,83 +16,107 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from bertsent.config import TRUNCATION_STRATEGIES
-from bertsent.encoding import Encoded, encode, encode_windows, iter_batches
+from bertsent.config import InferenceSettings
+from bertsent.encoding import Encoded, encode, encode_windows
 from bertsent.errors import DataError, ModelError
 from bertsent.folder import inference_settings
-from bertsent.inference import LONG_TEXT, load_backend, softmax
+from bertsent.inference import load_backend, run, softmax
 from bertsent.modeling.loading import load_tokenizer
+
+SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(InferenceSettings))
+
+
+def resolve_settings(
+    model_dir: Path, tokenizer, settings: InferenceSettings | None = None, **overrides
+) -> InferenceSettings:
+    """``settings`` (default: :class:`InferenceSettings`) with ``overrides`` (field names; None values mean
+    "not given"), and max length/truncation left None filled from what the folder was trained with."""
+    unknown = sorted(set(overrides) - SETTING_NAMES)
+    if unknown:
+        raise TypeError(f"unknown inference settings {unknown}; known: {', '.join(sorted(SETTING_NAMES))}")
+    base = settings if settings is not None else InferenceSettings()
+    resolved = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    trained_length, trained_truncation = inference_settings(model_dir, tokenizer)
+    return dataclasses.replace(
+        resolved,
+        max_length=resolved.max_length or trained_length,
+        truncation=resolved.truncation or trained_truncation,
+    )
 
 
 class Predictor:
-    """A model folder ready to classify texts; the one object ``predict`` and ``evaluate`` share.
+    """A model folder ready to classify texts; the one object ``predict``, ``evaluate``, ``compare`` and
+    ``serve`` share.
 
-    The backend (PyTorch or ONNX Runtime) is picked from what the folder holds. A PyTorch model runs
-    its last layer for [CLS] only (:class:`ClsOnlyLastLayer`: same logits to float rounding, fewer
-    FLOPs); ``cls_only=False`` runs the plain forward.
+    It runs with ``settings`` (:class:`InferenceSettings`), any field of which a keyword overrides:
+    ``Predictor(folder, batch_size=8, long_text="chunk")``. :attr:`settings` holds the resolved ones (max
+    length and truncation filled in from the folder). ``backend="auto"`` picks PyTorch or ONNX Runtime by
+    what the folder holds. A PyTorch BERT runs its last layer for [CLS] only (:class:`ClsOnlyLastLayer`:
+    same logits to float rounding, fewer FLOPs); ``cls_only=False`` runs the plain forward.
     """
 
-    def __init__(
-        self,
-        model_dir: str | os.PathLike,
-        *,
-        batch_size: int = 32,
-        max_length: int | None = None,
-        truncation: str | None = None,
-        device: str = "auto",
-        threads: int | None = None,
-        long_text: str = "truncate",
-        stride: int = 128,
-        precision: str = "fp32",
-        compile: bool = False,
-        cls_only: bool = True,
-    ) -> None:
+    def __init__(self, model_dir: str | os.PathLike, settings: InferenceSettings | None = None, **overrides) -> None:
         self.model_dir = Path(model_dir)
-        if long_text not in LONG_TEXT:
-            raise ValueError(f"long_text must be one of {', '.join(LONG_TEXT)}, got {long_text!r}")
-        self.long_text, self.stride = long_text, stride
         if not (self.model_dir / "config.json").is_file():
             raise ModelError(f"{self.model_dir}: not a model folder (no config.json)")
-        if threads:
-            torch.set_num_threads(threads)
+        if settings is not None and not isinstance(settings, InferenceSettings):
+            raise TypeError(f"settings must be an InferenceSettings, got {type(settings).__name__}")
         self.tokenizer = load_tokenizer(self.model_dir)
-        self.backend = load_backend(self.model_dir, device, threads, precision, compile, cls_only)
-        trained_length, trained_truncation = inference_settings(self.model_dir, self.tokenizer)
-        self.max_length = max_length or trained_length
-        self.truncation = truncation or trained_truncation
-        if self.truncation not in TRUNCATION_STRATEGIES:
-            raise ValueError(f"truncation must be one of {', '.join(TRUNCATION_STRATEGIES)}")
-        self.batch_size = batch_size
+        self.settings = resolve_settings(self.model_dir, self.tokenizer, settings, **overrides)
+        s = self.settings
+        self.backend = load_backend(self.model_dir, s.device, s.threads, s.precision, s.compile, s.cls_only, s.backend)
         self.id2label = self.backend.id2label
+        self.pad_id = self.tokenizer.pad_token_id or 0
+
+    @property
+    def max_length(self) -> int:
+        return self.settings.max_length
+
+    @property
+    def truncation(self) -> str:
+        return self.settings.truncation
+
+    @property
+    def batch_size(self) -> int:
+        return self.settings.batch_size
+
+    @property
+    def long_text(self) -> str:
+        return self.settings.long_text
+
+    @property
+    def stride(self) -> int:
+        return self.settings.stride
 
     def encode(self, texts: list[str]) -> Encoded:
+        """Texts tokenized and truncated to the max length (one row each, whatever ``long_text`` says)."""
         return encode(self.tokenizer, texts, self.max_length, self.truncation)
 
-    def predict_proba(self, texts: list[str] | Encoded, progress: bool | None = False) -> np.ndarray:
-        """Probabilities, shape ``(len(texts), num_labels)``, in input order (batches sorted by length)."""
-        from tqdm.auto import tqdm
+    def prepare(self, texts: list[str]) -> tuple[Encoded, np.ndarray | None]:
+        """Texts tokenized as the settings say: truncated (and None), or ``long_text="chunk"``'s windows
+        and the text each window belongs to."""
+        if self.long_text == "chunk":
+            return encode_windows(self.tokenizer, list(texts), self.max_length, self.stride)
+        return self.encode(list(texts)), None
 
-        owner = None
-        if isinstance(texts, Encoded):
-            encoded = texts
-        elif self.long_text == "chunk":
-            encoded, owner = encode_windows(self.tokenizer, list(texts), self.max_length, self.stride)
-        else:
-            encoded = self.encode(list(texts))
-        pad_id = self.tokenizer.pad_token_id or 0
-        out = np.zeros((len(encoded), len(self.id2label)), dtype=np.float32)
-        with tqdm(total=len(encoded), desc="predicting", unit="review", disable=not progress) as bar:
-            for idx, batch in iter_batches(encoded, self.batch_size, pad_id):
-                out[idx] = softmax(self.backend.logits(batch))
-                bar.update(len(idx))
+    def scores(self, encoded: Encoded, owner: np.ndarray | None = None, progress: bool | None = False) -> np.ndarray:
+        """Probabilities of encoded rows; with ``owner`` (from :meth:`prepare`), each text's mean over its windows."""
+        probs = softmax(run(self.backend, encoded, self.batch_size, self.pad_id, progress))
         if owner is None:
-            return out
-        # Each text's score is the mean over its windows.
-        per_text = np.zeros((int(owner.max()) + 1 if len(owner) else 0, out.shape[1]), dtype=np.float32)
-        np.add.at(per_text, owner, out)
+            return probs
+        per_text = np.zeros((int(owner.max()) + 1 if len(owner) else 0, probs.shape[1]), dtype=np.float32)
+        np.add.at(per_text, owner, probs)
         return per_text / np.bincount(owner)[:, None]
+
+    def predict_proba(self, texts: list[str] | Encoded, progress: bool | None = False) -> np.ndarray:
+        """Probabilities, shape ``(len(texts), num_labels)``, in input order (batches sorted by length).
+
+        ``Encoded`` input is scored row by row as it is (no windows).
+        """
+        if isinstance(texts, Encoded):
+            return self.scores(texts, None, progress)
+        return self.scores(*self.prepare(texts), progress=progress)
 
     def __call__(self, texts: str | list[str], top_k: int | None = 1) -> list[dict] | list[list[dict]]:
         """Pipeline-shaped output: ``[{"label": ..., "score": ...}]``; ``top_k=None`` gives all scores."""

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bertsent.errors import BertsentError, ModelError
+from bertsent.errors import BertsentError, ModelError, SettingsError
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +53,7 @@ def resolve_threads(threads: int | None = None) -> int:
     """Intra-op threads: the argument, else ``$BERTSENT_THREADS``, else one per physical core."""
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+            raise SettingsError(f"threads must be an integer >= 1, got {threads!r}")
         return threads
     env = os.environ.get(THREADS_ENV, "").strip()
     if env:
@@ -74,6 +74,19 @@ def session_options(threads: int | None = None):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT's warnings about its own rewrites are noise here
     return options
+
+
+def torch_threads(threads: int | None = None) -> int:
+    """PyTorch's intra-op threads by the policy of :func:`session_options`: ``threads``, else
+    ``$BERTSENT_THREADS``; with neither, PyTorch keeps its own default (one per physical core too).
+
+    ``torch.set_num_threads`` is process-wide. Returns the threads in effect.
+    """
+    import torch
+
+    if threads is not None or os.environ.get(THREADS_ENV, "").strip():
+        torch.set_num_threads(resolve_threads(threads))
+    return torch.get_num_threads()
 
 
 def pick_device(name: str) -> torch.device:

@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bertsent.config import DEFAULT_HOST, ServeSettings
-from bertsent.errors import InferenceError, ServeError
+from bertsent.config import DEFAULT_HOST, InferenceSettings, ServeSettings
+from bertsent.errors import InferenceError, ServeError, SettingsError, first_line
 
 if TYPE_CHECKING:
     from bertsent.predict import Predictor
@@ -431,9 +431,29 @@ def load_page() -> str | None:
         return None
 
 
-def create_app(model: "str | os.PathLike | Predictor", settings: ServeSettings | None = None):
+def load_predictor(
+    model: "str | os.PathLike | Predictor", settings: ServeSettings, inference: InferenceSettings | None = None
+) -> "Predictor":
+    """``model`` itself when it is a ``Predictor`` (or has its interface), else a Predictor for the folder
+    running with ``inference``, its batch size ``settings.max_batch_size`` (and ``settings.threads`` when set)."""
+    if hasattr(model, "predict_proba"):
+        if inference is not None:
+            raise SettingsError("inference settings are for a model folder; a Predictor already has its own")
+        return model
+    from bertsent.predict import Predictor
+
+    return Predictor(model, inference, batch_size=settings.max_batch_size, threads=settings.threads)
+
+
+def create_app(
+    model: "str | os.PathLike | Predictor",
+    settings: ServeSettings | None = None,
+    inference: InferenceSettings | None = None,
+):
     """The FastAPI app serving ``model``: a model folder, or a ``Predictor`` (or anything with its interface).
 
+    A folder runs with ``inference`` (:class:`InferenceSettings`: max length, long texts, backend, ...);
+    its batch size is always ``settings.max_batch_size``, and ``settings.threads``, when set, wins.
     The model is loaded here, so a bad folder fails now, not at the first request; the batching
     worker starts with the app's lifespan (run it under uvicorn, or ``with TestClient(app)``).
     """
@@ -446,12 +466,7 @@ def create_app(model: "str | os.PathLike | Predictor", settings: ServeSettings |
 
     from bertsent import __version__
 
-    if hasattr(model, "predict_proba"):
-        predictor = model
-    else:
-        from bertsent.predict import Predictor
-
-        predictor = Predictor(model, batch_size=settings.max_batch_size, threads=settings.threads)
+    predictor = load_predictor(model, settings, inference)
     id2label = {int(k): str(v) for k, v in predictor.id2label.items()}
     m = api_models()
     page = load_page()
@@ -494,13 +509,13 @@ def create_app(model: "str | os.PathLike | Predictor", settings: ServeSettings |
         if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
             # FastAPI turns a body json.loads cannot decode (bad UTF-8, absurd nesting or number size)
             # into a 400; it is the same client mistake as any other bad JSON.
-            return error(422, f"request body is not valid JSON: {_first_line(exc.__cause__)}")
+            return error(422, f"request body is not valid JSON: {first_line(exc.__cause__)}")
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         # A JSON answer for the client; Starlette re-raises afterwards, so uvicorn logs the traceback.
-        return error(500, f"internal error: {type(exc).__name__}: {_first_line(exc)}")
+        return error(500, f"internal error: {type(exc).__name__}: {first_line(exc)}")
 
     @app.get("/", include_in_schema=False)
     async def index():
@@ -565,7 +580,7 @@ def create_app(model: "str | os.PathLike | Predictor", settings: ServeSettings |
         try:
             probs = await request.app.state.batcher.submit(texts)
         except InferenceError as e:
-            return error(500, f"inference failed: {_first_line(e)}")
+            return error(500, f"inference failed: {first_line(e)}")
         except ServeError as e:
             return error(503, str(e))
         params = body.parameters
@@ -579,11 +594,6 @@ def create_app(model: "str | os.PathLike | Predictor", settings: ServeSettings |
         ]
 
     return app
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------------------
@@ -638,17 +648,22 @@ def background_server(app, host: str = DEFAULT_HOST, port: int = 0, timeout: flo
 
 
 def settings_from_args(ns: argparse.Namespace) -> ServeSettings:
-    names = {f.name for f in dataclasses.fields(ServeSettings)}
-    return ServeSettings(**{k: v for k, v in vars(ns).items() if k in names})
+    """The server's settings from ``bertsent serve``'s flags."""
+    from bertsent.argparsing import settings
+
+    return settings(ns, ServeSettings)
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
     """``bertsent serve``: load the folder, bind, serve until Ctrl-C, then print what was served."""
+    from bertsent.argparsing import settings as from_flags
+
     settings = settings_from_args(ns)
+    inference = from_flags(ns, InferenceSettings)
     uvicorn = _require("uvicorn")
     sock = bind_socket(settings.host, settings.port)  # before loading: a busy port fails fast
     try:
-        app = create_app(ns.model, settings)
+        app = create_app(ns.model, settings, inference)
         predictor = app.state.predictor
         url = url_of(sock)
         labels = ", ".join(predictor.id2label[i] for i in sorted(predictor.id2label))
@@ -671,49 +686,12 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     return 0
 
 
-def add_cli(subparsers) -> None:
-    """Add ``bertsent serve`` to the CLI's subparsers."""
-    d = ServeSettings()
-    p = subparsers.add_parser(
-        "serve",
-        help="serve a model folder over HTTP: JSON API with micro-batching, and a web page",
-        description="Serve a fine-tuned model folder (PyTorch or ONNX) with FastAPI + uvicorn: POST /predict, "
-        "GET /health, GET /info, a web page at / and API docs at /docs. Requests from concurrent clients "
-        "are batched together.",
-    )
-    p.add_argument("--model", required=True, help="fine-tuned model folder")
-    p.add_argument(
-        "--host",
-        default=d.host,
-        help=f"address to listen on (default: {d.host}, this machine only; 0.0.0.0 exposes the "
-        "unauthenticated API to the network)",
-    )
-    p.add_argument("--port", type=int, default=d.port, help=f"(default: {d.port}; 0: any free port)")
-    g = p.add_argument_group("batching")
-    g.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help=f"(default: {d.max_batch_size})")
-    g.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=d.max_wait_ms,
-        help=f"how long a text waits for others to join its batch (default: {d.max_wait_ms:g})",
-    )
-    g.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's)")
-    g = p.add_argument_group("limits (over them: HTTP 413)")
-    g.add_argument("--max-inputs", type=int, default=d.max_inputs, help=f"texts per request (default: {d.max_inputs})")
-    g.add_argument("--max-chars", type=int, default=d.max_chars, help=f"characters per text (default: {d.max_chars})")
-    g.add_argument(
-        "--max-body-bytes", type=int, default=d.max_body_bytes, help=f"request body size (default: {d.max_body_bytes})"
-    )
-    p.set_defaults(func=cmd_serve)
-
-
 __all__ = [
     "BodyLimitMiddleware",
     "InferenceError",
     "MicroBatcher",
     "ServeError",
     "ServeSettings",
-    "add_cli",
     "api_models",
     "background_server",
     "bind_socket",

@@ -30,10 +30,8 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from bertsent.config import DEFAULT_ATOL, DEFAULT_OPSET, EXPORTERS, MAX_OPSET, MIN_OPSET
-from bertsent.errors import ExportError, ExportParityError
+from bertsent.config import DEFAULT_ATOL, DEFAULT_OPSET, EXPORTERS, MAX_OPSET, MIN_OPSET, ExportConfig
+from bertsent.errors import ExportError, SettingsError, first_line
 from bertsent.folder import (
     COMPRESSION_FILE,
     INPUT_NAMES,
@@ -45,6 +43,7 @@ from bertsent.folder import (
     copy_model_files,
     weights_bytes,
 )
+from bertsent.modeling.parity import PARITY_SHAPES, Candidate, parity_check, random_batch
 from bertsent.runtime import THREADS_ENV, require_onnxruntime, session_options
 
 if TYPE_CHECKING:
@@ -52,9 +51,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bertsent.export")
 
-PARITY_SHAPES: tuple[tuple[int, int], ...] = ((1, 7), (3, 50), (2, 300))
-"""(batch, sequence) shapes of the parity check; all differ from the export example (2, 16)."""
 EXAMPLE_SHAPE = (2, 16)
+"""(batch, sequence) of the traced example; the parity check (``PARITY_SHAPES``) uses other shapes."""
 
 
 def _load_eager(model_dir: Path) -> torch.nn.Module:
@@ -67,19 +65,12 @@ def _load_eager(model_dir: Path) -> torch.nn.Module:
     return model.float().eval()
 
 
-def _example(vocab_size: int, pad_id: int, batch: int, length: int, seed: int) -> dict[str, torch.Tensor]:
-    """Random token ids with the last row padded, so masks with zeros are part of every check."""
+def _example(vocab_size: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """The traced example: random token ids with the last row padded, as in the parity check."""
     import torch
 
-    generator = torch.Generator().manual_seed(seed)
-    low = min(1000, vocab_size - 1)
-    ids = torch.randint(low, vocab_size, (batch, length), generator=generator)
-    mask = torch.ones_like(ids)
-    if batch > 1:
-        keep = max(1, length * 2 // 3)
-        ids[-1, keep:] = pad_id
-        mask[-1, keep:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
+    ids, mask = random_batch(vocab_size, pad_id, *EXAMPLE_SHAPE, seed=0)
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
 
 def _torch_export(model: torch.nn.Module, example: dict[str, torch.Tensor], path: Path, opset: int, exporter: str):
@@ -125,39 +116,11 @@ def _torch_export(model: torch.nn.Module, example: dict[str, torch.Tensor], path
             )
 
 
-def parity_check(
-    model: torch.nn.Module,
-    onnx_path: Path,
-    shapes: tuple[tuple[int, int], ...] = PARITY_SHAPES,
-    atol: float = DEFAULT_ATOL,
-    pad_id: int = 0,
-) -> dict:
-    """Max abs logit difference ONNX Runtime vs PyTorch per shape; raises past ``atol``."""
-    import torch
-
+def _onnx_logits(onnx_path: Path) -> Candidate:
+    """ONNX Runtime on the CPU as the parity check's candidate: ``(input_ids, attention_mask) -> logits``."""
     ort = require_onnxruntime()
     session = ort.InferenceSession(str(onnx_path), session_options(), providers=["CPUExecutionProvider"])
-    max_positions = int(getattr(model.config, "max_position_embeddings", 512) or 512)
-    results = []
-    for i, (batch, length) in enumerate(shapes):
-        length = min(length, max_positions)
-        inputs = _example(model.config.vocab_size, pad_id, batch, length, seed=i + 1)
-        with torch.inference_mode():
-            expected = model(**inputs).logits.float().numpy()
-        got = session.run([OUTPUT_NAME], {k: v.numpy() for k, v in inputs.items()})[0]
-        if got.shape != expected.shape:
-            raise ExportParityError(f"ONNX logits have shape {got.shape}, PyTorch {expected.shape} on {batch}x{length}")
-        results.append({"shape": [batch, length], "max_abs_diff": float(np.abs(got - expected).max())})
-    # NaN never compares as within tolerance, and ranks first among the failures.
-    failures = [r for r in results if not r["max_abs_diff"] <= atol]
-    worst = max(failures or results, key=lambda r: (np.isnan(r["max_abs_diff"]), np.nan_to_num(r["max_abs_diff"])))
-    if failures:
-        batch, length = worst["shape"]
-        raise ExportParityError(
-            f"ONNX Runtime logits differ from PyTorch by {worst['max_abs_diff']:.3g} (> atol {atol:g}) "
-            f"on input shape {batch}x{length}"
-        )
-    return {"atol": atol, "max_abs_diff": worst["max_abs_diff"], "shapes": results}
+    return lambda ids, mask: session.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, (ids, mask), strict=True)))[0]
 
 
 def op_counts(onnx_path: Path) -> dict[str, int]:
@@ -184,11 +147,11 @@ def export_onnx(
     Nothing is written unless ONNX Runtime matches PyTorch within ``atol`` on ``parity_shapes``.
     """
     if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+        raise SettingsError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ValueError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}], got {opset!r}")
+        raise SettingsError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}], got {opset!r}")
     if not atol > 0:
-        raise ValueError(f"atol must be > 0, got {atol!r}")
+        raise SettingsError(f"atol must be > 0, got {atol!r}")
     require_onnxruntime()
     try:
         import onnx  # noqa: F401
@@ -211,16 +174,15 @@ def export_onnx(
     pad_id = load_tokenizer(source).pad_token_id or 0
     with tempfile.TemporaryDirectory(prefix="bertsent-export-") as tmp:
         staged = Path(tmp) / ONNX_FILE
-        example = _example(model.config.vocab_size, pad_id, *EXAMPLE_SHAPE, seed=0)
+        example = _example(model.config.vocab_size, pad_id)
         try:
             _torch_export(exported, example, staged, opset, exporter)
         except ExportError:
             raise
         except Exception as e:  # exporter failures come as many types; the first line says what broke
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ExportError(f"torch.onnx.export ({exporter}) failed for {source}: {reason}") from e
+            raise ExportError(f"torch.onnx.export ({exporter}) failed for {source}: {first_line(e)}") from e
         export_seconds = time.perf_counter() - started
-        parity = parity_check(model, staged, parity_shapes, atol, pad_id)
+        parity = parity_check("ONNX Runtime", _onnx_logits(staged), model, atol, pad_id, parity_shapes)
         output_dir.mkdir(parents=True, exist_ok=True)
         clear_weights(output_dir)
         shutil.move(str(staged), output_dir / ONNX_FILE)
@@ -292,79 +254,44 @@ CLS_ONLY_NOTE = "The last layer is computed for the [CLS] position only (all the
 
 def write_export_card(output_dir: Path, record: dict) -> Path:
     """README.md of an export folder: what was done and what was measured."""
+    from bertsent.folder import card_base_model, write_card
+
     parity = record["parity"]
     shapes = ", ".join(f"{s['shape'][0]}x{s['shape'][1]}: {s['max_abs_diff']:.2g}" for s in record["parity"]["shapes"])
-    text = f"""---
-library_name: onnx
-pipeline_tag: text-classification
-tags: [bertsent, sentiment-analysis, onnx]
----
-
-# ONNX export of `{record["source"]}`
-
-Exported with `torch.onnx.export` ({record["exporter"]} exporter, opset {record["opset"]}, eager attention);
-inputs `input_ids`, `attention_mask` (int64, dynamic batch and sequence), output `logits`.
-{CLS_ONLY_NOTE if record.get("last_layer") == "cls-only" else ""}
-
-## Measured
-
-| | |
+    measured = f"""| | |
 |---|---|
 | Max abs logit difference vs PyTorch | {parity["max_abs_diff"]:.3g} (tolerance {parity["atol"]:g}) |
 | Per shape (batch x tokens) | {shapes} |
 | ONNX file | {_mb(record["onnx_bytes"])} (source weights {_mb(record["source_weights_bytes"])}) |
-| Graph nodes | {record["nodes"]} |
-
-## Use
-
-`bertsent predict --model {output_dir} "A wonderful, moving film."` runs it with ONNX Runtime
-(threads: `${THREADS_ENV}`, default one per physical core). Details: `compression.json`.
-"""
-    path = output_dir / "README.md"
-    path.write_text(text)
-    return path
-
-
-def cmd_export(ns) -> int:
-    if ns.format != "onnx":
-        from bertsent.keras.export import export_keras_model
-
-        out = export_keras_model(ns.model, ns.output_dir, fmt=ns.format, strings=ns.strings, atol=ns.atol)
-        record = json.loads((out / COMPRESSION_FILE).read_text())
-        print(f"{'parity max |diff|':>24}: {record['parity']['max_abs_diff']:.3g}")
-        print(f"{ns.format} model written to {out}")
-        return 0
-    if ns.strings:
-        raise ValueError("--strings is for --format tf-savedmodel")
-    out = export_onnx(ns.model, ns.output_dir, opset=ns.opset, atol=ns.atol, exporter=ns.exporter)
-    record = json.loads((out / COMPRESSION_FILE).read_text())
-    print(f"{'parity max |diff|':>24}: {record['parity']['max_abs_diff']:.3g}")
-    print(f"{'onnx size':>24}: {_mb(record['onnx_bytes'])}")
-    print(f"ONNX model written to {out}")
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    """Register ``bertsent export``."""
-    p = subparsers.add_parser(
-        "export", help="export a model folder to ONNX, a TensorFlow SavedModel or .keras (checked against PyTorch)"
+| Graph nodes | {record["nodes"]} |"""
+    return write_card(
+        output_dir,
+        title=f"ONNX export of `{record['source']}`",
+        summary=f"""Exported with `torch.onnx.export` ({record["exporter"]} exporter, opset {record["opset"]}, \
+eager attention);
+inputs `input_ids`, `attention_mask` (int64, dynamic batch and sequence), output `logits`.
+{CLS_ONLY_NOTE if record.get("last_layer") == "cls-only" else ""}""",
+        sections={
+            "Measured": measured,
+            "Use": f'`bertsent predict --model {output_dir} "A wonderful, moving film."` runs it with ONNX Runtime\n'
+            f"(threads: `${THREADS_ENV}`, default one per physical core). Details: `compression.json`.",
+        },
+        base_model=card_base_model(Path(record["source"])),
+        library_name="onnx",
+        tags=["onnx"],
+        versions=record.get("versions"),
     )
-    p.add_argument(
-        "--model", required=True, help="PyTorch model folder (fine-tuned or pruned; Keras formats: not pruned)"
+
+
+def export(config: ExportConfig) -> Path:
+    """``bertsent export``: ONNX (:func:`export_onnx`), or a TF SavedModel / ``.keras`` file (needs the
+    ``keras`` extra); every format is parity-checked against PyTorch before anything is written."""
+    if config.format == "onnx":
+        return export_onnx(
+            config.model, config.output_dir, opset=config.opset, atol=config.atol, exporter=config.exporter
+        )
+    from bertsent.keras.export import export_keras_model
+
+    return export_keras_model(
+        config.model, config.output_dir, fmt=config.format, strings=config.strings, atol=config.atol
     )
-    p.add_argument("--output-dir", required=True, help="folder for the exported model and the files to load it")
-    p.add_argument(
-        "--format",
-        choices=("onnx", "tf-savedmodel", "keras"),
-        default="onnx",
-        help='(default: onnx); tf-savedmodel and keras need pip install "bertsent[keras]"',
-    )
-    p.add_argument(
-        "--strings",
-        action="store_true",
-        help="tf-savedmodel: add a raw-text signature (tokenizes in the graph; loading it needs tensorflow_text)",
-    )
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
-    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"logit tolerance (default: {DEFAULT_ATOL:g})")
-    p.add_argument("--exporter", choices=EXPORTERS, default="torchscript", help="(default: torchscript)")
-    p.set_defaults(func=cmd_export)

@@ -49,7 +49,7 @@ from torch import nn
 
 from bertsent.config import PruneConfig
 from bertsent.errors import ModelError, PruneError
-from bertsent.folder import COMPRESSION_FILE, WEIGHTS_FILE
+from bertsent.folder import COMPRESSION_FILE, WEIGHTS_FILE, weights_bytes
 from bertsent.modeling.pruned import encoder_layers, prune_ffn, prune_heads, pruning_layout, retain_layers
 
 if TYPE_CHECKING:
@@ -349,7 +349,7 @@ def _load_reviews(config: PruneConfig, source: Path, id2label: dict[int, str]):
     from bertsent.folder import data_config_for
 
     # Validation is carved as in training (data_config_for); subsets are drawn here, from the whole of it.
-    data = data_config_for(source, config.data_config(train_samples=None))
+    data = data_config_for(source, dataclasses.replace(config.data, train_samples=None))
     data = dataclasses.replace(data, validation_samples=None)
     need_importance = bool(config.heads_fraction or config.ffn_fraction)
     from_train = need_importance and config.importance_split == "train"
@@ -465,7 +465,7 @@ def prune(config: PruneConfig) -> PruneResult:
             "encoder_linear_after": after["encoder_sparsity"],
             "note": "zeroed weights are stored densely: no smaller file and no speed-up from sparsity",
         },
-        "weights_bytes": {"before": _weights_bytes(source), "after": _weights_bytes(out)},
+        "weights_bytes": {"before": weights_bytes(source), "after": weights_bytes(out)},
         "layout": pruning_layout(model),
         "stock_loadable": _uniform(model),
         "head_importance": None if importance is None else _nan_to_none(_normalised_heads(importance)),
@@ -527,7 +527,7 @@ def _recover(config: PruneConfig, model, source: Path, data: DataConfig, masks, 
         evaluate_test=False,  # test is scored by evaluate/compare, not on every recovery
     )
     recovery_data = dataclasses.replace(
-        data, train_samples=config.train_samples, validation_samples=config.eval_samples or None
+        data, train_samples=config.data.train_samples, validation_samples=config.eval_samples or None
     )
     handles = [
         model.get_parameter(name).register_hook(lambda grad, mask=mask: grad * mask.to(grad.device))
@@ -549,10 +549,6 @@ def _recover(config: PruneConfig, model, source: Path, data: DataConfig, masks, 
         "train_reviews": result.metrics.get("train_reviews"),
         "note": "recovery picks its best epoch on the same validation reviews that are reported",
     } | {k: result.metrics[k] for k in keys if k in result.metrics}
-
-
-def _weights_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.glob("model*.safetensors"))
 
 
 def _uniform(model: nn.Module) -> bool:
@@ -593,8 +589,58 @@ def _flat_metrics(compression: dict) -> dict:
 
 def write_prune_card(output_dir: Path, compression: dict) -> Path:
     """The README.md of a pruned folder: what was removed and what was measured."""
-    import bertsent
+    from bertsent.folder import card_base_model, write_card
 
+    validation = compression["validation"]
+    measured = (
+        f"Validation metrics on {validation['reviews']} validation reviews (held out from training when the data "
+        "and seed match the training run), through `bertsent.predict.Predictor`."
+        if validation["reviews"]
+        else "Accuracy was not measured (no evaluation reviews)."
+    )
+    if compression["stock_loadable"]:
+        loading = (
+            "Every layer keeps all its heads and FFN neurons, so `transformers.pipeline` and stock\n"
+            "`from_pretrained` load this folder too."
+        )
+    else:
+        loading = (
+            "The layers have pruned, non-uniform shapes (`bertsent_pruning` in `config.json`):\n"
+            "**`transformers.pipeline` and stock `from_pretrained` cannot load this folder.** Load it with\n"
+            "`bertsent.modeling.load_classifier`, `bertsent.predict.Predictor` or `bertsent predict`."
+        )
+    sections = {
+        "What was done": "\n".join(_prune_steps(compression)),
+        "What was measured": f"""| | Before | After |
+|---|---|---|
+{chr(10).join(_prune_rows(compression))}
+
+{measured} This stage measures no latency: fewer heads, neurons and layers mean fewer
+operations, but how much faster the model runs must be measured on the target machine.""",
+        "Use": f"""{loading}
+
+```python
+from bertsent.predict import Predictor
+Predictor("{output_dir}")(["A wonderful, moving film."])
+```
+
+The full record (arguments, layout, head importance) is in `{COMPRESSION_FILE}`.""",
+    }
+    data = compression["arguments"].get("data")
+    return write_card(
+        output_dir,
+        title="Pruned sentiment classifier (bertsent prune)",
+        summary=f"Pruned from `{compression['source']}`.",
+        sections=sections,
+        results={"validation": validation["after"]} if "after" in validation else None,
+        dataset=data.get("source") if isinstance(data, dict) else data,
+        base_model=card_base_model(Path(compression["source"])),
+        tags=["pruned"],
+    )
+
+
+def _prune_steps(compression: dict) -> list[str]:
+    """The card's "What was done" bullets."""
     args, resolved = compression["arguments"], compression["resolved"]
     done = []
     if resolved["dropped_layers"]:
@@ -623,6 +669,11 @@ def write_prune_card(output_dir: Path, compression: dict) -> Path:
             f"- recovery fine-tuning: {recovery['epochs']} epoch(s) at lr {recovery['lr']} "
             f"({recovery.get('steps')} steps, {recovery.get('train_seconds')} s); {recovery['note']}"
         )
+    return done
+
+
+def _prune_rows(compression: dict) -> list[str]:
+    """The card's before/after table rows."""
 
     def row(name: str, key: str, fmt: str = ",") -> str:
         pair = compression[key]
@@ -647,58 +698,4 @@ def write_prune_card(output_dir: Path, compression: dict) -> Path:
         if "after" in validation:
             pruned = f" (pruned, before recovery: {validation['pruned'][key]:.4f})" if "pruned" in validation else ""
             rows.append(f"| {name} | {validation['before'][key]:.4f} | {validation['after'][key]:.4f}{pruned} |")
-    measured = (
-        f"Validation metrics on {validation['reviews']} validation reviews (held out from training when the data "
-        "and seed match the training run), through `bertsent.predict.Predictor`."
-        if validation["reviews"]
-        else "Accuracy was not measured (no evaluation reviews)."
-    )
-    if compression["stock_loadable"]:
-        loading = (
-            "Every layer keeps all its heads and FFN neurons, so `transformers.pipeline` and stock\n"
-            "`from_pretrained` load this folder too."
-        )
-    else:
-        loading = (
-            "The layers have pruned, non-uniform shapes (`bertsent_pruning` in `config.json`):\n"
-            "**`transformers.pipeline` and stock `from_pretrained` cannot load this folder.** Load it with\n"
-            "`bertsent.modeling.load_classifier`, `bertsent.predict.Predictor` or `bertsent predict`."
-        )
-    text = f"""---
-library_name: transformers
-pipeline_tag: text-classification
-tags: [bertsent, sentiment-analysis, pruned]
----
-
-# Pruned sentiment classifier (bertsent prune)
-
-Pruned from `{compression["source"]}`.
-
-## What was done
-
-{chr(10).join(done)}
-
-## What was measured
-
-| | Before | After |
-|---|---|---|
-{chr(10).join(rows)}
-
-{measured} This stage measures no latency: fewer heads, neurons and layers mean fewer
-operations, but how much faster the model runs must be measured on the target machine.
-
-## Use
-
-{loading}
-
-```python
-from bertsent.predict import Predictor
-Predictor("{output_dir}")(["A wonderful, moving film."])
-```
-
-The full record (arguments, layout, head importance) is in `{COMPRESSION_FILE}`.
-Written by bertsent {bertsent.__version__}.
-"""
-    path = output_dir / "README.md"
-    path.write_text(text)
-    return path
+    return rows

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bertsent.compression.export import export_onnx, onnx_versions, op_counts
-from bertsent.config import DEFAULT_OPSET, METHODS, QuantizeConfig
-from bertsent.errors import DataError, QuantizationCollapseError, QuantizeError
+from bertsent.config import QuantizeConfig
+from bertsent.errors import DataError, ModelError, QuantizationCollapseError, QuantizeError, first_line
 from bertsent.folder import (
     ARGS_FILE,
     COMPRESSION_FILE,
@@ -43,6 +43,7 @@ from bertsent.folder import (
     clear_weights,
     copy_model_files,
     read_id2label,
+    read_training_args,
     weights_bytes,
 )
 from bertsent.modeling.quantized import CONFIG_FLAG, PER_CHANNEL_FLAG
@@ -79,12 +80,9 @@ def quantized_node_counts(counts: dict[str, int]) -> dict[str, int]:
 
 
 def _recorded_data(source: Path) -> dict | None:
-    args_file = source / ARGS_FILE
-    if not args_file.is_file():
-        return None
     try:
-        return json.loads(args_file.read_text()).get("data") or None
-    except json.JSONDecodeError:
+        return read_training_args(source).get("data") or None
+    except ModelError:  # an unreadable record counts as none: the check is skipped, not the run
         return None
 
 
@@ -95,15 +93,7 @@ def resolve_data(config: QuantizeConfig, source: Path):
 
     fields = {f.name for f in dataclasses.fields(DataConfig)}
     if config.data:
-        data = DataConfig(
-            source=config.data,
-            text_column=config.text_column,
-            label_column=config.label_column,
-            labels=config.labels,
-            encoding=config.encoding,
-            seed=config.seed,
-        )
-        origin = "--data"
+        data, origin = config.data, "--data"
     else:
         recorded = _recorded_data(source)
         if not recorded or not recorded.get("source"):
@@ -177,7 +167,7 @@ def _preprocess(fp32: Path, target: Path) -> dict:
         with _quiet_ort_logging():
             quant_pre_process(str(fp32), str(target), auto_merge=True)
     except Exception as e:  # it is an optimisation: quantize the plain export rather than fail
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         log.warning("quantization pre-processing failed (%s); quantizing the export as it is", reason)
         shutil.copy2(fp32, target)
         return {"applied": False, "error": reason}
@@ -496,6 +486,8 @@ def _mb(n: int) -> str:
 
 def write_quantize_card(folder: Path, record: dict, final_dir: Path | None = None) -> Path:
     """README.md of a quantized folder: what was done and what was measured."""
+    from bertsent.folder import card_base_model, write_card
+
     settings = record["settings"]
     how = {
         "onnx-dynamic": "ONNX Runtime dynamic quantization (INT8 weights, activations quantized per batch)",
@@ -519,98 +511,23 @@ Agreement with fp32: {100 * validation["agreement"]:.2f}% of predictions; accura
         size += " (unchanged on disk: the folder stores fp32 weights, quantized to INT8 in memory when loaded)"
     nodes = record.get("quantized_nodes") or record["quantization"].get("quantized_modules", {})
     warning_lines = "".join(f"> **WARNING:** {w}\n\n" for w in record["warnings"])
-    text = f"""---
-library_name: {"transformers" if record["method"] == "torch-dynamic" else "onnx"}
-pipeline_tag: text-classification
-tags: [bertsent, sentiment-analysis, int8, {record["method"]}]
----
-
-# INT8 `{record["method"]}` quantization of `{record["source"]}`
-
-{how}; {granularity} weight scales{", embedding tables in uint8" if settings["quantize_embeddings"] else ""}.
-
-{warning_lines}## Measured
-
-{measured}
-
-Weights: {size}. Quantized nodes: {", ".join(f"{k} {v}" for k, v in nodes.items()) or "none"}.
-
-## Use
-
-`bertsent predict --model {final_dir or folder} "A wonderful, moving film."` or
-`bertsent evaluate --model {final_dir or folder}`. Everything measured is in `compression.json`.
-"""
-    path = folder / "README.md"
-    path.write_text(text)
-    return path
-
-
-# --- command line -----------------------------------------------------------------------------------
-
-
-def cmd_quantize(ns) -> int:
-    from bertsent.config import parse_label_names
-
-    config = QuantizeConfig(
-        model=ns.model,
-        output_dir=ns.output_dir,
-        method=ns.method,
-        per_channel=ns.per_channel,
-        quantize_embeddings=ns.quantize_embeddings,
-        calibration_samples=ns.calibration_samples,
-        eval_samples=ns.eval_samples,
-        max_drop=ns.max_drop,
-        allow_collapse=ns.allow_collapse,
-        data=ns.data,
-        text_column=ns.text_column,
-        label_column=ns.label_column,
-        labels=parse_label_names(ns.labels) if ns.labels else None,
-        encoding=ns.encoding,
-        opset=ns.opset,
-        batch_size=ns.batch_size,
-        seed=ns.seed,
+    target = final_dir or folder
+    return write_card(
+        folder,
+        title=f"INT8 `{record['method']}` quantization of `{record['source']}`",
+        summary=f"{how}; {granularity} weight scales"
+        f"{', embedding tables in uint8' if settings['quantize_embeddings'] else ''}.\n\n{warning_lines}",
+        sections={
+            "Measured": f"{measured}\n\nWeights: {size}. Quantized nodes: "
+            f"{', '.join(f'{k} {v}' for k, v in nodes.items()) or 'none'}.",
+            "Use": f'`bertsent predict --model {target} "A wonderful, moving film."` or\n'
+            f"`bertsent evaluate --model {target}`. Everything measured is in `compression.json`.",
+        },
+        results=None if "skipped" in validation else {"validation": {"accuracy": validation["int8_accuracy"]}},
+        dataset=validation.get("data"),
+        base_model=card_base_model(Path(record["source"])),
+        library_name="transformers" if record["method"] == "torch-dynamic" else "onnx",
+        tags=["int8", record["method"]],
+        versions=record.get("versions"),
+        model_name=Path(target).name,
     )
-    result = quantize(config)
-    record, validation = result.record, result.record["validation"]
-    print(f"{'size':>24}: {_mb(record['fp32_bytes'])} -> {_mb(record['int8_bytes'])}")
-    if "skipped" in validation:
-        print(f"{'accuracy check':>24}: skipped ({validation['skipped']})")
-    else:
-        print(f"{'fp32 accuracy':>24}: {validation['fp32_accuracy']:.4f}")
-        print(f"{'int8 accuracy':>24}: {validation['int8_accuracy']:.4f}")
-        print(f"{'agreement':>24}: {validation['agreement']:.4f}")
-    for warning in record["warnings"]:
-        print(f"WARNING: {warning}")
-    print(f"quantized model written to {result.output_dir}")
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    """Register ``bertsent quantize``."""
-    import argparse
-
-    p = subparsers.add_parser("quantize", help="INT8 post-training quantization, checked against fp32")
-    p.add_argument("--model", required=True, help="fp32 PyTorch model folder (fine-tuned or pruned)")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--method", choices=METHODS, default="onnx-dynamic", help="(default: onnx-dynamic)")
-    p.add_argument(
-        "--per-channel",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="one scale per output channel (default: on; per-tensor lost ~2 points on IMDB)",
-    )
-    p.add_argument("--quantize-embeddings", action="store_true", help="ONNX methods: 8-bit embedding tables too")
-    p.add_argument("--calibration-samples", type=int, default=200, help="onnx-static (default: 200)")
-    p.add_argument("--eval-samples", type=int, default=500, help="validation reviews checked (default: 500)")
-    p.add_argument("--max-drop", type=float, default=1.0, help="accuracy points before a warning (default: 1)")
-    p.add_argument("--allow-collapse", action="store_true", help="write the folder even if INT8 collapses")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"(default: {DEFAULT_OPSET})")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=42)
-    g = p.add_argument_group("data")
-    g.add_argument("--data", help="labelled reviews (default: the data recorded in MODEL/training_args.json)")
-    g.add_argument("--text-column")
-    g.add_argument("--label-column")
-    g.add_argument("--labels", help="comma-separated label names, id = position")
-    g.add_argument("--encoding", default="utf-8")
-    p.set_defaults(func=cmd_quantize)

@@ -147,22 +147,7 @@ def load_data(config: DataConfig, splits: tuple[str, ...] = SPLIT_NAMES) -> Spli
         dropped = {name: dropped[name] for name in SPLIT_NAMES if name in dropped}
 
     if "train" in frames:
-        frames["train"], dropped["train"]["duplicate"] = _drop_duplicates(frames["train"])
-        if "test" not in frames:
-            frames["train"], frames["test"] = _carve(frames["train"], config.test_size, config.seed, "test")
-        if "validation" in frames:
-            val, dropped["validation"]["duplicate"] = _drop_duplicates(frames["validation"])
-            frames["validation"], dropped["validation"]["overlaps_test"] = _drop_overlap(val, frames["test"])
-            frames["train"], n = _drop_overlap(frames["train"], frames["validation"])
-            dropped["train"]["overlaps_validation"] = n
-            provenance["validation"] = "file"
-        frames["train"], dropped["train"]["overlaps_test"] = _drop_overlap(frames["train"], frames["test"])
-        if "validation" not in frames:
-            frames["train"], frames["validation"] = _carve(
-                frames["train"], config.validation_size, config.seed, "validation"
-            )
-            provenance["validation"] = f"carved from train (validation_size={config.validation_size})"
-
+        _split_train(frames, dropped, provenance, config)
     result = {name: frames[name] for name in SPLIT_NAMES if name in wanted}
     for name, n in (
         ("train", config.train_samples),
@@ -195,6 +180,25 @@ def load_data(config: DataConfig, splits: tuple[str, ...] = SPLIT_NAMES) -> Spli
         id2label=id2label,
         report=report,
     )
+
+
+def _split_train(frames: dict, dropped: dict, provenance: dict, config: DataConfig) -> None:
+    """De-duplicate train, carve test (if the source has none) and validation from it, and drop every
+    training review that also stands in validation or test, counting each drop by reason (in place)."""
+    frames["train"], dropped["train"]["duplicate"] = _drop_duplicates(frames["train"])
+    if "test" not in frames:
+        frames["train"], frames["test"] = _carve(frames["train"], config.test_size, config.seed, "test")
+    if "validation" in frames:
+        val, dropped["validation"]["duplicate"] = _drop_duplicates(frames["validation"])
+        frames["validation"], dropped["validation"]["overlaps_test"] = _drop_overlap(val, frames["test"])
+        frames["train"], dropped["train"]["overlaps_validation"] = _drop_overlap(frames["train"], frames["validation"])
+        provenance["validation"] = "file"
+    frames["train"], dropped["train"]["overlaps_test"] = _drop_overlap(frames["train"], frames["test"])
+    if "validation" not in frames:
+        frames["train"], frames["validation"] = _carve(
+            frames["train"], config.validation_size, config.seed, "validation"
+        )
+        provenance["validation"] = f"carved from train (validation_size={config.validation_size})"
 
 
 # --- labels --------------------------------------------------------------------------------------------

@@ -17,17 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
-from bertsent.errors import ExportParityError
-from bertsent.folder import COMPRESSION_FILE, check_source, copy_model_files, read_id2label
-from bertsent.keras.model import (
-    PARITY_ATOL,
-    PARITY_SHAPES,
-    KerasTokenizer,
-    keras_from_torch,
-    keras_inputs,
-    random_batch,
-    require_keras,
+from bertsent.config import DEFAULT_ATOL
+from bertsent.errors import SettingsError
+from bertsent.folder import (
+    COMPRESSION_FILE,
+    card_base_model,
+    check_source,
+    copy_model_files,
+    read_id2label,
+    write_card,
 )
+from bertsent.keras.model import KerasTokenizer, keras_from_torch, keras_logits, require_keras
+from bertsent.modeling.parity import judge, max_abs_diff, parity_check, reference_logits
 
 log = logging.getLogger("bertsent.export")
 
@@ -81,26 +82,14 @@ def _serving_module(model, tokenizer: KerasTokenizer | None, max_length: int, tr
     return Serving()
 
 
-def _source_logits(hf_model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    import torch
+def _savedmodel_logits(serve):
+    """A SavedModel's token-id signature as the parity check's candidate."""
+    import tensorflow as tf
 
-    with torch.inference_mode():
-        return hf_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+    def logits(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return serve(input_ids=tf.constant(ids, tf.int32), attention_mask=tf.constant(mask, tf.int32))["logits"].numpy()
 
-
-def _check(name: str, got_fn, hf_model, atol: float, pad_id: int) -> dict:
-    """Run ``got_fn(ids, mask)`` against the PyTorch source on ``PARITY_SHAPES``; raise past ``atol``."""
-    shapes = []
-    for i, (batch, length) in enumerate(PARITY_SHAPES):
-        length = min(length, hf_model.config.max_position_embeddings)
-        ids, mask = random_batch(hf_model.config.vocab_size, pad_id, batch, length, seed=100 + i)
-        diff = float(np.max(np.abs(got_fn(ids, mask) - _source_logits(hf_model, ids, mask))))
-        shapes.append({"shape": [batch, length], "max_abs_diff": diff})
-    worst = max(s["max_abs_diff"] for s in shapes)
-    if not worst <= atol:
-        detail = ", ".join(f"{s['shape'][0]}x{s['shape'][1]}: {s['max_abs_diff']:.3g}" for s in shapes)
-        raise ExportParityError(f"{name} logits differ from PyTorch by {worst:.3g} (tolerance {atol:g}) on {detail}")
-    return {"max_abs_diff": worst, "atol": atol, "shapes": shapes}
+    return logits
 
 
 def export_keras_model(
@@ -109,7 +98,7 @@ def export_keras_model(
     *,
     fmt: str = "tf-savedmodel",
     strings: bool = False,
-    atol: float = PARITY_ATOL,
+    atol: float = DEFAULT_ATOL,
     threads: int | None = None,
 ) -> Path:
     """Export ``model_dir`` as a SavedModel (``fmt="tf-savedmodel"``) or a ``.keras`` file; returns ``output_dir``.
@@ -118,9 +107,9 @@ def export_keras_model(
     (loading it needs ``import tensorflow_text``). Nothing is kept unless the reloaded artifact matches.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise SettingsError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if strings and fmt != "tf-savedmodel":
-        raise ValueError("--strings adds a SavedModel signature; it needs --format tf-savedmodel")
+        raise SettingsError("--strings adds a SavedModel signature; it needs --format tf-savedmodel")
     keras = require_keras(threads)
     import tensorflow as tf
 
@@ -130,7 +119,7 @@ def export_keras_model(
     source = check_source(model_dir)
     output_dir = Path(output_dir)
     if output_dir.resolve() == source.resolve():
-        raise ValueError(f"--output-dir {output_dir} is the source folder; choose another folder")
+        raise SettingsError(f"--output-dir {output_dir} is the source folder; choose another folder")
     hf_model = load_classifier(source).float().eval()
     hf_tokenizer = load_tokenizer(source)
     pad_id = hf_tokenizer.pad_token_id or 0
@@ -146,12 +135,8 @@ def export_keras_model(
             with warnings.catch_warnings():  # "compile() was not called": an inference model needs none
                 warnings.simplefilter("ignore", UserWarning)
                 reloaded = keras.saving.load_model(staged / KERAS_FILE)
-            record["parity"] = _check(
-                "the reloaded .keras model's",
-                lambda i, m: np.asarray(reloaded(keras_inputs(i, m), training=False)),
-                hf_model,
-                atol,
-                pad_id,
+            record["parity"] = parity_check(
+                "the reloaded .keras model's", keras_logits(reloaded), hf_model, atol, pad_id
             )
         else:
             tokenizer = KerasTokenizer(hf_tokenizer) if strings else None
@@ -161,16 +146,8 @@ def export_keras_model(
                 signatures[STRING_SIGNATURE] = module.strings
             tf.saved_model.save(module, str(staged / SAVEDMODEL_DIR), signatures=signatures)
             loaded = tf.saved_model.load(str(staged / SAVEDMODEL_DIR))
-            serve = loaded.signatures["serving_default"]
-            record["parity"] = _check(
-                "the SavedModel's",
-                lambda i, m: serve(input_ids=tf.constant(i, tf.int32), attention_mask=tf.constant(m, tf.int32))[
-                    "logits"
-                ].numpy(),
-                hf_model,
-                atol,
-                pad_id,
-            )
+            serve = _savedmodel_logits(loaded.signatures["serving_default"])
+            record["parity"] = parity_check("the SavedModel's", serve, hf_model, atol, pad_id)
             record["signatures"] = {"serving_default": "input_ids, attention_mask (int32 [batch, tokens]) -> logits"}
             if strings:
                 record["string_parity"] = _check_strings(loaded, hf_model, hf_tokenizer, max_length, truncation, atol)
@@ -209,14 +186,12 @@ def _check_strings(loaded, hf_model, hf_tokenizer, max_length: int, truncation: 
 
     enc = encode(hf_tokenizer, list(PARITY_TEXTS), max_length, truncation)
     batch = collate(enc, np.arange(len(enc)), hf_tokenizer.pad_token_id or 0)
-    expected = _source_logits(hf_model, batch["input_ids"].numpy(), batch["attention_mask"].numpy())
+    expected = reference_logits(hf_model, batch["input_ids"].numpy(), batch["attention_mask"].numpy())
     got = loaded.signatures[STRING_SIGNATURE](text=tf.constant(PARITY_TEXTS))["logits"].numpy()
-    worst = float(np.max(np.abs(got - expected)))
-    if not worst <= atol:
-        raise ExportParityError(
-            f"the SavedModel's string signature differs from PyTorch by {worst:.3g} (tolerance {atol:g})"
-        )
-    return {"max_abs_diff": worst, "atol": atol, "texts": len(PARITY_TEXTS)}
+    what, shape = "the SavedModel's string signature", list(batch["input_ids"].shape)
+    diff = max_abs_diff(got, expected, what, f"{shape[0]}x{shape[1]} ({len(PARITY_TEXTS)} texts)")
+    worst = judge(what, [{"shape": shape, "max_abs_diff": diff}], atol)
+    return {"max_abs_diff": worst["max_abs_diff"], "atol": atol, "texts": len(PARITY_TEXTS)}
 
 
 def _write_card(output_dir: Path, record: dict, id2label: dict[int, str]) -> None:
@@ -241,25 +216,19 @@ Raw text (`{record["truncation"]}` truncation to {record["max_length"]} tokens, 
 `model.signatures["{STRING_SIGNATURE}"](text=tf.constant(["A wonderful film."]))["logits"]`."""
     signatures = "\n".join(f"- `{k}`: {v}" for k, v in record.get("signatures", {}).items())
     shapes = ", ".join(f"{s['shape'][0]}x{s['shape'][1]}" for s in record["parity"]["shapes"])
-    text = f"""---
-library_name: {"keras" if record["method"] == "keras" else "tensorflow"}
-pipeline_tag: text-classification
-tags: [bertsent, sentiment-analysis, {record["method"]}]
----
-
-# {record["method"]} export of `{record["source"]}`
-
-Converted from the PyTorch weights to KerasHub's `BertTextClassifier` (exact GELU, as in the source),
+    write_card(
+        output_dir,
+        title=f"{record['method']} export of `{record['source']}`",
+        summary=f"""Converted from the PyTorch weights to KerasHub's `BertTextClassifier` (exact GELU, as in the \
+source),
 then written and loaded back. Labels: {labels}.
 {signatures}
 
 Max abs logit difference of the reloaded artifact vs PyTorch: {record["parity"]["max_abs_diff"]:.3g}
-(tolerance {record["parity"]["atol"]:g}, shapes {shapes}).
-
-## Use
-
-{use}
-
-Versions: {", ".join(f"{k} {v}" for k, v in record["versions"].items())}. Details: `{COMPRESSION_FILE}`.
-"""
-    (output_dir / "README.md").write_text(text)
+(tolerance {record["parity"]["atol"]:g}, shapes {shapes}).""",
+        sections={"Use": f"{use}\n\nDetails: `{COMPRESSION_FILE}`."},
+        base_model=card_base_model(Path(record["source"])),
+        library_name="keras" if record["method"] == "keras" else "tensorflow",
+        tags=[record["method"]],
+        versions=record["versions"],
+    )

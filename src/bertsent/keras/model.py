@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from bertsent.errors import KerasParityError, ModelError
+from bertsent.config import DEFAULT_ATOL
+from bertsent.errors import ModelError
+from bertsent.modeling.parity import PARITY_SHAPES, parity_check
 
 log = logging.getLogger("bertsent.keras")
 
 INSTALL_HINT = 'pip install "bertsent[keras]"'
-PARITY_ATOL = 1e-4
-PARITY_SHAPES = ((1, 9), (3, 37), (2, 128))
 EXACT_GELU = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True, "gelu_fast": True}
 """HF ``hidden_act`` values KerasHub can express, and whether each is the tanh approximation."""
 
@@ -218,43 +218,20 @@ def keras_inputs(input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str,
     return {"token_ids": ids, "segment_ids": np.zeros_like(ids), "padding_mask": np.asarray(attention_mask, np.int32)}
 
 
-def random_batch(vocab_size: int, pad_id: int, batch: int, length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random token ids with the last row half padded, so masks are part of every parity check."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1000 if vocab_size > 2000 else 5, vocab_size, size=(batch, length), dtype=np.int64)
-    mask = np.ones_like(ids)
-    if batch > 1:
-        mask[-1, length // 2 :] = 0
-        ids[-1, length // 2 :] = pad_id
-    return ids, mask
+def keras_logits(keras_model):
+    """A Keras classifier as the parity check's candidate: ``(input_ids, attention_mask) -> logits``."""
+    return lambda ids, mask: np.asarray(keras_model(keras_inputs(ids, mask), training=False))
 
 
 def check_parity(
     keras_model,
     hf_model,
     shapes: tuple[tuple[int, int], ...] = PARITY_SHAPES,
-    atol: float = PARITY_ATOL,
+    atol: float = DEFAULT_ATOL,
     pad_id: int = 0,
 ) -> dict:
-    """Compare logits of the Keras and PyTorch models on random batches; raise past ``atol``."""
-    import torch
-
-    hf_model = hf_model.float().eval()
-    results = []
-    for i, (batch, length) in enumerate(shapes):
-        length = min(length, hf_model.config.max_position_embeddings)
-        ids, mask = random_batch(hf_model.config.vocab_size, pad_id, batch, length, seed=i)
-        with torch.inference_mode():
-            expected = hf_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
-        got = np.asarray(keras_model(keras_inputs(ids, mask), training=False))
-        results.append({"shape": [batch, length], "max_abs_diff": float(np.max(np.abs(got - expected)))})
-    worst = max(r["max_abs_diff"] for r in results)
-    if not worst <= atol:
-        raise KerasParityError(
-            f"Keras logits differ from PyTorch by {worst:.3g} (tolerance {atol:g}) on shapes "
-            + ", ".join(f"{r['shape'][0]}x{r['shape'][1]}: {r['max_abs_diff']:.3g}" for r in results)
-        )
-    return {"max_abs_diff": worst, "atol": atol, "shapes": results}
+    """The parity check (``bertsent.modeling.parity``) of a Keras model against the PyTorch one it came from."""
+    return parity_check("Keras", keras_logits(keras_model), hf_model.float().eval(), atol, pad_id, shapes)
 
 
 # --- Tokenizer: KerasHub's WordPiece behind HF's BertNormalizer steps, as TensorFlow ops ------------

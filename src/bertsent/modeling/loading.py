@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bertsent.errors import ModelError
+from bertsent.errors import ModelError, first_line
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -64,10 +64,9 @@ def quiet_transformers() -> None:
 
 
 def _hub_error(name: str, what: str, error: Exception) -> ModelError:
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return ModelError(
         f"cannot load {what} '{name}': it is not a local folder and could not be fetched from the hub "
-        f"({reason}). Offline, pass a local save_pretrained folder, or omit --model for the embedded "
+        f"({first_line(error)}). Offline, pass a local save_pretrained folder, or omit --model for the embedded "
         f"{EMBEDDED_MODEL}"
     )
 
@@ -87,9 +86,9 @@ def _from_pretrained(loader, name: str, what: str, **kwargs):
     except OSError as e:
         if is_hub_name(resolved):
             raise _hub_error(resolved, what, e) from e
-        raise ModelError(f"cannot load {what} from {resolved}: {str(e).splitlines()[0]}") from e
+        raise ModelError(f"cannot load {what} from {resolved}: {first_line(e)}") from e
     except ValueError as e:  # e.g. no safetensors weights, unknown architecture
-        raise ModelError(f"cannot load {what} from {resolved}: {str(e).splitlines()[0]}") from e
+        raise ModelError(f"cannot load {what} from {resolved}: {first_line(e)}") from e
 
 
 def load_tokenizer(name: str | os.PathLike | None) -> PreTrainedTokenizerBase:

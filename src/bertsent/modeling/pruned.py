@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from bertsent.errors import ModelError, PruneError
+from bertsent.errors import ModelError, PruneError, first_line
 from bertsent.folder import WEIGHTS_FILE
 
 if TYPE_CHECKING:
@@ -204,12 +204,12 @@ def load_pruned_classifier(folder: str | os.PathLike) -> PreTrainedModel:
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read {folder}/config.json: {str(e).splitlines()[0]}") from e
+        raise ModelError(f"cannot read {folder}/config.json: {first_line(e)}") from e
     layout = _check_layout(getattr(config, PRUNING_KEY, None) or {}, config, folder)
     try:
         model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
     except ValueError as e:
-        raise ModelError(f"cannot build the model of {folder}: {str(e).splitlines()[0]}") from e
+        raise ModelError(f"cannot build the model of {folder}: {first_line(e)}") from e
     try:
         apply_layout(model, layout)
     except PruneError as e:
@@ -220,7 +220,5 @@ def load_pruned_classifier(folder: str | os.PathLike) -> PreTrainedModel:
             state |= load_file(path)
         model.load_state_dict(state, strict=True)
     except (RuntimeError, SafetensorError, OSError) as e:
-        raise ModelError(
-            f"{folder}: weights do not match the pruned layout in config.json ({str(e).strip().splitlines()[0]})"
-        ) from e
+        raise ModelError(f"{folder}: weights do not match the pruned layout in config.json ({first_line(e)})") from e
     return model.eval()

@@ -19,15 +19,9 @@ import numpy as np
 
 from bertsent.config import CompareConfig
 from bertsent.data.loading import load_data
-from bertsent.folder import git_revision
+from bertsent.folder import git_revision, weight_files, weights_bytes
 
 log = logging.getLogger("bertsent.compare")
-
-WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx.data", ".onnx_data")
-
-
-def weight_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
 
 
 def count_parameters(folder: Path) -> int:
@@ -62,8 +56,8 @@ def measure(folder: Path, texts: list[str], labels: np.ndarray, config: CompareC
     from bertsent.metrics import classification_metrics
     from bertsent.predict import Predictor
 
-    predictor = Predictor(folder, batch_size=config.batch_size, threads=config.threads)
-    predictor.predict_proba(texts[: config.batch_size])  # warm-up: first-call allocations, lazy inits
+    predictor = Predictor(folder, config.resolved_inference())
+    predictor.predict_proba(texts[: predictor.batch_size])  # warm-up: first-call allocations, lazy inits
     probs: np.ndarray | None = None
 
     def run() -> None:
@@ -77,7 +71,7 @@ def measure(folder: Path, texts: list[str], labels: np.ndarray, config: CompareC
         "model": str(folder),
         "backend": predictor.backend.name,
         "parameters": count_parameters(folder),
-        "size_mb": round(sum(p.stat().st_size for p in weight_files(folder)) / 1e6, 2),
+        "size_mb": round(weights_bytes(folder) / 1e6, 2),
         "accuracy": round(metrics["accuracy"], 4),
         "f1": round(metrics["f1"], 4),
         "roc_auc": round(metrics.get("roc_auc", float("nan")), 4),
@@ -90,11 +84,10 @@ def measure(folder: Path, texts: list[str], labels: np.ndarray, config: CompareC
 
 
 def compare(config: CompareConfig) -> list[dict]:
-    """Measure every folder; writes ``compare.json``, ``compare.md`` and ``pareto.png`` to ``output_dir``."""
-    import torch
+    """Measure every folder; writes ``compare.json``, ``compare.md`` and ``pareto.png`` to ``output_dir``.
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    Every folder runs with ``config.resolved_inference()`` (threads included: each backend applies them).
+    """
     frame = getattr(load_data(config.data, splits=(config.split,)), config.split)
     texts, labels = frame["text"].tolist(), frame["label"].to_numpy()
     rows = []

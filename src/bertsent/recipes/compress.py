@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from bertsent.config import CompressConfig
+from bertsent.folder import read_training_args
 
 log = logging.getLogger("bertsent.compress")
 
@@ -35,50 +36,77 @@ def _complete(folder: Path) -> bool:
 
 
 def _teacher_settings(teacher: Path) -> dict:
-    args = teacher / "training_args.json"
-    return json.loads(args.read_text()).get("training", {}) if args.is_file() else {}
+    return read_training_args(teacher).get("training", {})
+
+
+class _Stages:
+    """The recipe's variant folders in table order, each run only when its folder is not complete."""
+
+    def __init__(self, teacher: Path) -> None:
+        self.folders: dict[str, Path] = {"teacher (fp32)": teacher}
+        self.timings: dict[str, float | str] = {}
+
+    def run(self, name: str, folder: Path, make) -> None:
+        if _complete(folder):
+            log.info("%s: complete in %s, skipped", name, folder)
+            self.timings[name] = "skipped (already complete)"
+        else:
+            log.info("%s: writing %s", name, folder)
+            started = time.perf_counter()
+            make()
+            self.timings[name] = round(time.perf_counter() - started, 1)
+        self.folders[name] = folder
 
 
 def compress(config: CompressConfig) -> list[dict]:
     """Run every stage that is not complete yet, then compare all variants; returns the table's rows."""
-    from bertsent.compression.export import export_onnx
-    from bertsent.compression.prune import prune
+    out, teacher = Path(config.output_dir), Path(config.teacher)
+    stages = _Stages(teacher)
+    _teacher_variants(config, out, stages)
+    _student_variants(config, out, stages)
+    rows = _compare(config, out, stages)
+    record = {
+        "settings": dataclasses.asdict(config),
+        "stage_seconds": stages.timings,
+        "folders": {k: str(v) for k, v in stages.folders.items()},
+    }
+    (out / "recipe.json").write_text(json.dumps(record, indent=2))
+    return rows
+
+
+def _quantized(config: CompressConfig, source: Path, folder: Path, embeddings: bool | None = None):
     from bertsent.compression.quantize import quantize
-    from bertsent.config import CompareConfig, DistillationArguments, PruneConfig, QuantizeConfig
-    from bertsent.recipes.compare import compare, previous_rows
+    from bertsent.config import QuantizeConfig
+
+    embeddings = config.quantize_embeddings if embeddings is None else embeddings
+    settings = QuantizeConfig(
+        model=str(source), output_dir=str(folder), data=config.data, quantize_embeddings=embeddings
+    )
+    return lambda: quantize(settings)
+
+
+def _teacher_variants(config: CompressConfig, out: Path, stages: _Stages) -> None:
+    """ONNX fp32 and INT8 (with INT8 embeddings too) of the teacher itself."""
+    from bertsent.compression.export import export_onnx
+
+    teacher = Path(config.teacher)
+    stages.run("teacher ONNX fp32", out / "teacher-onnx", lambda: export_onnx(teacher, out / "teacher-onnx"))
+    stages.run("teacher INT8", out / "teacher-int8", _quantized(config, teacher, out / "teacher-int8", False))
+    if config.quantize_embeddings:
+        stages.run(
+            "teacher INT8 + embeddings", out / "teacher-int8-emb", _quantized(config, teacher, out / "teacher-int8-emb")
+        )
+
+
+def _student_variants(config: CompressConfig, out: Path, stages: _Stages) -> None:
+    """The distilled student, its INT8, and (when pruning is on) the pruned student and its INT8."""
+    from bertsent.compression.prune import prune
+    from bertsent.config import DistillationArguments, PruneConfig
     from bertsent.training.distill import distill
 
-    out = Path(config.output_dir)
     teacher = Path(config.teacher)
     trained = _teacher_settings(teacher)
     n_teacher = json.loads((teacher / "config.json").read_text())["num_hidden_layers"]
-    folders = {"teacher (fp32)": teacher}
-
-    timings: dict[str, float | str] = {}
-
-    def stage(name: str, folder: Path, run) -> None:
-        if _complete(folder):
-            log.info("%s: complete in %s, skipped", name, folder)
-            timings[name] = "skipped (already complete)"
-        else:
-            log.info("%s: writing %s", name, folder)
-            started = time.perf_counter()
-            run()
-            timings[name] = round(time.perf_counter() - started, 1)
-        folders[name] = folder
-
-    def quantized(source: Path, folder: Path, embeddings: bool = config.quantize_embeddings):
-        return lambda: quantize(
-            QuantizeConfig(
-                model=str(source), output_dir=str(folder), data=config.data.source, quantize_embeddings=embeddings
-            )
-        )
-
-    stage("teacher ONNX fp32", out / "teacher-onnx", lambda: export_onnx(teacher, out / "teacher-onnx"))
-    stage("teacher INT8", out / "teacher-int8", quantized(teacher, out / "teacher-int8", embeddings=False))
-    if config.quantize_embeddings:
-        stage("teacher INT8 + embeddings", out / "teacher-int8-emb", quantized(teacher, out / "teacher-int8-emb"))
-
     student_dir = out / "student"
     distill_args = DistillationArguments(
         teacher=str(teacher),
@@ -93,52 +121,48 @@ def compress(config: CompressConfig) -> list[dict]:
         evaluate_test=False,
         threads=config.threads,
     )
-    stage("student", student_dir, lambda: distill(distill_args, config.data))
-
+    stages.run("student", student_dir, lambda: distill(distill_args, config.data))
     smallest = student_dir
     if config.heads_fraction or config.ffn_fraction:
         # Pruning buys speed but costs accuracy, so the unpruned student is quantized too: the table
         # then shows what pruning adds on top of INT8 alone.
         unpruned_int8 = out / "student-unpruned-int8"
-        stage("student INT8 (unpruned)", unpruned_int8, quantized(student_dir, unpruned_int8))
-        pruned_dir = out / "student-pruned"
+        stages.run("student INT8 (unpruned)", unpruned_int8, _quantized(config, student_dir, unpruned_int8))
+        smallest = out / "student-pruned"
         prune_config = PruneConfig(
             model=str(student_dir),
-            output_dir=str(pruned_dir),
+            output_dir=str(smallest),
             heads_fraction=config.heads_fraction,
             ffn_fraction=config.ffn_fraction,
             recover_epochs=config.recover_epochs,
             recover_lr=config.recover_lr,
-            data=config.data.source,
-            validation_size=config.data.validation_size,
-            train_samples=config.data.train_samples,
+            data=config.data,
             seed=config.data.seed,
             batch_size=config.batch_size,
         )
-        stage("student pruned", pruned_dir, lambda: prune(prune_config))
-        smallest = pruned_dir
-    stage("student INT8", out / "student-int8", quantized(smallest, out / "student-int8"))
+        stages.run("student pruned", smallest, lambda: prune(prune_config))
+    stages.run("student INT8", out / "student-int8", _quantized(config, smallest, out / "student-int8"))
+
+
+def _compare(config: CompressConfig, out: Path, stages: _Stages) -> list[dict]:
+    """The table of every variant; reused when every stage was complete and it is already measured."""
+    from bertsent.config import CompareConfig
+    from bertsent.recipes.compare import compare, previous_rows
 
     compare_config = CompareConfig(
-        models=[str(f) for f in folders.values()],
-        names=list(folders),
+        models=[str(f) for f in stages.folders.values()],
+        names=list(stages.folders),
         data=config.data,
         latency_samples=config.latency_samples,
         threads=config.threads,
         output_dir=str(out / "compare"),
     )
     rows = previous_rows(compare_config)
-    if rows is not None and not config.remeasure and all(isinstance(t, str) for t in timings.values()):
+    if rows is not None and not config.remeasure and all(isinstance(t, str) for t in stages.timings.values()):
         log.info("compare: every stage was complete and compare/ holds their table: skipped")
-        timings["compare"] = "skipped (already complete)"
-    else:
-        started = time.perf_counter()
-        rows = compare(compare_config)
-        timings["compare"] = round(time.perf_counter() - started, 1)
-    record = {
-        "settings": dataclasses.asdict(config),
-        "stage_seconds": timings,
-        "folders": {k: str(v) for k, v in folders.items()},
-    }
-    (out / "recipe.json").write_text(json.dumps(record, indent=2))
+        stages.timings["compare"] = "skipped (already complete)"
+        return rows
+    started = time.perf_counter()
+    rows = compare(compare_config)
+    stages.timings["compare"] = round(time.perf_counter() - started, 1)
     return rows

@@ -28,17 +28,6 @@ ANCHORS = (
 )
 
 
-def _data(config: ReproduceConfig, **changes) -> DataConfig:
-    settings = {
-        "source": config.data,
-        "validation_size": config.validation_size,
-        "train_samples": config.train_samples,
-        "validation_samples": config.validation_samples,
-        "eval_samples": config.eval_samples,
-    }
-    return DataConfig(**(settings | changes))
-
-
 def reproduce(config: ReproduceConfig) -> dict:
     """Run (or continue) the recipe; returns what the results page shows."""
     from bertsent.config import CompressConfig, TrainingArguments
@@ -66,7 +55,7 @@ def reproduce(config: ReproduceConfig) -> dict:
             save_steps=200,
         )
         resumed = (teacher / "checkpoints").is_dir()
-        train(args, _data(config))
+        train(args, config.data)
         what = "rest of fine-tuning (resumed) + test evaluation" if resumed else "fine-tune + test evaluation"
         timings.record(f"teacher: {what}", time.perf_counter() - started)
     teacher_metrics = json.loads((teacher / "metrics.json").read_text())
@@ -76,7 +65,7 @@ def reproduce(config: ReproduceConfig) -> dict:
         CompressConfig(
             teacher=str(teacher),
             output_dir=str(out / "compress"),
-            data=_data(config),
+            data=config.data,
             latency_samples=config.latency_samples,
             batch_size=config.batch_size,
         )
@@ -139,7 +128,7 @@ def score_out_of_domain(name: str, folders: dict[str, str], config: ReproduceCon
     compare_config = CompareConfig(
         models=list(folders.values()),
         names=list(folders),
-        data=DataConfig(source=str(folder), eval_samples=config.eval_samples),
+        data=DataConfig(source=str(folder), eval_samples=config.data.eval_samples),
         latency_samples=1,  # accuracy is what this is for; speed is measured on IMDB
         output_dir=str(out / "ood" / name),
     )
@@ -167,23 +156,22 @@ def write_plots(teacher: Path, rows: list[dict], page: Path) -> dict[str, str]:
     return {"curves": curves.name, "pareto": pareto.name}
 
 
-CARD_SECTION = "## Full-scale results (bertsent reproduce)"
+CARD_SECTION = "Full-scale results (bertsent reproduce)"
 
 
 def add_to_model_card(teacher: Path, result: dict) -> None:
     """Put the table (and the out-of-domain scores) in the teacher's model card, replacing an older copy."""
+    from bertsent.folder import set_card_section
     from bertsent.recipes.compare import markdown_table, trade_off_line
 
-    card = teacher / "README.md"
-    text = card.read_text() if card.is_file() else ""
-    text = text.split(f"\n{CARD_SECTION}")[0].rstrip("\n")
-    section = (
-        f"\n\n{CARD_SECTION}\n\nThis model (first row) and its compressed variants, scored on the same "
+    set_card_section(
+        teacher,
+        CARD_SECTION,
+        f"This model (first row) and its compressed variants, scored on the same "
         f"{result['rows'][0]['reviews']} test reviews on a {os.cpu_count()}-CPU machine:\n\n"
         f"{markdown_table(result['rows'])}\n"
-        f"{trade_off_line(result['rows'], result['settings']['accuracy_budget'])}\n{ood_table(result)}"
+        f"{trade_off_line(result['rows'], result['settings']['accuracy_budget'])}\n{ood_table(result)}",
     )
-    card.write_text(text + section)
 
 
 def ood_table(result: dict) -> str:
@@ -241,7 +229,8 @@ def results_page(result: dict, out: Path, plots: dict[str, str]) -> str:
         f"| {k} | {v if isinstance(v, str) else f'{v:.0f} s' if v < 60 else f'{v / 60:.1f} min'} |"
         for k, v in result["stage_seconds"].items()
     )
-    command = f"bertsent reproduce --data {s['data']} --output-dir {s['output_dir']}" + (" --fast" if s["fast"] else "")
+    source = s["data"]["source"] if isinstance(s["data"], dict) else s["data"]  # a str in older results.json
+    command = f"bertsent reproduce --data {source} --output-dir {s['output_dir']}" + (" --fast" if s["fast"] else "")
     anchors = "\n".join(f"| {name} | {acc} |" for name, acc in ANCHORS)
     gpu = f"GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
     ood = ood_table(result) or "No out-of-domain set was scored.\n"

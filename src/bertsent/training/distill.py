@@ -21,19 +21,20 @@ import torch
 from bertsent.config import DataConfig, DistillationArguments
 from bertsent.data.loading import Splits
 from bertsent.encoding import Encoded
-from bertsent.errors import ModelError
+from bertsent.errors import ModelError, SettingsError
 from bertsent.modeling.loading import load_classifier, load_tokenizer
 from bertsent.training.loop import TrainResult, train
 
 log = logging.getLogger("bertsent.distill")
 
 TEACHER_LOGITS = "teacher_logits.npy"
+TEACHER_BATCH_SIZE = 64
 
 
 def student_layer_indices(n_teacher: int, n_student: int) -> list[int]:
     """Evenly spaced teacher layers for the student, starting at the first (DistilBERT: 12 -> 0, 2, ..., 10)."""
     if not 1 <= n_student <= n_teacher:
-        raise ValueError(f"student_layers must be between 1 and the teacher's {n_teacher} layers, got {n_student}")
+        raise SettingsError(f"student_layers must be between 1 and the teacher's {n_teacher} layers, got {n_student}")
     return [int(i * n_teacher / n_student) for i in range(n_student)]
 
 
@@ -49,8 +50,9 @@ def student_from_teacher(teacher, n_layers: int):
 
 
 def teacher_logits(teacher, encoded: Encoded, pad_id: int, device: torch.device, cache: Path) -> np.ndarray:
-    """The teacher's logits for every training review, computed once and cached next to the run."""
-    from bertsent.encoding import iter_batches
+    """The teacher's logits for every training review (fp32, batches of 64), computed once and cached next
+    to the run. The teacher moves to ``device`` and stays there, in eval mode."""
+    from bertsent.inference import TorchBackend, run
 
     key = hashlib.sha256(b"".join(ids.tobytes() + b"|" for ids in encoded.ids)).hexdigest()[:16]
     meta = cache.with_suffix(".json")
@@ -58,11 +60,8 @@ def teacher_logits(teacher, encoded: Encoded, pad_id: int, device: torch.device,
         log.info("teacher logits from cache %s", cache)
         return np.load(cache)
     log.info("computing the teacher's logits for %d training reviews (once)", len(encoded))
-    out = np.zeros((len(encoded), teacher.config.num_labels), dtype=np.float32)
     teacher.eval().to(device)
-    with torch.inference_mode():
-        for idx, batch in iter_batches(encoded, 64, pad_id):
-            out[idx] = teacher(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+    out = run(TorchBackend.from_model(teacher, device), encoded, TEACHER_BATCH_SIZE, pad_id)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, out)
     meta.write_text(json.dumps({"key": key, "rows": len(encoded)}))
@@ -133,6 +132,7 @@ def _report(args: DistillationArguments, data: DataConfig, teacher, result: Trai
     """Score the teacher (already in memory) on the student's validation rows; record both side by side."""
     from bertsent.data.loading import load_data
     from bertsent.encoding import encode
+    from bertsent.folder import set_card_section
     from bertsent.inference import predict_probs
     from bertsent.metrics import classification_metrics
 
@@ -162,13 +162,14 @@ def _report(args: DistillationArguments, data: DataConfig, teacher, result: Trai
     metrics |= {k: v for k, v in summary.items() if k.startswith("teacher_")}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     ratio = summary["student_num_parameters"] / summary["teacher_num_parameters"]
-    with (out / "README.md").open("a") as card:
-        card.write(
-            f"\n## Distillation\n\nDistilled from `{args.teacher}` (alpha {args.alpha}, temperature "
-            f"{args.temperature}, hidden-state weight {args.hidden_weight}). Student "
-            f"{summary['student_num_parameters']:,} parameters ({ratio:.0%} of the teacher's "
-            f"{summary['teacher_num_parameters']:,}); validation accuracy student "
-            f"{summary['student_validation_accuracy']:.4f} vs teacher {summary['teacher_validation_accuracy']:.4f} "
-            "on the same reviews.\n"
-        )
+    set_card_section(
+        out,
+        "Distillation",
+        f"Distilled from `{args.teacher}` (alpha {args.alpha}, temperature "
+        f"{args.temperature}, hidden-state weight {args.hidden_weight}). Student "
+        f"{summary['student_num_parameters']:,} parameters ({ratio:.0%} of the teacher's "
+        f"{summary['teacher_num_parameters']:,}); validation accuracy student "
+        f"{summary['student_validation_accuracy']:.4f} vs teacher {summary['teacher_validation_accuracy']:.4f} "
+        "on the same reviews.",
+    )
     return result

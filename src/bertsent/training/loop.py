@@ -24,7 +24,7 @@ import torch
 from bertsent.config import DataConfig, TrainingArguments
 from bertsent.data.loading import Splits, load_data
 from bertsent.encoding import Encoded, collate, encode, length_grouped_batches
-from bertsent.errors import DataError
+from bertsent.errors import DataError, SettingsError
 from bertsent.inference import predict_probs
 from bertsent.modeling.loading import load_classifier, load_tokenizer, resolve_model
 from bertsent.runtime import autocast_dtype, pick_device
@@ -190,7 +190,7 @@ def train(
     """
     if args.backend == "keras":
         if model is not None or make_loss is not None:
-            raise ValueError("--backend keras fine-tunes a model folder with cross-entropy only")
+            raise SettingsError("--backend keras fine-tunes a model folder with cross-entropy only")
         from bertsent.training.keras import train_keras
 
         return train_keras(args, data)
