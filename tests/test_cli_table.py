@@ -92,7 +92,8 @@ def test_every_flag_the_cli_had_still_exists(name):
     assert not missing, f"{name} lost {sorted(missing)}"
     positionals = [a.dest for a in parser._actions if not a.option_strings]
     assert positionals == OLD_POSITIONALS.get(name, [])
-    extras = {s for a in parser._actions for s in a.option_strings if a.dest in ("evaluate_test", "quantize_embeddings")}
+    kept = ("evaluate_test", "quantize_embeddings")
+    extras = {s for a in parser._actions for s in a.option_strings if a.dest in kept}
     assert extras & EXTRA_FLAGS == extras & set(OLD_FLAGS[name].split()) & EXTRA_FLAGS
 
 

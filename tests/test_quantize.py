@@ -12,8 +12,8 @@ import onnx
 import pytest
 import torch
 
-from bertsent.compression.export import export_onnx
 from bertsent.cli import add_command
+from bertsent.compression.export import export_onnx
 from bertsent.compression.quantize import quantize
 from bertsent.config import QuantizeConfig
 from bertsent.errors import (
