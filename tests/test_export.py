@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from bertsent.cli import add_command
-from bertsent.compression.export import PARITY_SHAPES, export_onnx
+from bertsent.compression.export import export_onnx
 from bertsent.errors import BertsentError, ExportError, ExportParityError, ModelError
 from bertsent.folder import ONNX_FILE
 from bertsent.inference import OnnxBackend
 from bertsent.modeling.loading import load_classifier
+from bertsent.modeling.parity import PARITY_SHAPES
 from bertsent.predict import Predictor
 from bertsent.runtime import physical_cores, resolve_threads
 

@@ -23,11 +23,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from bertsent import __version__  # noqa: E402
 from bertsent.config import ServeSettings  # noqa: E402
-from bertsent.errors import (  # noqa: E402
-    BertsentError,
-    ModelError,
-    ServeError,
-)
+from bertsent.errors import BertsentError, ModelError, ServeError  # noqa: E402
 from bertsent.predict import Predictor  # noqa: E402
 from bertsent.serve import (  # noqa: E402
     MicroBatcher,

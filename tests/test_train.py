@@ -7,7 +7,8 @@ import pytest
 
 from bertsent.config import DataConfig, TrainingArguments
 from bertsent.predict import Predictor
-from bertsent.training.loop import CHECKPOINTS, train
+from bertsent.training.loop import train
+from bertsent.training.tracking import CHECKPOINTS
 
 
 def tiny_args(tiny_model_dir, output_dir, **overrides) -> TrainingArguments:

@@ -19,14 +19,7 @@ import numpy as np
 
 from bertsent.config import DEFAULT_ATOL
 from bertsent.errors import SettingsError
-from bertsent.folder import (
-    COMPRESSION_FILE,
-    card_base_model,
-    check_source,
-    copy_model_files,
-    read_id2label,
-    write_card,
-)
+from bertsent.folder import COMPRESSION_FILE, card_base_model, check_source, copy_model_files, read_id2label, write_card
 from bertsent.keras.model import KerasTokenizer, keras_from_torch, keras_logits, require_keras
 from bertsent.modeling.parity import judge, max_abs_diff, parity_check, reference_logits
 

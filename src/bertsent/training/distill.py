@@ -23,7 +23,8 @@ from bertsent.data.loading import Splits
 from bertsent.encoding import Encoded
 from bertsent.errors import ModelError, SettingsError
 from bertsent.modeling.loading import load_classifier, load_tokenizer
-from bertsent.training.loop import TrainResult, train
+from bertsent.training.loop import train
+from bertsent.training.tracking import TrainResult
 
 log = logging.getLogger("bertsent.distill")
 

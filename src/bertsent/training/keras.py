@@ -21,6 +21,9 @@ from bertsent.config import DataConfig, TrainingArguments
 from bertsent.encoding import Encoded
 from bertsent.keras.model import check_parity, keras_from_torch, keras_versions, require_keras, torch_from_keras
 from bertsent.modeling.loading import load_classifier
+from bertsent.training.inputs import load_and_encode, seed_everything
+from bertsent.training.output import finish
+from bertsent.training.tracking import BEST, CHECKPOINTS, TrainResult, TrainState, record_validation
 
 log = logging.getLogger("bertsent.train")
 
@@ -116,53 +119,18 @@ def build_optimizer(keras, args: TrainingArguments, total_steps: int):
     return optimizer
 
 
-def train_keras(args: TrainingArguments, data: DataConfig):
-    """Fine-tune ``args.model`` with Keras on ``data`` and write the usual output folder."""
-    from bertsent.metrics import classification_metrics
-    from bertsent.training.loop import (
-        BEST,
-        CHECKPOINTS,
-        TrainResult,
-        TrainState,
-        finish,
-        improved,
-        load_and_encode,
-        seed_everything,
-    )
-
-    keras = require_keras(args.threads)
+def _validation_callback(
+    keras, args: TrainingArguments, state: TrainState, best_weights: list, splits, val_enc, pad_id, steps_per_epoch
+):
+    """A Keras callback: per-epoch validation with bertsent's metrics (:func:`record_validation`), the best
+    weights kept in ``best_weights``, early stopping, and log lines when there is no progress bar."""
     import tensorflow as tf
-    import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)  # torch only converts and tests here, but keep it in bounds
-    if args.device == "cpu":
-        tf.config.set_visible_devices([], "GPU")
-    keras.utils.set_random_seed(args.seed)
-    seed_everything(args.seed)
-    output_dir = Path(args.output_dir)
-
-    splits, tokenizer, train_enc, val_enc = load_and_encode(args, data)
-    pad_id = tokenizer.pad_token_id or 0
-    train_labels = splits.train["label"].to_numpy()
-    val_labels = splits.validation["label"].to_numpy()
-
-    # Starting weights: whatever the PyTorch loop would start from, converted (and checked).
-    overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
-    hf_model = load_classifier(args.model, splits.id2label, **overrides)
-    model = keras_from_torch(hf_model, attention_dropout=args.attention_dropout)
-    check_parity(model, hf_model, pad_id=pad_id)
-    dataset, steps_per_epoch = train_dataset(train_enc, train_labels, args, pad_id)
-    total_steps = steps_per_epoch * args.epochs
-    model.compile(
-        optimizer=build_optimizer(keras, args, total_steps),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
+    from bertsent.metrics import classification_metrics
 
     show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
-    state = TrainState()
-    best_weights: list[np.ndarray] = []
+    val_labels = splits.validation["label"].to_numpy()
+    n_train = len(splits.train)
 
     class Validation(keras.callbacks.Callback):
         """Per-epoch validation with bertsent's metrics, best weights in memory, early stopping, logging."""
@@ -188,37 +156,58 @@ def train_keras(args: TrainingArguments, data: DataConfig):
 
         def on_epoch_end(self, epoch, logs=None):
             state.train_seconds += time.perf_counter() - self.tick
-            state.reviews_seen += len(train_enc)
+            state.reviews_seen += n_train
             state.epoch, state.step_in_epoch = epoch + 1, 0
             logits = predict_logits(self.model, val_enc, args.eval_batch_size, pad_id)
             probs = np.asarray(tf.nn.softmax(logits, axis=-1), dtype=np.float64)
             metrics = classification_metrics(val_labels, probs, splits.id2label)
             metrics["loss"] = metrics["log_loss"]
-            state.history.append(
-                {"step": state.step, "epoch": float(state.epoch)}
-                | {f"eval_{k}": metrics[k] for k in ("loss", "accuracy", "f1", "f1_macro")}
-            )
-            log.info(
-                "epoch %d: validation accuracy %.4f, F1 %.4f, loss %.4f",
-                state.epoch,
-                metrics["accuracy"],
-                metrics["f1"],
-                metrics["loss"],
-            )
-            value = metrics[args.metric_for_best_model]
-            if improved(args.metric_for_best_model, value, state.best_metric):
-                state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
-                state.best_validation = {k: v for k, v in metrics.items() if isinstance(v, float)}
+            if record_validation(state, metrics, args, float(state.epoch)):
                 best_weights[:] = self.model.get_weights()
-            else:
-                state.evals_without_improvement += 1
-                if args.early_stopping_patience and state.evals_without_improvement >= args.early_stopping_patience:
-                    log.info("early stopping: no improvement in %d validations", state.evals_without_improvement)
-                    state.stopped_early = True
-                    self.model.stop_training = True
+            if state.stopped_early:
+                self.model.stop_training = True
             self.tick = None
 
-    model.fit(dataset, epochs=args.epochs, callbacks=[Validation()], shuffle=False, verbose=1 if show_progress else 0)
+    return Validation()
+
+
+def train_keras(args: TrainingArguments, data: DataConfig):
+    """Fine-tune ``args.model`` with Keras on ``data`` and write the usual output folder."""
+    keras = require_keras(args.threads)
+    import tensorflow as tf
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)  # torch only converts and tests here, but keep it in bounds
+    if args.device == "cpu":
+        tf.config.set_visible_devices([], "GPU")
+    keras.utils.set_random_seed(args.seed)
+    seed_everything(args.seed)
+    output_dir = Path(args.output_dir)
+
+    splits, tokenizer, train_enc, val_enc = load_and_encode(args, data)
+    pad_id = tokenizer.pad_token_id or 0
+    train_labels = splits.train["label"].to_numpy()
+
+    # Starting weights: whatever the PyTorch loop would start from, converted (and checked).
+    overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
+    hf_model = load_classifier(args.model, splits.id2label, **overrides)
+    model = keras_from_torch(hf_model, attention_dropout=args.attention_dropout)
+    check_parity(model, hf_model, pad_id=pad_id)
+    dataset, steps_per_epoch = train_dataset(train_enc, train_labels, args, pad_id)
+    total_steps = steps_per_epoch * args.epochs
+    model.compile(
+        optimizer=build_optimizer(keras, args, total_steps),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+
+    show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    state = TrainState()
+    best_weights: list[np.ndarray] = []
+
+    callback = _validation_callback(keras, args, state, best_weights, splits, val_enc, pad_id, steps_per_epoch)
+    model.fit(dataset, epochs=args.epochs, callbacks=[callback], shuffle=False, verbose=1 if show_progress else 0)
 
     # Back to the Hugging Face layout, checked, then written like any bertsent run.
     model.set_weights(best_weights)

@@ -1,8 +1,9 @@
 """Fine-tuning: a BERT encoder plus a softmax head, trained with Adam(W) and cross-entropy.
 
-The loop is plain PyTorch and reads top to bottom: load data, encode, build the model and optimizer,
-(resume,) train with periodic validation and checkpoints, keep the best model, evaluate on test, and
-write a self-describing folder that ``evaluate``, ``predict`` and ``transformers.pipeline`` load.
+The loop is plain PyTorch and reads top to bottom: :func:`setup` loads the data, encodes it and builds
+the model, optimizer and schedule (resuming a checkpoint if asked); :func:`fit` trains with periodic
+validation and checkpoints, keeping the best model; :func:`bertsent.training.output.finish` scores
+it on test and writes the folder. ``--backend keras`` hands the same arguments to ``model.fit``.
 """
 
 from __future__ import annotations
@@ -10,63 +11,34 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from bertsent.config import DataConfig, TrainingArguments
-from bertsent.data.loading import Splits, load_data
-from bertsent.encoding import Encoded, collate, encode, length_grouped_batches
+from bertsent.data.loading import Splits
+from bertsent.encoding import Encoded, collate, length_grouped_batches
 from bertsent.errors import DataError, SettingsError
 from bertsent.inference import predict_probs
-from bertsent.modeling.loading import load_classifier, load_tokenizer, resolve_model
+from bertsent.modeling.loading import load_classifier
 from bertsent.runtime import autocast_dtype, pick_device
+from bertsent.training.inputs import load_and_encode, seed_everything
+from bertsent.training.output import finish
+from bertsent.training.tracking import BEST, CHECKPOINTS, TrainResult, TrainState, record_validation
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 log = logging.getLogger("bertsent.train")
 
-ARGS_FILE = "training_args.json"
-METRICS_FILE = "metrics.json"
-CHECKPOINTS = "checkpoints"
-BEST = "best"
-
-
-@dataclass
-class TrainState:
-    """Where a run is; saved in every checkpoint so ``resume`` continues exactly."""
-
-    epoch: int = 0
-    step: int = 0  # optimizer steps done in total
-    step_in_epoch: int = 0
-    best_metric: float | None = None
-    best_step: int | None = None
-    evals_without_improvement: int = 0
-    stopped_early: bool = False
-    train_seconds: float = 0.0  # optimizer steps only: validation and checkpoints excluded
-    reviews_seen: int = 0
-    history: list[dict] = field(default_factory=list)
-    best_validation: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class TrainResult:
-    output_dir: Path
-    metrics: dict[str, float]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+LossFn = Callable[["PreTrainedModel", dict[str, torch.Tensor], torch.Tensor, np.ndarray], torch.Tensor]
+"""``loss(model, batch, labels, row_indices)``: runs the forward pass and returns the mean loss."""
 
 
 def build_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:
@@ -94,6 +66,9 @@ def validate(model, encoded: Encoded, labels: np.ndarray, args: TrainingArgument
     metrics = classification_metrics(labels, probs, model.config.id2label)
     metrics["loss"] = metrics["log_loss"]
     return metrics
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------
 
 
 def _checkpoint_dirs(output_dir: Path) -> list[Path]:
@@ -139,40 +114,38 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
     return TrainState(**json.loads((path / "state.json").read_text()))
 
 
-def improved(metric: str, value: float, best: float | None) -> bool:
-    if best is None:
-        return True
-    return value < best if metric == "loss" else value > best
-
-
-LossFn = Callable[["PreTrainedModel", dict[str, torch.Tensor], torch.Tensor, np.ndarray], torch.Tensor]
-"""``loss(model, batch, labels, row_indices)``: runs the forward pass and returns the mean loss."""
-
-
-def load_and_encode(args: TrainingArguments, data: DataConfig) -> tuple[Splits, object, Encoded, Encoded]:
-    """Load the splits and encode train and validation: one path for every training backend.
-
-    Validation is carved from train; test is never looked at for model selection.
-    """
-    started = time.perf_counter()
-    splits = load_data(data)
-    tokenizer = load_tokenizer(args.model)
-    train_enc = encode(tokenizer, splits.train["text"].tolist(), args.max_length, args.truncation)
-    val_enc = encode(tokenizer, splits.validation["text"].tolist(), args.max_length, args.truncation)
-    log.info(
-        "data: %d train, %d validation, %s test reviews; encoded in %.1fs (%.0f%% of train truncated)",
-        len(train_enc),
-        len(val_enc),
-        "no" if splits.test is None else len(splits.test),
-        time.perf_counter() - started,
-        100 * np.mean(train_enc.full_lengths > args.max_length),
-    )
-    return splits, tokenizer, train_enc, val_enc
-
-
 def cross_entropy_loss(model, batch: dict[str, torch.Tensor], labels: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
     """Cross-entropy over the softmax head: the fine-tuning objective."""
     return torch.nn.functional.cross_entropy(model(**batch).logits.float(), labels)
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """Everything :func:`fit` works with, built once by :func:`setup`."""
+
+    args: TrainingArguments
+    output_dir: Path
+    device: torch.device
+    dtype: torch.dtype | None
+    splits: Splits
+    tokenizer: Any
+    train_enc: Encoded
+    val_enc: Encoded
+    model: Any
+    loss_fn: LossFn
+    pad_id: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    steps_per_epoch: int
+    total_steps: int
+    state: TrainState
+
+    def __post_init__(self) -> None:
+        self.train_labels = self.splits.train["label"].to_numpy()
+        self.val_labels = self.splits.validation["label"].to_numpy()
 
 
 def train(
@@ -194,20 +167,22 @@ def train(
         from bertsent.training.keras import train_keras
 
         return train_keras(args, data)
+    run = setup(args, data, model, make_loss)
+    fit(run)
+    return finish(
+        args, data, run.splits, run.output_dir, run.model, run.tokenizer, run.state, run.device, run.dtype, run.pad_id
+    )
+
+
+def setup(args: TrainingArguments, data: DataConfig, model=None, make_loss=None) -> Run:
+    """Data, model (the encoder plus a fresh softmax head sized for the labels), optimizer, schedule."""
     from transformers import get_linear_schedule_with_warmup
 
-    output_dir = Path(args.output_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     device = pick_device(args.device)
-    dtype = autocast_dtype(args.precision, device)
-
     splits, tokenizer, train_enc, val_enc = load_and_encode(args, data)
-    train_labels = splits.train["label"].to_numpy()
-    val_labels = splits.validation["label"].to_numpy()
-
-    # Model: the encoder's weights plus a fresh softmax head sized for the labels.
     overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
     if model is None:
         model = load_classifier(args.model, splits.id2label, **overrides)
@@ -216,176 +191,127 @@ def train(
     model = model.to(device)
     loss_fn = make_loss(splits, train_enc, device) if make_loss else cross_entropy_loss
     model.config.problem_type = "single_label_classification"  # cross-entropy over a softmax
-    pad_id = tokenizer.pad_token_id or 0
     optimizer = build_optimizer(model, args)
     batches_per_epoch = math.ceil(len(train_enc) / args.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
     total_steps = args.max_steps or steps_per_epoch * args.epochs
-    n_epochs = math.ceil(total_steps / steps_per_epoch)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
+    output_dir = Path(args.output_dir)
+    state = _start_or_resume(args, output_dir, model, optimizer, scheduler)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return Run(
+        args=args,
+        output_dir=output_dir,
+        device=device,
+        dtype=autocast_dtype(args.precision, device),
+        splits=splits,
+        tokenizer=tokenizer,
+        train_enc=train_enc,
+        val_enc=val_enc,
+        model=model,
+        loss_fn=loss_fn,
+        pad_id=tokenizer.pad_token_id or 0,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        state=state,
+    )
 
-    state = TrainState()
+
+def _start_or_resume(args: TrainingArguments, output_dir: Path, model, optimizer, scheduler) -> TrainState:
+    """A fresh state, or the latest checkpoint's with ``resume``; an earlier run's checkpoints otherwise go."""
     checkpoints = _checkpoint_dirs(output_dir)
     if args.resume and checkpoints:
         state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
         log.info("resumed from %s (epoch %d, step %d)", checkpoints[-1], state.epoch, state.step)
-    elif args.resume:
+        return state
+    if args.resume:
         log.warning("--resume: no checkpoint in %s, starting from scratch", output_dir / CHECKPOINTS)
     elif checkpoints:
-        log.warning(
-            "%s holds checkpoints of an earlier run; they are replaced (pass --resume to continue)",
-            output_dir,
-        )
+        log.warning("%s holds checkpoints of an earlier run; they are replaced (pass --resume to continue)", output_dir)
         shutil.rmtree(output_dir / CHECKPOINTS)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    return TrainState()
 
-    def evaluate_now() -> None:
-        metrics = validate(model, val_enc, val_labels, args, pad_id, device, dtype)
-        state.history.append(
-            {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4)}
-            | {f"eval_{k}": metrics[k] for k in ("loss", "accuracy", "f1", "f1_macro")}
-        )
-        value = metrics[args.metric_for_best_model]
-        log.info(
-            "step %d: validation accuracy %.4f, F1 %.4f, loss %.4f",
-            state.step,
-            metrics["accuracy"],
-            metrics["f1"],
-            metrics["loss"],
-        )
-        if improved(args.metric_for_best_model, value, state.best_metric):
-            state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
-            state.best_validation = {k: v for k, v in metrics.items() if isinstance(v, float)}
-            model.save_pretrained(output_dir / CHECKPOINTS / BEST)
-        else:
-            state.evals_without_improvement += 1
-            if args.early_stopping_patience and state.evals_without_improvement >= args.early_stopping_patience:
-                log.info("early stopping: no improvement in %d validations", state.evals_without_improvement)
-                state.stopped_early = True
 
+def fit(run: Run) -> None:
+    """Train until the last step (or early stopping), validating and checkpointing as configured."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(
-        total=total_steps,
-        initial=state.step,
-        desc="training",
-        unit="step",
-        disable=not args.progress if args.progress is not None else None,
-    )
-    model.train()
-    running, running_n = 0.0, 0
-    while state.epoch < n_epochs and state.step < total_steps and not state.stopped_early:
+    args, state = run.args, run.state
+    n_epochs = math.ceil(run.total_steps / run.steps_per_epoch)
+    progress = not args.progress if args.progress is not None else None
+    bar = tqdm(total=run.total_steps, initial=state.step, desc="training", unit="step", disable=progress)
+    run.model.train()
+    while state.epoch < n_epochs and state.step < run.total_steps and not state.stopped_early:
         # Same seed per epoch on every run, so resuming mid-epoch replays the same batches.
-        batches = length_grouped_batches(train_enc.lengths, args.batch_size, seed=args.seed + state.epoch)
-        groups = [
-            batches[i : i + args.gradient_accumulation_steps]
-            for i in range(0, len(batches), args.gradient_accumulation_steps)
-        ]
-        tick = time.perf_counter()
-        for group in groups[state.step_in_epoch :]:
-            n_group = sum(len(b) for b in group)
-            for idx in group:
-                batch = {k: v.to(device) for k, v in collate(train_enc, idx, pad_id).items()}
-                labels = torch.from_numpy(train_labels[idx]).to(device)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    loss = loss_fn(model, batch, labels, idx)
-                # Weight each micro-batch by its size: the step's loss is the mean over its reviews.
-                loss = loss * (len(idx) / n_group)
-                loss.backward()
-                running += loss.item() * n_group
-                running_n += len(idx)
-            state.reviews_seen += n_group
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.step_in_epoch += 1
-            bar.update(1)
-            if state.step % args.logging_steps == 0 or state.step_in_epoch == len(groups):
-                state.history.append(
-                    {
-                        "step": state.step,
-                        "epoch": round(state.step / steps_per_epoch, 4),
-                        "loss": running / running_n,
-                        "lr": scheduler.get_last_lr()[0],
-                    }
-                )
-                bar.set_postfix(loss=f"{running / running_n:.4f}")
-                if bar.disable:  # no terminal (a log file, CI): progress as log lines instead
-                    rate = state.reviews_seen / max(state.train_seconds + time.perf_counter() - tick, 1e-9)
-                    log.info(
-                        "step %d/%d: loss %.4f, %.1f reviews/s", state.step, total_steps, running / running_n, rate
-                    )
-                running, running_n = 0.0, 0
-            end_of_epoch = state.step_in_epoch == len(groups) or state.step == total_steps
-            if end_of_epoch:
-                state.epoch += 1
-                state.step_in_epoch = 0
-            if end_of_epoch or (args.eval_steps and state.step % args.eval_steps == 0):
-                state.train_seconds += time.perf_counter() - tick
-                evaluate_now()
-                tick = time.perf_counter()
-            if end_of_epoch or (args.save_steps and state.step % args.save_steps == 0) or state.stopped_early:
-                state.train_seconds += time.perf_counter() - tick
-                save_checkpoint(output_dir, model, optimizer, scheduler, state, args)
-                tick = time.perf_counter()
-            if state.stopped_early or end_of_epoch:
-                break
+        batches = length_grouped_batches(run.train_enc.lengths, args.batch_size, seed=args.seed + state.epoch)
+        step = args.gradient_accumulation_steps
+        groups = [batches[i : i + step] for i in range(0, len(batches), step)]
+        _epoch(run, groups, bar)
     bar.close()
-    return finish(args, data, splits, output_dir, model, tokenizer, state, device, dtype, pad_id)
 
 
-def finish(
-    args, data, splits: Splits, output_dir: Path, model, tokenizer, state: TrainState, device, dtype, pad_id, extra=None
-):
-    """Keep the best model, evaluate it on test, and write the self-describing output folder.
+def _epoch(run: Run, groups: list, bar) -> None:
+    """The rest of the current epoch (all of it unless resuming mid-epoch): one optimizer step a group."""
+    args, state = run.args, run.state
+    tick = time.perf_counter()
+    running = [0.0, 0]  # summed loss x reviews, and reviews, since the last log line
+    for group in groups[state.step_in_epoch :]:
+        _optimizer_step(run, group, running)
+        bar.update(1)
+        if state.step % args.logging_steps == 0 or state.step_in_epoch == len(groups):
+            _log_progress(run, running, bar, tick)
+            running[:] = [0.0, 0]
+        end_of_epoch = state.step_in_epoch == len(groups) or state.step == run.total_steps
+        if end_of_epoch:
+            state.epoch += 1
+            state.step_in_epoch = 0
+        if end_of_epoch or (args.eval_steps and state.step % args.eval_steps == 0):
+            state.train_seconds += time.perf_counter() - tick
+            _validate_and_keep_best(run)
+            tick = time.perf_counter()
+        if end_of_epoch or (args.save_steps and state.step % args.save_steps == 0) or state.stopped_early:
+            state.train_seconds += time.perf_counter() - tick
+            save_checkpoint(run.output_dir, run.model, run.optimizer, run.scheduler, state, args)
+            tick = time.perf_counter()
+        if state.stopped_early or end_of_epoch:
+            return
 
-    ``extra`` adds backend-specific entries to ``metrics.json`` (the Keras path's parity check).
-    """
-    from safetensors.torch import load_file
 
-    from bertsent.folder import write_model_card
-    from bertsent.metrics import plot_training_curves
+def _optimizer_step(run: Run, group: list[np.ndarray], running: list) -> None:
+    """Forward and backward over the group's micro-batches, then clip, step and advance the schedule."""
+    n_group = sum(len(b) for b in group)
+    for idx in group:
+        batch = {k: v.to(run.device) for k, v in collate(run.train_enc, idx, run.pad_id).items()}
+        labels = torch.from_numpy(run.train_labels[idx]).to(run.device)
+        with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype is not None):
+            loss = run.loss_fn(run.model, batch, labels, idx)
+        # Weight each micro-batch by its size: the step's loss is the mean over its reviews.
+        loss = loss * (len(idx) / n_group)
+        loss.backward()
+        running[0] += loss.item() * n_group
+        running[1] += len(idx)
+    run.state.reviews_seen += n_group
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.args.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.state.step += 1
+    run.state.step_in_epoch += 1
 
-    best = output_dir / CHECKPOINTS / BEST
-    model.load_state_dict(load_file(best / "model.safetensors"), strict=False)
-    # Inference settings travel with the folder: pipeline() truncates to model_max_length.
-    tokenizer.model_max_length = args.max_length
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
 
-    n_params = sum(p.numel() for p in model.parameters())
-    metrics: dict = {
-        "num_parameters": n_params,
-        "train_reviews": len(splits.train),
-        "validation_reviews": len(splits.validation),
-        "best_step": state.best_step,
-        f"best_validation_{args.metric_for_best_model}": state.best_metric,
-        "steps": state.step,
-        "stopped_early": state.stopped_early,
-        "train_seconds": round(state.train_seconds, 1),
-        "train_reviews_per_second": round(state.reviews_seen / max(state.train_seconds, 1e-9), 2),
-    }
-    metrics |= {f"validation_{k}": v for k, v in state.best_validation.items()} | (extra or {})
-    if args.evaluate_test and splits.test is not None:
-        from bertsent.evaluate import report
+def _log_progress(run: Run, running: list, bar, tick: float) -> None:
+    state, loss = run.state, running[0] / running[1]
+    entry = {"step": state.step, "epoch": round(state.step / run.steps_per_epoch, 4), "loss": loss}
+    state.history.append(entry | {"lr": run.scheduler.get_last_lr()[0]})
+    bar.set_postfix(loss=f"{loss:.4f}")
+    if bar.disable:  # no terminal (a log file, CI): progress as log lines instead
+        rate = state.reviews_seen / max(state.train_seconds + time.perf_counter() - tick, 1e-9)
+        log.info("step %d/%d: loss %.4f, %.1f reviews/s", state.step, run.total_steps, loss, rate)
 
-        test_enc = encode(tokenizer, splits.test["text"].tolist(), args.max_length, args.truncation)
-        probs = predict_probs(model, test_enc, args.eval_batch_size, pad_id, device, dtype)
-        metrics |= report(output_dir / "eval-test", splits.test, test_enc, probs, model.config.id2label, "test_")
-    metrics["data"] = splits.report
-    plot_training_curves(state.history, output_dir / "training_curves.png")
-    (output_dir / "history.json").write_text(json.dumps(state.history, indent=1))
-    (output_dir / ARGS_FILE).write_text(
-        json.dumps(
-            {"training": asdict(args) | {"resolved_model": resolve_model(args.model)}, "data": asdict(data)},
-            indent=2,
-        )
-    )
-    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    write_model_card(output_dir, args, data, metrics)
-    if not args.keep_checkpoints:
-        shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
-    log.info("model saved to %s", output_dir)
-    return TrainResult(output_dir=output_dir, metrics=metrics)
+
+def _validate_and_keep_best(run: Run) -> None:
+    metrics = validate(run.model, run.val_enc, run.val_labels, run.args, run.pad_id, run.device, run.dtype)
+    if record_validation(run.state, metrics, run.args, round(run.state.step / run.steps_per_epoch, 4)):
+        run.model.save_pretrained(run.output_dir / CHECKPOINTS / BEST)
