@@ -7,9 +7,10 @@
    separate from the load generator's), waited for on ``/health``.
 3. Load: C client threads, each with its own keep-alive ``httpx.Client``, send one review per request
    (``{"inputs": text}``), cycling through the N reviews, until ``--requests`` (default 2N) have been
-   sent or ``--max-seconds`` have passed. Per-request latency, errors (non-200 or exceptions) and
-   answers that differ from the offline labels are counted; ``/info``'s batching counters before and
-   after give the mean batch size the server formed.
+   sent or ``--max-seconds`` have passed; or, with ``--duration S``, for S seconds however many
+   requests that is. Per-request latency (p50, p99), errors (non-200 or exceptions) and answers that
+   differ from the offline labels are counted; ``/info``'s batching counters before and after give the
+   mean batch size the server formed; the server's RSS is read at the start and the end (and its peak).
 4. Optionally (``--rss-requests``), the server's RSS from /proc before, every 1,000 requests and after
    that many more requests of short texts.
 
@@ -18,6 +19,8 @@ end (SIGINT, then terminate/kill if it does not exit), on errors too.
 
     python benchmarks/serve_load.py --model runs/demo --data ../shared/data/imdb --n 2000 --clients 16 \\
         --rss-requests 10000 --json serve_load.json
+    python benchmarks/serve_load.py --model runs/demo --data ../shared/data/imdb --n 2000 --clients 64 \\
+        --duration 60 --json serve_load_64x60.json
 """
 
 from __future__ import annotations
@@ -273,13 +276,15 @@ def measure_load(
     info = client.get(f"{url}/info", timeout=10).json()
     before = info["stats"]
     rss_before = _rss_mb(server.pid)
-    print(
-        f"load    : {ns.requests} requests of one review each from {ns.clients} clients "
-        f"(at most {ns.max_seconds:g} s) ...",
-        flush=True,
-    )
+    if ns.duration is None:
+        total, seconds = ns.requests, ns.max_seconds
+        plan = f"{total} requests of one review each from {ns.clients} clients (at most {seconds:g} s)"
+    else:
+        total, seconds = sys.maxsize, ns.duration
+        plan = f"one review per request from {ns.clients} clients for {seconds:g} s"
+    print(f"load    : {plan} ...", flush=True)
     cpu_server, cpu_client = cpu_seconds(server.pid), _self_cpu()
-    load = send_load(url, texts, ns.requests, ns.clients, ns.max_seconds, server, expected)
+    load = send_load(url, texts, total, ns.clients, seconds, server, expected)
     cpu_server, cpu_client = cpu_seconds(server.pid) - cpu_server, _self_cpu() - cpu_client
     after = batch_counters(client, url)
     batches = after["batches"] - before["batches"]
@@ -308,6 +313,7 @@ def measure_load(
         "client_cpu_seconds": round(cpu_client, 1),
         "server_rss_mb_before": rss_before,
         "server_rss_mb_after": _rss_mb(server.pid),
+        "server_peak_rss_mb": round(proc_status(server.pid).get("VmHWM", 0) / 1024, 1),
     }
 
 
@@ -359,6 +365,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=16, help="concurrent client threads")
     parser.add_argument("--requests", type=int, help="requests of the load phase (default: 2 x N)")
     parser.add_argument("--max-seconds", type=float, default=300, help="time limit of each load phase")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        help="load for this many seconds, however many requests that is (instead of --requests)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="offline batch size and server --max-batch-size")
     parser.add_argument("--max-wait-ms", type=float, help="server micro-batching wait (default: the server's)")
     parser.add_argument("--threads", type=int, help=f"intra-op threads (default: ${THREADS_ENV} or cores)")
@@ -378,6 +389,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--requests must be >= 1")
     if ns.rss_requests < 0 or not ns.max_seconds > 0:
         parser.error("--rss-requests must be >= 0 and --max-seconds > 0")
+    if ns.duration is not None and not ns.duration > 0:
+        parser.error("--duration must be > 0 seconds")
     ns.requests = ns.requests or 2 * ns.n
     return ns
 
@@ -467,12 +480,20 @@ def print_report(results: dict) -> None:
         f"{lat.get('p50_ms', float('nan')):>8.1f} {lat.get('p99_ms', float('nan')):>8.1f} {s['errors']:>7} "
         f"{s['mismatches']:>11}"
     )
+    duration = results["settings"].get("duration")
+    stopped = " (stopped by --max-seconds)" if s["stopped_by_time"] else ""
+    stopped = f" (--duration {duration:g})" if duration else stopped
     print(
-        f"\nserver: {s['ok']}/{s['requests']} requests in {s['wall_seconds']:.1f} s"
-        f"{' (stopped by --max-seconds)' if s['stopped_by_time'] else ''}; {s['batches']} batches, mean "
+        f"\nserver: {s['ok']}/{s['requests']} requests in {s['wall_seconds']:.1f} s{stopped}; "
+        f"{s['batches']} batches, mean "
         f"{s['mean_batch_size']} texts (max {s['batching']['max_batch_size']}, "
         f"wait {s['batching']['max_wait_ms']} ms); "
         f"CPU seconds: server {s['server_cpu_seconds']}, load generator {s['client_cpu_seconds']}"
+    )
+    print(
+        f"server RSS: {s['server_rss_mb_before']} MB at the start of the load, {s['server_rss_mb_after']} MB at "
+        f"the end (peak {s['server_peak_rss_mb']} MB); latency p50 {lat.get('p50_ms')} ms, p99 {lat.get('p99_ms')} ms, "
+        f"max {lat.get('max_ms')} ms; {s['errors']} errors"
     )
     if s["error_examples"]:
         print(f"errors, e.g.: {s['error_examples'][0]}")

@@ -21,6 +21,7 @@ if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from bertsent.config import ServeSettings  # noqa: E402
@@ -29,12 +30,19 @@ from bertsent.serve import background_server, create_app  # noqa: E402
 MAX_CHARS = 300
 REVIEW = "A wonderful, moving film: the cast was brilliant and I loved the story."
 TIMEOUT = 20
+API_KEY = "page-test-key"
 SET_VALUE = "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'));"
 
 
 @pytest.fixture(scope="module")
 def server_url(trained_tiny_dir):
     with background_server(create_app(trained_tiny_dir, ServeSettings(max_chars=MAX_CHARS))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def keyed_url(trained_tiny_dir):
+    with background_server(create_app(trained_tiny_dir, ServeSettings(api_key=API_KEY))) as url:
         yield url
 
 
@@ -115,3 +123,23 @@ def test_page_shows_api_errors(browser, server_url):
     assert error.text == "Type a review first."
     classify(browser, REVIEW)  # and it recovers
     assert browser.find_element(By.ID, "result").is_displayed() and not error.is_displayed()
+
+
+def test_page_asks_for_the_api_key_and_sends_it(browser, keyed_url):
+    browser.get(f"{keyed_url}/")
+    WebDriverWait(browser, TIMEOUT).until(lambda d: d.find_element(By.ID, "auth").is_displayed())
+    assert browser.find_element(By.ID, "model-info").text == "This server needs an API key: enter it below."
+    classify(browser, REVIEW)  # without the key: the API's 401, said on the page
+    error = browser.find_element(By.ID, "error")
+    assert error.is_displayed() and error.text.startswith("Error 401: this server needs an API key")
+
+    browser.find_element(By.ID, "api-key").send_keys(API_KEY + Keys.ENTER)
+    WebDriverWait(browser, TIMEOUT).until(lambda d: "pytorch" in d.find_element(By.ID, "model-info").text)
+    info = browser.find_element(By.ID, "model-info").text
+    assert info.startswith("trained_tiny") and "/" not in info.split(" · ")[0]  # the folder's name, not its path
+    classify(browser, REVIEW)
+    assert browser.find_element(By.ID, "result").is_displayed() and not error.is_displayed()
+    expected = httpx.post(
+        f"{keyed_url}/predict", json={"inputs": REVIEW}, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
+    ).json()[0]
+    assert browser.find_element(By.ID, "label").text == expected["label"]

@@ -2,7 +2,9 @@
 
 import argparse
 import asyncio
+import dataclasses
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,10 +25,12 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from bertsent import __version__  # noqa: E402
 from bertsent.config import ServeSettings  # noqa: E402
-from bertsent.errors import BertsentError, ModelError, ServeError  # noqa: E402
+from bertsent.errors import BertsentError, InferenceError, ModelError, ServeError  # noqa: E402
 from bertsent.predict import Predictor  # noqa: E402
 from bertsent.serve import (  # noqa: E402
+    API_KEY_ENV,
     MicroBatcher,
+    api_key_from_env,
     background_server,
     bind_socket,
     cmd_serve,
@@ -74,7 +78,9 @@ def assert_matches(prediction: dict, probs: np.ndarray, id2label: dict) -> None:
 def test_health_info_and_page(client, trained_tiny_dir, predictor):
     assert client.get("/health").json() == {"status": "ok"}
     info = client.get("/info").json()
-    assert info["model_dir"] == str(trained_tiny_dir)
+    # The folder's name, not its path on the server's disk (the issue "One bad request never fails another").
+    assert info["model_dir"] == trained_tiny_dir.name
+    assert str(trained_tiny_dir.parent) not in client.get("/info").text
     assert info["labels"] == {str(k): v for k, v in predictor.id2label.items()}
     assert info["backend"] == predictor.backend.name == "pytorch"
     assert (info["max_length"], info["truncation"]) == (predictor.max_length, predictor.truncation) == (32, "head")
@@ -160,6 +166,22 @@ BAD_REQUESTS = {
     "body too big": ({"json": {"inputs": "x" * 7000}}, 413, "max-body-bytes"),
     # A generator body goes out chunked, without Content-Length: the middleware counts what it reads.
     "body too big, chunked": ({"content": (b"x" * 1000 for _ in range(7)), "headers": JSON}, 413, "over 6,000 bytes"),
+    # Valid JSON, but text the tokenizer cannot take: named by its index, before it reaches a batch.
+    "unpaired surrogate": (
+        {"content": b'{"inputs": ["fine", "ok", "good", "\\ud800 film"]}', "headers": JSON},
+        422,
+        "inputs[3]: not valid Unicode (unpaired surrogate U+D800 at character 0)",
+    ),
+    "unpaired surrogate, one string": (
+        {"content": b'{"inputs": "a \\udfff"}', "headers": JSON},
+        422,
+        "inputs[0]: not valid Unicode (unpaired surrogate U+DFFF at character 2)",
+    ),
+    "unpaired surrogate in a field name": (
+        {"content": b'{"inputs": "x", "parameters": {"\\udfff": 1}}', "headers": JSON},
+        422,
+        "parameters: not valid Unicode (unpaired surrogate in a field name)",
+    ),
 }
 
 
@@ -232,6 +254,60 @@ def test_without_lifespan_the_api_answers_503(trained_tiny_dir, predictor):
         assert running.get("/health").json() == {"status": "ok"}
         assert app.state.batcher.running
     assert not app.state.batcher.running  # stopped on shutdown
+
+
+KEY = "s3cret-Key_42"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def keyed(predictor):
+    with TestClient(create_app(predictor, dataclasses.replace(SETTINGS, api_key=KEY))) as c:
+        yield c
+
+
+def test_api_key_guards_the_api_but_not_health_the_page_or_the_docs(keyed, monkeypatch):
+    import bertsent.serve
+
+    for path in ("/health", "/", "/docs", "/openapi.json"):  # open: the page asks for the key itself
+        assert keyed.get(path).status_code == 200, path
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}, {"Authorization": f"Basic {KEY}"}):
+        for response in (
+            keyed.get("/info", headers=headers),
+            keyed.post("/predict", json={"inputs": "x"}, headers=headers),
+        ):
+            assert response.status_code == 401, headers
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            assert "API key" in response.json()["error"] and KEY not in response.text
+    assert keyed.get("/nowhere").status_code == 401  # nothing about the API without the key
+    compared = []
+    real = bertsent.serve.hmac.compare_digest
+    monkeypatch.setattr(bertsent.serve.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b))
+    assert keyed.get("/info", headers=AUTH).json()["model_dir"]
+    assert keyed.post("/predict", json={"inputs": "x"}, headers={"authorization": f"bearer {KEY}"}).status_code == 200
+    assert len(compared) == 2  # constant-time comparison
+    # Checked before the body is read: no key, no 413 (nor 422) either.
+    big = keyed.post("/predict", content=b"{", headers=JSON | {"content-length": "999999"})
+    assert big.status_code == 401
+    assert keyed.post("/predict", content=b"{", headers=JSON | AUTH).status_code == 422
+
+
+def test_openapi_documents_the_api_key_and_the_limits(keyed, client):
+    spec = keyed.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "the server's --api-key (or $BERTSENT_API_KEY)",
+    }
+    for path, method in (("/predict", "post"), ("/info", "get")):
+        operation = spec["paths"][path][method]
+        assert operation["security"] == [{"HTTPBearer": []}] and "401" in operation["responses"]
+    assert "security" not in spec["paths"]["/health"]["get"]
+    assert "securitySchemes" not in client.get("/openapi.json").json().get("components", {})  # no key, no scheme
+    inputs = spec["components"]["schemas"]["PredictRequest"]["properties"]["inputs"]["anyOf"]
+    text, texts = sorted(inputs, key=lambda option: option["type"] == "array")
+    assert text == {"type": "string", "maxLength": SETTINGS.max_chars}
+    assert (texts["maxItems"], texts["minItems"], texts["items"]["maxLength"]) == (8, 1, SETTINGS.max_chars)
 
 
 # ---------------------------------------------------------------------------------------------- micro-batching
@@ -337,6 +413,59 @@ def test_stop_fails_waiting_requests_instead_of_hanging():
     assert model.batches == [["in the model"]]
 
 
+def test_a_failing_request_fails_alone():
+    """The model raises on any batch holding "bad": the batch is split by request until only its request fails."""
+    model = RecordingModel()
+
+    def fragile(texts):
+        if "bad" in texts:
+            model.batches.append(list(texts))
+            raise ValueError("cannot take this text")
+        return model(texts)
+
+    requests = [["a"], ["b", "bad"], ["cc"], ["ddd", "e"]]
+
+    async def scenario():
+        batcher = MicroBatcher(fragile, max_batch_size=16, max_wait_ms=200)
+        batcher.start()
+        outcomes = await asyncio.gather(*(batcher.submit(r) for r in requests), return_exceptions=True)
+        await batcher.stop()
+        return outcomes, batcher.stats
+
+    outcomes, stats = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert isinstance(outcomes[1], InferenceError) and "ValueError: cannot take this text" in str(outcomes[1])
+    for i in (0, 2, 3):
+        assert outcomes[i][:, 0].tolist() == [len(t) for t in requests[i]]
+    # All at once; then the first two requests apart from the last two; then request 0 apart from request 1.
+    assert model.batches == [
+        ["a", "b", "bad", "cc", "ddd", "e"],
+        ["a", "b", "bad"],
+        ["a"],
+        ["b", "bad"],
+        ["cc", "ddd", "e"],
+    ]
+    assert (stats.errors, stats.batches, stats.texts) == (3, 2, 4)
+
+
+def test_stop_with_drain_answers_what_is_queued():
+    model = RecordingModel(delay=0.05)
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch_size=1, max_wait_ms=0)
+        batcher.start()
+        requests = [asyncio.create_task(batcher.submit([f"text {i}"])) for i in range(5)]
+        while not model.batches:
+            await asyncio.sleep(0.005)
+        await batcher.stop(drain=10)  # refuses new texts at once, answers the queued ones
+        with pytest.raises(ServeError, match="not running"):
+            await batcher.submit(["too late"])
+        return await asyncio.gather(*requests)
+
+    rows = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert [r[0, 0] for r in rows] == [6.0] * 5
+    assert len(model.batches) == 5
+
+
 # ---------------------------------------------------------------------------------------------- settings and CLI
 
 
@@ -352,6 +481,11 @@ def test_stop_fails_waiting_requests_instead_of_hanging():
         ("port", 70000),
         ("host", ""),
         ("threads", 0),
+        ("api_key", ""),
+        ("api_key", "two words"),
+        ("api_key", "clé"),
+        ("graceful_timeout", -1),
+        ("graceful_timeout", float("inf")),
     ],
 )
 def test_settings_validate_themselves(field, value):
@@ -390,6 +524,22 @@ def test_cli_errors_are_one_line(tmp_path):
     with pytest.raises(ValueError, match="max_inputs"):
         cmd_serve(parse(["serve", "--model", str(tmp_path), "--max-inputs", "0"]))
     assert issubclass(ServeError, BertsentError)
+
+
+def test_api_key_and_graceful_timeout_flags_and_the_environment_variable():
+    ns = parse(["serve", "--model", "m", "--api-key", KEY, "--graceful-timeout", "2.5"])
+    settings = settings_from_args(ns)
+    assert (settings.api_key, settings.graceful_timeout) == (KEY, 2.5)
+    assert KEY not in repr(settings)  # never printed with the settings
+    defaults = settings_from_args(parse(["serve", "--model", "m"]))
+    assert api_key_from_env(defaults, {API_KEY_ENV: KEY}).api_key == KEY
+    assert api_key_from_env(settings, {API_KEY_ENV: "other"}).api_key == KEY  # the flag wins
+    assert api_key_from_env(defaults, {}).api_key is None
+    with pytest.raises(BertsentError, match="BERTSENT_API_KEY is set but empty"):
+        api_key_from_env(defaults, {API_KEY_ENV: ""})
+    with pytest.raises(BertsentError, match="BERTSENT_API_KEY: api_key must be") as raised:
+        api_key_from_env(defaults, {API_KEY_ENV: "my secret"})
+    assert "my secret" not in str(raised.value)
 
 
 CLI = """
@@ -447,6 +597,69 @@ def test_serve_command_runs_and_stops_on_ctrl_c(trained_tiny_dir):
     assert f"web page: {url}/   API docs: {url}/docs" in out
     assert "Application shutdown complete" in out
     assert "served 1 requests (2 texts) in 1 batches; 0 failed batches" in out
+
+
+# The CLI with inference slowed down, so that requests are still queued when the signal comes.
+SLOW_CLI = (
+    """
+import time
+from bertsent.predict import Predictor
+predict_proba = Predictor.predict_proba
+def slow(self, texts, *args, **kwargs):
+    time.sleep(0.3)
+    return predict_proba(self, texts, *args, **kwargs)
+Predictor.predict_proba = slow
+"""
+    + CLI
+)
+
+
+def test_sigterm_answers_the_accepted_requests_then_exits_0(trained_tiny_dir):
+    """SIGTERM (docker stop, Kubernetes): the requests already accepted are answered, then a clean exit.
+
+    The key comes from the environment variable, and is never printed.
+    """
+    n = 6
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", API_KEY_ENV: KEY}
+    argv = [sys.executable, "-c", SLOW_CLI, "serve", "--model", str(trained_tiny_dir), "--port", "0"]
+    argv += ["--max-batch-size", "1", "--max-wait-ms", "0"]  # one text per batch: n x 0.3 s of work queued
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        out = ""
+        while "serving " not in out:
+            line = proc.stdout.readline()
+            assert line, f"the command ended before serving: {out}"
+            out += line
+        url = out.split(" at ")[-1].strip()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert httpx.get(f"{url}/health", timeout=5).json() == {"status": "ok"}  # open: no key
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.1)
+        assert httpx.get(f"{url}/info", timeout=5).status_code == 401
+        with ThreadPoolExecutor(n) as pool:
+            futures = [
+                pool.submit(httpx.post, f"{url}/predict", json={"inputs": f"review {i}"}, headers=AUTH, timeout=60)
+                for i in range(n)
+            ]
+            while httpx.get(f"{url}/info", headers=AUTH, timeout=5).json()["stats"]["requests"] < n:
+                time.sleep(0.02)  # every request accepted (queued in the batcher) before the signal
+            proc.send_signal(signal.SIGTERM)
+            responses = [f.result() for f in futures]
+        proc.wait(timeout=60)
+        out += proc.stdout.read()
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    assert [r.status_code for r in responses] == [200] * n, [r.text for r in responses]
+    assert proc.returncode == 0, out
+    assert "API key: required on /predict and /info" in out and "the key from $BERTSENT_API_KEY" in out
+    assert KEY not in out
+    assert "Application shutdown complete" in out
+    assert f"served {n} requests ({n} texts) in {n} batches; 0 failed batches" in out
 
 
 # ---------------------------------------------------------------------------------------------- real server
@@ -516,3 +729,86 @@ def test_a_folder_is_served_with_the_inference_settings_given(trained_tiny_dir):
     assert create_app(trained_tiny_dir, threads, inference).state.predictor.settings.threads == 1
     with pytest.raises(SettingsError, match="a Predictor already has its own"):
         create_app(served, SETTINGS, inference)
+
+
+POISON = "a text this model cannot take"
+
+
+def test_one_bad_request_never_fails_another(trained_tiny_dir, texts, reference, predictor):
+    """Concurrent clients beside bad ones: text that is not Unicode (422 at the door) and a text the
+    model raises on (500 for its own request only); every good request is answered, exactly."""
+    served = Predictor(trained_tiny_dir)
+    original, shared = served.predict_proba, []
+
+    def poisoned(batch: list[str]) -> np.ndarray:
+        if POISON in batch:
+            shared.append(len(batch))
+            raise ValueError("poisoned text")
+        return original(batch)
+
+    served.predict_proba = poisoned
+    app = create_app(served, ServeSettings(max_batch_size=64, max_wait_ms=50))
+    n_good, n_requests = 10, 5
+    start = threading.Barrier(n_good + 2)
+
+    def client_thread(url: str, kind: str, k: int) -> list[tuple[list[str], int, object]]:
+        answers = []
+        with httpx.Client(base_url=url, timeout=30) as http:
+            start.wait(timeout=30)
+            for i in range(n_requests):
+                good = [texts[(k * n_requests + i) % len(texts)]]
+                if kind == "surrogate":
+                    body = b'{"inputs": ["fine", "\\ud800 film"]}'
+                    response = http.post("/predict", content=body, headers=JSON)
+                else:
+                    response = http.post("/predict", json={"inputs": [*good, POISON] if kind == "poison" else good})
+                answers.append((kind, good, response.status_code, response.json()))
+        return answers
+
+    with background_server(app) as url:
+        kinds = ["good"] * n_good + ["surrogate", "poison"]
+        with ThreadPoolExecutor(len(kinds)) as pool:
+            plans = pool.map(client_thread, [url] * len(kinds), kinds, range(len(kinds)))
+            results = [answer for answers in plans for answer in answers]
+        stats = httpx.get(f"{url}/info").json()["stats"]
+
+    assert len(results) == len(kinds) * n_requests
+    for kind, good, status, body in results:
+        if kind == "good":
+            assert status == 200, body
+            assert_matches(body[0], reference[good[0]], predictor.id2label)
+        elif kind == "surrogate":
+            assert status == 422
+            assert body["error"] == "inputs[1]: not valid Unicode (unpaired surrogate U+D800 at character 0)"
+        else:
+            assert (status, body) == (500, {"error": "inference failed: ValueError: poisoned text"})
+    assert max(shared) > 2  # the poison shared batches with other requests' texts, which were run again apart
+    assert stats["errors"] == len(shared) and stats["queued"] == 0
+
+
+SCHEMATHESIS_CONFIG = """
+[checks.negative_data_rejection]
+# Schemathesis' defaults, and 413: over the limits the document states (maxItems, maxLength) the answer is 413.
+expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
+"""
+
+
+def test_responses_match_the_openapi_document(trained_tiny_dir, tmp_path):
+    """Schemathesis, every check, against a live server with an API key: a few hundred generated requests
+    (valid and invalid), and every response must be what /openapi.json documents."""
+    pytest.importorskip("schemathesis", reason="pip install 'schemathesis>=4.3' (in the dev extra)")
+    # Limits under which any request the document allows fits in the body limit (12 bytes per escaped character).
+    settings = ServeSettings(max_inputs=8, max_chars=200, max_body_bytes=50_000, max_wait_ms=1, api_key=KEY)
+    (tmp_path / "schemathesis.toml").write_text(SCHEMATHESIS_CONFIG)
+    command = [sys.executable, "-m", "schemathesis.cli", "--config-file", "schemathesis.toml", "--no-color", "run"]
+    command += ["--checks", "all", "--max-examples", "300", "--seed", "1", "--generation-database", "none"]
+    command += ["--header", f"Authorization: Bearer {KEY}", "--request-timeout", "30"]
+    with background_server(create_app(trained_tiny_dir, settings)) as url:
+        # cwd: Schemathesis keeps a cache in the working directory.
+        run = subprocess.run(
+            [*command, f"{url}/openapi.json"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+    report = run.stdout + run.stderr
+    assert run.returncode == 0, report[-6000:]
+    counts = re.search(r"(\d+) generated, (\d+) passed", report)
+    assert counts and int(counts[1]) >= 200 and counts[1] == counts[2], report[-3000:]

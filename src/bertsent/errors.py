@@ -58,7 +58,7 @@ class ServeError(BertsentError):
 
 
 class InferenceError(ServeError):
-    """The model failed on a batch; every request with a text in that batch gets a 500."""
+    """The model failed on a request's texts (after the batch was re-run split by request): that request gets a 500."""
 
 
 def first_line(error: BaseException) -> str:
