@@ -2,7 +2,9 @@
 
 import csv
 import json
+import logging
 
+import pandas as pd
 import pytest
 
 from bertsent.cli import main
@@ -144,3 +146,81 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, cli_model, toy_data_dir
     err = capsys.readouterr().err.strip()
     assert message in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def toy_file(toy_data_dir, path, split="test"):
+    """The toy ``split`` as one CSV file (no train/test structure), plus one repeated review."""
+    frame = pd.read_parquet(toy_data_dir / f"{split}.parquet")
+    pd.concat([frame, frame.head(1)]).to_csv(path, index=False)
+    return path
+
+
+def test_evaluate_scores_a_single_file_whole_and_says_so(cli_model, toy_data_dir, tmp_path, capsys, caplog):
+    source = toy_file(toy_data_dir, tmp_path / "reviews.csv")
+    out = tmp_path / "report"
+    with caplog.at_level(logging.INFO, logger="bertsent.evaluate"):
+        assert main(["evaluate", "--model", str(cli_model), "--data", str(source), "--output-dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "all" and metrics["n"] == 81  # every row, the repeated one too
+    assert metrics["data"]["splits_from"] == {"test": "whole file"}
+    assert f"{source} has no train/test split: scoring all its 81 usable reviews" in caplog.text
+    assert "--split test" in caplog.text
+    assert "81 reviews scored (all)" in capsys.readouterr().out
+    # --split test still scores the share carved off as test, and says where it came from
+    carved = tmp_path / "carved"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bertsent.evaluate"):
+        argv = ["evaluate", "--model", str(cli_model), "--data", str(source), "--split", "test"]
+        assert main([*argv, "--output-dir", str(carved)]) == 0
+    metrics = json.loads((carved / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["n"] == 16  # ceil(0.2 * 80): the pool is de-duplicated first
+    assert "scoring 16 test reviews (carved from train (test_size=0.2)" in caplog.text
+
+
+def test_evaluate_on_the_models_own_training_file_scores_its_held_out_rows(cli_model, toy_data_dir, tmp_path):
+    from bertsent.config import DataConfig
+    from bertsent.data.loading import load_data
+    from bertsent.folder import copy_model_files, data_config_for
+
+    source = toy_file(toy_data_dir, tmp_path / "train.csv", "train")
+    model = tmp_path / "model"
+    copy_model_files(cli_model, model, weights=True)
+    recorded = json.loads((model / "training_args.json").read_text())
+    recorded["data"]["source"] = str(source)  # as if trained on that one file
+    (model / "training_args.json").write_text(json.dumps(recorded))
+    data = data_config_for(model, DataConfig(str(source)))
+    for split, argv in (("test", []), ("validation", ["--split", "validation"])):
+        out = tmp_path / split
+        assert main(["evaluate", "--model", str(model), "--data", str(source), *argv, "--output-dir", str(out)]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        expected = getattr(load_data(data), split)
+        assert metrics["split"] == split and metrics["n"] == len(expected)
+    assert len(load_data(data).validation) == 40  # the model's recorded --validation-size applies
+
+
+def test_predict_keeps_the_input_columns_unless_told(cli_model, tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text("id,text,label\n7,a wonderful film,positive\n8,awful and boring,negative\n")
+    base = ["predict", "--model", str(cli_model), "--input", str(source), "--output"]
+    for extra, header in (
+        ([], "id,text,input_label,label,score"),
+        (["--keep-columns", "id"], "id,text,label,score"),
+        (["--keep-columns", "id,label"], "id,text,input_label,label,score"),
+        (["--keep-columns", ""], "text,label,score"),
+        (["--keep-columns"], "text,label,score"),
+    ):
+        out = tmp_path / "o.csv"
+        assert main([*base, str(out), *extra]) == 0
+        with out.open(newline="") as f:
+            rows = list(csv.reader(f))
+        assert ",".join(rows[0]) == header, extra
+        assert (
+            rows[1][: header.count(",") - 1]
+            == {
+                "id,text,input_label": ["7", "a wonderful film", "positive"],
+                "id,text": ["7", "a wonderful film"],
+                "text": ["a wonderful film"],
+            }[header.rsplit(",", 2)[0]]
+        )
+    assert main([*base, str(tmp_path / "o.csv"), "--keep-columns", "nope"]) == 2
+    assert main(["predict", "--model", str(cli_model), "--keep-columns", "id", "a text"]) == 2

@@ -3,6 +3,7 @@ and one test per untrusted-input error (checking that the message names the file
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import sys
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 
 from bertsent.config import DEFAULT_ID2LABEL, DataConfig, parse_label_names
-from bertsent.data.loading import Splits, clean_text, load_data, stratified_subset
+from bertsent.data.loading import DROP_REASONS, WHOLE_FILE, Splits, clean_text, load_data, stratified_subset
 from bertsent.errors import BertsentError, DataError
 
 IMDB = Path(__file__).parents[1].parent / "shared/data/imdb"
@@ -697,3 +698,89 @@ def test_real_imdb_subsets_and_evaluation_splits():
             assert abs(count - n * full[split][name] / total) < 1, (split, name)
     assert load_data(config, ("validation",)).validation.equals(splits.validation)
     assert load_data(config, ("test",)).test.equals(splits.test)
+
+
+# --- boolean labels, gzip-compressed files, a single file read whole ---------------------------------------
+
+
+def test_a_boolean_label_column_reads_as_0_1_with_the_default_labels(tmp_path):
+    frame = reviews(20).assign(label=[i % 2 == 1 for i in range(20)])
+    expected = load_data(DataConfig(str(write(tmp_path / "ints.parquet", reviews(20))), validation_size=2))
+    splits = load_data(DataConfig(str(write(tmp_path / "flags.parquet", frame)), validation_size=2))
+    assert splits.train.equals(expected.train) and splits.test.equals(expected.test)
+    as_words = load_data(DataConfig(str(write(tmp_path / "flags.csv", frame)), validation_size=2))  # True/False
+    assert as_words.train.equals(expected.train)
+    with_gaps = frame.astype({"label": object})
+    with_gaps.loc[3, "label"] = None
+    gaps = load_data(DataConfig(str(write(tmp_path / "gaps.parquet", with_gaps)), validation_size=2))
+    assert gaps.report["dropped"]["train"]["missing_label"] == 1
+    assert load_error(tmp_path / "flags.parquet", labels=["bad", "good"]).startswith(
+        f"{tmp_path / 'flags.parquet'} row 1, column 'label': label False is not one of bad, good"
+    )
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".json"])
+def test_gzip_files_read_like_their_plain_form(tmp_path, suffix):
+    frame = reviews(30)
+    plain = write(tmp_path / f"all{suffix}", frame)
+    expected = load_data(DataConfig(str(plain), validation_size=3))
+    named = tmp_path / f"all{suffix}.gz"
+    named.write_bytes(gzip.compress(plain.read_bytes()))
+    splits = load_data(DataConfig(str(named), validation_size=3))
+    assert splits.train.equals(expected.train) and splits.test.equals(expected.test)
+    assert splits.report["format"] == expected.report["format"]
+    root = tmp_path / "folder"
+    root.mkdir()
+    for split, part in (("train", reviews(30, "train")), ("test", reviews(8, "test"))):
+        data = write(tmp_path / f"{split}{suffix}", part).read_bytes()
+        (root / f"{split}{suffix}.gz").write_bytes(gzip.compress(data))
+    splits = load_data(DataConfig(str(root), validation_size=3))
+    assert splits.test["text"].tolist() == reviews(8, "test")["text"].tolist()
+    assert splits.report["files"]["train"] == [str(root / f"train{suffix}.gz")]
+
+
+def test_gzip_bytes_under_a_plain_name_are_read_not_blamed_on_the_encoding(tmp_path, caplog):
+    plain = write(tmp_path / "plain.csv", reviews(30))
+    disguised = tmp_path / "reviews.csv"
+    disguised.write_bytes(gzip.compress(plain.read_bytes()))
+    with caplog.at_level(logging.INFO, logger="bertsent.data"):
+        splits = load_data(DataConfig(str(disguised), validation_size=3))
+    assert splits.train.equals(load_data(DataConfig(str(plain), validation_size=3)).train)
+    assert f"{disguised} is gzip-compressed" in caplog.text
+    broken = tmp_path / "broken.csv"
+    broken.write_bytes(gzip.compress(plain.read_bytes())[:-12])
+    assert load_error(broken).startswith(f"{broken}: not a readable gzip file (")
+    packed = tmp_path / "packed.parquet"
+    packed.write_bytes(gzip.compress(write(tmp_path / "x.parquet", reviews(4)).read_bytes()))
+    assert load_error(packed) == f"{packed}: is gzip-compressed; Parquet compresses inside itself: gunzip it first"
+    unknown = tmp_path / "reviews.txt.gz"
+    unknown.write_bytes(gzip.compress(b"x"))
+    assert load_error(unknown).startswith(f"{unknown}: unknown data format '.txt.gz'")
+
+
+def test_a_split_given_plain_and_gzipped_is_ambiguous(tmp_path):
+    root = folder(tmp_path, ".csv")
+    (root / "train.csv.gz").write_bytes(gzip.compress((root / "train.csv").read_bytes()))
+    assert load_error(root) == f"{root}: several files for the train split (train.csv, train.csv.gz): keep one"
+
+
+def test_whole_file_reads_a_single_file_as_test_as_it_is(tmp_path):
+    frame = pd.concat([reviews(30), reviews(30).head(2), pd.DataFrame({"text": ["<br />"], "label": [1]})])
+    path = write(tmp_path / "reviews.csv", frame)
+    splits = load_data(DataConfig(str(path)), ("test",), whole_file=True)
+    assert splits.test["text"].tolist() == frame["text"].tolist()[:32]  # duplicates kept, the empty text dropped
+    assert splits.test["label"].tolist() == frame["label"].tolist()[:32]
+    assert splits.train.empty and splits.validation.empty
+    report = splits.report
+    assert report["splits_from"] == {"test": WHOLE_FILE} and report["files"] == {"test": [str(path)]}
+    assert report["dropped"] == {"test": {**dict.fromkeys(DROP_REASONS, 0), "empty_text": 1}}
+    assert report["duplicates_kept"] == {"test": 2} and report["sizes"] == {"test": 32}
+    sampled = load_data(DataConfig(str(path), eval_samples=10), ("test",), whole_file=True)
+    assert len(sampled.test) == 10 and sampled.report["label_counts"]["test"] == {"negative": 5, "positive": 5}
+    # a source with splits is read as ever
+    root = folder(tmp_path)
+    assert load_data(DataConfig(str(root)), ("test",), whole_file=True).test.equals(
+        load_data(DataConfig(str(root)), ("test",)).test
+    )
+    with pytest.raises(ValueError, match="whole_file"):
+        load_data(DataConfig(str(path)), ("validation",), whole_file=True)

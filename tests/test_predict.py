@@ -1,5 +1,7 @@
 """Prediction: streaming files in chunks, resuming, long texts scored by windows."""
 
+import csv
+import gzip
 import json
 
 import numpy as np
@@ -301,3 +303,180 @@ def test_evaluate_runs_with_inference_settings(trained_tiny_dir, toy_data_dir, t
     expected = classification_metrics(frame["label"].to_numpy(), probs, {0: "negative", 1: "positive"})
     assert chunked["log_loss"] == pytest.approx(expected["log_loss"], abs=1e-6)
     assert chunked["log_loss"] != pytest.approx(plain["log_loss"], abs=1e-6)
+
+
+# --- the input's other columns pass through; gzip input ----------------------------------------------------
+
+
+def write_table(path, frame):
+    """``frame`` in the format named by ``path`` (.csv, .jsonl, .parquet)."""
+    if path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    elif path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+    return path
+
+
+def read_output(path):
+    """Header and rows of a CSV or JSONL output (JSONL: the first record's keys, every record's values)."""
+    if path.suffix == ".csv":
+        with path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        return rows[0], rows[1:]
+    records = read_jsonl(path)
+    assert all(list(r) == list(records[0]) for r in records)  # one schema for every line
+    return list(records[0]), [list(r.values()) for r in records]
+
+
+@pytest.mark.parametrize("out_suffix", [".csv", ".jsonl"])
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_every_input_column_is_kept_by_default_in_input_order(predictor, tmp_path, suffix, out_suffix):
+    texts = reviews(11)
+    frame = pd.DataFrame({"id": range(100, 111), "review": texts, "stars": [i % 5 + 1 for i in range(11)]})
+    source = write_table(tmp_path / f"in{suffix}", frame)
+    out = tmp_path / f"out{out_suffix}"
+    assert predict_file(predictor, source, out, text_column="review", chunk_size=4) == 11
+    header, rows = read_output(out)
+    assert header == ["id", "text", "stars", "label", "score"]
+    expected = predictor(texts)
+    assert [r[3] for r in rows] == [e["label"] for e in expected]
+    assert [float(r[4]) for r in rows] == pytest.approx([e["score"] for e in expected], abs=1e-6)
+    assert [r[1] for r in rows] == texts
+    # CSV output holds text; JSONL keeps the input's types (a CSV input's values are text)
+    as_read = str if out_suffix == ".csv" or suffix == ".csv" else int
+    assert [r[0] for r in rows] == [as_read(i) for i in range(100, 111)]
+    assert [r[2] for r in rows] == [as_read(i % 5 + 1) for i in range(11)]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_keep_columns_restricts_and_an_empty_list_keeps_only_the_text(predictor, tmp_path, suffix):
+    frame = pd.DataFrame({"id": range(6), "text": reviews(6), "date": ["2024-01-0" + str(i + 1) for i in range(6)]})
+    source = write_table(tmp_path / f"in{suffix}", frame)
+    out = tmp_path / "out.jsonl"
+    predict_file(predictor, source, out, keep_columns=["date"])
+    assert read_output(out)[0] == ["text", "date", "label", "score"]
+    assert [r["date"] for r in read_jsonl(out)] == frame["date"].tolist()
+    predict_file(predictor, source, out, keep_columns=[])
+    assert read_output(out)[0] == ["text", "label", "score"]
+    with pytest.raises(DataError, match=rf"{source.name}: no column 'nope' to keep \(found: id, text, date\).*--keep"):
+        predict_file(predictor, source, out, keep_columns=["date", "nope"])
+
+
+def test_txt_input_has_only_the_text(predictor, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("great film\nawful plot\n")
+    predict_file(predictor, source, tmp_path / "out.csv")
+    assert read_output(tmp_path / "out.csv")[0] == ["text", "label", "score"]
+    with pytest.raises(DataError, match="TXT file .* no columns to keep"):
+        predict_file(predictor, source, tmp_path / "out.csv", keep_columns=["id"])
+
+
+def test_kept_columns_named_like_the_outputs_are_renamed_not_overwritten(predictor, tmp_path, caplog):
+    frame = pd.DataFrame(
+        {"label": ["positive", "negative"], "review": ["great film", "awful plot"], "text": ["a", "b"], "score": [9, 2]}
+    )
+    source = write_table(tmp_path / "in.parquet", frame)
+    out = tmp_path / "out.jsonl"
+    with caplog.at_level("WARNING", logger="bertsent.predict"):
+        predict_file(predictor, source, out, text_column="review")
+    rows = read_jsonl(out)
+    assert list(rows[0]) == ["input_label", "text", "input_text", "input_score", "label", "score"]
+    assert [(r["input_label"], r["text"], r["input_text"], r["input_score"]) for r in rows] == [
+        ("positive", "great film", "a", 9),
+        ("negative", "awful plot", "b", 2),
+    ]
+    assert [r["label"] for r in rows] == [p["label"] for p in predictor(["great film", "awful plot"])]
+    assert "'label' as 'input_label'" in caplog.text and "'score' as 'input_score'" in caplog.text
+    # a CSV header repeating a name keeps both values too
+    (tmp_path / "dup.csv").write_text("id,text,id\n1,great film,x\n")
+    predict_file(predictor, tmp_path / "dup.csv", tmp_path / "dup.csv.out.csv")
+    assert read_output(tmp_path / "dup.csv.out.csv")[0] == ["id", "text", "input_id", "label", "score"]
+    assert read_output(tmp_path / "dup.csv.out.csv")[1][0][:3] == ["1", "great film", "x"]
+
+
+def test_jsonl_records_with_different_keys_share_one_schema(predictor, tmp_path):
+    source = tmp_path / "in.jsonl"
+    lines = ['{"id": 1, "text": "great film"}', '"awful plot"', "", '{"text": "moving story", "meta": {"a": [1]}}']
+    source.write_text("\n".join(lines) + "\n")
+    predict_file(predictor, source, tmp_path / "out.jsonl")
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert [(r["id"], r["text"], r["meta"]) for r in rows] == [
+        (1, "great film", None),
+        (None, "awful plot", None),
+        (None, "moving story", {"a": [1]}),
+    ]
+    predict_file(predictor, source, tmp_path / "out.csv")
+    header, csv_rows = read_output(tmp_path / "out.csv")
+    assert header == ["id", "text", "meta", "label", "score"]
+    assert [r[:3] for r in csv_rows] == [
+        ["1", "great film", ""],
+        ["", "awful plot", ""],
+        ["", "moving story", '{"a": [1]}'],
+    ]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_resumed_run_with_columns_equals_an_uninterrupted_one(predictor, tmp_path, monkeypatch, suffix):
+    frame = pd.DataFrame({"id": range(18), "text": reviews(18), "note": [f"n{i}" for i in range(18)]})
+    source = write_table(tmp_path / f"in{suffix}", frame)
+    complete = tmp_path / "complete.csv"
+    predict_file(predictor, source, complete, chunk_size=4)
+
+    out = tmp_path / "out.csv"
+    real = Predictor.predict_proba
+    calls = {"n": 0}
+
+    def flaky(self, chunk, progress=False):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            with out.open("a") as f:
+                f.write("99,half a row")
+            raise KeyboardInterrupt
+        return real(self, chunk, progress)
+
+    monkeypatch.setattr(Predictor, "predict_proba", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        predict_file(predictor, source, out, chunk_size=4)
+    monkeypatch.setattr(Predictor, "predict_proba", real)
+    with pytest.raises(DataError, match="started with columns id,text,note but this run writes id,text: resume"):
+        predict_file(predictor, source, out, chunk_size=4, resume=True, keep_columns=["id"])
+    assert predict_file(predictor, source, out, chunk_size=4, resume=True) == 18
+    assert out.read_text() == complete.read_text()
+    assert read_output(out)[0] == ["id", "text", "note", "label", "score"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".txt"])
+def test_gzip_input_is_read_by_name_or_by_its_bytes(predictor, tmp_path, suffix):
+    texts = reviews(7)
+    plain = tmp_path / f"in{suffix}"
+    if suffix == ".txt":
+        plain.write_text("\n".join(texts) + "\n")
+    else:
+        write_table(plain, pd.DataFrame({"id": range(7), "text": texts}))
+    expected = tmp_path / "expected.jsonl"
+    predict_file(predictor, plain, expected, chunk_size=3)
+    named = tmp_path / f"named{suffix}.gz"
+    named.write_bytes(gzip.compress(plain.read_bytes()))
+    predict_file(predictor, named, tmp_path / "named.jsonl", chunk_size=3)
+    assert (tmp_path / "named.jsonl").read_text() == expected.read_text()
+    disguised = tmp_path / f"disguised{suffix}"  # gzip bytes under a plain name: read, not an encoding error
+    disguised.write_bytes(gzip.compress(plain.read_bytes()))
+    predict_file(predictor, disguised, tmp_path / "from-disguised.jsonl", chunk_size=3)
+    assert (tmp_path / "from-disguised.jsonl").read_text() == expected.read_text()
+
+
+def test_broken_gzip_and_gzipped_parquet_names_are_clear_errors(predictor, tmp_path):
+    broken = tmp_path / "in.csv.gz"
+    packed = gzip.compress(("text\n" + "".join(f"review number {i}\n" for i in range(5000))).encode())
+    broken.write_bytes(packed[: len(packed) // 2])  # cut short, as an interrupted download
+    with pytest.raises(DataError, match=r"in.csv.gz after line \d+: not a readable gzip file"):
+        predict_file(predictor, broken, tmp_path / "o.jsonl")
+    (tmp_path / "in.parquet.gz").write_bytes(gzip.compress(b"PAR1"))
+    with pytest.raises(DataError, match=r"unknown input format '.parquet.gz'"):
+        predict_file(predictor, tmp_path / "in.parquet.gz", tmp_path / "o.jsonl")
+    (tmp_path / "same.csv").write_text("text\ngreat film\n")
+    with pytest.raises(DataError, match="is the input file too"):
+        predict_file(predictor, tmp_path / "same.csv", tmp_path / "same.csv")
+    assert (tmp_path / "same.csv").read_text() == "text\ngreat film\n"

@@ -6,14 +6,19 @@ are streamed through it by :func:`predict_file`.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
+import gzip
 import io
+import itertools
 import json
 import logging
 import os
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -45,6 +50,11 @@ def resolve_settings(
     )
 
 
+def _setting(name: str) -> property:
+    """A read-only attribute that reads ``self.settings.<name>`` (``predictor.max_length``)."""
+    return property(lambda self: getattr(self.settings, name), doc=f"The resolved ``settings.{name}``.")
+
+
 class Predictor:
     """A model folder ready to classify texts; the one object ``predict``, ``evaluate``, ``compare`` and
     ``serve`` share.
@@ -69,25 +79,11 @@ class Predictor:
         self.id2label = self.backend.id2label
         self.pad_id = self.tokenizer.pad_token_id or 0
 
-    @property
-    def max_length(self) -> int:
-        return self.settings.max_length
-
-    @property
-    def truncation(self) -> str:
-        return self.settings.truncation
-
-    @property
-    def batch_size(self) -> int:
-        return self.settings.batch_size
-
-    @property
-    def long_text(self) -> str:
-        return self.settings.long_text
-
-    @property
-    def stride(self) -> int:
-        return self.settings.stride
+    max_length = _setting("max_length")
+    truncation = _setting("truncation")
+    batch_size = _setting("batch_size")
+    long_text = _setting("long_text")
+    stride = _setting("stride")
 
     def encode(self, texts: list[str]) -> Encoded:
         """Texts tokenized and truncated to the max length (one row each, whatever ``long_text`` says)."""
@@ -133,7 +129,18 @@ class Predictor:
 INPUT_FORMATS = (".csv", ".jsonl", ".json", ".txt", ".parquet")
 
 
+GZIP_FORMATS = (".csv", ".jsonl", ".json", ".txt")
+"""Input formats also read gzip-compressed: ``reviews.csv.gz`` (a gzip file named plain ``.csv`` is read too)."""
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 OUTPUT_FORMATS = (".csv", ".jsonl", ".json")
+
+
+PREDICTION_COLUMNS = ("label", "score")
+"""What each output row ends with; a kept input column of that name is written as ``input_<name>``."""
 
 
 CHUNK = 4096
@@ -142,56 +149,194 @@ CHUNK = 4096
 log = logging.getLogger("bertsent.predict")
 
 
-def iter_texts(path: Path, text_column: str = "text", encoding: str = "utf-8") -> Iterator[str]:
-    """Stream the texts of a CSV/JSONL/Parquet/TXT file (TXT: one text a line, blank lines skipped)."""
+@dataclasses.dataclass
+class InputRows:
+    """An input file opened for streaming: the output's columns from the input, and its rows, lazily.
+
+    Each row holds one value per column; ``row[text_index]`` is the text (a str). The text column is
+    always among the columns and is named ``text`` whatever it is called in the input.
+    """
+
+    columns: list[str]
+    text_index: int
+    rows: Iterator[list]
+
+
+def input_format(path: Path) -> str:
+    """The format of an input file by its name (``.csv``; ``reviews.csv.gz`` -> ``.csv``)."""
+    name = path.name.lower()
+    compressed = name.endswith(".gz")
+    suffix = Path(name.removesuffix(".gz")).suffix
+    if suffix not in (GZIP_FORMATS if compressed else INPUT_FORMATS):
+        known = ", ".join([*INPUT_FORMATS, *(f"{s}.gz" for s in GZIP_FORMATS)])
+        raise DataError(f"{path}: unknown input format '{suffix}{'.gz' if compressed else ''}' (use {known})")
+    return suffix
+
+
+def open_input(
+    path: Path, text_column: str = "text", encoding: str = "utf-8", keep_columns: Sequence[str] | None = None
+) -> InputRows:
+    """Open a CSV/JSONL/Parquet/TXT file (CSV/JSONL/TXT may be gzip-compressed) for streaming.
+
+    ``keep_columns``: the input columns to carry into the output besides the text (None: all, in input
+    order; ``[]``: none). A JSONL file's columns are the keys of all its records, so keeping them reads
+    the file once more up front. Bad input (missing file or column) is a :class:`DataError` here,
+    before any row is read; a bad row is one when it is reached.
+    """
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix not in INPUT_FORMATS:
-        raise DataError(f"{path}: unknown input format '{suffix}' (use {', '.join(INPUT_FORMATS)})")
+    suffix = input_format(path)
+    keep = None if keep_columns is None else list(keep_columns)
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
+        return _parquet_input(path, text_column, keep)
+    if suffix == ".txt":
+        if keep:
+            raise DataError(f"{path}: a TXT file has one text a line and no columns to keep; drop --keep-columns")
+        return InputRows(["text"], 0, ([line] for _, line in _records(path, suffix, encoding)))
+    if suffix == ".csv":
+        records = _records(path, suffix, encoding)
+        header = next(records, (0, []))[1]
+        picked, columns, text_index = _select_columns(path, header, text_column, keep)
+        rows = ([r[i] if i < len(r) else "" for i in picked] for _, r in records)
+        return InputRows(columns, text_index, rows)
+    return _jsonl_input(path, suffix, text_column, encoding, keep)
 
+
+def _select_columns(
+    path: Path, names: list[str], text_column: str, keep: list[str] | None
+) -> tuple[list[int], list[str], int]:
+    """Positions in ``names`` of the columns to write (input order), their output names, and the text's place.
+
+    The text column is written as ``text``; another kept column named ``text``, ``label`` or ``score``
+    (or one repeating an earlier name) is renamed ``input_<name>``, with a warning, never overwritten.
+    """
+    found = ", ".join(names) or "none"
+    if text_column not in names:
+        raise DataError(f"{path}: no column '{text_column}' (found: {found}); pass --text-column")
+    missing = [name for name in keep or [] if name not in names]
+    if missing:
+        raise DataError(
+            f"{path}: no column {', '.join(map(repr, missing))} to keep (found: {found}); fix --keep-columns"
+        )
+    text_at = names.index(text_column)
+    picked = [i for i, name in enumerate(names) if i == text_at or keep is None or name in keep]
+    taken, columns, renamed = {"text", *PREDICTION_COLUMNS}, [], []
+    for i in picked:
+        name = new = "text" if i == text_at else names[i]
+        for k in itertools.count(1):
+            if i == text_at or new not in taken:
+                break
+            new = f"input_{name}" if k == 1 else f"input_{name}_{k}"
+        if new != name:
+            renamed.append(f"{name!r} as {new!r}")
+        taken.add(new)
+        columns.append(new)
+    if renamed:
+        log.warning("%s: writing column %s (text, label and score are the output's own)", path, ", ".join(renamed))
+    return picked, columns, picked.index(text_at)
+
+
+def _parquet_input(path: Path, text_column: str, keep: list[str] | None) -> InputRows:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
         parquet = pq.ParquetFile(path)
-        if text_column not in parquet.schema_arrow.names:
-            found = ", ".join(parquet.schema_arrow.names)
-            raise DataError(f"{path}: no column '{text_column}' (found: {found}); pass --text-column")
-        for batch in parquet.iter_batches(batch_size=CHUNK, columns=[text_column]):
-            yield from ("" if t is None else str(t) for t in batch.column(0).to_pylist())
-        return
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())[:200]})") from None
+    names = parquet.schema_arrow.names
+    picked, columns, text_index = _select_columns(path, names, text_column, keep)
+    fields = [names[i] for i in picked]
+
+    def rows() -> Iterator[list]:
+        for batch in parquet.iter_batches(batch_size=CHUNK, columns=fields):
+            for row in zip(*(batch.column(f).to_pylist() for f in fields), strict=True):
+                row = list(row)
+                row[text_index] = "" if row[text_index] is None else str(row[text_index])
+                yield row
+
+    return InputRows(columns, text_index, rows())
+
+
+def _jsonl_input(path: Path, suffix: str, text_column: str, encoding: str, keep: list[str] | None) -> InputRows:
+    names: dict[str, None] = {}
+    if keep != []:  # the columns are every record's keys, in order of first appearance
+        for line_no, line in _records(path, suffix, encoding):
+            record = _json_record(line, path, line_no)
+            if isinstance(record, dict):
+                names.update(dict.fromkeys(record))
+    names = list(names) if text_column in names else [text_column, *names]  # a record lacking it fails on its line
+    picked, columns, text_index = _select_columns(path, names, text_column, keep)
+    fields = [names[i] for i in picked]
+
+    def rows() -> Iterator[list]:
+        for line_no, line in _records(path, suffix, encoding):
+            record = _json_record(line, path, line_no)
+            text = _json_text(record, path, line_no, text_column)
+            row = [record.get(f) for f in fields] if isinstance(record, dict) else [None] * len(fields)
+            row[text_index] = text
+            yield row
+
+    return InputRows(columns, text_index, rows())
+
+
+def _records(path: Path, suffix: str, encoding: str) -> Iterator[tuple[int, str | list[str]]]:
+    """``(line number, record)`` of a text input, gzip or not: CSV rows (the header first), or the
+    non-blank lines of other formats without their newline."""
     line_no = 0
     try:
-        with path.open(encoding=encoding, newline="" if suffix == ".csv" else None) as f:
-            if suffix == ".txt":
-                for line_no, line in enumerate(f, 1):  # noqa: B007 (line_no is reported on errors)
-                    if line.strip():
-                        yield line.rstrip("\n")
-            elif suffix == ".csv":
-                reader = csv.DictReader(f)
-                if text_column not in (reader.fieldnames or []):
-                    found = ", ".join(reader.fieldnames or [])
-                    raise DataError(f"{path}: no column '{text_column}' (found: {found}); pass --text-column")
+        with _open_text(path, encoding, newline="" if suffix == ".csv" else None) as f:
+            if suffix == ".csv":
+                reader = csv.reader(f)
                 for row in reader:
                     line_no = reader.line_num
-                    yield row[text_column] or ""
+                    if row:  # a blank line, as csv.DictReader skips it
+                        yield line_no, row
             else:
                 for line_no, line in enumerate(f, 1):
                     if line.strip():
-                        yield _json_text(line, path, line_no, text_column)
+                        yield line_no, line.rstrip("\n")
     except UnicodeDecodeError as e:
         raise DataError(f"{path} after line {line_no}: not valid {encoding} ({e.reason}); pass --encoding") from e
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataError(f"{path} after line {line_no}: not a readable gzip file ({e})") from e
+    except csv.Error as e:
+        raise DataError(f"{path} after line {line_no}: malformed CSV ({e})") from e
 
 
-def _json_text(line: str, path: Path, line_no: int, text_column: str) -> str:
+def _open_text(path: Path, encoding: str, newline: str | None) -> IO[str]:
+    """``path`` opened as text, decompressed when its bytes are gzip whatever its name; a UTF-8 BOM is dropped."""
+    if codecs.lookup(encoding).name == "utf-8":
+        encoding = "utf-8-sig"
+    with path.open("rb") as f:
+        compressed = f.read(2) == GZIP_MAGIC
+    if not compressed:
+        return path.open(encoding=encoding, newline=newline)
+    if not path.name.lower().endswith(".gz"):
+        log.info("%s is gzip-compressed: reading it decompressed", path)
+    return gzip.open(path, "rt", encoding=encoding, newline=newline)
+
+
+def _json_record(line: str, path: Path, line_no: int):
     try:
-        row = json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(f"{path} line {line_no}: invalid JSON ({e.msg})") from e
-    if isinstance(row, str):
-        return row
-    if isinstance(row, dict) and text_column in row:
-        return "" if row[text_column] is None else str(row[text_column])
+
+
+def _json_text(record, path: Path, line_no: int, text_column: str) -> str:
+    if isinstance(record, str):
+        return record
+    if isinstance(record, dict) and text_column in record:
+        return "" if record[text_column] is None else str(record[text_column])
     raise DataError(f"{path} line {line_no}: no field '{text_column}'; pass --text-column")
+
+
+def iter_texts(path: Path, text_column: str = "text", encoding: str = "utf-8") -> Iterator[str]:
+    """Stream the texts of a CSV/JSONL/Parquet/TXT file (TXT: one text a line, blank lines skipped)."""
+    table = open_input(path, text_column, encoding, keep_columns=[])
+    yield from (row[table.text_index] for row in table.rows)
 
 
 def read_texts(path: Path, text_column: str = "text", encoding: str = "utf-8") -> list[str]:
@@ -199,22 +344,42 @@ def read_texts(path: Path, text_column: str = "text", encoding: str = "utf-8") -
     return list(iter_texts(path, text_column, encoding))
 
 
-def format_predictions(suffix: str, texts: list[str], predictions: list[dict], header: bool) -> str:
-    """Predictions as CSV or JSONL text (one record per input, in order)."""
+def _csv_value(value):
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, default=_json_value)
+    return value
+
+
+def _json_value(value):
+    """What JSON cannot hold as it is (Parquet dates, decimals, bytes): its ISO or plain text form."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def format_predictions(suffix: str, columns: list[str], rows: list[list], predictions: list[dict], header: bool) -> str:
+    """Predictions as CSV or JSONL text: per input row, its ``columns`` values, then label and score."""
+    names = [*columns, *PREDICTION_COLUMNS]
+    records = ([*row, p["label"], p["score"]] for row, p in zip(rows, predictions, strict=True))
     if suffix == ".csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         if header:
-            writer.writerow(["text", "label", "score"])
-        writer.writerows([t, p["label"], p["score"]] for t, p in zip(texts, predictions, strict=True))
+            writer.writerow(names)
+        writer.writerows([_csv_value(v) for v in record] for record in records)
         return buffer.getvalue()
     return "".join(
-        json.dumps({"text": t} | p, ensure_ascii=False) + "\n" for t, p in zip(texts, predictions, strict=True)
+        json.dumps(dict(zip(names, record, strict=True)), ensure_ascii=False, default=_json_value) + "\n"
+        for record in records
     )
 
 
-def _batched(items: Iterator[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
+def _batched(items: Iterator[list], size: int) -> Iterator[list[list]]:
+    chunk: list[list] = []
     for item in items:
         chunk.append(item)
         if len(chunk) == size:
@@ -224,12 +389,37 @@ def _batched(items: Iterator[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
+def _progress_file(output_path: Path) -> Path:
+    return output_path.with_name(output_path.name + ".progress.json")
+
+
+def _resume_point(marker: Path, output_path: Path, columns: list[str]) -> tuple[int, int]:
+    """Rows done and bytes written by an interrupted run, from its progress file (0, 0 without one)."""
+    if not marker.is_file():
+        log.warning("--resume: no progress file %s; starting from the first row", marker)
+        return 0, 0
+    try:
+        state = json.loads(marker.read_text())
+        done, offset = int(state["rows"]), int(state["bytes"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{marker}: unreadable progress file ({e}); delete it and {output_path} to start over") from e
+    started = state.get("columns", columns)
+    if started != columns:
+        raise DataError(
+            f"{output_path} was started with columns {','.join(started)} but this run writes {','.join(columns)}: "
+            f"resume with the same --keep-columns/--text-column, or delete {output_path} and {marker}"
+        )
+    log.info("resuming %s after %d rows", output_path, done)
+    return done, offset
+
+
 def predict_file(
     predictor: Predictor,
     input_path: Path,
     output_path: Path,
     text_column: str = "text",
     *,
+    keep_columns: Sequence[str] | None = None,
     resume: bool = False,
     encoding: str = "utf-8",
     progress: bool | None = None,
@@ -237,51 +427,45 @@ def predict_file(
 ) -> int:
     """Classify every text of ``input_path`` into ``output_path`` in input order; returns the rows written.
 
-    Works in chunks, so files larger than memory stream through. After each chunk a sidecar
-    ``<output>.progress.json`` records rows and bytes written; ``resume`` truncates the output to that
-    point and skips the rows already done, so an interrupted run neither duplicates nor loses rows.
+    Each output row holds the input row's columns (``keep_columns``: None, the default, keeps all;
+    ``[]`` only the text; see :func:`open_input`), then ``label`` and ``score``. Works in chunks, so
+    files larger than memory stream through. After each chunk a sidecar ``<output>.progress.json``
+    records rows and bytes written; ``resume`` truncates the output to that point and skips the rows
+    already done, so an interrupted run neither duplicates nor loses rows.
     """
     from tqdm.auto import tqdm
 
     suffix = output_path.suffix.lower()
     if suffix not in OUTPUT_FORMATS:
         raise DataError(f"{output_path}: unknown output format '{output_path.suffix}' (use .csv or .jsonl)")
-    texts = iter_texts(input_path, text_column, encoding)
-    marker = output_path.with_name(output_path.name + ".progress.json")
-    done, offset = 0, 0
-    if resume and marker.is_file():
-        try:
-            state = json.loads(marker.read_text())
-            done, offset = int(state["rows"]), int(state["bytes"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataError(
-                f"{marker}: unreadable progress file ({e}); delete it and {output_path} to start over"
-            ) from e
-        log.info("resuming %s after %d rows", output_path, done)
-    elif resume:
-        log.warning("--resume: no progress file %s; starting from the first row", marker)
+    table = open_input(input_path, text_column, encoding, keep_columns)
+    if output_path.exists() and output_path.resolve() == Path(input_path).resolve():
+        raise DataError(f"{output_path}: is the input file too; write the predictions elsewhere")
+    marker = _progress_file(output_path)
+    done, offset = _resume_point(marker, output_path, table.columns) if resume else (0, 0)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with output_path.open("r+b" if offset else "wb") as out:
         out.truncate(offset)  # drop anything written after the last recorded chunk
         out.seek(offset)
-        skipped = sum(1 for _ in zip(range(done), texts, strict=False))
+        skipped = sum(1 for _ in zip(range(done), table.rows, strict=False))
         if skipped < done:
             raise DataError(f"{input_path}: has {skipped} rows but {output_path} already holds {done}: wrong file?")
         with tqdm(
             desc="predicting", unit="review", initial=done, disable=not progress if progress is not None else None
         ) as bar:
-            for chunk in _batched(texts, chunk_size):
-                probs = predictor.predict_proba(chunk)
+            for chunk in _batched(table.rows, chunk_size):
+                probs = predictor.predict_proba([row[table.text_index] for row in chunk])
                 rows = [{"label": predictor.id2label[int(r.argmax())], "score": float(r.max())} for r in probs]
-                out.write(format_predictions(suffix, chunk, rows, header=done == 0).encode("utf-8"))
+                out.write(format_predictions(suffix, table.columns, chunk, rows, header=done == 0).encode("utf-8"))
                 out.flush()
                 done += len(chunk)
                 # Write-then-rename: an interrupt never leaves a half-written progress file.
                 staged = marker.with_suffix(".tmp")
-                staged.write_text(json.dumps({"rows": done, "bytes": out.tell(), "input": str(input_path)}))
+                state = {"rows": done, "bytes": out.tell(), "input": str(input_path), "columns": table.columns}
+                staged.write_text(json.dumps(state))
                 os.replace(staged, marker)
                 bar.update(len(chunk))
     if done == 0 and offset == 0:
-        output_path.write_bytes(format_predictions(suffix, [], [], header=True).encode("utf-8"))
+        output_path.write_bytes(format_predictions(suffix, table.columns, [], [], header=True).encode("utf-8"))
     marker.unlink(missing_ok=True)
     return done

@@ -4,7 +4,8 @@
 
 1. a folder with ``train`` / ``test`` (and optionally ``validation``/``valid``/``val``/``dev``) files in
    Parquet, CSV/TSV or JSON lines (``train.parquet``, ``test.csv``, sharded ``train-00000-of-00002.parquet``
-   ...; directly in the folder or in its ``data/`` subfolder);
+   ...; directly in the folder or in its ``data/`` subfolder); CSV/TSV/JSON may be gzip-compressed
+   (``train.csv.gz``; gzip bytes are recognised whatever the name);
 2. a single such file, split deterministically (stratified, seeded) into train/test;
 3. the Stanford ``aclImdb/`` folder (or a folder holding it) or the ``aclImdb_v1.tar.gz`` archive, which is
    streamed without unpacking; ``train/unsup`` is ignored;
@@ -12,7 +13,8 @@
 
 Pipeline, in this order (every dropped row is counted in ``Splits.report["dropped"]`` and logged):
 
-- labels are mapped to ids; a value outside the label set is an error naming file, line and column;
+- labels are mapped to ids; a value outside the label set is an error naming file, line and column
+  (a True/False column is read as 0/1 with the default negative/positive labels);
 - text is cleaned (:func:`clean_text`); rows with empty text or a missing label are dropped;
 - a source without a test split: its rows form the train pool, which is de-duplicated, then a
   stratified ``test_size`` share is carved off as test (so the drop counts all sit under ``train``);
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gzip
 import html
 import io
 import json
@@ -69,6 +72,9 @@ _SPLIT_ALIASES = {
     "dev": "validation",
 }
 _TABLE_KINDS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json"}
+_GZIP_MAGIC = b"\x1f\x8b"
+WHOLE_FILE = "whole file"
+"""``report["splits_from"]["test"]`` of ``load_data(..., whole_file=True)`` on a single file: all of it is test."""
 _TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 _ACL_FOLDERS = [(split, polarity) for split in ("train", "test") for polarity in ("neg", "pos")]
 _SPLIT_FILE = re.compile(r"(?P<split>[a-z]+)(?:-\d+-of-\d+)?")
@@ -114,18 +120,27 @@ def stratified_subset(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return frame.iloc[picked].reset_index(drop=True)
 
 
-def load_data(config: DataConfig, splits: tuple[str, ...] = SPLIT_NAMES) -> Splits:
+def load_data(config: DataConfig, splits: tuple[str, ...] = SPLIT_NAMES, *, whole_file: bool = False) -> Splits:
     """Read, clean, check and split ``config.source``.
 
     ``splits`` names the splits wanted; the others come back empty (``test`` as None). Asking only for
     test reads only the test split when the source has one; asking for validation runs the same carve as
     training (train_samples plays no part in it), so the rows are identical.
+
+    ``whole_file`` (with ``splits=("test",)`` only): a single-file source, which has no split structure,
+    comes back whole as test: every usable row, nothing carved, duplicates kept (and counted), with
+    ``report["splits_from"]["test"] ==`` :data:`WHOLE_FILE`. Other sources are read as without it.
     """
     wanted = set(splits)
     if not wanted or not wanted <= set(SPLIT_NAMES):
         raise ValueError(f"splits must be a non-empty subset of {SPLIT_NAMES}, got {splits!r}")
+    if whole_file and wanted != {"test"}:
+        raise ValueError(f"whole_file reads the file as its test split: splits must be ('test',), got {splits!r}")
     need = {"test"} if wanted == {"test"} else set(SPLIT_NAMES)
     raw = _read_source(config, need)
+    whole = whole_file and raw.format.startswith("file/")
+    if whole:
+        raw = _Raw(raw.format, {"test": raw.parts["train"]}, {"test"}, {"test": raw.files["train"]})
     if "test" not in raw.available and "train" not in raw.parts:
         raw = _read_source(config, set(SPLIT_NAMES))  # no test split: it is carved from train
     if "test" not in raw.available and "train" not in raw.available:
@@ -142,6 +157,8 @@ def load_data(config: DataConfig, splits: tuple[str, ...] = SPLIT_NAMES) -> Spli
         frames[name], dropped[name] = _prepare(name, raw.parts[name], labels, config.source)
         rows_read[name] = sum(len(p.frame) for p in raw.parts[name])
     provenance = {"test": "file" if "test" in frames else f"carved from train (test_size={config.test_size})"}
+    if whole:
+        provenance["test"] = WHOLE_FILE
     if "train" in frames and "test" not in frames:
         dropped["test"] = dict.fromkeys(DROP_REASONS, 0)  # test is carved below from the de-duplicated pool
         dropped = {name: dropped[name] for name in SPLIT_NAMES if name in dropped}
@@ -220,13 +237,16 @@ class _LabelMap:
     """Maps raw label values (ids, int-like strings, names in any case) to ids.
 
     If any label name looks like an integer (e.g. star ratings "1".."5"), numbers are read as names,
-    never as ids, so a CSV "1" and a Parquet 1 mean the same label.
+    never as ids, so a CSV "1" and a Parquet 1 mean the same label. With the default negative/positive
+    labels a column of nothing but True/False (Parquet or JSON booleans, or those words in a CSV) reads
+    as 0/1; a lone boolean among other labels is still an error.
     """
 
     def __init__(self, id2label: dict[int, str]):
         self.names = [id2label[i] for i in range(len(id2label))]
         self.by_name = {name.lower(): i for i, name in enumerate(self.names)}
-        if id2label == DEFAULT_ID2LABEL:
+        self.default_pair = id2label == DEFAULT_ID2LABEL
+        if self.default_pair:
             self.by_name |= {"neg": 0, "pos": 1}
         self.numeric_names = any(_as_int(name) is not None for name in self.names)
 
@@ -261,8 +281,9 @@ class _LabelMap:
         # the first bad unique value is also the first bad row of the file.
         codes, uniques = pd.factorize(part.frame["label"], use_na_sentinel=True)
         lut = np.full(len(uniques) + 1, -1, dtype=np.int64)  # last slot serves code -1 (missing)
+        flags = _boolean_ids(uniques) if self.default_pair else None
         for k, value in enumerate(uniques):
-            i = self.resolve(value)
+            i = self.resolve(value) if flags is None else flags[k]
             if i is _BAD:
                 row = int(np.flatnonzero(codes == k)[0])
                 shown = repr(value[:60]) if isinstance(value, str) else str(value)
@@ -273,6 +294,23 @@ class _LabelMap:
                 )
             lut[k] = -1 if i is None else i
         return lut[codes]
+
+
+_TRUTH = {"true": 1, "false": 0, "": None}
+
+
+def _boolean_ids(uniques) -> list[int | None] | None:
+    """Ids (False 0, True 1, blank None) of a label column's distinct values when they are all booleans
+    or the words true/false in any case; None when the column holds anything else."""
+    ids = []
+    for value in uniques:
+        if isinstance(value, (bool, np.bool_)):
+            ids.append(int(value))
+        elif isinstance(value, str) and value.strip().lower() in _TRUTH:
+            ids.append(_TRUTH[value.strip().lower()])
+        else:
+            return None
+    return ids if any(i is not None for i in ids) else None
 
 
 def _as_int(text: str) -> int | None:
@@ -429,12 +467,12 @@ def _read_source(config: DataConfig, need: set[str]) -> _Raw:
     if path.is_file():
         if path.name.lower().endswith(_TAR_SUFFIXES):
             return _read_aclimdb_tar(path, source, need, config.encoding)
-        kind = _TABLE_KINDS.get(path.suffix.lower())
+        _, kind = _table_name(path)
         if kind is None:
-            suffix = path.suffix or "(no suffix)"
+            suffix = "".join(path.suffixes[-2:] if path.name.lower().endswith(".gz") else path.suffixes[-1:])
             raise DataError(
-                f"{source}: unknown data format {suffix!r}: expected a folder, .parquet, .csv, .tsv, "
-                ".jsonl or .json, or an aclImdb .tar.gz archive"
+                f"{source}: unknown data format {suffix or '(no suffix)'!r}: expected a folder, .parquet, .csv, "
+                ".tsv, .jsonl or .json (the last four also gzip-compressed, .csv.gz), or an aclImdb .tar.gz archive"
             )
         part = _read_table(path, source, kind, config)
         return _Raw(f"file/{kind}", {"train": [part]}, {"train"}, {"train": [source]})
@@ -483,11 +521,12 @@ def _find_split_files(root: Path, display_root: str) -> dict[str, list[tuple[Pat
     for folder in (root, root / "data"):  # data/: the layout of a Hugging Face dataset repository
         groups: dict[str, dict[tuple[str, str], list[Path]]] = {}
         for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-            kind = _TABLE_KINDS.get(path.suffix.lower())
-            match = _SPLIT_FILE.fullmatch(path.stem.lower())
+            stem, kind = _table_name(path)
+            match = _SPLIT_FILE.fullmatch(stem.lower())
             if kind and match and match["split"] in _SPLIT_ALIASES and path.is_file():
                 split = _SPLIT_ALIASES[match["split"]]
-                groups.setdefault(split, {}).setdefault((match["split"], kind), []).append(path)
+                key = (match["split"], kind, path.name.lower().endswith(".gz"))  # train.csv and train.csv.gz: two
+                groups.setdefault(split, {}).setdefault(key, []).append(path)
         if groups:
             break
     found = {}
@@ -496,20 +535,45 @@ def _find_split_files(root: Path, display_root: str) -> dict[str, list[tuple[Pat
         if len(by_name) > 1:
             names = ", ".join(p.name for paths in by_name.values() for p in paths)
             raise DataError(f"{display_root}: several files for the {split} split ({names}): keep one")
-        [((_, kind), paths)] = by_name.items()
+        [((_, kind, _), paths)] = by_name.items()
         found[split] = [(p, os.path.join(display_root, os.path.relpath(p, root)), kind) for p in paths]
     return found
+
+
+def _table_name(path: Path) -> tuple[str, str | None]:
+    """``(stem, kind)`` of a data file's name (``train.csv.gz`` -> ``("train", "csv")``); kind None if not a table."""
+    if path.name.lower().endswith(".gz"):
+        inner = Path(path.name[:-3])
+        kind = _TABLE_KINDS.get(inner.suffix.lower())
+        return inner.stem, None if kind == "parquet" else kind  # Parquet compresses inside itself
+    return path.stem, _TABLE_KINDS.get(path.suffix.lower())
 
 
 def _read_table(path: Path, display: str, kind: str, config: DataConfig) -> _Part:
     if path.stat().st_size == 0:
         raise DataError(f"{display}: file is empty")
     if kind == "parquet":
+        with path.open("rb") as f:
+            if f.read(2) == _GZIP_MAGIC:
+                raise DataError(f"{display}: is gzip-compressed; Parquet compresses inside itself: gunzip it first")
         return _read_parquet(path, display, config)
-    text = _decode(path.read_bytes(), display, config.encoding)
+    text = _decode(_read_bytes(path, display), display, config.encoding)
     if kind in ("csv", "tsv"):
         return _read_csv(text, display, "\t" if kind == "tsv" else ",", config)
     return _read_json(text, display, config)
+
+
+def _read_bytes(path: Path, display: str) -> bytes:
+    """The file's bytes, decompressed when they are gzip (known by their first two bytes, whatever the name)."""
+    raw = path.read_bytes()
+    if raw[:2] != _GZIP_MAGIC:
+        return raw
+    if not path.name.lower().endswith(".gz"):
+        log.info("%s is gzip-compressed: reading it decompressed", display)
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{display}: not a readable gzip file ({_one_line(e)})") from None
 
 
 def _decode(raw: bytes, display: str, encoding: str) -> str:
