@@ -22,6 +22,7 @@ from bertsent.encoding import Encoded
 from bertsent.keras.model import check_parity, keras_from_torch, keras_versions, require_keras, torch_from_keras
 from bertsent.modeling.loading import load_classifier
 from bertsent.training.inputs import load_and_encode, seed_everything
+from bertsent.training.lr_choice import choose_lr
 from bertsent.training.output import finish
 from bertsent.training.tracking import BEST, CHECKPOINTS, TrainResult, TrainState, record_validation
 
@@ -119,6 +120,24 @@ def build_optimizer(keras, args: TrainingArguments, total_steps: int):
     return optimizer
 
 
+def _choose_lr(args: TrainingArguments, hf_model, total_steps: int, train_enc, train_labels, pad_id: int):
+    """The rule or the range test, as the PyTorch loop chooses (the test runs on the PyTorch model the
+    Keras one is converted from: same starting weights)."""
+    import torch
+
+    def cross_entropy(model, batch, labels, idx):
+        return torch.nn.functional.cross_entropy(model(**batch).logits.float(), labels)
+
+    def optimizer(model):
+        return torch.optim.AdamW(model.parameters(), lr=1e-7, weight_decay=args.weight_decay)
+
+    training = (optimizer, cross_entropy)
+    cpu = torch.device("cpu")
+    return choose_lr(
+        args, hf_model, total_steps, (train_enc, train_labels), training, cpu, pad_id, Path(args.output_dir)
+    )
+
+
 def _validation_callback(
     keras, args: TrainingArguments, state: TrainState, best_weights: list, splits, val_enc, pad_id, steps_per_epoch
 ):
@@ -196,6 +215,7 @@ def train_keras(args: TrainingArguments, data: DataConfig):
     check_parity(model, hf_model, pad_id=pad_id)
     dataset, steps_per_epoch = train_dataset(train_enc, train_labels, args, pad_id)
     total_steps = steps_per_epoch * args.epochs
+    args, lr_choice = _choose_lr(args, hf_model, total_steps, train_enc, train_labels, pad_id)
     model.compile(
         optimizer=build_optimizer(keras, args, total_steps),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -203,7 +223,7 @@ def train_keras(args: TrainingArguments, data: DataConfig):
     )
 
     show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
-    state = TrainState()
+    state = TrainState(lr_choice=lr_choice)
     best_weights: list[np.ndarray] = []
 
     callback = _validation_callback(keras, args, state, best_weights, splits, val_enc, pad_id, steps_per_epoch)

@@ -8,6 +8,7 @@ it on test and writes the folder. ``--backend keras`` hands the same arguments t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -21,14 +22,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from bertsent.config import DataConfig, TrainingArguments
+from bertsent.config import DataConfig, TrainingArguments, budget_seconds
 from bertsent.data.loading import Splits
 from bertsent.encoding import Encoded, collate, length_grouped_batches
 from bertsent.errors import DataError, SettingsError
 from bertsent.inference import predict_probs
 from bertsent.modeling.loading import load_classifier
 from bertsent.runtime import autocast_dtype, pick_device
+from bertsent.training.budget import PROBE_STEPS, REPLAN_EVERY, Budget
 from bertsent.training.inputs import load_and_encode, seed_everything
+from bertsent.training.lr_choice import choose_lr
 from bertsent.training.output import finish
 from bertsent.training.tracking import BEST, CHECKPOINTS, TrainResult, TrainState, record_validation
 
@@ -142,6 +145,7 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     state: TrainState
+    budget: Budget | None = None
 
     def __post_init__(self) -> None:
         self.train_labels = self.splits.train["label"].to_numpy()
@@ -170,7 +174,16 @@ def train(
     run = setup(args, data, model, make_loss)
     fit(run)
     return finish(
-        args, data, run.splits, run.output_dir, run.model, run.tokenizer, run.state, run.device, run.dtype, run.pad_id
+        run.args,
+        data,
+        run.splits,
+        run.output_dir,
+        run.model,
+        run.tokenizer,
+        run.state,
+        run.device,
+        run.dtype,
+        run.pad_id,
     )
 
 
@@ -191,13 +204,26 @@ def setup(args: TrainingArguments, data: DataConfig, model=None, make_loss=None)
     model = model.to(device)
     loss_fn = make_loss(splits, train_enc, device) if make_loss else cross_entropy_loss
     model.config.problem_type = "single_label_classification"  # cross-entropy over a softmax
-    optimizer = build_optimizer(model, args)
     batches_per_epoch = math.ceil(len(train_enc) / args.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
     total_steps = args.max_steps or steps_per_epoch * args.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
     output_dir = Path(args.output_dir)
+    pad_id = tokenizer.pad_token_id or 0
+    args, lr_choice = _choose_lr(args, output_dir, model, total_steps, train_enc, splits, device, pad_id, loss_fn)
+    optimizer = build_optimizer(model, args)
+    budget = None
+    if args.time_budget:
+        budget = Budget(budget_seconds(args.time_budget), warmup_steps=int(args.warmup_ratio * total_steps))
+        budget.total_steps = total_steps  # a first guess, until the first steps are timed
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, budget.factor)
+    else:
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
     state = _start_or_resume(args, output_dir, model, optimizer, scheduler)
+    if budget and state.budget:  # resumed: the time already spent counts, and the plan continues
+        budget.used_before = state.budget["used_seconds"]
+        budget.warmup_steps, budget.total_steps = state.budget["warmup_steps"], state.budget["total_steps"]
+        budget.warmup_planned, total_steps = True, budget.total_steps
+    state.lr_choice = state.lr_choice or lr_choice
     output_dir.mkdir(parents=True, exist_ok=True)
     return Run(
         args=args,
@@ -210,13 +236,27 @@ def setup(args: TrainingArguments, data: DataConfig, model=None, make_loss=None)
         val_enc=val_enc,
         model=model,
         loss_fn=loss_fn,
-        pad_id=tokenizer.pad_token_id or 0,
+        pad_id=pad_id,
         optimizer=optimizer,
         scheduler=scheduler,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         state=state,
+        budget=budget,
     )
+
+
+def _choose_lr(args, output_dir: Path, model, total_steps, train_enc, splits, device, pad_id, loss_fn):
+    """``args`` with the learning rate to use, and how it was chosen (given, the rule, or the range test;
+    a resumed run keeps the choice its checkpoint records)."""
+    checkpoints = _checkpoint_dirs(output_dir)
+    if (args.lr is None or args.lr == "auto") and args.resume and checkpoints:
+        saved = json.loads((checkpoints[-1] / "state.json").read_text()).get("lr_choice")
+        if saved:
+            return dataclasses.replace(args, lr=saved["lr"]), saved
+    factory = lambda m: build_optimizer(m, dataclasses.replace(args, lr=1e-7))  # noqa: E731
+    labels = splits.train["label"].to_numpy()
+    return choose_lr(args, model, total_steps, (train_enc, labels), (factory, loss_fn), device, pad_id, output_dir)
 
 
 def _start_or_resume(args: TrainingArguments, output_dir: Path, model, optimizer, scheduler) -> TrainState:
@@ -243,7 +283,7 @@ def fit(run: Run) -> None:
     progress = not args.progress if args.progress is not None else None
     bar = tqdm(total=run.total_steps, initial=state.step, desc="training", unit="step", disable=progress)
     run.model.train()
-    while state.epoch < n_epochs and state.step < run.total_steps and not state.stopped_early:
+    while (run.budget or state.epoch < n_epochs) and state.step < run.total_steps and not state.stopped_early:
         # Same seed per epoch on every run, so resuming mid-epoch replays the same batches.
         batches = length_grouped_batches(run.train_enc.lengths, args.batch_size, seed=args.seed + state.epoch)
         step = args.gradient_accumulation_steps
@@ -258,7 +298,10 @@ def _epoch(run: Run, groups: list, bar) -> None:
     tick = time.perf_counter()
     running = [0.0, 0]  # summed loss x reviews, and reviews, since the last log line
     for group in groups[state.step_in_epoch :]:
+        started = time.perf_counter()
         _optimizer_step(run, group, running)
+        if run.budget:
+            _follow_budget(run, time.perf_counter() - started, bar)
         bar.update(1)
         if state.step % args.logging_steps == 0 or state.step_in_epoch == len(groups):
             _log_progress(run, running, bar, tick)
@@ -273,10 +316,36 @@ def _epoch(run: Run, groups: list, bar) -> None:
             tick = time.perf_counter()
         if end_of_epoch or (args.save_steps and state.step % args.save_steps == 0) or state.stopped_early:
             state.train_seconds += time.perf_counter() - tick
-            save_checkpoint(run.output_dir, run.model, run.optimizer, run.scheduler, state, args)
+            _save(run)
             tick = time.perf_counter()
         if state.stopped_early or end_of_epoch:
             return
+
+
+def _follow_budget(run: Run, step_seconds: float, bar) -> None:
+    """Time the step; every few steps, plan the steps that still fit in the budget (the schedule follows)."""
+    budget, state = run.budget, run.state
+    budget.step_seconds.append(step_seconds)
+    if state.step == PROBE_STEPS or state.step % REPLAN_EVERY == 0:
+        args = run.args
+        plan = budget.plan(state.step, run.steps_per_epoch, len(run.val_enc), args)
+        run.total_steps = min(plan, args.max_steps or plan)
+        bar.total = run.total_steps
+        bar.refresh()
+
+
+def _save(run: Run) -> None:
+    started = time.perf_counter()
+    if run.budget:
+        run.state.budget = {
+            "used_seconds": round(run.budget.used(), 1),
+            "budget_seconds": run.budget.seconds,
+            "warmup_steps": run.budget.warmup_steps,
+            "total_steps": run.total_steps,
+        }
+    save_checkpoint(run.output_dir, run.model, run.optimizer, run.scheduler, run.state, run.args)
+    if run.budget:
+        run.budget.checkpoint_seconds = time.perf_counter() - started
 
 
 def _optimizer_step(run: Run, group: list[np.ndarray], running: list) -> None:
@@ -312,6 +381,9 @@ def _log_progress(run: Run, running: list, bar, tick: float) -> None:
 
 
 def _validate_and_keep_best(run: Run) -> None:
+    started = time.perf_counter()
     metrics = validate(run.model, run.val_enc, run.val_labels, run.args, run.pad_id, run.device, run.dtype)
     if record_validation(run.state, metrics, run.args, round(run.state.step / run.steps_per_epoch, 4)):
         run.model.save_pretrained(run.output_dir / CHECKPOINTS / BEST)
+    if run.budget:
+        run.budget.validation_seconds = time.perf_counter() - started

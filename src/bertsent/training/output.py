@@ -33,6 +33,11 @@ def run_metrics(args, splits: Splits, model, state: TrainState) -> dict:
         "train_seconds": round(state.train_seconds, 1),
         "train_reviews_per_second": round(state.reviews_seen / max(state.train_seconds, 1e-9), 2),
     }
+    if state.budget:  # --time-budget: what was given and what training (validation included) took
+        metrics |= {
+            "time_budget_seconds": state.budget["budget_seconds"],
+            "time_used_seconds": state.budget["used_seconds"],
+        }
     return metrics | {f"validation_{k}": v for k, v in state.best_validation.items()}
 
 
@@ -63,7 +68,8 @@ def finish(
     metrics["data"] = splits.report
     plot_training_curves(state.history, output_dir / "training_curves.png")
     (output_dir / "history.json").write_text(json.dumps(state.history, indent=1))
-    recorded = {"training": asdict(args) | {"resolved_model": resolve_model(args.model)}, "data": asdict(data)}
+    resolved = {"resolved_model": resolve_model(args.model), "lr_choice": state.lr_choice}
+    recorded = {"training": asdict(args) | resolved, "data": asdict(data)}
     (output_dir / ARGS_FILE).write_text(json.dumps(recorded, indent=2))
     (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     write_model_card(output_dir, args, data, metrics)

@@ -36,6 +36,10 @@ class TrainState:
     reviews_seen: int = 0
     history: list[dict] = field(default_factory=list)
     best_validation: dict[str, float] = field(default_factory=dict)
+    budget: dict = field(default_factory=dict)
+    """``--time-budget``: seconds used so far (all runs) and the plan's warm-up and total steps."""
+    lr_choice: dict = field(default_factory=dict)
+    """How the learning rate was chosen (``bertsent.training.lr_choice``): a resumed run keeps it."""
 
 
 @dataclass
