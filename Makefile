@@ -15,14 +15,14 @@ install: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,keras]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,keras,openvino]"
 	touch $@
 
 # The main job: fine-tune the embedded all-MiniLM-L6-v2 on 2,000 IMDB reviews, test on 2,000.
 demo: install
 	$(BIN)/bertsent train --data $(DATA) --output-dir $(DEMO_DIR) \
 		--train-samples 2000 --validation-size 500 --eval-samples 2000 \
-		--epochs 1 --max-length 256 --truncation head+tail --lr 1e-4 --batch-size 16
+		--epochs 1 --max-length 256 --truncation head+tail
 
 # Every test, the real-model ones on slices of the shared IMDB data included (what CI runs).
 test: install

@@ -1,9 +1,17 @@
 """The compression recipe end to end on the tiny BERT: every variant folder, the table, and skipping."""
 
+import importlib.util
 import json
 import shutil
 
 from bertsent.cli import main
+
+HAS_OPENVINO = all(importlib.util.find_spec(name) for name in ("openvino", "nncf"))
+OPENVINO_ROWS = (
+    ["teacher OpenVINO fp32", "teacher OpenVINO INT8", "student OpenVINO fp32", "student OpenVINO INT8"]
+    if HAS_OPENVINO
+    else []
+)
 
 
 def test_compress_recipe_writes_every_variant_then_compares_and_resumes(
@@ -47,6 +55,7 @@ def test_compress_recipe_writes_every_variant_then_compares_and_resumes(
         "student INT8 (unpruned)",
         "student pruned",
         "student INT8",
+        *OPENVINO_ROWS,
     ]
     by_name = {r["name"]: r for r in rows}
     assert by_name["student"]["parameters"] < by_name["teacher (fp32)"]["parameters"]
@@ -58,6 +67,11 @@ def test_compress_recipe_writes_every_variant_then_compares_and_resumes(
     assert unpruned["source"] == str(out / "student") and unpruned["settings"]["quantize_embeddings"] is True
     assert by_name["teacher INT8"]["backend"] == "onnxruntime"
     assert "| student INT8 | onnxruntime |" in capsys.readouterr().out
+    if HAS_OPENVINO:  # the smallest student's IR, and "fastest within the budget" chooses across backends
+        assert json.loads((out / "student-openvino" / "compression.json").read_text())["source"] == str(
+            out / "student-pruned"
+        )
+        assert by_name["student OpenVINO INT8"]["backend"] == "openvino"
     timings = json.loads((out / "recipe.json").read_text())["stage_seconds"]
     assert all(isinstance(v, float) for v in timings.values())
 

@@ -61,7 +61,8 @@ def flat_view(cls: type, skip: frozenset[str], defaults: dict) -> type:
         default, factory = f.default, f.default_factory
         if f.name in defaults:
             default, factory = defaults[f.name], dataclasses.MISSING
-        metadata = dict(f.metadata) | {"help": docs.get(f.name, "")}
+        # argparse %-formats help text: a literal "99.3%" in a docstring would crash --help.
+        metadata = dict(f.metadata) | {"help": docs.get(f.name, "").replace("%", "%%")}
         fields.append(
             (f.name, hints[f.name], dataclasses.field(default=default, default_factory=factory, metadata=metadata))
         )

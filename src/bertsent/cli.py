@@ -86,8 +86,10 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     args = settings(ns, EvaluateArguments)
     model = settings(ns, ModelArguments).model
     data, inference = settings(ns, DataConfig), settings(ns, InferenceSettings)
-    print_metrics(evaluate(model, data, split=args.split, output_dir=args.output_dir, settings=inference))
-    print(f"report written to {args.output_dir or Path(model) / f'eval-{args.split}'}")
+    metrics = evaluate(model, data, split=args.split, output_dir=args.output_dir, settings=inference)
+    print_metrics(metrics)
+    report_dir = args.output_dir or Path(model) / f"eval-{metrics['split']}"
+    print(f"{metrics['n']} reviews scored ({metrics['split']}); report written to {report_dir}")
     return 0
 
 
@@ -100,7 +102,13 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     predictor = Predictor(settings(ns, ModelArguments).model, settings(ns, InferenceSettings))
     if args.input:
         n = predict_file(
-            predictor, Path(args.input), Path(args.output), args.text_column, resume=args.resume, encoding=args.encoding
+            predictor,
+            Path(args.input),
+            Path(args.output),
+            args.text_column,
+            keep_columns=args.keep_columns,
+            resume=args.resume,
+            encoding=args.encoding,
         )
         print(f"{n} predictions written to {args.output}")
         return 0
@@ -173,7 +181,10 @@ def cmd_export(ns: argparse.Namespace) -> int:
     print(f"{'parity max |diff|':>24}: {record['parity']['max_abs_diff']:.3g}")
     if config.format == "onnx":
         print(f"{'onnx size':>24}: {_mb(record['onnx_bytes'])}")
-    print(f"{'ONNX' if config.format == 'onnx' else config.format} model written to {out}")
+    if config.format == "openvino":
+        print(f"{'openvino size':>24}: {_mb(record['openvino_bytes'])}")
+    names = {"onnx": "ONNX", "openvino": "OpenVINO"}
+    print(f"{names.get(config.format, config.format)} model written to {out}")
     return 0
 
 
@@ -301,7 +312,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "export": Command(
         cmd_export,
-        "export a model folder to ONNX, a TensorFlow SavedModel or .keras (checked against PyTorch)",
+        "export a model folder to ONNX, OpenVINO IR, a TensorFlow SavedModel or .keras (checked against PyTorch)",
         (ExportConfig,),
     ),
     "compare": Command(

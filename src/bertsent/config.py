@@ -22,13 +22,14 @@ BACKENDS = ("torch", "keras")
 BEST_METRICS = ("accuracy", "f1", "f1_macro", "loss")
 IMPORTANCE_SPLITS = ("train", "validation")
 LONG_TEXT = ("truncate", "chunk")
-PRECISIONS = ("fp32", "bf16")
-"""Inference precisions: fp32, or bf16 autocast for the PyTorch backend."""
-INFERENCE_BACKENDS = ("auto", "torch", "onnx")
-METHODS = ("onnx-dynamic", "onnx-static", "torch-dynamic")
+PRECISIONS = ("auto", "fp32", "bf16")
+"""Inference precisions: ``auto`` (bf16 where the hardware runs it fast and it passes a check against fp32,
+else fp32), ``fp32``, or ``bf16`` (autocast for PyTorch, the bf16 inference hint for OpenVINO)."""
+INFERENCE_BACKENDS = ("auto", "torch", "onnx", "openvino")
+METHODS = ("onnx-dynamic", "onnx-static", "torch-dynamic", "openvino-int8")
 FAST = {"train_samples": 400, "validation_samples": 200, "eval_samples": 400, "epochs": 1, "latency_samples": 20}
 DEFAULT_HOST = "127.0.0.1"
-"""Loopback only: the API has no authentication, so exposing it is an explicit choice (``--host``)."""
+"""Loopback only by default: exposing the API is an explicit choice (``--host``, best with ``--api-key``)."""
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
 """Per-channel INT8 needs the ``axis`` attribute of (De)QuantizeLinear, added in opset 13."""
@@ -53,14 +54,18 @@ class InferenceSettings:
     """``chunk``: average the scores of overlapping ``max_length`` windows covering the whole text."""
     stride: int = 128
     """Tokens shared by consecutive windows (``long_text="chunk"``)."""
-    precision: str = field(default="fp32", metadata={"choices": PRECISIONS})
-    """``fp32``, or ``bf16`` autocast for a PyTorch folder."""
+    precision: str = field(default="auto", metadata={"choices": PRECISIONS})
+    """``auto``: PyTorch runs bf16 autocast where the CPU has AMX (or on a CUDA GPU with bf16), once the
+    folder's validation reviews show it agrees with fp32 (checked once per machine, cached in
+    ``precision_check.json``; fp32 otherwise, and where the folder records no data); OpenVINO uses its own
+    choice for the CPU. ``fp32`` or ``bf16`` force one, unchecked."""
     backend: str = field(default="auto", metadata={"choices": INFERENCE_BACKENDS})
-    """``auto`` picks by what the folder holds (``model.onnx``: ONNX Runtime, else PyTorch); ``torch`` or
-    ``onnx`` insist on one."""
+    """``auto`` picks by what the folder holds (``openvino_model.xml``: OpenVINO, ``model.onnx``: ONNX
+    Runtime, else PyTorch); ``torch``, ``onnx`` or ``openvino`` insist on one."""
     batch_size: int = 32
     threads: int | None = None
-    """CPU threads (PyTorch intra-op; ONNX Runtime's session); None: ``BERTSENT_THREADS``, else the default."""
+    """CPU threads (PyTorch intra-op; ONNX Runtime's session; OpenVINO's ``INFERENCE_NUM_THREADS``); None:
+    ``BERTSENT_THREADS``, else the default."""
     device: str = "auto"
     compile: bool = False
     """``torch.compile`` a PyTorch folder first (~30 s once; same fp32 results, faster on large inputs)."""
@@ -75,12 +80,8 @@ class InferenceSettings:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name, low in (("max_length", 8), ("stride", 0), ("batch_size", 1), ("threads", 1)):
-            value = getattr(self, name)
-            if value is None and name in ("max_length", "threads"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise SettingsError(f"{name} must be an integer >= {low}, got {value!r}")
+        minimum = {"max_length": 8, "stride": 0, "batch_size": 1, "threads": 1}
+        _check_counts(self, minimum, unset=("max_length", "threads"))
         if self.max_length is not None and self.long_text == "chunk" and self.stride >= self.max_length - 2:
             raise SettingsError(f"stride ({self.stride}) must be smaller than max_length - 2 ({self.max_length - 2})")
 
@@ -103,7 +104,11 @@ class TrainingArguments:
     batch_size: int = 16
     eval_batch_size: int = 64
     gradient_accumulation_steps: int = 1
-    lr: float = 5e-5
+    lr: float | str | None = None
+    """Peak learning rate. Unset: chosen from the encoder's width and the number of optimizer steps
+    (5e-5 for BERT-base, 1e-4 for MiniLM, higher for runs of a few dozen steps); ``auto``: a short
+    learning-rate range test picks it (plot in the output folder). Both are recorded in training_args.json
+    (``bertsent.training.lr_choice`` documents the rule)."""
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     """Share of the optimizer steps spent warming the learning rate up linearly (then linear decay)."""
@@ -132,6 +137,10 @@ class TrainingArguments:
     metric_for_best_model: str = field(default="accuracy", metadata={"choices": BEST_METRICS})
     early_stopping_patience: int | None = None
     """Stop after this many validations without improvement of ``metric_for_best_model``."""
+    time_budget: str | None = None
+    """Train for this long (``45m``, ``1h30m``, ``90s``): the step count is set from the measured step time
+    so training, validations and checkpoints end on time, and the learning rate decays to zero at the
+    budget (Li et al., 2020). ``epochs`` is then ignored; ``max_steps`` still caps. Test scoring is extra."""
     resume: bool = False
     """Continue from the latest checkpoint in ``output_dir`` (same result as an uninterrupted run)."""
     evaluate_test: bool = True
@@ -165,8 +174,9 @@ class TrainingArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SettingsError(f"{name} must be >= 1 or unset, got {value}")
-        if not self.lr > 0:
-            raise SettingsError(f"lr must be > 0, got {self.lr}")
+        self.lr = _learning_rate(self.lr)
+        if self.time_budget is not None:
+            budget_seconds(self.time_budget)  # validates now, not after the data is loaded
         if self.weight_decay < 0 or not 0 <= self.warmup_ratio < 1 or self.max_grad_norm <= 0:
             raise SettingsError("weight_decay must be >= 0, warmup_ratio in [0, 1) and max_grad_norm > 0")
         if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:
@@ -193,6 +203,34 @@ class TrainingArguments:
             }
             if names := [name for name, used in unsupported.items() if used]:
                 raise SettingsError(f"--backend keras does not support {', '.join(names)} (use --backend torch)")
+
+
+def budget_seconds(budget: str) -> float:
+    """``"1h30m"`` / ``"45m"`` / ``"90s"`` / ``"600"`` (seconds) -> seconds."""
+    import re
+
+    text = str(budget).strip().lower()
+    match = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?", text)
+    if not text or not match or not any(match.groups()):
+        raise SettingsError(f"time_budget: expected a duration such as 45m, 1h30m or 90s, got {budget!r}")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if total < 10:
+        raise SettingsError(f"time_budget must be at least 10 seconds, got {budget!r}")
+    return total
+
+
+def _learning_rate(lr: float | str | None) -> float | str | None:
+    """A number, ``auto`` (the range test) or None (the rule); the CLI gives strings."""
+    if lr is None or lr == "auto":
+        return lr
+    try:
+        value = float(lr)
+    except (TypeError, ValueError):
+        raise SettingsError(f"lr must be a number > 0 or auto, got {lr!r}") from None
+    if not value > 0:
+        raise SettingsError(f"lr must be > 0, got {lr}")
+    return value
 
 
 @dataclass
@@ -282,10 +320,8 @@ class DataConfig:
         fraction = isinstance(size, float) and 0 < size < 1
         if not (count or fraction):
             raise DataError(f"validation_size must be a fraction in (0, 1) or a count >= 1, got {size!r}")
-        for name in ("train_samples", "eval_samples", "validation_samples"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise DataError(f"{name} must be a count >= 1 (or unset), got {value!r}")
+        caps = ("train_samples", "eval_samples", "validation_samples")
+        _check_counts(self, dict.fromkeys(caps, 1), unset=caps, error=DataError, what="a count >= 1 (or unset)")
         if not (isinstance(self.test_size, float) and 0 < self.test_size < 1):
             raise DataError(f"test_size must be a fraction between 0 and 1, got {self.test_size!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
@@ -297,6 +333,12 @@ def as_data_config(data: DataConfig | str | os.PathLike | None) -> DataConfig | 
     if data is None or isinstance(data, DataConfig):
         return data
     return DataConfig(source=os.fspath(data))
+
+
+def passed_on(settings: object, *names: str) -> dict:
+    """``names`` of ``settings`` as keywords: what a stage hands, unchanged and under the same names, to
+    the settings of a run it starts (prune's batch sizes and device to its recovery training)."""
+    return {name: getattr(settings, name) for name in names}
 
 
 def split_names(value: str | list, parse=None) -> list:
@@ -366,12 +408,7 @@ class PruneConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("model", "output_dir"):
-            value = getattr(self, name)
-            if isinstance(value, os.PathLike):
-                setattr(self, name, value := os.fspath(value))
-            if not isinstance(value, str) or not value.strip():
-                raise SettingsError(f"{name} must be a folder path, got {value!r}")
+        _check_folder_paths(self, SettingsError)
         for name in ("heads_fraction", "ffn_fraction", "sparsity"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
@@ -388,12 +425,7 @@ class PruneConfig:
             "recover_epochs": 0,
             "threads": 1,
         }
-        for name, low in minimum.items():
-            value = getattr(self, name)
-            if value is None and name in ("keep_layers", "threads"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise SettingsError(f"{name} must be an integer >= {low}, got {value!r}")
+        _check_counts(self, minimum, unset=("keep_layers", "threads"))
         if not self.recover_lr > 0:
             raise SettingsError(f"recover_lr must be > 0, got {self.recover_lr!r}")
         if self.importance_split not in IMPORTANCE_SPLITS:
@@ -439,7 +471,7 @@ class QuantizeConfig:
     """ONNX methods: also store the embedding tables in 8 bits (most of a small model's bytes). ONNX Runtime
     quantizes Gather data like an activation: uint8, one scale per table."""
     calibration_samples: int = 200
-    """onnx-static: training reviews whose activations set the INT8 ranges."""
+    """onnx-static, openvino-int8: training reviews whose activations set the INT8 ranges."""
     eval_samples: int = 500
     """Validation reviews on which the quantized model is checked against fp32."""
     max_drop: float = 1.0
@@ -453,24 +485,16 @@ class QuantizeConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        for name in ("model", "output_dir"):
-            value = getattr(self, name)
-            if isinstance(value, os.PathLike):
-                setattr(self, name, value := os.fspath(value))
-            if not isinstance(value, str) or not value.strip():
-                raise QuantizeSettingsError(f"{name} must be a folder path, got {value!r}")
+        _check_folder_paths(self, QuantizeSettingsError)
         self.data = as_data_config(self.data)
         if self.method not in METHODS:
             raise QuantizeSettingsError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        for name in ("calibration_samples", "eval_samples", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise QuantizeSettingsError(f"{name} must be an integer >= 1, got {value!r}")
+        counts = ("calibration_samples", "eval_samples", "batch_size")
+        _check_counts(self, dict.fromkeys(counts, 1), error=QuantizeSettingsError)
         if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, int | float) or not self.max_drop >= 0:
             raise QuantizeSettingsError(f"max_drop must be a number of accuracy points >= 0, got {self.max_drop!r}")
-        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
-            raise QuantizeSettingsError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}], got {self.opset!r}")
-        if self.method == "torch-dynamic" and self.quantize_embeddings:
+        check_opset(self.opset, QuantizeSettingsError)
+        if self.method in ("torch-dynamic", "openvino-int8") and self.quantize_embeddings:
             raise QuantizeSettingsError("quantize_embeddings applies to onnx-dynamic and onnx-static only")
 
 
@@ -612,28 +636,73 @@ class ServeSettings:
     """Largest request body (larger: 413, checked on the Content-Length header and on the bytes read)."""
     threads: int | None = None
     """CPU threads for PyTorch when the app loads the folder; None leaves PyTorch's default."""
+    api_key: str | None = field(default=None, repr=False)
+    """Require the header ``Authorization: Bearer KEY`` on /predict and /info (else 401); /health, the page
+    and the docs stay open. Default: $BERTSENT_API_KEY (better than the flag, which ps shows)."""
+    graceful_timeout: float = 30.0
+    """On SIGTERM or Ctrl-C, seconds the requests already accepted get to be answered before they are cut."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
             raise SettingsError("host must be a host name or address, e.g. 127.0.0.1")
         if _not_int(self.port) or not 0 <= self.port <= 65535:
             raise SettingsError(f"port must be an integer in [0, 65535] (0: any free port), got {self.port!r}")
-        for name in ("max_batch_size", "max_inputs", "max_chars", "max_body_bytes"):
-            value = getattr(self, name)
-            if _not_int(value) or value < 1:
-                raise SettingsError(f"{name} must be a positive integer, got {value!r}")
+        limits = ("max_batch_size", "max_inputs", "max_chars", "max_body_bytes")
+        _check_counts(self, dict.fromkeys(limits, 1), what="a positive integer")
         wait = self.max_wait_ms
         if isinstance(wait, bool) or not isinstance(wait, int | float) or not math.isfinite(wait) or wait < 0:
             raise SettingsError(f"max_wait_ms must be a number >= 0, got {wait!r}")
-        if self.threads is not None and (_not_int(self.threads) or self.threads < 1):
-            raise SettingsError(f"threads must be a positive integer or None, got {self.threads!r}")
+        _check_counts(self, {"threads": 1}, unset=("threads",), what="a positive integer or None")
+        key = self.api_key
+        if key is not None and (not isinstance(key, str) or not key or not all("!" <= c <= "~" for c in key)):
+            # Never the value itself: it is a secret.
+            raise SettingsError("api_key must be non-empty printable ASCII without spaces (it goes in an HTTP header)")
+        grace = self.graceful_timeout
+        if isinstance(grace, bool) or not isinstance(grace, int | float) or not math.isfinite(grace) or grace < 0:
+            raise SettingsError(f"graceful_timeout must be a number of seconds >= 0, got {grace!r}")
 
 
 def _not_int(value: object) -> bool:
     return isinstance(value, bool) or not isinstance(value, int)
 
 
-EXPORT_FORMATS = ("onnx", "tf-savedmodel", "keras")
+def _check_counts(
+    settings: object,
+    minimum: dict[str, int],
+    *,
+    unset: tuple[str, ...] = (),
+    error: type[Exception] = SettingsError,
+    what: str | None = None,
+) -> None:
+    """Each field in ``minimum`` an integer (a bool is not one) >= its minimum; those in ``unset`` may be None.
+
+    ``error`` and ``what`` keep each settings class's own error type and wording (tests and users match them).
+    """
+    for name, low in minimum.items():
+        value = getattr(settings, name)
+        if value is None and name in unset:
+            continue
+        if _not_int(value) or value < low:
+            raise error(f"{name} must be {what or f'an integer >= {low}'}, got {value!r}")
+
+
+def _check_folder_paths(settings: object, error: type[Exception]) -> None:
+    """``model`` and ``output_dir`` as non-empty path strings (a PathLike is stored as its string)."""
+    for name in ("model", "output_dir"):
+        value = getattr(settings, name)
+        if isinstance(value, os.PathLike):
+            setattr(settings, name, value := os.fspath(value))
+        if not isinstance(value, str) or not value.strip():
+            raise error(f"{name} must be a folder path, got {value!r}")
+
+
+def check_opset(opset: object, error: type[Exception] = SettingsError) -> None:
+    """An ONNX opset bertsent can export and quantize: an integer in [MIN_OPSET, MAX_OPSET]."""
+    if _not_int(opset) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise error(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}], got {opset!r}")
+
+
+EXPORT_FORMATS = ("onnx", "openvino", "tf-savedmodel", "keras")
 
 
 @dataclass
@@ -645,7 +714,8 @@ class ExportConfig:
     output_dir: str
     """Folder for the exported model and the files to load it."""
     format: str = field(default="onnx", metadata={"choices": EXPORT_FORMATS})
-    """``onnx``; ``tf-savedmodel`` and ``keras`` need ``pip install "bertsent[keras]"``."""
+    """``onnx``; ``openvino`` (an OpenVINO IR folder) needs ``pip install "bertsent[openvino]"``;
+    ``tf-savedmodel`` and ``keras`` need ``pip install "bertsent[keras]"``."""
     strings: bool = False
     """tf-savedmodel: add a raw-text signature (tokenizes in the graph; loading it needs tensorflow_text)."""
     opset: int = DEFAULT_OPSET
@@ -659,8 +729,7 @@ class ExportConfig:
             raise SettingsError(f"format must be one of {', '.join(EXPORT_FORMATS)} and exporter one of {EXPORTERS}")
         if self.strings and self.format != "tf-savedmodel":
             raise SettingsError("--strings is for --format tf-savedmodel")
-        if not MIN_OPSET <= self.opset <= MAX_OPSET:
-            raise SettingsError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}], got {self.opset!r}")
+        check_opset(self.opset)
         if not self.atol > 0:
             raise SettingsError(f"atol must be > 0, got {self.atol!r}")
 
@@ -677,8 +746,10 @@ class ModelArguments:
 class EvaluateArguments:
     """What ``bertsent evaluate`` scores and where the report goes."""
 
-    split: str = field(default="test", metadata={"choices": ("test", "validation", "train")})
-    """``validation`` scores exactly the validation rows used in training."""
+    split: str | None = field(default=None, metadata={"choices": ("test", "validation", "train")})
+    """Split to score (default: test; a single file without train/test split that the model was not
+    trained on is scored whole, as split ``all``). ``validation`` scores exactly the validation rows used
+    in training."""
     output_dir: str | None = None
     """Report folder (default: MODEL/eval-SPLIT)."""
 
@@ -692,6 +763,10 @@ class PredictArguments:
     output: str | None = None
     """Where to write predictions (.csv or .jsonl), in input order."""
     text_column: str = "text"
+    """Column (CSV, Parquet) or field (JSONL) holding the texts; written as ``text``."""
+    keep_columns: list[str] | None = field(default=None, metadata={"nargs": "*"})
+    """Input columns to copy into the output before label and score, e.g. ``id,date`` (default: all;
+    an empty value: none but the text)."""
     top_k: int = 1
     """Scores to show per text (0: all)."""
     resume: bool = False
@@ -704,6 +779,10 @@ class PredictArguments:
             raise SettingsError(f"top_k must be >= 0 (0: all scores), got {self.top_k}")
         if self.input and not self.output:
             raise SettingsError("--input needs --output FILE (.csv or .jsonl)")
+        if self.keep_columns is not None:
+            if not self.input:
+                raise SettingsError("--keep-columns needs --input FILE")
+            self.keep_columns = [name.strip() for name in split_names(self.keep_columns) if name.strip()]
 
 
 @dataclass

@@ -329,18 +329,25 @@ def copy_model_files(source: Path, target: Path, weights: bool = False) -> list[
 
 def clear_weights(output_dir: Path) -> None:
     """Remove weights of an earlier run: a stale model.onnx would make Predictor pick the wrong model."""
-    for pattern in (ONNX_FILE, f"{ONNX_FILE}.data", *WEIGHT_PATTERNS):
+    # A precision verdict was measured on the old model: it goes with the weights.
+    for pattern in (ONNX_FILE, f"{ONNX_FILE}.data", OPENVINO_XML, OPENVINO_BIN, PRECISION_CHECK_FILE, *WEIGHT_PATTERNS):
         for path in output_dir.glob(pattern):
             path.unlink()
 
 
-def check_source(model_dir: str | os.PathLike) -> Path:
-    """The source folder, or a one-line error when it cannot be exported/quantized."""
+def model_folder(model_dir: str | os.PathLike) -> Path:
+    """``model_dir`` (``~`` expanded) when it is a folder with a config.json, else a one-line ModelError."""
     path = Path(model_dir).expanduser()
     if not path.is_dir():
         raise ModelError(f"{path}: no such model folder")
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: not a model folder (no config.json)")
+    return path
+
+
+def check_source(model_dir: str | os.PathLike) -> Path:
+    """The source folder, or a one-line error when it cannot be exported/quantized."""
+    path = model_folder(model_dir)
     try:
         config = json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as e:
@@ -348,6 +355,8 @@ def check_source(model_dir: str | os.PathLike) -> Path:
     if not any(path.glob("model*.safetensors")):
         if (path / ONNX_FILE).is_file():
             raise ModelError(f"{path}: is already an ONNX export (no PyTorch weights); pass the PyTorch folder")
+        if (path / OPENVINO_XML).is_file():
+            raise ModelError(f"{path}: is already an OpenVINO export (no PyTorch weights); pass the PyTorch folder")
         raise ModelError(f"{path}: has no model.safetensors weights")
     if config.get("bertsent_quantization"):
         raise ModelError(
@@ -356,9 +365,22 @@ def check_source(model_dir: str | os.PathLike) -> Path:
     return path
 
 
+def source_and_output(
+    model_dir: str | os.PathLike, output_dir: str | os.PathLike, error: type[Exception]
+) -> tuple[Path, Path]:
+    """The checked source folder (:func:`check_source`) and the output folder, which must be another one
+    (``error``: the stage's own error type)."""
+    source = check_source(model_dir)
+    output = Path(output_dir)
+    if output.resolve() == source.resolve():
+        raise error(f"--output-dir {output} is the source folder; choose another folder")
+    return source, output
+
+
 def weight_files(model_dir: Path) -> list[Path]:
-    """A folder's weight files: ``model*.safetensors`` and ``model.onnx`` with its external data."""
-    patterns = ("model*.safetensors", ONNX_FILE, f"{ONNX_FILE}.data", f"{ONNX_FILE}_data")
+    """A folder's weight files: ``model*.safetensors``, ``model.onnx`` with its external data, and an
+    OpenVINO IR (``openvino_model.xml`` + ``.bin``)."""
+    patterns = ("model*.safetensors", ONNX_FILE, f"{ONNX_FILE}.data", f"{ONNX_FILE}_data", OPENVINO_XML, OPENVINO_BIN)
     return sorted({p for pattern in patterns for p in Path(model_dir).glob(pattern) if p.is_file()})
 
 
@@ -386,6 +408,15 @@ def data_config_for(model_dir: Path, data: DataConfig) -> DataConfig:
 
 
 ONNX_FILE = "model.onnx"
+
+
+OPENVINO_XML = "openvino_model.xml"
+"""An OpenVINO IR folder's graph (``bertsent export --format openvino``); its weights are the ``.bin``."""
+OPENVINO_BIN = "openvino_model.bin"
+
+
+PRECISION_CHECK_FILE = "precision_check.json"
+"""Verdicts of ``precision="auto"``'s check of a reduced precision against fp32, one per machine."""
 
 
 WEIGHTS_FILE = "model.safetensors"

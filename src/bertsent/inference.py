@@ -2,7 +2,12 @@
 
 A backend is anything with ``name``, ``id2label`` and ``logits(batch) -> np.ndarray`` (:class:`Backend`):
 :class:`TorchBackend` runs a PyTorch folder or an in-memory model, :class:`OnnxBackend` a folder's
-``model.onnx``; :func:`load_backend` picks by what the folder holds (or what ``backend=`` insists on).
+``model.onnx``, :class:`OpenVinoBackend` its ``openvino_model.xml``; :func:`load_backend` picks by what
+the folder holds (or what ``backend=`` insists on).
+
+``precision="auto"`` lets a backend run a reduced precision (bf16) where the hardware runs it fast, but
+only once :func:`precision_verdict` has found it agrees with fp32 on the folder's validation reviews
+(checked once per machine, cached in ``precision_check.json``); fp32 otherwise.
 :func:`run` is the only batched inference loop: ``Predictor``, training's validation, distillation's
 teacher logits and pruning's in-memory metrics all go through it.
 """
@@ -10,8 +15,10 @@ teacher logits and pruning's in-memory metrics all go through it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -21,11 +28,27 @@ import torch
 
 from bertsent.config import INFERENCE_BACKENDS, LONG_TEXT, PRECISIONS
 from bertsent.encoding import Encoded, iter_batches
-from bertsent.errors import ModelError, SettingsError, first_line
-from bertsent.folder import INPUT_NAMES, ONNX_FILE, OUTPUT_NAME, WEIGHT_PATTERNS, read_id2label
+from bertsent.errors import BertsentError, ModelError, SettingsError, first_line
+from bertsent.folder import (
+    INPUT_NAMES,
+    ONNX_FILE,
+    OPENVINO_XML,
+    OUTPUT_NAME,
+    PRECISION_CHECK_FILE,
+    WEIGHT_PATTERNS,
+    read_id2label,
+)
 from bertsent.modeling.cls_only import cls_only_last_layer
 from bertsent.modeling.loading import load_classifier
-from bertsent.runtime import require_onnxruntime, session_options, torch_threads
+from bertsent.runtime import (
+    auto_precision,
+    cpu_capabilities,
+    openvino_config,
+    require_onnxruntime,
+    require_openvino,
+    session_options,
+    torch_threads,
+)
 
 log = logging.getLogger("bertsent.predict")
 
@@ -34,8 +57,10 @@ __all__ = [
     "PRECISIONS",
     "Backend",
     "OnnxBackend",
+    "OpenVinoBackend",
     "TorchBackend",
     "load_backend",
+    "precision_verdict",
     "predict_probs",
     "run",
     "softmax",
@@ -96,7 +121,7 @@ def predict_probs(
 
 
 class TorchBackend:
-    """Runs a PyTorch model in fp32, or under autocast to ``dtype`` (bf16, meant for GPUs).
+    """Runs a PyTorch model in fp32, or under autocast to ``dtype`` (bf16: GPUs, and CPUs with AMX).
 
     :meth:`from_folder` loads a folder (its last encoder layer then runs for [CLS] only, see
     :func:`cls_only_last_layer`, unless ``cls_only=False``); :meth:`from_model` wraps a model in memory
@@ -112,6 +137,11 @@ class TorchBackend:
         self.id2label = {int(k): v for k, v in model.config.id2label.items()}
         self.threads = torch.get_num_threads()
 
+    @property
+    def precision(self) -> str:
+        """``bf16`` under bf16 autocast, else ``fp32`` (what a comparison row records)."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
+
     @classmethod
     def from_model(cls, model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None = None):
         """A model in memory (not moved to ``device``, not rewritten): batches go to ``device``."""
@@ -122,22 +152,30 @@ class TorchBackend:
         cls,
         model_dir: Path,
         device: str = "auto",
-        precision: str = "fp32",
+        precision: str = "auto",
         compile: bool = False,
         cls_only: bool = True,
         threads: int | None = None,
     ) -> TorchBackend:
-        """A folder's model on ``device`` (``auto``: CUDA when there is one), with ``threads`` CPU threads."""
+        """A folder's model on ``device`` (``auto``: CUDA when there is one), with ``threads`` CPU threads.
+
+        ``precision="auto"``: bf16 autocast where :func:`~bertsent.runtime.auto_precision` says the device
+        runs it fast and :func:`precision_verdict` accepts it, else fp32; ``fp32``/``bf16`` force one."""
         from bertsent.runtime import pick_device
 
-        if precision not in PRECISIONS:
-            raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        _check_precision(precision)
         torch_threads(threads)
         model = load_classifier(model_dir)
         target = pick_device(device)
         model.to(target).eval()
-        backend = cls(model, target, torch.bfloat16 if precision == "bf16" else None)
+        chosen = auto_precision(target) if precision == "auto" else precision
+        backend = cls(model, target, torch.bfloat16 if chosen == "bf16" else None)
         backend.cls_only = cls_only and cls_only_last_layer(model)
+        if precision == "auto" and backend.dtype is not None:
+            reference = cls(model, target, None)
+            reference.cls_only = backend.cls_only
+            if not precision_verdict(Path(model_dir), backend, reference, _torch_key(target)):
+                backend.dtype = None
         if compile:
             backend.model = backend._compiled(model)
         return backend
@@ -175,28 +213,51 @@ class TorchBackend:
             return model(**batch).logits.float().cpu().numpy()
 
 
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
 def load_backend(
     model_dir: Path,
     device: str = "auto",
     threads: int | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     compile: bool = False,
     cls_only: bool = True,
     backend: str = "auto",
 ) -> Backend:
-    """The backend for a folder: ``auto`` picks ONNX Runtime when it holds ``model.onnx``, else PyTorch;
-    ``torch`` or ``onnx`` insist on one (a :class:`ModelError` when the folder lacks its files)."""
+    """The backend for a folder: ``auto`` picks OpenVINO when it holds ``openvino_model.xml``, ONNX Runtime
+    when it holds ``model.onnx``, else PyTorch; ``torch``, ``onnx`` or ``openvino`` insist on one (a
+    :class:`ModelError` when the folder lacks its files)."""
     if backend not in INFERENCE_BACKENDS:
         raise SettingsError(f"backend must be one of {', '.join(INFERENCE_BACKENDS)}, got {backend!r}")
+    _check_precision(precision)
+    model_dir = Path(model_dir)
     has_onnx = (model_dir / ONNX_FILE).is_file()
+    has_openvino = (model_dir / OPENVINO_XML).is_file()
     if backend == "onnx" and not has_onnx:
         raise ModelError(f"{model_dir}: backend 'onnx' needs {ONNX_FILE}, which it lacks (make one: bertsent export)")
+    if backend == "openvino" and not has_openvino:
+        raise ModelError(
+            f"{model_dir}: backend 'openvino' needs {OPENVINO_XML}, which it lacks "
+            "(make one: bertsent export --format openvino)"
+        )
     if backend == "torch" and not any(any(model_dir.glob(p)) for p in WEIGHT_PATTERNS):
-        hint = f"; it holds {ONNX_FILE}: use backend 'onnx' or 'auto'" if has_onnx else ""
+        held = OPENVINO_XML if has_openvino else ONNX_FILE if has_onnx else None
+        hint = f"; it holds {held}: use backend '{'openvino' if has_openvino else 'onnx'}' or 'auto'" if held else ""
         raise ModelError(f"{model_dir}: backend 'torch' needs PyTorch weights (model.safetensors){hint}")
+    if backend == "openvino" or (backend == "auto" and has_openvino):
+        if compile:
+            log.warning("--compile is for PyTorch folders; %s runs with OpenVINO as it is", model_dir)
+        return OpenVinoBackend.from_folder(model_dir, threads=threads, precision=precision)
     if backend == "onnx" or (backend == "auto" and has_onnx):
         if compile:
             log.warning("--compile is for PyTorch folders; %s runs with ONNX Runtime as it is", model_dir)
+        if precision == "bf16":
+            log.warning(
+                "precision bf16 is for PyTorch and OpenVINO folders; %s runs with ONNX Runtime as exported", model_dir
+            )
         return OnnxBackend(model_dir, threads=threads)
     return TorchBackend.from_folder(model_dir, device, precision, compile, cls_only, threads)
 
@@ -205,6 +266,7 @@ class OnnxBackend:
     """Runs a folder's ``model.onnx`` with ONNX Runtime on the CPU (the ``Predictor`` backend for it)."""
 
     name = "onnxruntime"
+    precision = "as exported"
 
     def __init__(self, model_dir: str | os.PathLike, threads: int | None = None) -> None:
         ort = require_onnxruntime()
@@ -227,3 +289,170 @@ class OnnxBackend:
     def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         feed = {name: batch[name].detach().cpu().numpy().astype(np.int64, copy=False) for name in self.input_names}
         return np.asarray(self.session.run([OUTPUT_NAME], feed)[0], dtype=np.float32)
+
+
+class OpenVinoBackend:
+    """Runs a folder's ``openvino_model.xml`` with OpenVINO on the CPU.
+
+    ``precision``: ``None``/``"auto"`` keeps OpenVINO's own inference precision for the CPU (bf16 where
+    it has AMX or AVX512-BF16, else f32); ``fp32`` or ``bf16`` set ``INFERENCE_PRECISION_HINT``. Threads:
+    ``INFERENCE_NUM_THREADS`` by bertsent's thread policy. One infer request per calling thread.
+    """
+
+    name = "openvino"
+
+    def __init__(self, model_dir: str | os.PathLike, threads: int | None = None, precision: str | None = None) -> None:
+        ov = require_openvino()
+        import openvino.properties as props
+        import openvino.properties.hint as hints
+
+        self.model_dir = Path(model_dir)
+        path = self.model_dir / OPENVINO_XML
+        if not path.is_file():
+            raise ModelError(f"{self.model_dir}: no {OPENVINO_XML}")
+        self.id2label = read_id2label(self.model_dir)
+        try:
+            core = ov.Core()
+            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", openvino_config(threads, precision))
+        except Exception as e:  # OpenVINO raises RuntimeError and its own types
+            raise ModelError(f"cannot load {path} with OpenVINO: {first_line(e)}") from e
+        self.threads = int(self.compiled.get_property(props.inference_num_threads))
+        inference_type = self.compiled.get_property(hints.inference_precision)
+        self.precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(
+            inference_type.to_string(), str(inference_type)
+        )
+        self.input_names = [port.get_any_name() for port in self.compiled.inputs]
+        unknown = set(self.input_names) - set(INPUT_NAMES)
+        if unknown:
+            raise ModelError(f"{path}: expects inputs {sorted(unknown)} that bertsent does not provide")
+        self.output = self.compiled.output(0)
+        self._local = threading.local()
+
+    @classmethod
+    def from_folder(cls, model_dir: Path, threads: int | None = None, precision: str = "auto") -> OpenVinoBackend:
+        """OpenVINO's own precision under ``auto``, checked by :func:`precision_verdict` when it is not fp32."""
+        _check_precision(precision)
+        backend = cls(model_dir, threads, None if precision == "auto" else precision)
+        if precision == "auto" and backend.precision != "fp32":
+            reference = cls(model_dir, threads, "fp32")
+            if not precision_verdict(Path(model_dir), backend, reference, _openvino_key()):
+                return reference
+        return backend
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        feed = {name: batch[name].detach().cpu().numpy().astype(np.int64, copy=False) for name in self.input_names}
+        return np.array(request.infer(feed)[self.output], dtype=np.float32)
+
+
+# --- precision="auto": the check of a reduced precision against fp32 ---------------------------------
+
+PRECISION_MIN_AGREEMENT = 0.995
+"""Share of validation reviews on which a reduced precision must give fp32's label."""
+PRECISION_MAX_DROP_POINTS = 0.3
+"""Accuracy points a reduced precision may lose against fp32 on the validation reviews."""
+PRECISION_CHECK_REVIEWS = 500
+"""Validation reviews the check classifies (at most; the folder's validation split may hold fewer)."""
+
+
+def _torch_key(device: torch.device) -> str:
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_capabilities()["model_name"]
+    return f"pytorch | {where} | torch {torch.__version__}"
+
+
+def _openvino_key() -> str:
+    return f"openvino | {cpu_capabilities()['model_name']} | openvino {require_openvino().__version__}"
+
+
+def _read_verdicts(path: Path) -> dict:
+    try:
+        verdicts = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return verdicts if isinstance(verdicts, dict) else {}
+
+
+def _measure_precision(model_dir: Path, candidate: Backend, reference: Backend) -> tuple[dict | None, str | None]:
+    """Both backends on the folder's recorded validation reviews; (None, reason) when it records none."""
+    from bertsent.data.recorded import recorded_reviews
+    from bertsent.encoding import encode
+    from bertsent.folder import inference_settings
+    from bertsent.modeling.loading import load_tokenizer
+
+    try:
+        reviews, reason = recorded_reviews(model_dir, candidate.id2label, validation_samples=PRECISION_CHECK_REVIEWS)
+    except BertsentError as e:  # e.g. labels that differ: no usable reviews, so no evidence either way
+        reviews, reason = None, first_line(e)
+    if reviews is None:
+        return None, reason
+    tokenizer = load_tokenizer(model_dir)
+    max_length, truncation = inference_settings(model_dir, tokenizer)
+    encoded = encode(tokenizer, reviews.validation["text"].tolist(), max_length, truncation)
+    labels = reviews.validation["label"].to_numpy()
+    pad_id = tokenizer.pad_token_id or 0
+    fp32 = run(reference, encoded, 32, pad_id).argmax(-1)
+    reduced = run(candidate, encoded, 32, pad_id).argmax(-1)
+    fp32_accuracy, accuracy = float(np.mean(fp32 == labels)), float(np.mean(reduced == labels))
+    agreement = float(np.mean(fp32 == reduced))
+    drop = 100 * (fp32_accuracy - accuracy)
+    return {
+        "precision": candidate.precision,
+        "data": reviews.report.get("source"),
+        "reviews": len(labels),
+        "agreement": round(agreement, 5),
+        "fp32_accuracy": round(fp32_accuracy, 5),
+        "accuracy": round(accuracy, 5),
+        "accuracy_drop_points": round(drop, 3),
+        "min_agreement": PRECISION_MIN_AGREEMENT,
+        "max_drop_points": PRECISION_MAX_DROP_POINTS,
+        "passed": agreement >= PRECISION_MIN_AGREEMENT and drop <= PRECISION_MAX_DROP_POINTS,
+    }, None
+
+
+def precision_verdict(model_dir: Path, candidate: Backend, reference: Backend, key: str) -> bool:
+    """Whether ``candidate`` (a reduced precision that ``precision="auto"`` chose) may replace the fp32
+    ``reference``: their labels agree on at least :data:`PRECISION_MIN_AGREEMENT` of the folder's validation
+    reviews and accuracy drops at most :data:`PRECISION_MAX_DROP_POINTS` points.
+
+    Measured once per ``key`` (backend, CPU or GPU model, library version) and cached in the folder's
+    ``precision_check.json``; a folder that records no readable data gets fp32, with a warning (no
+    evidence is no licence). A failed check warns too.
+    """
+    path = model_dir / PRECISION_CHECK_FILE
+    cached = _read_verdicts(path).get(key)
+    if isinstance(cached, dict) and isinstance(cached.get("passed"), bool):
+        return cached["passed"]
+    verdict, reason = _measure_precision(model_dir, candidate, reference)
+    if verdict is None:
+        log.warning(
+            "precision auto: %s could run %s, but %s has no validation reviews to check it against fp32 (%s): "
+            "running fp32 (--precision %s skips the check)",
+            candidate.name,
+            candidate.precision,
+            model_dir,
+            reason,
+            candidate.precision,
+        )
+        return False
+    if verdict["passed"]:
+        log.info("precision auto: %s %s agrees with fp32 (%s)", candidate.name, candidate.precision, verdict)
+    else:
+        log.warning(
+            "precision auto: %s %s agreed with fp32 on %.2f%% of %d validation reviews (accuracy %+.2f points; "
+            "needs >= %.1f%% and a drop <= %.1f points): falling back to fp32",
+            candidate.name,
+            candidate.precision,
+            100 * verdict["agreement"],
+            verdict["reviews"],
+            -verdict["accuracy_drop_points"],
+            100 * PRECISION_MIN_AGREEMENT,
+            PRECISION_MAX_DROP_POINTS,
+        )
+    verdicts = _read_verdicts(path) | {key: verdict}
+    try:
+        path.write_text(json.dumps(verdicts, indent=2))
+    except OSError as e:  # a read-only folder: the check simply runs again next time
+        log.info("precision auto: cannot cache the verdict in %s (%s)", path, first_line(e))
+    return verdict["passed"]

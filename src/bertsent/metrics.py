@@ -455,35 +455,29 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path)
     rows = list(history)
     fig = _new_figure(figsize=(11, 4))
     loss_ax, eval_ax = fig.subplots(1, 2)
-
-    # Markers make a single logged point visible; lines alone would draw nothing.
-    plotted = False
-    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
-        xs, ys = _series(rows, key)
-        if xs:
-            loss_ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
-            plotted = True
-    loss_ax.set_title("Loss")
-    loss_ax.set_xlabel("step")
-    if plotted:
-        loss_ax.legend()
-    else:
-        loss_ax.text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=loss_ax.transAxes)
-
-    plotted = False
-    for key, label in (("eval_accuracy", "accuracy"), ("eval_f1", "F1")):
-        xs, ys = _series(rows, key)
-        if xs:
-            eval_ax.plot(xs, ys, marker="o", markersize=4, label=label)
-            plotted = True
-    eval_ax.set_title("Evaluation")
-    eval_ax.set_xlabel("step")
-    if plotted:
-        eval_ax.legend()
-    else:
-        eval_ax.text(0.5, 0.5, "no evaluation logged", ha="center", va="center", transform=eval_ax.transAxes)
+    _plot_steps(loss_ax, rows, {"loss": "train loss", "eval_loss": "eval loss"}, "Loss", markersize=3, markers_below=30)
+    _plot_steps(eval_ax, rows, {"eval_accuracy": "accuracy", "eval_f1": "F1"}, "Evaluation", markersize=4)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _plot_steps(ax, rows, series: dict[str, str], title: str, markersize: int, markers_below: int | None = None):
+    """One panel: each logged ``series`` key (labelled by its value) against step, or a note when none was."""
+    plotted = False
+    for key, label in series.items():
+        xs, ys = _series(rows, key)
+        if xs:
+            # Markers make a single logged point visible (a line alone draws nothing); past
+            # ``markers_below`` points they would hide the curve.
+            marker = "o" if markers_below is None or len(xs) < markers_below else None
+            ax.plot(xs, ys, marker=marker, markersize=markersize, label=label)
+            plotted = True
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    if plotted:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, f"no {title.lower()} logged", ha="center", va="center", transform=ax.transAxes)
 
 
 # --------------------------------------------------------------------------------------------------

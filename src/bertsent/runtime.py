@@ -1,4 +1,5 @@
-"""Where and how code runs: CPU threads, the torch device, autocast precision and ONNX Runtime sessions.
+"""Where and how code runs: CPU threads, the torch device, autocast precision, ONNX Runtime sessions,
+OpenVINO compile settings, and what the CPU can do (:func:`cpu_capabilities`, :func:`cpu_summary`).
 
 One thread policy for every backend (``BERTSENT_THREADS`` / ``--threads``, else the physical cores).
 """
@@ -26,6 +27,32 @@ def require_onnxruntime():
     except ImportError as e:
         raise ModelError("onnxruntime is not installed: pip install onnxruntime") from e
     return onnxruntime
+
+
+OPENVINO_HINT = 'OpenVINO is not installed: pip install "bertsent[openvino]"'
+
+
+def require_openvino():
+    """Import openvino, or fail with the install hint."""
+    try:
+        import openvino
+    except ImportError as e:
+        raise ModelError(OPENVINO_HINT) from e
+    return openvino
+
+
+def openvino_config(threads: int | None = None, precision: str | None = None) -> dict:
+    """OpenVINO CPU compile settings: ``INFERENCE_NUM_THREADS`` by the thread policy of
+    :func:`session_options`, and ``INFERENCE_PRECISION_HINT`` only when ``precision`` is ``fp32`` (f32) or
+    ``bf16``; otherwise OpenVINO keeps its own choice for the CPU (bf16 where it has AMX or AVX512-BF16)."""
+    ov = require_openvino()
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    config: dict = {props.inference_num_threads: resolve_threads(threads)}
+    if precision in ("fp32", "bf16"):
+        config[hints.inference_precision] = ov.Type.f32 if precision == "fp32" else ov.Type.bf16
+    return config
 
 
 def physical_cores() -> int:
@@ -108,3 +135,82 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+# --- the CPU's capabilities --------------------------------------------------------------------------
+
+CPU_FEATURES = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx2")
+"""The instruction-set flags that decide how fast (and in which precision) inference runs on a CPU."""
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def parse_cpu_flags(flags: str) -> dict[str, bool]:
+    """``{feature: present}`` for :data:`CPU_FEATURES`, from a ``/proc/cpuinfo`` flags string
+    (space-separated, e.g. ``"fpu ... avx2 avx512_vnni amx_bf16"``; a leading ``flags :`` is ignored)."""
+    if ":" in flags:
+        flags = flags.split(":", 1)[1]
+    present = set(flags.lower().split())
+    return {feature: feature in present for feature in CPU_FEATURES}
+
+
+def parse_cpuinfo(text: str) -> dict:
+    """Vendor, model name and :data:`CPU_FEATURES` of the first processor in ``/proc/cpuinfo`` text."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor is enough: every core of a machine reports the same flags
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip().lower(), value.strip())
+    return {
+        "vendor": fields.get("vendor_id", ""),
+        "model_name": fields.get("model name", ""),
+        **parse_cpu_flags(fields.get("flags", "")),
+    }
+
+
+def cpu_capabilities() -> dict:
+    """This machine's CPU: ``vendor``, ``model_name`` and a bool per :data:`CPU_FEATURES` (all False
+    where ``/proc/cpuinfo`` cannot be read, e.g. not Linux: the safe side, fp32)."""
+    import platform
+
+    try:
+        info = parse_cpuinfo(CPUINFO.read_text())
+    except OSError:
+        info = {"vendor": "", "model_name": "", **parse_cpu_flags("")}
+    info["model_name"] = info["model_name"] or platform.processor() or platform.machine()
+    return info
+
+
+def cpu_summary() -> dict:
+    """What a measurement should record about the CPU it ran on: the capabilities, the machine, the
+    cores, and the ``features`` present as one string (``"amx_bf16 amx_int8 avx512_bf16 ..."``)."""
+    import platform
+
+    info = cpu_capabilities()
+    return {
+        **info,
+        "features": " ".join(f for f in CPU_FEATURES if info[f]) or "none of " + ", ".join(CPU_FEATURES),
+        "machine": platform.machine(),
+        "logical_cpus": os.cpu_count(),
+        "physical_cores": physical_cores(),
+    }
+
+
+def cpu_bf16_fast() -> bool:
+    """Whether bf16 is faster than fp32 on this CPU: it needs AMX tiles (``amx_bf16``); AVX512-BF16 alone
+    converts and dots in bf16 but PyTorch's CPU kernels then gain little, so fp32 stays the choice there."""
+    return cpu_capabilities()["amx_bf16"]
+
+
+def auto_precision(device: torch.device) -> str:
+    """The reduced precision ``precision="auto"`` tries on ``device``: ``bf16`` on a CUDA device that
+    supports it or a CPU with AMX (:func:`cpu_bf16_fast`), else ``fp32``."""
+    import torch
+
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_bf16_fast() else "fp32"
+    return "fp32"

@@ -14,6 +14,10 @@ node counts above are from before that change).
 
 An export is only accepted once ONNX Runtime reproduces PyTorch's logits on shapes other than the
 export example (dynamic axes really dynamic, padding masked): :class:`ExportParityError` otherwise.
+
+``--format openvino`` (:func:`export_openvino`) converts that parity-checked ONNX graph with
+``openvino.convert_model`` and saves an fp32 IR (``openvino_model.xml`` + ``.bin``), held to the same
+parity check with OpenVINO compiled for f32 inference.
 """
 
 from __future__ import annotations
@@ -30,21 +34,23 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bertsent.config import DEFAULT_ATOL, DEFAULT_OPSET, EXPORTERS, MAX_OPSET, MIN_OPSET, ExportConfig
+from bertsent.config import DEFAULT_ATOL, DEFAULT_OPSET, EXPORTERS, ExportConfig, check_opset
 from bertsent.errors import ExportError, SettingsError, first_line
 from bertsent.folder import (
     COMPRESSION_FILE,
     INPUT_NAMES,
     METRICS_FILE,
     ONNX_FILE,
+    OPENVINO_BIN,
+    OPENVINO_XML,
     OUTPUT_NAME,
-    check_source,
     clear_weights,
     copy_model_files,
+    source_and_output,
     weights_bytes,
 )
 from bertsent.modeling.parity import PARITY_SHAPES, Candidate, parity_check, random_batch
-from bertsent.runtime import THREADS_ENV, require_onnxruntime, session_options
+from bertsent.runtime import THREADS_ENV, require_onnxruntime, require_openvino, session_options
 
 if TYPE_CHECKING:
     import torch
@@ -146,21 +152,8 @@ def export_onnx(
 
     Nothing is written unless ONNX Runtime matches PyTorch within ``atol`` on ``parity_shapes``.
     """
-    if exporter not in EXPORTERS:
-        raise SettingsError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise SettingsError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}], got {opset!r}")
-    if not atol > 0:
-        raise SettingsError(f"atol must be > 0, got {atol!r}")
-    require_onnxruntime()
-    try:
-        import onnx  # noqa: F401
-    except ImportError as e:
-        raise ExportError("onnx is not installed: pip install onnx") from e
-    source = check_source(model_dir)
-    output_dir = Path(output_dir)
-    if output_dir.resolve() == source.resolve():
-        raise ExportError(f"--output-dir {output_dir} is the source folder; choose another folder")
+    _check_request(exporter, opset, atol)
+    source, output_dir = source_and_output(model_dir, output_dir, ExportError)
 
     from bertsent.modeling.cls_only import cls_only_last_layer
     from bertsent.modeling.loading import load_tokenizer
@@ -174,21 +167,58 @@ def export_onnx(
     pad_id = load_tokenizer(source).pad_token_id or 0
     with tempfile.TemporaryDirectory(prefix="bertsent-export-") as tmp:
         staged = Path(tmp) / ONNX_FILE
-        example = _example(model.config.vocab_size, pad_id)
-        try:
-            _torch_export(exported, example, staged, opset, exporter)
-        except ExportError:
-            raise
-        except Exception as e:  # exporter failures come as many types; the first line says what broke
-            raise ExportError(f"torch.onnx.export ({exporter}) failed for {source}: {first_line(e)}") from e
+        _export_to(staged, exported, _example(model.config.vocab_size, pad_id), opset, exporter, source)
         export_seconds = time.perf_counter() - started
         parity = parity_check("ONNX Runtime", _onnx_logits(staged), model, atol, pad_id, parity_shapes)
         output_dir.mkdir(parents=True, exist_ok=True)
         clear_weights(output_dir)
         shutil.move(str(staged), output_dir / ONNX_FILE)
     copy_model_files(source, output_dir)
+    record = _export_record(
+        source, output_dir, exporter=exporter, opset=opset, cls_only=cls_only, parity=parity, seconds=export_seconds
+    )
+    _write_record(output_dir, record, write_card)
+    log.info(
+        "exported %s to %s (%s, opset %d): parity max |diff| %.2g, %.1f MB",
+        source,
+        output_dir / ONNX_FILE,
+        exporter,
+        opset,
+        parity["max_abs_diff"],
+        record["onnx_bytes"] / 1e6,
+    )
+    return output_dir
+
+
+def _check_request(exporter: str, opset: int, atol: float) -> None:
+    """The export settings, and the packages the export and its parity check need, before any loading."""
+    if exporter not in EXPORTERS:
+        raise SettingsError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    check_opset(opset)
+    if not atol > 0:
+        raise SettingsError(f"atol must be > 0, got {atol!r}")
+    require_onnxruntime()
+    try:
+        import onnx  # noqa: F401
+    except ImportError as e:
+        raise ExportError("onnx is not installed: pip install onnx") from e
+
+
+def _export_to(path: Path, model, example: dict[str, torch.Tensor], opset: int, exporter: str, source: Path) -> None:
+    try:
+        _torch_export(model, example, path, opset, exporter)
+    except ExportError:
+        raise
+    except Exception as e:  # exporter failures come as many types; the first line says what broke
+        raise ExportError(f"torch.onnx.export ({exporter}) failed for {source}: {first_line(e)}") from e
+
+
+def _export_record(
+    source: Path, output_dir: Path, *, exporter: str, opset: int, cls_only: bool, parity: dict, seconds: float
+) -> dict:
+    """``compression.json`` of an export folder: how it was exported, the parity check, sizes and graph."""
     counts = op_counts(output_dir / ONNX_FILE)
-    record = {
+    return {
         "method": "onnx-export",
         "source": str(source),
         "exporter": exporter,
@@ -203,12 +233,16 @@ def export_onnx(
         "onnx_bytes": (output_dir / ONNX_FILE).stat().st_size,
         "nodes": sum(counts.values()),
         "op_counts": counts,
-        "export_seconds": round(export_seconds, 2),
+        "export_seconds": round(seconds, 2),
         "versions": onnx_versions(),
     }
+
+
+def _write_record(output_dir: Path, record: dict, write_card: bool) -> None:
+    """``compression.json``, the headline ``metrics.json`` and (unless turned off) the card."""
     (output_dir / COMPRESSION_FILE).write_text(json.dumps(record, indent=2))
     metrics = {
-        "parity_max_abs_diff": parity["max_abs_diff"],
+        "parity_max_abs_diff": record["parity"]["max_abs_diff"],
         "onnx_bytes": record["onnx_bytes"],
         "source_weights_bytes": record["source_weights_bytes"],
         "nodes": record["nodes"],
@@ -216,16 +250,6 @@ def export_onnx(
     (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     if write_card:
         write_export_card(output_dir, record)
-    log.info(
-        "exported %s to %s (%s, opset %d): parity max |diff| %.2g, %.1f MB",
-        source,
-        output_dir / ONNX_FILE,
-        exporter,
-        opset,
-        parity["max_abs_diff"],
-        record["onnx_bytes"] / 1e6,
-    )
-    return output_dir
 
 
 def onnx_versions() -> dict[str, str]:
@@ -283,11 +307,171 @@ inputs `input_ids`, `attention_mask` (int64, dynamic batch and sequence), output
     )
 
 
+# --- OpenVINO -----------------------------------------------------------------------------------------
+
+
+def require_openvino_export():
+    """openvino, or an :class:`ExportError` with the install hint (checked before any loading)."""
+    from bertsent.errors import ModelError
+
+    try:
+        return require_openvino()
+    except ModelError as e:
+        raise ExportError(str(e)) from e
+
+
+def openvino_ops(xml: Path) -> dict[str, int]:
+    """Op count per type of an OpenVINO IR (FakeQuantize nodes are what NNCF's INT8 adds)."""
+    ov = require_openvino()
+    counts = Counter(op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ops())
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def save_openvino(model, folder: Path) -> Path:
+    """``openvino.save_model`` as ``folder/openvino_model.xml`` + ``.bin``, weights kept in fp32 (the
+    default would halve them to fp16, which the parity check does not promise)."""
+    ov = require_openvino()
+    folder.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(folder / OPENVINO_XML), compress_to_fp16=False)
+    return folder / OPENVINO_XML
+
+
+def _openvino_logits(folder: Path) -> Candidate:
+    """OpenVINO on the CPU, f32 inference hint, as the parity check's candidate."""
+    from bertsent.inference import OpenVinoBackend
+
+    backend = OpenVinoBackend(folder, precision="fp32")
+    request = backend.compiled.create_infer_request()
+    return lambda ids, mask: request.infer(dict(zip(INPUT_NAMES, (ids, mask), strict=True)))[backend.output]
+
+
+def export_openvino(
+    model_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    atol: float = DEFAULT_ATOL,
+    exporter: str = "torchscript",
+    parity_shapes: tuple[tuple[int, int], ...] = PARITY_SHAPES,
+    write_card: bool = True,
+) -> Path:
+    """Export ``model_dir`` to an OpenVINO IR folder (``openvino_model.xml``/``.bin`` plus config and
+    tokenizer files); returns ``output_dir``. Converted from the parity-checked ONNX export
+    (:func:`export_onnx`), then held to the same check with OpenVINO's f32 inference: nothing is written
+    unless it matches PyTorch within ``atol`` on ``parity_shapes``."""
+    ov = require_openvino_export()
+    _check_request(exporter, opset, atol)
+    source, output_dir = source_and_output(model_dir, output_dir, ExportError)
+
+    from bertsent.modeling.loading import load_tokenizer
+
+    started = time.perf_counter()
+    model = _load_eager(source)
+    pad_id = load_tokenizer(source).pad_token_id or 0
+    with tempfile.TemporaryDirectory(prefix="bertsent-openvino-") as tmp:
+        onnx_dir = export_onnx(
+            source,
+            Path(tmp) / "onnx",
+            opset=opset,
+            atol=atol,
+            exporter=exporter,
+            parity_shapes=parity_shapes,
+            write_card=False,
+        )
+        onnx_record = json.loads((onnx_dir / COMPRESSION_FILE).read_text())
+        staged = Path(tmp) / "openvino"
+        try:
+            converted = ov.convert_model(str(onnx_dir / ONNX_FILE))
+        except Exception as e:  # the converter raises its own OpConversionFailure and RuntimeErrors
+            raise ExportError(f"openvino.convert_model failed for {source}: {first_line(e)}") from e
+        save_openvino(converted, staged)
+        copy_model_files(source, staged)
+        export_seconds = time.perf_counter() - started
+        parity = parity_check("OpenVINO", _openvino_logits(staged), model, atol, pad_id, parity_shapes)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        clear_weights(output_dir)
+        for path in staged.iterdir():
+            shutil.move(str(path), output_dir / path.name)
+    counts = openvino_ops(output_dir / OPENVINO_XML)
+    record = {
+        "method": "openvino-export",
+        "source": str(source),
+        "via": {k: onnx_record[k] for k in ("method", "exporter", "opset", "last_layer", "parity")},
+        "inputs": list(INPUT_NAMES),
+        "output": OUTPUT_NAME,
+        "weights": "fp32 (compress_to_fp16=False)",
+        "parity": parity,
+        "parity_inference_precision": "f32",
+        "source_weights_bytes": weights_bytes(source),
+        "openvino_bytes": (output_dir / OPENVINO_BIN).stat().st_size,
+        "nodes": sum(counts.values()),
+        "op_counts": counts,
+        "export_seconds": round(export_seconds, 2),
+        "versions": onnx_versions() | {"openvino": ov.__version__},
+    }
+    (output_dir / COMPRESSION_FILE).write_text(json.dumps(record, indent=2))
+    metrics = {
+        "parity_max_abs_diff": parity["max_abs_diff"],
+        "openvino_bytes": record["openvino_bytes"],
+        "source_weights_bytes": record["source_weights_bytes"],
+        "nodes": record["nodes"],
+    }
+    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    if write_card:
+        write_openvino_card(output_dir, record)
+    log.info(
+        "exported %s to %s (OpenVINO IR): parity max |diff| %.2g, %.1f MB",
+        source,
+        output_dir / OPENVINO_XML,
+        parity["max_abs_diff"],
+        record["openvino_bytes"] / 1e6,
+    )
+    return output_dir
+
+
+def write_openvino_card(output_dir: Path, record: dict) -> Path:
+    """README.md of an OpenVINO export folder."""
+    from bertsent.folder import card_base_model, write_card
+
+    parity = record["parity"]
+    shapes = ", ".join(f"{s['shape'][0]}x{s['shape'][1]}: {s['max_abs_diff']:.2g}" for s in parity["shapes"])
+    measured = f"""| | |
+|---|---|
+| Max abs logit difference vs PyTorch (OpenVINO f32 inference) | {parity["max_abs_diff"]:.3g} (tolerance \
+{parity["atol"]:g}) |
+| Per shape (batch x tokens) | {shapes} |
+| OpenVINO weights | {_mb(record["openvino_bytes"])} (source weights {_mb(record["source_weights_bytes"])}) |
+| Graph ops | {record["nodes"]} |"""
+    return write_card(
+        output_dir,
+        title=f"OpenVINO export of `{record['source']}`",
+        summary=f"""Exported to ONNX (`torch.onnx.export`, {record["via"]["exporter"]} exporter, opset \
+{record["via"]["opset"]}), converted with `openvino.convert_model` and saved as an fp32 IR
+(`{OPENVINO_XML}` + `{OPENVINO_BIN}`); inputs `input_ids`, `attention_mask`, output `logits`.
+{CLS_ONLY_NOTE if record["via"].get("last_layer") == "cls-only" else ""}""",
+        sections={
+            "Measured": measured,
+            "Use": f'`bertsent predict --model {output_dir} "A wonderful, moving film."` runs it with OpenVINO\n'
+            f"(threads: `${THREADS_ENV}` or `--threads`; precision: OpenVINO's own choice for the CPU, e.g. bf16 "
+            "with AMX, unless `--precision fp32`). Details: `compression.json`.",
+        },
+        base_model=card_base_model(Path(record["source"])),
+        library_name="openvino",
+        tags=["openvino"],
+        versions=record.get("versions"),
+    )
+
+
 def export(config: ExportConfig) -> Path:
-    """``bertsent export``: ONNX (:func:`export_onnx`), or a TF SavedModel / ``.keras`` file (needs the
-    ``keras`` extra); every format is parity-checked against PyTorch before anything is written."""
+    """``bertsent export``: ONNX (:func:`export_onnx`), an OpenVINO IR (:func:`export_openvino`, needs the
+    ``openvino`` extra), or a TF SavedModel / ``.keras`` file (needs the ``keras`` extra);
+    every format is parity-checked against PyTorch before anything is written."""
     if config.format == "onnx":
         return export_onnx(
+            config.model, config.output_dir, opset=config.opset, atol=config.atol, exporter=config.exporter
+        )
+    if config.format == "openvino":
+        return export_openvino(
             config.model, config.output_dir, opset=config.opset, atol=config.atol, exporter=config.exporter
         )
     from bertsent.keras.export import export_keras_model

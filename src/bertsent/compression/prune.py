@@ -49,7 +49,7 @@ from torch import nn
 
 from bertsent.config import PruneConfig
 from bertsent.errors import ModelError, PruneError
-from bertsent.folder import COMPRESSION_FILE, WEIGHTS_FILE, weights_bytes
+from bertsent.folder import COMPRESSION_FILE, WEIGHTS_FILE, model_folder, weights_bytes
 from bertsent.modeling.pruned import encoder_layers, prune_ffn, prune_heads, pruning_layout, retain_layers
 
 if TYPE_CHECKING:
@@ -304,11 +304,7 @@ def select_layers(n_layers: int, drop: Sequence[int] | None = None, keep_count: 
 
 
 def _check_source(config: PruneConfig) -> Path:
-    source = Path(config.model).expanduser()
-    if not source.is_dir():
-        raise ModelError(f"{source}: no such model folder")
-    if not (source / "config.json").is_file():
-        raise ModelError(f"{source}: not a model folder (no config.json)")
+    source = model_folder(config.model)
     if not (source / WEIGHTS_FILE).is_file() and not (source / f"{WEIGHTS_FILE}.index.json").is_file():
         raise ModelError(f"{source}: no {WEIGHTS_FILE}: prune takes a fine-tuned PyTorch model folder")
     out = Path(config.output_dir).expanduser()
@@ -368,93 +364,140 @@ def _load_reviews(config: PruneConfig, source: Path, id2label: dict[int, str]):
 def prune(config: PruneConfig) -> PruneResult:
     """Prune ``config.model`` as configured and write a self-describing output folder."""
     from bertsent.folder import inference_settings
-    from bertsent.modeling.loading import load_classifier, load_tokenizer, quiet_transformers
-    from bertsent.runtime import pick_device
 
     started = time.perf_counter()
     source = _check_source(config)
     out = Path(config.output_dir).expanduser()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    quiet_transformers()
-    device = pick_device(config.device)
-    model = load_classifier(source).eval()
-    tokenizer = load_tokenizer(source)
+    model, tokenizer, device = _load_source(config, source)
     max_length, truncation = inference_settings(source, tokenizer)
-    id2label = {int(k): v for k, v in model.config.id2label.items()}
     before = model_stats(model)
+    keep = _check_request(config, model, before["layers"])
 
-    # Check the whole request against the model before any slow step.
-    keep = select_layers(before["layers"], config.drop_layers, config.keep_layers)
-    layout = pruning_layout(model)
-    if config.heads_fraction:
-        heads_to_remove_count(config.heads_fraction, [len(layout["heads"][str(i)]) for i in keep])
-
-    data = importance_reviews = eval_reviews = None
-    if config.heads_fraction or config.ffn_fraction or config.recover_epochs or config.eval_samples:
-        if config.data is None:
-            raise PruneError("no data: pass data (--data) or set eval_samples to 0")
-        data, importance_reviews, eval_reviews = _load_reviews(config, source, id2label)
-    validation: dict = {"reviews": 0 if eval_reviews is None else len(eval_reviews)}
-    if eval_reviews is not None:
-        eval_texts, eval_labels = eval_reviews["text"].tolist(), eval_reviews["label"].to_numpy()
-        validation["before"] = _validation_metrics(source, eval_texts, eval_labels, config)
+    data, importance_reviews, evaluation = _reviews_if_needed(config, source, model)
+    validation: dict = {"reviews": 0 if evaluation is None else len(evaluation[0])}
+    if evaluation is not None:
+        validation["before"] = _validation_metrics(source, *evaluation, config)
 
     retain_layers(model, keep)
-    dropped = [i for i in range(before["layers"]) if i not in keep]
     model.to(device)
     importance = None
     removed_heads: dict[str, list[int]] = {}
     if config.heads_fraction or config.ffn_fraction:
-        tick = time.perf_counter()
-        encoded = _encode(tokenizer, importance_reviews["text"].tolist(), max_length, truncation)
-        labels = importance_reviews["label"].to_numpy()
-        importance = compute_importance(model, encoded, labels, config.batch_size, tokenizer.pad_token_id or 0)
-        log.info(
-            "importance of heads and FFN neurons from %d reviews in %.1fs", len(labels), time.perf_counter() - tick
-        )
-        if config.heads_fraction:
-            current = pruning_layout(model)["heads"]
-            remove = select_heads(current_head_scores(importance, model), config.heads_fraction)
-            if not remove:
-                log.warning("heads_fraction %s is too small to remove a head of this model", config.heads_fraction)
-            removed_heads = {str(li): [current[str(li)][h] for h in hs] for li, hs in remove.items()}
-            prune_heads(model, remove)
-        if config.ffn_fraction:
-            prune_ffn(model, select_neurons(importance.ffn, config.ffn_fraction))
+        importance = _importance(config, model, tokenizer, importance_reviews, max_length, truncation)
+        removed_heads = _remove_heads_and_neurons(config, model, importance)
     masks = magnitude_prune(model, config.sparsity) if config.sparsity else {}
 
     out.mkdir(parents=True, exist_ok=True)
     recovery = None
     if config.recover_epochs:
-        if eval_reviews is not None:
-            validation["pruned"] = _in_memory_metrics(model, tokenizer, eval_texts, eval_labels, config)
+        if evaluation is not None:
+            validation["pruned"] = _in_memory_metrics(model, tokenizer, *evaluation, config)
         recovery = _recover(config, model, source, data, masks, max_length, truncation)
         model.save_pretrained(out)  # the re-applied masks (a no-op unless a zero regrew) and the layout
     else:
         model.save_pretrained(out)
         _copy_tokenizer_and_args(source, out, tokenizer)
-    after = model_stats(model)
-    if eval_reviews is not None:
-        validation["after"] = _validation_metrics(out, eval_texts, eval_labels, config)
+    if evaluation is not None:
+        validation["after"] = _validation_metrics(out, *evaluation, config)
 
-    compression = {
+    resolved = _resolved(config, before["layers"], keep, removed_heads, max_length, truncation)
+    compression = _compression_record(config, source, out, model, resolved, before, importance)
+    compression |= {"validation": validation, "recovery": recovery, "seconds": round(time.perf_counter() - started, 1)}
+    return _write_record(out, compression, model)
+
+
+def _load_source(config: PruneConfig, source: Path) -> tuple[PreTrainedModel, object, torch.device]:
+    """The source model (eval mode), its tokenizer and the run's device; threads and seed are set first."""
+    from bertsent.modeling.loading import load_classifier, load_tokenizer, quiet_transformers
+    from bertsent.runtime import pick_device
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    quiet_transformers()
+    device = pick_device(config.device)
+    return load_classifier(source).eval(), load_tokenizer(source), device
+
+
+def _check_request(config: PruneConfig, model: nn.Module, n_layers: int) -> list[int]:
+    """The layers to keep, once the whole request is checked against the model (before any slow step)."""
+    keep = select_layers(n_layers, config.drop_layers, config.keep_layers)
+    if config.heads_fraction:
+        layout = pruning_layout(model)
+        heads_to_remove_count(config.heads_fraction, [len(layout["heads"][str(i)]) for i in keep])
+    return keep
+
+
+def _reviews_if_needed(config: PruneConfig, source: Path, model: nn.Module):
+    """The data, the importance reviews and the evaluation ``(texts, labels)``; None where not needed."""
+    if not (config.heads_fraction or config.ffn_fraction or config.recover_epochs or config.eval_samples):
+        return None, None, None
+    if config.data is None:
+        raise PruneError("no data: pass data (--data) or set eval_samples to 0")
+    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    data, importance_reviews, eval_reviews = _load_reviews(config, source, id2label)
+    if eval_reviews is None:
+        return data, importance_reviews, None
+    return data, importance_reviews, (eval_reviews["text"].tolist(), eval_reviews["label"].to_numpy())
+
+
+def _importance(config: PruneConfig, model, tokenizer, reviews, max_length: int, truncation: str) -> Importance:
+    tick = time.perf_counter()
+    encoded = _encode(tokenizer, reviews["text"].tolist(), max_length, truncation)
+    labels = reviews["label"].to_numpy()
+    importance = compute_importance(model, encoded, labels, config.batch_size, tokenizer.pad_token_id or 0)
+    log.info("importance of heads and FFN neurons from %d reviews in %.1fs", len(labels), time.perf_counter() - tick)
+    return importance
+
+
+def _remove_heads_and_neurons(config: PruneConfig, model: nn.Module, importance: Importance) -> dict[str, list[int]]:
+    """Remove the least important heads and FFN neurons; returns the removed heads by original id."""
+    removed_heads: dict[str, list[int]] = {}
+    if config.heads_fraction:
+        current = pruning_layout(model)["heads"]
+        remove = select_heads(current_head_scores(importance, model), config.heads_fraction)
+        if not remove:
+            log.warning("heads_fraction %s is too small to remove a head of this model", config.heads_fraction)
+        removed_heads = {str(li): [current[str(li)][h] for h in hs] for li, hs in remove.items()}
+        prune_heads(model, remove)
+    if config.ffn_fraction:
+        prune_ffn(model, select_neurons(importance.ffn, config.ffn_fraction))
+    return removed_heads
+
+
+def _resolved(config: PruneConfig, n_layers: int, keep, removed_heads, max_length: int, truncation: str) -> dict:
+    """What the request resolved to on this model, and how each choice was made."""
+    return {
+        "kept_layers": keep,
+        "dropped_layers": [i for i in range(n_layers) if i not in keep],
+        "removed_heads": removed_heads,
+        "max_length": max_length,
+        "truncation": truncation,
+        "importance": "gradient of the loss w.r.t. per-head / per-neuron gates (Michel et al., 2019)",
+        "head_selection": "global, after L2 normalisation per layer; every layer keeps a head",
+        "ffn_selection": "per layer, least important by the same gradient gate",
+        "sparsity_scope": "per encoder Linear weight matrix (biases, embeddings, pooler, classifier kept)",
+        "layer_selection": "explicit" if config.drop_layers else "evenly spaced, keeping the last layer",
+    }
+
+
+def _compression_record(
+    config: PruneConfig,
+    source: Path,
+    out: Path,
+    model: nn.Module,
+    resolved: dict,
+    before: dict,
+    importance: Importance | None,
+) -> dict:
+    """``compression.json`` of the pruned folder, but for the measurements (validation, recovery, seconds),
+    which the caller adds last: the request, what it resolved to, sizes before and after, the layout."""
+    after = model_stats(model)
+    return {
         "method": "prune",
         "source": str(source),
         "arguments": asdict(config),
-        "resolved": {
-            "kept_layers": keep,
-            "dropped_layers": dropped,
-            "removed_heads": removed_heads,
-            "max_length": max_length,
-            "truncation": truncation,
-            "importance": "gradient of the loss w.r.t. per-head / per-neuron gates (Michel et al., 2019)",
-            "head_selection": "global, after L2 normalisation per layer; every layer keeps a head",
-            "ffn_selection": "per layer, least important by the same gradient gate",
-            "sparsity_scope": "per encoder Linear weight matrix (biases, embeddings, pooler, classifier kept)",
-            "layer_selection": "explicit" if config.drop_layers else "evenly spaced, keeping the last layer",
-        },
+        "resolved": resolved,
         "parameters": {"before": before["parameters"], "after": after["parameters"]},
         "layers": {"before": before["layers"], "after": after["layers"]},
         "heads": {"before": before["heads"], "after": after["heads"]},
@@ -470,10 +513,11 @@ def prune(config: PruneConfig) -> PruneResult:
         "stock_loadable": _uniform(model),
         "head_importance": None if importance is None else _nan_to_none(_normalised_heads(importance)),
         "importance_samples": 0 if importance is None else importance.samples,
-        "validation": validation,
-        "recovery": recovery,
-        "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _write_record(out: Path, compression: dict, model: PreTrainedModel) -> PruneResult:
+    """``compression.json``, ``metrics.json`` and the card beside the saved model."""
     metrics = _flat_metrics(compression)
     (out / COMPRESSION_FILE).write_text(json.dumps(compression, indent=2))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -508,7 +552,7 @@ def _in_memory_metrics(model, tokenizer, texts, labels, config: PruneConfig) -> 
 
 def _recover(config: PruneConfig, model, source: Path, data: DataConfig, masks, max_length, truncation) -> dict:
     """Fine-tune the pruned model with ``train``; zeroed weights are held at zero through their gradients."""
-    from bertsent.config import TrainingArguments
+    from bertsent.config import TrainingArguments, passed_on
     from bertsent.training.loop import train
 
     args = TrainingArguments(
@@ -517,14 +561,10 @@ def _recover(config: PruneConfig, model, source: Path, data: DataConfig, masks, 
         max_length=max_length,
         truncation=truncation,
         epochs=config.recover_epochs,
-        batch_size=config.batch_size,
-        eval_batch_size=config.eval_batch_size,
         lr=config.recover_lr,
-        seed=config.seed,
-        device=config.device,
-        threads=config.threads,
         save_steps=None,
         evaluate_test=False,  # test is scored by evaluate/compare, not on every recovery
+        **passed_on(config, "batch_size", "eval_batch_size", "seed", "device", "threads"),
     )
     recovery_data = dataclasses.replace(
         data, train_samples=config.data.train_samples, validation_samples=config.eval_samples or None

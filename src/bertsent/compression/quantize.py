@@ -1,6 +1,6 @@
 """INT8 post-training quantization of a classifier folder, checked against its fp32 source.
 
-Three methods:
+Four methods:
 
 - ``onnx-dynamic``: export to ONNX (parity-checked), then ``quantize_dynamic``: INT8 weights of every
   MatMul with a constant weight (per-channel by default), activations quantized on the fly per batch.
@@ -10,6 +10,9 @@ Three methods:
 - ``torch-dynamic``: ``torch.ao.quantization.quantize_dynamic`` of the Linear layers. Its packed INT8
   weights cannot be stored as safetensors, so the folder keeps the fp32 weights and a config flag that
   makes :func:`bertsent.modeling.load_classifier` quantize on load: disk size is unchanged.
+- ``openvino-int8``: the OpenVINO export (parity-checked), then NNCF post-training quantization
+  (``nncf.quantize``, ``ModelType.TRANSFORMER``) with ranges calibrated on training reviews; an OpenVINO
+  IR folder with FakeQuantize nodes and INT8 weights (needs the ``openvino`` extra).
 
 Before anything is written, the quantized model and the fp32 source classify the same validation
 reviews: accuracies and agreement go into ``compression.json``, a drop past ``max_drop`` points is
@@ -18,7 +21,6 @@ warned about, and a collapse onto one class is an error (:class:`QuantizationCol
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
@@ -33,17 +35,15 @@ import numpy as np
 
 from bertsent.compression.export import export_onnx, onnx_versions, op_counts
 from bertsent.config import QuantizeConfig
-from bertsent.errors import DataError, ModelError, QuantizationCollapseError, QuantizeError, first_line
+from bertsent.errors import QuantizationCollapseError, QuantizeError, first_line
 from bertsent.folder import (
-    ARGS_FILE,
     COMPRESSION_FILE,
     METRICS_FILE,
     ONNX_FILE,
-    check_source,
     clear_weights,
     copy_model_files,
     read_id2label,
-    read_training_args,
+    source_and_output,
     weights_bytes,
 )
 from bertsent.modeling.quantized import CONFIG_FLAG, PER_CHANNEL_FLAG
@@ -79,63 +79,31 @@ def quantized_node_counts(counts: dict[str, int]) -> dict[str, int]:
 # --- data -------------------------------------------------------------------------------------------
 
 
-def _recorded_data(source: Path) -> dict | None:
-    try:
-        return read_training_args(source).get("data") or None
-    except ModelError:  # an unreadable record counts as none: the check is skipped, not the run
-        return None
-
-
 def resolve_data(config: QuantizeConfig, source: Path):
     """The ``DataConfig`` for the check and calibration, and where it came from; (None, reason) if none."""
-    from bertsent.config import DataConfig
-    from bertsent.folder import data_config_for
+    from bertsent.data.recorded import recorded_data
 
-    fields = {f.name for f in dataclasses.fields(DataConfig)}
-    if config.data:
-        data, origin = config.data, "--data"
-    else:
-        recorded = _recorded_data(source)
-        if not recorded or not recorded.get("source"):
-            return None, f"no --data given and {source / ARGS_FILE} records no data"
-        data = DataConfig(**{k: v for k, v in recorded.items() if k in fields})
-        origin = f"recorded in {source / ARGS_FILE}"
-    # Same labels, and the validation split the source was trained with when it is the same data.
-    data = data_config_for(source, data)
-    cap = data.validation_samples
-    return (
-        dataclasses.replace(
-            data,
-            validation_samples=min(config.eval_samples, cap) if cap else config.eval_samples,
-            train_samples=config.calibration_samples,
-            eval_samples=None,
-        ),
-        origin,
+    return recorded_data(
+        source, config.data, validation_samples=config.eval_samples, train_samples=config.calibration_samples
     )
 
 
-def load_reviews(config: QuantizeConfig, source: Path, model_labels: dict[int, str]):
-    """Validation (and, for onnx-static, calibration) reviews, or None with the reason to skip the check."""
-    from bertsent.data.loading import load_data
+CALIBRATED_METHODS = ("onnx-static", "openvino-int8")
+"""Methods that calibrate activation ranges on training reviews."""
 
-    data, origin = resolve_data(config, source)
-    if data is None:
-        return None, origin
-    splits = ("train", "validation") if config.method == "onnx-static" else ("validation",)
-    try:
-        loaded = load_data(data, splits=splits)
-    except DataError as e:
-        if config.data:
-            raise
-        # The recorded data may have moved since training: not the user's input, so skip rather than fail.
-        return None, f"data {data.source} ({origin}) cannot be read: {e}"
-    if len(loaded.validation) == 0:
-        return None, f"data {data.source} ({origin}) has no validation reviews"
-    if {int(k): v for k, v in loaded.id2label.items()} != model_labels:
-        raise DataError(f"labels of {data.source} ({loaded.id2label}) differ from the model's ({model_labels})")
-    loaded.report["origin"] = origin
-    loaded.report["source"] = data.source
-    return loaded, None
+
+def load_reviews(config: QuantizeConfig, source: Path, model_labels: dict[int, str]):
+    """Validation (and, for the calibrated methods, calibration) reviews, or None with the reason to skip the check."""
+    from bertsent.data.recorded import recorded_reviews
+
+    return recorded_reviews(
+        source,
+        model_labels,
+        config.data,
+        validation_samples=config.eval_samples,
+        train_samples=config.calibration_samples,
+        splits=("train", "validation") if config.method in CALIBRATED_METHODS else ("validation",),
+    )
 
 
 # --- methods ----------------------------------------------------------------------------------------
@@ -302,6 +270,62 @@ def _torch_dynamic(config: QuantizeConfig, source: Path, staged: Path) -> dict:
     }
 
 
+def _require_nncf():
+    """openvino and nncf, or a :class:`QuantizeError` with the install hint."""
+    from bertsent.runtime import OPENVINO_HINT
+
+    try:
+        import nncf
+        import openvino  # noqa: F401
+    except ImportError as e:
+        raise QuantizeError(f"openvino-int8 needs openvino and nncf: {OPENVINO_HINT.split(': ', 1)[1]}") from e
+    return nncf
+
+
+def _openvino_int8(config: QuantizeConfig, source: Path, staged: Path, tmp: Path, texts: list[str]) -> dict:
+    """The OpenVINO fp32 export of ``source``, quantized by NNCF on ``texts`` into ``staged``: the
+    record's ``export``, ``quantization``, node counts and sizes."""
+    from bertsent.compression.export import export_openvino, openvino_ops, save_openvino
+    from bertsent.folder import OPENVINO_XML
+    from bertsent.runtime import require_openvino
+
+    nncf, ov = _require_nncf(), require_openvino()
+    fp32_dir = export_openvino(source, tmp / "fp32-openvino", opset=config.opset, write_card=False)
+    export_record = json.loads((fp32_dir / COMPRESSION_FILE).read_text())
+    # One review per calibration item, unpadded: NNCF's subset_size counts items, and padding would
+    # only widen the ranges with positions the attention mask ignores.
+    items = _calibration_batches(source, texts, 1)
+    model = ov.Core().read_model(str(fp32_dir / OPENVINO_XML))
+    nncf.set_log_level(logging.WARNING)
+    try:
+        quantized = nncf.quantize(
+            model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(items)
+        )
+    except Exception as e:  # NNCF raises its own types and RuntimeErrors from OpenVINO
+        raise QuantizeError(f"nncf.quantize failed for {source}: {first_line(e)}") from e
+    save_openvino(quantized, staged)
+    copy_model_files(source, staged)
+    counts = openvino_ops(staged / OPENVINO_XML)
+    quantized_nodes = {op: n for op, n in counts.items() if op in ("FakeQuantize", "FakeConvert")}
+    if not quantized_nodes:
+        raise QuantizeError(f"{source}: NNCF quantized no node")
+    return {
+        "export": {k: export_record[k] for k in ("via", "parity", "openvino_bytes", "nodes")},
+        "quantization": {
+            "tool": f"nncf.quantize (nncf {nncf.__version__}, model_type TRANSFORMER)",
+            "weights": "int8 (per-channel, symmetric: NNCF's defaults)",
+            "activations": f"int8, ranges calibrated on {len(texts)} training reviews",
+            "calibration_reviews": len(texts),
+            "subset_size": len(items),
+        },
+        "quantized_nodes": quantized_nodes,
+        "op_counts": counts,
+        "fp32_bytes": weights_bytes(fp32_dir),
+        "fp32_safetensors_bytes": weights_bytes(source),
+        "int8_bytes": weights_bytes(staged),
+    }
+
+
 # --- the check --------------------------------------------------------------------------------------
 
 
@@ -336,7 +360,8 @@ def check_accuracy(source: Path, staged: Path, validation, batch_size: int) -> d
     from bertsent.predict import Predictor
 
     texts = validation["text"].tolist()
-    fp32 = Predictor(source, batch_size=batch_size, device="cpu")
+    # The reference is fp32 whatever this CPU could run (precision "auto" might pick bf16 on AMX).
+    fp32 = Predictor(source, batch_size=batch_size, device="cpu", precision="fp32")
     encoded = fp32.encode(texts)
     started = time.perf_counter()
     fp32_probs = fp32.predict_proba(encoded)
@@ -362,14 +387,13 @@ def quantize(config: QuantizeConfig) -> QuantizeResult:
     """Quantize ``config.model`` to INT8 with ``config.method`` and write a loadable, measured folder."""
     if config.method != "torch-dynamic":
         require_onnxruntime()
-    source = check_source(config.model)
-    output_dir = Path(config.output_dir)
-    if output_dir.resolve() == source.resolve():
-        raise QuantizeError(f"--output-dir {output_dir} is the source folder; choose another folder")
+    if config.method == "openvino-int8":
+        _require_nncf()
+    source, output_dir = source_and_output(config.model, config.output_dir, QuantizeError)
     model_labels = read_id2label(source)
     reviews, skip_reason = load_reviews(config, source, model_labels)
-    if config.method == "onnx-static" and reviews is None:
-        raise QuantizeError(f"onnx-static needs calibration reviews: pass --data ({skip_reason})")
+    if config.method in CALIBRATED_METHODS and reviews is None:
+        raise QuantizeError(f"{config.method} needs calibration reviews: pass --data ({skip_reason})")
 
     started = time.perf_counter()
     record: dict = {"method": config.method, "source": str(source), "settings": asdict(config), "warnings": []}
@@ -380,6 +404,8 @@ def quantize(config: QuantizeConfig) -> QuantizeResult:
             record["quantization"] = _torch_dynamic(config, source, staged)
             record["fp32_bytes"] = weights_bytes(source)
             record["int8_bytes"] = weights_bytes(staged)
+        elif config.method == "openvino-int8":
+            record |= _openvino_int8(config, source, staged, Path(tmp), reviews.train["text"].tolist())
         else:
             fp32_dir = export_onnx(source, Path(tmp) / "fp32", opset=config.opset, write_card=False)
             export_record = json.loads((fp32_dir / COMPRESSION_FILE).read_text())
@@ -454,6 +480,11 @@ def _judge(record: dict, summary: dict, config: QuantizeConfig) -> None:
 def _write(folder: Path, record: dict, final_dir: Path) -> None:
     """compression.json, metrics.json and the README.md model card of a quantized folder."""
     record["versions"] = onnx_versions() if record["method"] != "torch-dynamic" else _torch_versions()
+    if record["method"] == "openvino-int8":
+        import nncf
+        import openvino
+
+        record["versions"] |= {"openvino": openvino.__version__, "nncf": nncf.__version__}
     (folder / COMPRESSION_FILE).write_text(json.dumps(record, indent=2, default=str))
     validation = record["validation"]
     metrics = {
@@ -493,8 +524,10 @@ def write_quantize_card(folder: Path, record: dict, final_dir: Path | None = Non
         "onnx-dynamic": "ONNX Runtime dynamic quantization (INT8 weights, activations quantized per batch)",
         "onnx-static": "ONNX Runtime static quantization (QDQ, INT8 weights and calibrated INT8 activations)",
         "torch-dynamic": "PyTorch dynamic quantization of the Linear layers, applied when the folder is loaded",
+        "openvino-int8": "NNCF post-training quantization of the OpenVINO export (INT8 weights and activations, "
+        "ranges calibrated on training reviews), run with OpenVINO",
     }[record["method"]]
-    granularity = "per-channel" if settings["per_channel"] else "per-tensor"
+    granularity = "per-channel" if settings["per_channel"] or record["method"] == "openvino-int8" else "per-tensor"
     validation = record["validation"]
     if "skipped" in validation:
         measured = f"Accuracy was **not checked**: {validation['skipped']}."
@@ -526,7 +559,7 @@ Agreement with fp32: {100 * validation["agreement"]:.2f}% of predictions; accura
         results=None if "skipped" in validation else {"validation": {"accuracy": validation["int8_accuracy"]}},
         dataset=validation.get("data"),
         base_model=card_base_model(Path(record["source"])),
-        library_name="transformers" if record["method"] == "torch-dynamic" else "onnx",
+        library_name={"torch-dynamic": "transformers", "openvino-int8": "openvino"}.get(record["method"], "onnx"),
         tags=["int8", record["method"]],
         versions=record.get("versions"),
         model_name=Path(target).name,

@@ -19,7 +19,14 @@ import numpy as np
 
 from bertsent.config import DEFAULT_ATOL
 from bertsent.errors import SettingsError
-from bertsent.folder import COMPRESSION_FILE, card_base_model, check_source, copy_model_files, read_id2label, write_card
+from bertsent.folder import (
+    COMPRESSION_FILE,
+    card_base_model,
+    copy_model_files,
+    read_id2label,
+    source_and_output,
+    write_card,
+)
 from bertsent.keras.model import KerasTokenizer, keras_from_torch, keras_logits, require_keras
 from bertsent.modeling.parity import judge, max_abs_diff, parity_check, reference_logits
 
@@ -109,10 +116,7 @@ def export_keras_model(
     from bertsent.folder import inference_settings
     from bertsent.modeling.loading import load_classifier, load_tokenizer
 
-    source = check_source(model_dir)
-    output_dir = Path(output_dir)
-    if output_dir.resolve() == source.resolve():
-        raise SettingsError(f"--output-dir {output_dir} is the source folder; choose another folder")
+    source, output_dir = source_and_output(model_dir, output_dir, SettingsError)
     hf_model = load_classifier(source).float().eval()
     hf_tokenizer = load_tokenizer(source)
     pad_id = hf_tokenizer.pad_token_id or 0

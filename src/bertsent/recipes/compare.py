@@ -20,12 +20,14 @@ import numpy as np
 from bertsent.config import CompareConfig
 from bertsent.data.loading import load_data
 from bertsent.folder import git_revision, weight_files, weights_bytes
+from bertsent.runtime import cpu_summary
 
 log = logging.getLogger("bertsent.compare")
 
 
 def count_parameters(folder: Path) -> int:
-    """Weights stored in the folder's files (safetensors tensors or ONNX initializers), whatever the backend.
+    """Weights stored in the folder's files (safetensors tensors, ONNX initializers or OpenVINO constants),
+    whatever the backend.
 
     For INT8 ONNX graphs this counts the quantized weights plus their scales and zero points.
     """
@@ -42,6 +44,12 @@ def count_parameters(folder: Path) -> int:
 
             graph = onnx.load(path, load_external_data=False).graph
             total += sum(int(np.prod(t.dims)) for t in graph.initializer)
+        elif path.suffix == ".xml":  # OpenVINO IR: its constants (INT8 ones with their scales and zero points)
+            from bertsent.runtime import require_openvino
+
+            model = require_openvino().Core().read_model(str(path))
+            shapes = [list(op.get_output_shape(0)) for op in model.get_ops() if op.get_type_name() == "Constant"]
+            total += sum(int(np.prod(shape)) for shape in shapes if shape)
     return total
 
 
@@ -70,6 +78,8 @@ def measure(folder: Path, texts: list[str], labels: np.ndarray, config: CompareC
     return {
         "model": str(folder),
         "backend": predictor.backend.name,
+        # What the backend actually ran: precision "auto" may pick bf16 (AMX, and accepted against fp32).
+        "precision": getattr(predictor.backend, "precision", None),
         "parameters": count_parameters(folder),
         "size_mb": round(weights_bytes(folder) / 1e6, 2),
         "accuracy": round(metrics["accuracy"], 4),
@@ -109,7 +119,8 @@ def compare(config: CompareConfig) -> list[dict]:
         settings = asdict(config) | {"data": asdict(config.data)}
         # When and at which revision: a page re-rendered later from these rows must not pass for a new run.
         measured = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "git": git_revision()}
-        record = {"settings": settings, "measured": measured, "rows": rows}
+        # The CPU's AMX/AVX-512 flags decide which backend and precision win: a table means little without them.
+        record = {"settings": settings, "measured": measured, "cpu": cpu_summary(), "rows": rows}
         (out / "compare.json").write_text(json.dumps(record, indent=2))
         (out / "compare.md").write_text(markdown_table(rows))
         plot_pareto(rows, out / "pareto.png")
@@ -130,6 +141,22 @@ def previous_rows(config: CompareConfig) -> list[dict] | None:
     return stored["rows"] if stored.get("settings") == json.loads(json.dumps(settings)) else None
 
 
+def _backend(row: dict) -> str:
+    """The backend, with its precision when it ran a reduced one (``pytorch bf16``)."""
+    precision = row.get("precision")
+    return f"{row['backend']} {precision}" if precision in ("bf16", "fp16") else row["backend"]
+
+
+def cpu_line(cpu: dict | None) -> str:
+    """One sentence naming the CPU a table was measured on and its relevant instruction sets."""
+    if not cpu:
+        return ""
+    return (
+        f"Measured on {cpu.get('model_name') or 'an unnamed CPU'} ({cpu.get('physical_cores')} physical cores; "
+        f"{cpu.get('features')}).\n"
+    )
+
+
 def markdown_table(rows: list[dict]) -> str:
     """The table as Markdown, ratios against the first row."""
     head = (
@@ -138,7 +165,7 @@ def markdown_table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
-        f"| {r['name']} | {r['backend']} | {r['parameters']:,} | {r['size_mb']:.1f} | {r['accuracy']:.4f} | "
+        f"| {r['name']} | {_backend(r)} | {r['parameters']:,} | {r['size_mb']:.1f} | {r['accuracy']:.4f} | "
         f"{r['f1']:.4f} | {r['roc_auc']:.4f} | {r['throughput']:.1f} | "
         f"{r['latency_p50_ms']:.0f} / {r['latency_p95_ms']:.0f} | "
         f"{r['size_ratio']} | {r['speedup']:.2f}× | {r['accuracy_delta_points']:+.2f} |"

@@ -11,7 +11,13 @@ an interrupted recipe continues where it stopped (distillation also resumes from
                      otherwise student-int8/ is this one)
     student-pruned/  the student with attention heads and FFN neurons pruned, then recovery fine-tuned
     student-int8/    the smallest student, ONNX dynamic INT8, embeddings included
+    teacher-openvino/, teacher-openvino-int8/, student-openvino/, student-openvino-int8/
+                     the teacher and the smallest student as OpenVINO IR, fp32 and NNCF INT8 (only when
+                     openvino and nncf are installed: ``pip install "bertsent[openvino]"``)
     compare/         the trade-off table of all of the above against the fp32 teacher
+
+"Fastest within the accuracy budget" (``compare.fastest_within``) picks among every row, so across
+backends (PyTorch, ONNX Runtime, OpenVINO) and precisions.
 """
 
 from __future__ import annotations
@@ -63,7 +69,8 @@ def compress(config: CompressConfig) -> list[dict]:
     out, teacher = Path(config.output_dir), Path(config.teacher)
     stages = _Stages(teacher)
     _teacher_variants(config, out, stages)
-    _student_variants(config, out, stages)
+    smallest = _student_variants(config, out, stages)
+    _openvino_variants(config, out, stages, smallest)
     rows = _compare(config, out, stages)
     record = {
         "settings": dataclasses.asdict(config),
@@ -74,13 +81,15 @@ def compress(config: CompressConfig) -> list[dict]:
     return rows
 
 
-def _quantized(config: CompressConfig, source: Path, folder: Path, embeddings: bool | None = None):
+def _quantized(
+    config: CompressConfig, source: Path, folder: Path, embeddings: bool | None = None, method: str = "onnx-dynamic"
+):
     from bertsent.compression.quantize import quantize
     from bertsent.config import QuantizeConfig
 
     embeddings = config.quantize_embeddings if embeddings is None else embeddings
     settings = QuantizeConfig(
-        model=str(source), output_dir=str(folder), data=config.data, quantize_embeddings=embeddings
+        model=str(source), output_dir=str(folder), data=config.data, quantize_embeddings=embeddings, method=method
     )
     return lambda: quantize(settings)
 
@@ -98,8 +107,9 @@ def _teacher_variants(config: CompressConfig, out: Path, stages: _Stages) -> Non
         )
 
 
-def _student_variants(config: CompressConfig, out: Path, stages: _Stages) -> None:
-    """The distilled student, its INT8, and (when pruning is on) the pruned student and its INT8."""
+def _student_variants(config: CompressConfig, out: Path, stages: _Stages) -> Path:
+    """The distilled student, its INT8, and (when pruning is on) the pruned student and its INT8; returns
+    the smallest student's fp32 folder."""
     from bertsent.compression.prune import prune
     from bertsent.config import DistillationArguments, PruneConfig
     from bertsent.training.distill import distill
@@ -142,6 +152,29 @@ def _student_variants(config: CompressConfig, out: Path, stages: _Stages) -> Non
         )
         stages.run("student pruned", smallest, lambda: prune(prune_config))
     stages.run("student INT8", out / "student-int8", _quantized(config, smallest, out / "student-int8"))
+    return smallest
+
+
+def _openvino_variants(config: CompressConfig, out: Path, stages: _Stages, smallest: Path) -> None:
+    """The teacher and the smallest student as OpenVINO IR, fp32 and NNCF INT8; skipped (with a log line)
+    when openvino or nncf is not installed."""
+    import importlib.util
+
+    missing = [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
+    if missing:
+        log.info(
+            'OpenVINO variants skipped: %s not installed (pip install "bertsent[openvino]")', " and ".join(missing)
+        )
+        return
+    from bertsent.compression.export import export_openvino
+
+    for name, source, folder in (
+        ("teacher", Path(config.teacher), out / "teacher-openvino"),
+        ("student", smallest, out / "student-openvino"),
+    ):
+        stages.run(f"{name} OpenVINO fp32", folder, lambda s=source, f=folder: export_openvino(s, f))
+        int8 = folder.with_name(f"{folder.name}-int8")
+        stages.run(f"{name} OpenVINO INT8", int8, _quantized(config, source, int8, False, "openvino-int8"))
 
 
 def _compare(config: CompressConfig, out: Path, stages: _Stages) -> list[dict]:

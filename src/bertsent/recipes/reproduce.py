@@ -30,7 +30,7 @@ ANCHORS = (
 
 def reproduce(config: ReproduceConfig) -> dict:
     """Run (or continue) the recipe; returns what the results page shows."""
-    from bertsent.config import CompressConfig, TrainingArguments
+    from bertsent.config import CompressConfig, TrainingArguments, passed_on
     from bertsent.recipes.compress import compress
     from bertsent.training.loop import train
 
@@ -44,15 +44,10 @@ def reproduce(config: ReproduceConfig) -> dict:
         started = time.perf_counter()
         args = TrainingArguments(
             output_dir=str(teacher),
-            model=config.model,
-            epochs=config.epochs,
-            lr=config.lr,
-            batch_size=config.batch_size,
-            max_length=config.max_length,
-            truncation=config.truncation,
             resume=True,
             keep_checkpoints=False,
             save_steps=200,
+            **passed_on(config, "model", "epochs", "lr", "batch_size", "max_length", "truncation"),
         )
         resumed = (teacher / "checkpoints").is_dir()
         train(args, config.data)
@@ -83,6 +78,7 @@ def reproduce(config: ReproduceConfig) -> dict:
         "teacher_metrics": teacher_metrics,
         "rows": rows,
         "table_measured": table.get("measured"),  # absent from tables measured before it was recorded
+        "table_cpu": table.get("cpu"),  # the CPU's AMX/AVX-512 flags (absent from older tables)
         "out_of_domain": ood,
         "stage_seconds": timings.seconds,
     }
@@ -162,7 +158,7 @@ CARD_SECTION = "Full-scale results (bertsent reproduce)"
 def add_to_model_card(teacher: Path, result: dict) -> None:
     """Put the table (and the out-of-domain scores) in the teacher's model card, replacing an older copy."""
     from bertsent.folder import set_card_section
-    from bertsent.recipes.compare import markdown_table, trade_off_line
+    from bertsent.recipes.compare import cpu_line, markdown_table, trade_off_line
 
     set_card_section(
         teacher,
@@ -170,6 +166,7 @@ def add_to_model_card(teacher: Path, result: dict) -> None:
         f"This model (first row) and its compressed variants, scored on the same "
         f"{result['rows'][0]['reviews']} test reviews on a {os.cpu_count()}-CPU machine:\n\n"
         f"{markdown_table(result['rows'])}\n"
+        f"{cpu_line(result.get('table_cpu'))}"
         f"{trade_off_line(result['rows'], result['settings']['accuracy_budget'])}\n{ood_table(result)}",
     )
 
@@ -221,7 +218,7 @@ def results_page(result: dict, out: Path, plots: dict[str, str]) -> str:
     import torch
 
     from bertsent.folder import git_revision
-    from bertsent.recipes.compare import markdown_table, trade_off_line
+    from bertsent.recipes.compare import cpu_line, markdown_table, trade_off_line
 
     s, m = result["settings"], result["teacher_metrics"]
     test_n = m.get("test_n", "?")
@@ -249,7 +246,7 @@ train. Every row below is scored on the same {test_n} test reviews in one run; s
 (tokenization included) on this CPU; ratios are against the fp32 teacher.{measured}
 
 {markdown_table(result["rows"])}
-{trade_off_line(result["rows"], s["accuracy_budget"])}
+{cpu_line(result.get("table_cpu"))}{trade_off_line(result["rows"], s["accuracy_budget"])}
 Teacher on the test set: accuracy {m.get("test_accuracy", float("nan")):.4f}, F1 {m.get("test_f1", float("nan")):.4f},
 ROC-AUC {m.get("test_roc_auc", float("nan")):.4f}; best validation accuracy
 {m.get("validation_accuracy", float("nan")):.4f} at step {m.get("best_step")} of {m.get("steps")}.

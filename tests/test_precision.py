@@ -1,0 +1,107 @@
+"""precision="auto": CPU capability detection from flag strings, and the check against fp32 that falls back."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+
+import bertsent.inference as inference
+from bertsent.config import InferenceSettings
+from bertsent.folder import PRECISION_CHECK_FILE
+from bertsent.predict import Predictor
+from bertsent.runtime import cpu_summary, parse_cpu_flags, parse_cpuinfo
+
+SAPPHIRE_RAPIDS = "flags : fpu vme sse2 avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8 avx512_fp16"
+ICE_LAKE = "fpu vme sse2 avx avx2 avx512f avx512_vnni"
+CPUINFO = f"""processor	: 0
+vendor_id	: GenuineIntel
+model name	: Intel(R) Xeon(R) Platinum 8480+
+{SAPPHIRE_RAPIDS}
+
+processor	: 1
+vendor_id	: GenuineIntel
+model name	: something else
+flags		: fpu
+"""
+
+
+def test_capabilities_from_sample_flag_strings():
+    assert parse_cpu_flags(SAPPHIRE_RAPIDS) == dict.fromkeys(
+        ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx2"), True
+    )
+    assert parse_cpu_flags(ICE_LAKE) == {
+        "amx_bf16": False,
+        "amx_int8": False,
+        "avx512_bf16": False,
+        "avx512_vnni": True,
+        "avx2": True,
+    }
+    assert not any(parse_cpu_flags("").values())
+    assert not parse_cpu_flags("amx_tile")["amx_bf16"]  # whole flags only, not substrings
+    info = parse_cpuinfo(CPUINFO)
+    assert info["vendor"] == "GenuineIntel" and info["model_name"] == "Intel(R) Xeon(R) Platinum 8480+"
+    assert info["amx_bf16"] and info["amx_int8"]
+    summary = cpu_summary()
+    assert {"model_name", "features", "physical_cores", *parse_cpu_flags("")} <= set(summary)
+    json.dumps(summary)
+
+
+def test_auto_is_the_default_and_fp32_without_amx(trained_tiny_dir, monkeypatch):
+    assert InferenceSettings().precision == "auto"
+    monkeypatch.setattr(inference, "auto_precision", lambda device: "fp32")
+    monkeypatch.setattr(inference, "_measure_precision", _no_measuring)
+    assert Predictor(trained_tiny_dir).backend.precision == "fp32"
+
+
+def _no_measuring(*args):
+    raise AssertionError("the check must not run")
+
+
+@pytest.fixture
+def bf16_candidate(trained_tiny_dir, tmp_path, monkeypatch):
+    """A copy of the trained folder on a machine whose CPU 'has AMX'."""
+    folder = tmp_path / "model"
+    shutil.copytree(trained_tiny_dir, folder)
+    (folder / PRECISION_CHECK_FILE).unlink(missing_ok=True)
+    monkeypatch.setattr(inference, "auto_precision", lambda device: "bf16")
+    return folder
+
+
+def test_a_failed_check_falls_back_to_fp32_once_per_machine(bf16_candidate, monkeypatch, caplog):
+    monkeypatch.setattr(inference, "PRECISION_MIN_AGREEMENT", 1.01)  # a tolerance nothing meets
+    with caplog.at_level(logging.WARNING, logger="bertsent.predict"):
+        predictor = Predictor(bf16_candidate, device="cpu")
+    assert predictor.backend.precision == "fp32"
+    assert "falling back to fp32" in caplog.text
+    verdicts = json.loads((bf16_candidate / PRECISION_CHECK_FILE).read_text())
+    (key, verdict), *_ = verdicts.items()
+    assert "torch" in key and verdict["passed"] is False and verdict["reviews"] > 0 and verdict["precision"] == "bf16"
+    # Cached: the next Predictor on this machine reads the verdict instead of measuring again.
+    monkeypatch.setattr(inference, "_measure_precision", _no_measuring)
+    assert Predictor(bf16_candidate, device="cpu").backend.precision == "fp32"
+
+
+def test_a_passed_check_runs_bf16(bf16_candidate, monkeypatch):
+    monkeypatch.setattr(inference, "PRECISION_MIN_AGREEMENT", 0.0)
+    monkeypatch.setattr(inference, "PRECISION_MAX_DROP_POINTS", 100.0)
+    assert Predictor(bf16_candidate, device="cpu").backend.precision == "bf16"
+    assert next(iter(json.loads((bf16_candidate / PRECISION_CHECK_FILE).read_text()).values()))["passed"]
+
+
+def test_no_recorded_data_means_fp32_with_a_warning(tiny_model_dir, tmp_path, monkeypatch, caplog):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)  # no training_args.json: nothing to check against
+    monkeypatch.setattr(inference, "auto_precision", lambda device: "bf16")
+    with caplog.at_level(logging.WARNING, logger="bertsent.predict"):
+        assert Predictor(folder, device="cpu").backend.precision == "fp32"
+    assert "no validation reviews to check it" in caplog.text and "records no data" in caplog.text
+    assert not (folder / PRECISION_CHECK_FILE).exists()
+
+
+def test_forced_precisions_are_not_checked(bf16_candidate, monkeypatch):
+    monkeypatch.setattr(inference, "_measure_precision", _no_measuring)
+    assert Predictor(bf16_candidate, device="cpu", precision="bf16").backend.precision == "bf16"
+    assert Predictor(bf16_candidate, device="cpu", precision="fp32").backend.precision == "fp32"
