@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertsent.runtime import THREADS_ENV, physical_cores
+from bertsent.runtime import THREADS_ENV, cpu_summary, physical_cores
 
 
 def restore_sigint() -> None:
@@ -95,4 +95,5 @@ def machine_info(**versions: str | None) -> dict:
         "onnxruntime": ort_version,
         "numpy": np.__version__,
         "bertsent": bertsent.__version__,
+        "cpu_features": cpu_summary(),  # the flags that decide the fastest route (AMX, AVX512-BF16, VNNI)
     } | versions

@@ -135,6 +135,7 @@ def run_predictor(
     backend = predictor.backend
     info = {
         "backend": backend.name,
+        "precision": str(getattr(backend, "precision", "fp32")),  # what --precision auto chose here
         "threads": getattr(backend, "threads", torch.get_num_threads()),
         "max_length": predictor.max_length,
         "truncation": predictor.truncation,
@@ -163,13 +164,15 @@ def row(name: str, folder: str, n: int, times: list[float], loaded: float, accur
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'contender':<28} {'backend':<12} {'threads':>7} {'seconds':>9} {'reviews/s':>10} {'x pipeline':>10}"
+    header = f"{'contender':<28} {'backend':<12} {'precision':<9} {'threads':>7} {'seconds':>9} {'reviews/s':>10}"
+    header += f" {'x pipeline':>10}"
     header += f" {'accuracy':>9} {'labels != pipeline':>19}"
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['name'][:28]:<28} {r['backend']:<12} {r['threads']!s:>7} {r['seconds']:>9.2f} "
+            f"{r['name'][:28]:<28} {r['backend']:<12} {r.get('precision', '-'):<9} {r['threads']!s:>7} "
+            f"{r['seconds']:>9.2f} "
             f"{r['reviews_per_second']:>10.1f} {r['ratio_to_pipeline']:>9.2f}x {r['accuracy']:>9.4f} "
             f"{r['labels_differing_from_pipeline']:>19}"
         )
@@ -502,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         f"machine : {m['platform']}, {m['cpu']}, {m['cpu_count']} CPUs ({m['physical_cores']} physical cores), "
         f"load average {m['load_average']}"
     )
+    print(f"cpu     : {m['cpu_features']['features']} (AMX: {m['cpu_features']['amx_bf16']})")
     print(
         f"versions: torch {m['torch']}, transformers {m['transformers']}, onnxruntime {m['onnxruntime']}, "
         f"python {m['python']}"
