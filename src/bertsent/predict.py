@@ -61,7 +61,7 @@ class Predictor:
 
     It runs with ``settings`` (:class:`InferenceSettings`), any field of which a keyword overrides:
     ``Predictor(folder, batch_size=8, long_text="chunk")``. :attr:`settings` holds the resolved ones (max
-    length and truncation filled in from the folder). ``backend="auto"`` picks PyTorch or ONNX Runtime by
+    length and truncation filled in from the folder). ``backend="auto"`` picks PyTorch, ONNX Runtime or OpenVINO by
     what the folder holds. A PyTorch BERT runs its last layer for [CLS] only (:class:`ClsOnlyLastLayer`:
     same logits to float rounding, fewer FLOPs); ``cls_only=False`` runs the plain forward.
     """
