@@ -105,3 +105,15 @@ def test_forced_precisions_are_not_checked(bf16_candidate, monkeypatch):
     monkeypatch.setattr(inference, "_measure_precision", _no_measuring)
     assert Predictor(bf16_candidate, device="cpu", precision="bf16").backend.precision == "bf16"
     assert Predictor(bf16_candidate, device="cpu", precision="fp32").backend.precision == "fp32"
+
+
+def test_a_cached_verdict_does_not_build_the_fp32_reference(tmp_path):
+    from types import SimpleNamespace
+
+    (tmp_path / PRECISION_CHECK_FILE).write_text(json.dumps({"k": {"passed": True}}))
+
+    def reference():
+        raise AssertionError("the fp32 reference is built only when the check runs")
+
+    candidate = SimpleNamespace(name="pytorch", precision="bf16", id2label={0: "negative", 1: "positive"})
+    assert inference.precision_verdict(tmp_path, candidate, reference, "k") is True

@@ -15,11 +15,12 @@ teacher logits and pruning's in-memory metrics all go through it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -172,9 +173,8 @@ class TorchBackend:
         backend = cls(model, target, torch.bfloat16 if chosen == "bf16" else None)
         backend.cls_only = cls_only and cls_only_last_layer(model)
         if precision == "auto" and backend.dtype is not None:
-            reference = cls(model, target, None)
-            reference.cls_only = backend.cls_only
-            if not precision_verdict(Path(model_dir), backend, reference, _torch_key(target)):
+            fp32 = functools.partial(cls, model, target, None, backend.cls_only)  # the same model, in fp32
+            if not precision_verdict(Path(model_dir), backend, fp32, _torch_key(target)):
                 backend.dtype = None
         if compile:
             backend.model = backend._compiled(model)
@@ -262,6 +262,14 @@ def load_backend(
     return TorchBackend.from_folder(model_dir, device, precision, compile, cls_only, threads)
 
 
+def _known_inputs(path: Path, names: list[str]) -> list[str]:
+    """An exported graph's input names, refused when it wants inputs that bertsent does not feed."""
+    unknown = set(names) - set(INPUT_NAMES)
+    if unknown:
+        raise ModelError(f"{path}: expects inputs {sorted(unknown)} that bertsent does not provide")
+    return names
+
+
 class OnnxBackend:
     """Runs a folder's ``model.onnx`` with ONNX Runtime on the CPU (the ``Predictor`` backend for it)."""
 
@@ -281,10 +289,7 @@ class OnnxBackend:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
             raise ModelError(f"cannot load {path} with onnxruntime: {first_line(e)}") from e
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        unknown = set(self.input_names) - set(INPUT_NAMES)
-        if unknown:
-            raise ModelError(f"{path}: expects inputs {sorted(unknown)} that bertsent does not provide")
+        self.input_names = _known_inputs(path, [i.name for i in self.session.get_inputs()])
 
     def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         feed = {name: batch[name].detach().cpu().numpy().astype(np.int64, copy=False) for name in self.input_names}
@@ -321,10 +326,7 @@ class OpenVinoBackend:
         self.precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(
             inference_type.to_string(), str(inference_type)
         )
-        self.input_names = [port.get_any_name() for port in self.compiled.inputs]
-        unknown = set(self.input_names) - set(INPUT_NAMES)
-        if unknown:
-            raise ModelError(f"{path}: expects inputs {sorted(unknown)} that bertsent does not provide")
+        self.input_names = _known_inputs(path, [port.get_any_name() for port in self.compiled.inputs])
         self.output = self.compiled.output(0)
         self._local = threading.local()
 
@@ -334,9 +336,9 @@ class OpenVinoBackend:
         _check_precision(precision)
         backend = cls(model_dir, threads, None if precision == "auto" else precision)
         if precision == "auto" and backend.precision != "fp32":
-            reference = cls(model_dir, threads, "fp32")
-            if not precision_verdict(Path(model_dir), backend, reference, _openvino_key()):
-                return reference
+            fp32 = functools.partial(cls, model_dir, threads, "fp32")  # compiled only if the check runs or fails
+            if not precision_verdict(Path(model_dir), backend, fp32, _openvino_key()):
+                return fp32()
         return backend
 
     def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
@@ -374,7 +376,7 @@ def _read_verdicts(path: Path) -> dict:
     return verdicts if isinstance(verdicts, dict) else {}
 
 
-def _measure_precision(model_dir: Path, candidate: Backend, reference: Backend) -> tuple[dict | None, str | None]:
+def _measure_precision(model_dir: Path, candidate: Backend, reference) -> tuple[dict | None, str | None]:
     """Both backends on the folder's recorded validation reviews; (None, reason) when it records none."""
     from bertsent.data.recorded import recorded_reviews
     from bertsent.encoding import encode
@@ -392,7 +394,7 @@ def _measure_precision(model_dir: Path, candidate: Backend, reference: Backend) 
     encoded = encode(tokenizer, reviews.validation["text"].tolist(), max_length, truncation)
     labels = reviews.validation["label"].to_numpy()
     pad_id = tokenizer.pad_token_id or 0
-    fp32 = run(reference, encoded, 32, pad_id).argmax(-1)
+    fp32 = run(reference(), encoded, 32, pad_id).argmax(-1)
     reduced = run(candidate, encoded, 32, pad_id).argmax(-1)
     fp32_accuracy, accuracy = float(np.mean(fp32 == labels)), float(np.mean(reduced == labels))
     agreement = float(np.mean(fp32 == reduced))
@@ -411,10 +413,11 @@ def _measure_precision(model_dir: Path, candidate: Backend, reference: Backend) 
     }, None
 
 
-def precision_verdict(model_dir: Path, candidate: Backend, reference: Backend, key: str) -> bool:
+def precision_verdict(model_dir: Path, candidate: Backend, reference: Callable[[], Backend], key: str) -> bool:
     """Whether ``candidate`` (a reduced precision that ``precision="auto"`` chose) may replace the fp32
-    ``reference``: their labels agree on at least :data:`PRECISION_MIN_AGREEMENT` of the folder's validation
-    reviews and accuracy drops at most :data:`PRECISION_MAX_DROP_POINTS` points.
+    backend that ``reference()`` builds (only when the check runs, not when the verdict is cached): their
+    labels agree on at least :data:`PRECISION_MIN_AGREEMENT` of the folder's validation reviews and
+    accuracy drops at most :data:`PRECISION_MAX_DROP_POINTS` points.
 
     Measured once per ``key`` (backend, CPU or GPU model, library version) and cached in the folder's
     ``precision_check.json``; a folder that records no readable data gets fp32, with a warning (no

@@ -214,3 +214,11 @@ def auto_precision(device: torch.device) -> str:
     if device.type == "cpu":
         return "bf16" if cpu_bf16_fast() else "fp32"
     return "fp32"
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' load reports and progress bars; bertsent logs what matters itself."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

@@ -408,8 +408,8 @@ def prune(config: PruneConfig) -> PruneResult:
 
 def _load_source(config: PruneConfig, source: Path) -> tuple[PreTrainedModel, object, torch.device]:
     """The source model (eval mode), its tokenizer and the run's device; threads and seed are set first."""
-    from bertsent.modeling.loading import load_classifier, load_tokenizer, quiet_transformers
-    from bertsent.runtime import pick_device
+    from bertsent.modeling.loading import load_classifier, load_tokenizer
+    from bertsent.runtime import pick_device, quiet_transformers
 
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bertsent.errors import ModelError, first_line
+from bertsent.runtime import quiet_transformers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -53,14 +54,6 @@ def resolve_model(name: str | os.PathLike | None) -> str:
 
 def is_hub_name(resolved: str) -> bool:
     return not Path(resolved).exists()
-
-
-def quiet_transformers() -> None:
-    """Silence transformers' load reports and progress bars; bertsent logs what matters itself."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def _hub_error(name: str, what: str, error: Exception) -> ModelError:

@@ -188,7 +188,7 @@ def load_pruned_classifier(folder: str | os.PathLike) -> PreTrainedModel:
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from bertsent.modeling.loading import quiet_transformers
+    from bertsent.runtime import quiet_transformers
 
     folder = Path(folder)
     index = folder / f"{WEIGHTS_FILE}.index.json"
