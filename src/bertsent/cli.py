@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bertsent.argparsing import settings, settings_parser
 from bertsent.config import (
+    CalibrateConfig,
     CompareConfig,
     CompressConfig,
     DataConfig,
@@ -172,6 +173,20 @@ def cmd_quantize(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(ns: argparse.Namespace) -> int:
+    from bertsent.calibration import calibrate
+
+    result = calibrate(settings(ns, CalibrateConfig))
+    record = result.record
+    print(f"{'temperature':>24}: {record['temperature']:.4f} (fitted on {record['fitted_on']})")
+    for split in ("validation", "test"):
+        if r := record.get(split):
+            print(f"{split + ' ECE':>24}: {r['ece_before']:.4f} -> {r['ece_after']:.4f}")
+            print(f"{split + ' log-loss':>24}: {r['log_loss_before']:.4f} -> {r['log_loss_after']:.4f}")
+    print(f"calibrated model written to {result.output_dir}")
+    return 0
+
+
 def cmd_export(ns: argparse.Namespace) -> int:
     from bertsent.compression.export import export
 
@@ -308,6 +323,12 @@ COMMANDS: dict[str, Command] = {
         cmd_quantize,
         "INT8 post-training quantization, checked against fp32",
         (DataConfig, QuantizeConfig),
+        {"source": None},
+    ),
+    "calibrate": Command(
+        cmd_calibrate,
+        "temperature scaling fitted on validation reviews, folded into the classifier",
+        (DataConfig, CalibrateConfig),
         {"source": None},
     ),
     "export": Command(

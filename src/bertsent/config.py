@@ -145,6 +145,9 @@ class TrainingArguments:
     """Continue from the latest checkpoint in ``output_dir`` (same result as an uninterrupted run)."""
     evaluate_test: bool = True
     """Evaluate the final model on the test split when the data has one."""
+    calibrate: bool = False
+    """Fit a temperature on the validation split and fold it into the classifier (``bertsent calibrate``):
+    calibrated scores everywhere the folder goes, the same labels; the test split is scored calibrated."""
     progress: bool | None = None
     """Progress bar: None shows it only on a terminal."""
     backend: str = field(default="torch", metadata={"choices": BACKENDS})
@@ -496,6 +499,33 @@ class QuantizeConfig:
         check_opset(self.opset, QuantizeSettingsError)
         if self.method in ("torch-dynamic", "openvino-int8") and self.quantize_embeddings:
             raise QuantizeSettingsError("quantize_embeddings applies to onnx-dynamic and onnx-static only")
+
+
+@dataclass
+class CalibrateConfig:
+    """Settings of ``bertsent calibrate``: one temperature fitted on validation reviews, folded into the weights."""
+
+    model: str
+    """PyTorch model folder (fine-tuned, distilled or pruned; quantize and export after calibrating)."""
+    output_dir: str | None = None
+    """Where the calibrated folder goes; None: the model folder itself (its exports are then stale and removed)."""
+    data: DataConfig | str | None = None
+    """Labelled reviews (T is fitted on their validation split, ``validation_samples`` of them when set);
+    None: the data recorded in the folder's training_args.json, split as in training."""
+    evaluate_test: bool = True
+    """Also score the test split (the recorded ``eval_samples``) to report ECE and log-loss before and after."""
+    batch_size: int = 64
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, os.PathLike):
+            self.model = os.fspath(self.model)
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise SettingsError(f"model must be a folder path, got {self.model!r}")
+        if self.output_dir is not None:
+            self.output_dir = os.fspath(self.output_dir)
+        self.data = as_data_config(self.data)
+        _check_counts(self, {"batch_size": 1, "threads": 1}, unset=("threads",))
 
 
 @dataclass

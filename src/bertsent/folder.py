@@ -422,6 +422,10 @@ PRECISION_CHECK_FILE = "precision_check.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+CALIBRATION_PLOT = "reliability_calibration.png"
+"""``bertsent calibrate``'s reliability diagram, before and after temperature scaling."""
+
+
 INPUT_NAMES = ("input_ids", "attention_mask")
 
 

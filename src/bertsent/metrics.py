@@ -41,6 +41,7 @@ __all__ = [
     "most_confident_errors",
     "plot_confusion_matrix",
     "plot_reliability",
+    "plot_reliability_pair",
     "plot_training_curves",
     "reliability_curve",
     "write_report",
@@ -399,15 +400,34 @@ def plot_confusion_matrix(labels: np.ndarray, preds: np.ndarray, id2label: Mappi
 def plot_reliability(labels: np.ndarray, probs: np.ndarray, path: str | Path, n_bins: int = 15) -> Path:
     """Save a reliability diagram (accuracy per confidence bin vs the diagonal) plus a count histogram."""
     y, p, _ = _validate(labels, probs)
+    fig = _new_figure(figsize=(5.5, 6.5))
+    grid = fig.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
+    _draw_reliability(fig, grid, 0, y, p, n_bins, "Reliability")
+    return save_figure(fig, path)
+
+
+def plot_reliability_pair(
+    labels: np.ndarray, before: np.ndarray, after: np.ndarray, path: str | Path, title: str, n_bins: int = 15
+) -> Path:
+    """Reliability diagrams of the same reviews before and after calibration, side by side."""
+    y, p_before, _ = _validate(labels, before)
+    _, p_after, _ = _validate(labels, after)
+    fig = _new_figure(figsize=(10.5, 6.5))
+    grid = fig.add_gridspec(2, 2, height_ratios=(3, 1), hspace=0.08, wspace=0.25)
+    _draw_reliability(fig, grid, 0, y, p_before, n_bins, "Before")
+    _draw_reliability(fig, grid, 1, y, p_after, n_bins, "After")
+    fig.suptitle(f"Temperature scaling ({title})")
+    return save_figure(fig, path)
+
+
+def _draw_reliability(fig, grid, column: int, y: np.ndarray, p: np.ndarray, n_bins: int, name: str) -> None:
+    """Accuracy bars, the gap to confidence and the diagonal in ``grid[0, column]``, counts below it."""
     curve = _reliability_bins(y, p, n_bins)
     ece = _ece_from_curve(curve, len(y))
     width = 1.0 / n_bins
     lowers = [r["lower"] for r in curve]
-
-    fig = _new_figure(figsize=(5.5, 6.5))
-    grid = fig.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
-    ax = fig.add_subplot(grid[0])
-    hist = fig.add_subplot(grid[1], sharex=ax)
+    ax = fig.add_subplot(grid[0, column])
+    hist = fig.add_subplot(grid[1, column], sharex=ax)
     ax.bar(lowers, [r["accuracy"] for r in curve], width=width, align="edge", edgecolor="black", label="accuracy")
     # The gap between mean confidence and accuracy is what ECE averages; draw it explicitly.
     ax.bar(
@@ -424,13 +444,12 @@ def plot_reliability(labels: np.ndarray, probs: np.ndarray, path: str | Path, n_
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability (top label, {n_bins} bins), ECE={ece:.4f}")
+    ax.set_title(f"{name} (top label, {n_bins} bins), ECE={ece:.4f}")
     ax.legend(loc="upper left")
     ax.tick_params(labelbottom=False)
     hist.bar(lowers, [r["count"] for r in curve], width=width, align="edge", color="gray", edgecolor="black")
     hist.set_xlabel("confidence")
     hist.set_ylabel("count")
-    return save_figure(fig, path)
 
 
 def _series(rows: list[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:

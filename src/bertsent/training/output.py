@@ -13,7 +13,7 @@ from pathlib import Path
 from bertsent.data.loading import Splits
 from bertsent.encoding import encode
 from bertsent.folder import ARGS_FILE, METRICS_FILE
-from bertsent.inference import predict_probs
+from bertsent.inference import TorchBackend, run
 from bertsent.modeling.loading import resolve_model
 from bertsent.training.tracking import BEST, CHECKPOINTS, TrainResult, TrainState
 
@@ -41,6 +41,15 @@ def run_metrics(args, splits: Splits, model, state: TrainState) -> dict:
     return metrics | {f"validation_{k}": v for k, v in state.best_validation.items()}
 
 
+def calibrate_in_memory(args, splits: Splits, model, tokenizer, device, dtype, pad_id):
+    """Fit T on the validation split's logits and fold it into ``model``; the :class:`InMemoryCalibration`."""
+    from bertsent.calibration import InMemoryCalibration
+
+    encoded = encode(tokenizer, splits.validation["text"].tolist(), args.max_length, args.truncation)
+    logits = run(TorchBackend.from_model(model, device, dtype), encoded, args.eval_batch_size, pad_id)
+    return InMemoryCalibration.fit(model, logits, splits.validation["label"].to_numpy())
+
+
 def finish(
     args, data, splits: Splits, output_dir: Path, model, tokenizer, state: TrainState, device, dtype, pad_id, extra=None
 ) -> TrainResult:
@@ -48,6 +57,7 @@ def finish(
 
     ``extra`` adds backend-specific entries to ``metrics.json`` (the Keras path's parity check).
     """
+    import torch
     from safetensors.torch import load_file
 
     from bertsent.folder import write_model_card
@@ -56,15 +66,20 @@ def finish(
     model.load_state_dict(load_file(output_dir / CHECKPOINTS / BEST / "model.safetensors"), strict=False)
     # Inference settings travel with the folder: pipeline() truncates to model_max_length.
     tokenizer.model_max_length = args.max_length
-    model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     metrics = run_metrics(args, splits, model, state) | (extra or {})
+    # --calibrate: T is fitted on validation and folded into the model before anything is scored or saved.
+    calibration = calibrate_in_memory(args, splits, model, tokenizer, device, dtype, pad_id) if args.calibrate else None
+    model.save_pretrained(output_dir)
     if args.evaluate_test and splits.test is not None:
         from bertsent.evaluate import report
 
         test_enc = encode(tokenizer, splits.test["text"].tolist(), args.max_length, args.truncation)
-        probs = predict_probs(model, test_enc, args.eval_batch_size, pad_id, device, dtype)
+        logits = run(TorchBackend.from_model(model, device, dtype), test_enc, args.eval_batch_size, pad_id)
+        probs = torch.softmax(torch.from_numpy(logits).to(device), dim=-1).cpu().numpy()  # as predict_probs
         metrics |= report(output_dir / "eval-test", splits.test, test_enc, probs, model.config.id2label, "test_")
+        if calibration is not None:  # the test logits are already scaled: T times them are the ones before
+            calibration.add("test", logits * calibration.record["temperature"], splits.test["label"].to_numpy())
     metrics["data"] = splits.report
     plot_training_curves(state.history, output_dir / "training_curves.png")
     (output_dir / "history.json").write_text(json.dumps(state.history, indent=1))
@@ -73,6 +88,8 @@ def finish(
     (output_dir / ARGS_FILE).write_text(json.dumps(recorded, indent=2))
     (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     write_model_card(output_dir, args, data, metrics)
+    if calibration is not None:
+        calibration.write(output_dir)
     if not args.keep_checkpoints:
         shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
     log.info("model saved to %s", output_dir)
