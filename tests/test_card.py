@@ -72,3 +72,41 @@ def test_quantized_card_inherits_the_base_model_and_reports_int8_accuracy(traine
     assert {"int8", "torch-dynamic"} <= set(card.data.tags) and card.data.library_name == "transformers"
     assert model_index(card) == {("validation", "accuracy"): metrics["validation_int8_accuracy"]}
     assert card.data.to_dict()["model-index"][0]["name"] == "int8"  # the final folder, not the staging one
+
+
+def test_limitations_come_from_what_was_measured(trained_tiny_dir, toy_data_dir, tmp_path):
+    """The card's Uses / Bias, Risks, and Limitations sections quote the folder's own measurements, and an
+    evaluation on other data (its report in the folder) adds its row without overwriting eval-test."""
+    import shutil
+
+    import pandas as pd
+
+    from bertsent.config import DataConfig
+    from bertsent.evaluate import evaluate
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_tiny_dir, model)
+    card = (model / "README.md").read_text()
+    assert "## Uses" in card and "## Bias, Risks, and Limitations" in card
+    assert "Out-of-domain accuracy: not measured" in card
+    metrics = json.loads((model / "metrics.json").read_text())
+    assert f"| 0-127 | {metrics['test_length/0-127/n']} | {metrics['test_length/0-127/accuracy']:.2%} |" in card
+    assert f"Scores are not calibrated: test ECE {metrics['test_ece']:.4f}" in card
+
+    # Other data: the toy test reviews with their labels flipped, so the model is wrong on most of them.
+    flipped = pd.read_parquet(toy_data_dir / "test.parquet").assign(label=lambda f: 1 - f.label)
+    flipped.to_csv(tmp_path / "flipped.csv", index=False)
+    other = evaluate(model, DataConfig(str(tmp_path / "flipped.csv")))
+    assert (model / "eval-flipped-all" / "metrics.json").is_file() and (model / "eval-test").is_dir()
+    assert other["source"] == str(tmp_path / "flipped.csv")
+    card = (model / "README.md").read_text()
+    gap = (other["accuracy"] - metrics["test_accuracy"]) * 100
+    assert f"| `{tmp_path / 'flipped.csv'}` (all) | {other['n']} | {other['accuracy']:.2%} | {gap:+.1f} |" in card
+    assert card.count("## Bias, Risks, and Limitations") == 1
+
+    # Mistakes are quoted from eval-test/errors.csv, most confident first.
+    evaluate(model, DataConfig(str(tmp_path / "flipped.csv")), output_dir=model / "eval-test")
+    errors = pd.read_csv(model / "eval-test" / "errors.csv")
+    card = (model / "README.md").read_text()
+    assert "The most confident test mistakes" in card
+    assert f'with confidence {errors.confidence[0]:.3f}: "{errors.text[0]}"' in card

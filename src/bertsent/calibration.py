@@ -24,6 +24,7 @@ import numpy as np
 
 from bertsent.config import CalibrateConfig, InferenceSettings
 from bertsent.errors import DataError, ModelError
+from bertsent.evaluate import write_limitations
 from bertsent.folder import (
     CALIBRATION_PLOT,
     METRICS_FILE,
@@ -185,6 +186,7 @@ def calibrate(config: CalibrateConfig) -> CalibrationResult:
     record["total_temperature"] = _write_folder(source, output, temperature)
     _check_written(output, splits.validation["text"].tolist()[:PARITY_ROWS], logits["validation"], temperature)
     record_calibration(output, record, labels, logits)
+    write_limitations(output)  # the card's limitations quote the calibration
     return CalibrationResult(output_dir=output, record=record)
 
 

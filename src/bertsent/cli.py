@@ -89,8 +89,7 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     data, inference = settings(ns, DataConfig), settings(ns, InferenceSettings)
     metrics = evaluate(model, data, split=args.split, output_dir=args.output_dir, settings=inference)
     print_metrics(metrics)
-    report_dir = args.output_dir or Path(model) / f"eval-{metrics['split']}"
-    print(f"{metrics['n']} reviews scored ({metrics['split']}); report written to {report_dir}")
+    print(f"{metrics['n']} reviews scored ({metrics['split']}); report written to {metrics['report_dir']}")
     return 0
 
 

@@ -60,6 +60,7 @@ def finish(
     import torch
     from safetensors.torch import load_file
 
+    from bertsent.evaluate import write_limitations
     from bertsent.folder import write_model_card
     from bertsent.metrics import plot_training_curves
 
@@ -90,6 +91,7 @@ def finish(
     write_model_card(output_dir, args, data, metrics)
     if calibration is not None:
         calibration.write(output_dir)
+    write_limitations(output_dir)
     if not args.keep_checkpoints:
         shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
     log.info("model saved to %s", output_dir)
