@@ -310,6 +310,84 @@ def test_openapi_documents_the_api_key_and_the_limits(keyed, client):
     assert (texts["maxItems"], texts["minItems"], texts["items"]["maxLength"]) == (8, 1, SETTINGS.max_chars)
 
 
+# ---------------------------------------------------------------------------------------------- /metrics
+
+
+def scrape(client: TestClient, **kwargs) -> list:
+    """The samples of one ``GET /metrics``, parsed by prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = client.get("/metrics", **kwargs)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    return [sample for family in text_string_to_metric_families(response.text) for sample in family.samples]
+
+
+def metric(samples: list, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels`` (0 when there are none)."""
+    return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
+
+
+def test_metrics_count_the_traffic(trained_tiny_dir, predictor, texts):
+    app = create_app(predictor, SETTINGS)  # a fresh app: its own registry, counts from zero
+    with TestClient(app) as client:
+        for inputs in (texts[0], texts[1:4], [texts[4]]):  # 3 good requests, 5 texts
+            assert client.post("/predict", json={"inputs": inputs}).status_code == 200
+        assert client.post("/predict", json={"inputs": ["x"] * 9}).status_code == 413  # refused by the route
+        assert client.post("/predict", json={"inputs": "x" * 7000}).status_code == 413  # by the body limit
+        assert client.post("/predict", json={"inputs": 5}).status_code == 422
+        assert client.get("/nowhere").status_code == 404
+        samples = scrape(client)
+        stats = client.get("/info").json()["stats"]
+        assert "/metrics" not in client.get("/openapi.json").json()["paths"]  # Schemathesis leaves it alone
+        openmetrics = client.get("/metrics", headers={"accept": "application/openmetrics-text"})
+    # Each series is labelled with the model folder's name and the backend.
+    assert {(s.labels["model"], s.labels["backend"]) for s in samples} == {(trained_tiny_dir.name, "pytorch")}
+    requests = "bertsent_http_requests_total"
+    assert metric(samples, requests, path="/predict", status="200") == 3
+    assert metric(samples, requests, path="/predict", status="413") == 2
+    assert metric(samples, requests, path="/predict", status="422") == 1
+    assert metric(samples, requests, path="other", status="404") == 1  # unknown paths share one series
+    assert metric(samples, requests) == 7  # the scrape counts once it is answered, in the next one
+    assert metric(samples, "bertsent_http_request_duration_seconds_count", path="/predict") == 6
+    assert 0 < metric(samples, "bertsent_http_request_duration_seconds_sum", path="/predict") < 60
+    assert metric(samples, "bertsent_texts_scored_total") == stats["texts"] == 5
+    assert metric(samples, "bertsent_batch_size_count") == stats["batches"] == 3  # one request at a time
+    assert metric(samples, "bertsent_batch_size_sum") == 5
+    assert metric(samples, "bertsent_batch_size_bucket", le="1.0") == 2  # the batch of 3 is over 1 and 2
+    assert metric(samples, "bertsent_batch_size_bucket", le="4.0") == 3
+    assert metric(samples, "bertsent_batch_errors_total") == 0 and metric(samples, "bertsent_queue_depth") == 0
+    [info] = [s for s in samples if s.name == "bertsent_model_info"]
+    assert info.value == 1 and (info.labels["long_text"], info.labels["max_length"]) == ("truncate", "32")
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert openmetrics.text.endswith("# EOF\n")
+
+
+def test_metrics_count_failed_batches(trained_tiny_dir, texts):
+    predictor = Predictor(trained_tiny_dir)
+
+    def broken(batch):
+        raise RuntimeError("simulated failure")
+
+    predictor.predict_proba = broken
+    with TestClient(create_app(predictor, SETTINGS)) as client:
+        assert client.post("/predict", json={"inputs": texts[:2]}).status_code == 500
+        samples = scrape(client)
+    assert metric(samples, "bertsent_batch_errors_total") == 1
+    assert metric(samples, "bertsent_http_requests_total", path="/predict", status="500") == 1
+    assert metric(samples, "bertsent_texts_scored_total") == metric(samples, "bertsent_batch_size_count") == 0
+
+
+def test_metrics_need_the_api_key_when_one_is_set(keyed):
+    """/metrics repeats /info's counters and names the model, so it is guarded like /info (Prometheus
+    sends the key with ``authorization: {credentials: KEY}`` in its scrape config)."""
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        response = keyed.get("/metrics", headers=headers)
+        assert response.status_code == 401 and "API key" in response.json()["error"]
+    samples = scrape(keyed, headers=AUTH)
+    assert metric(samples, "bertsent_http_requests_total", path="/metrics", status="401") >= 2  # counted too
+
+
 # ---------------------------------------------------------------------------------------------- micro-batching
 
 
@@ -656,7 +734,7 @@ def test_sigterm_answers_the_accepted_requests_then_exits_0(trained_tiny_dir):
         proc.stdout.close()
     assert [r.status_code for r in responses] == [200] * n, [r.text for r in responses]
     assert proc.returncode == 0, out
-    assert "API key: required on /predict and /info" in out and "the key from $BERTSENT_API_KEY" in out
+    assert "API key: required on /predict, /info and /metrics" in out and "the key from $BERTSENT_API_KEY" in out
     assert KEY not in out
     assert "Application shutdown complete" in out
     assert f"served {n} requests ({n} texts) in {n} batches; 0 failed batches" in out
@@ -729,6 +807,37 @@ def test_a_folder_is_served_with_the_inference_settings_given(trained_tiny_dir):
     assert create_app(trained_tiny_dir, threads, inference).state.predictor.settings.threads == 1
     with pytest.raises(SettingsError, match="a Predictor already has its own"):
         create_app(served, SETTINGS, inference)
+
+
+def test_a_long_review_is_scored_whole_with_long_text_chunk(trained_tiny_dir):
+    """``bertsent serve --long-text chunk``: a review over the model's window gets the score of all its
+    windows (the Predictor's own), not of its first ``max_length`` tokens; /info and /metrics say so."""
+    from bertsent.argparsing import settings as from_flags
+    from bertsent.config import InferenceSettings
+
+    flags = ["--long-text", "chunk", "--max-length", "16", "--stride", "4"]
+    ns = parse(["serve", "--model", str(trained_tiny_dir), *flags])
+    review = "a great and moving film, " * 6 + "but the plot was awful and the ending the worst " * 4
+    assert len(review) <= SETTINGS.max_chars
+    chunked = Predictor(trained_tiny_dir, long_text="chunk", max_length=16, stride=4)
+    _, windows = chunked.prepare([review])
+    assert len(windows) > 5  # far longer than one window
+    expected = chunked.predict_proba([review])[0]
+    truncated = Predictor(trained_tiny_dir, max_length=16).predict_proba([review])[0]
+    assert not np.allclose(expected, truncated, atol=1e-3)
+
+    app = create_app(ns.model, SETTINGS, from_flags(ns, InferenceSettings))  # as cmd_serve builds it
+    with TestClient(app) as client:
+        info = client.get("/info").json()
+        [ranked] = client.post("/predict", json={"inputs": review, "parameters": {"top_k": None}}).json()
+        samples = scrape(client)
+    assert (info["long_text"], info["stride"], info["max_length"]) == ("chunk", 4, 16)
+    scores = {s["label"]: s["score"] for s in ranked}
+    labels = app.state.predictor.id2label
+    assert [scores[labels[i]] for i in range(len(labels))] == pytest.approx(expected.tolist(), abs=1e-5)
+    [model_info] = [s for s in samples if s.name == "bertsent_model_info"]
+    assert (model_info.labels["long_text"], model_info.labels["max_length"]) == ("chunk", "16")
+    assert metric(samples, "bertsent_texts_scored_total") == 1  # texts, not windows
 
 
 POISON = "a text this model cannot take"

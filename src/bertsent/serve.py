@@ -8,6 +8,7 @@ API (OpenAPI docs at ``/docs``):
   ``{"label", "score"}``, best first; ``"top_k": null`` gives every label.
 - ``GET /health`` → ``{"status": "ok"}``; ``GET /info`` → model folder name, labels, backend, settings, counters.
 - ``GET /`` → a one-file web page (``bertsent/static/index.html``) that calls the API.
+- ``GET /metrics`` → Prometheus metrics (:class:`ServeMetrics`), out of the OpenAPI document.
 
 Micro-batching: the Predictor belongs to one background worker (an asyncio task started in the app's
 lifespan). A request puts each of its texts on a queue with a future; the worker takes the first
@@ -101,11 +102,22 @@ class MicroBatcher:
     requests whose own texts fail get an :class:`InferenceError`.
     """
 
-    def __init__(self, predict: Callable[[list[str]], np.ndarray], max_batch_size: int, max_wait_ms: float) -> None:
+    def __init__(
+        self,
+        predict: Callable[[list[str]], np.ndarray],
+        max_batch_size: int,
+        max_wait_ms: float,
+        metrics: "ServeMetrics | None" = None,
+    ) -> None:
         self.predict = predict
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
         self.stats = BatchStats()
+        self.metrics = metrics
+        if metrics is not None:
+            # Read at scrape time, so the gauge is exact without counting puts and gets; the app makes a
+            # new batcher per lifespan, and the newest one takes the gauge over.
+            metrics.queue_depth.set_function(lambda: self.queued)
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -221,6 +233,8 @@ class MicroBatcher:
             probs = await self._predict([item.text for item in items])
         except Exception as e:
             self.stats.errors += 1
+            if self.metrics is not None:
+                self.metrics.batch_errors.inc()
             groups = list(_by_request(items).values())
             if len(groups) == 1:
                 log.error("inference failed on %d texts of one request", len(items), exc_info=e)
@@ -242,6 +256,8 @@ class MicroBatcher:
         self.stats.batches += 1
         self.stats.texts += len(items)
         self.stats.largest_batch = max(self.stats.largest_batch, len(items))
+        if self.metrics is not None:
+            self.metrics.batch(len(items))
         log.debug("batch of %d texts", len(items))
         for item, row in zip(items, probs, strict=True):
             if not item.future.done():
@@ -366,6 +382,104 @@ async def _send_json(send, status: int, payload: dict, headers: Mapping[str, str
     headers_out = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers_out})
     await send({"type": "http.response.body", "body": body})
+
+
+# --------------------------------------------------------------------------------------------------
+# Prometheus metrics (GET /metrics): prometheus_client's types, fed by a middleware and the batcher
+
+
+class ServeMetrics:
+    """The server's Prometheus metrics, in a registry of the app's own.
+
+    Not prometheus_client's global registry: two apps in one process (the tests, a program serving two
+    folders) would register the same names twice and fail. Every series carries the labels ``model``
+    (the folder's name) and ``backend``, so dashboards over several servers need no join;
+    ``bertsent_model_info`` adds how the model runs.
+    """
+
+    def __init__(self, model: str, backend: str, max_batch_size: int, info: Mapping[str, object]) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+        self.registry = r = CollectorRegistry()
+        self.labels = {"model": model, "backend": backend}
+        names = tuple(self.labels)
+        self.requests = Counter(
+            "bertsent_http_requests_total", "HTTP requests answered", [*names, "path", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "bertsent_http_request_duration_seconds", "HTTP request latency", [*names, "path"], registry=r
+        )
+
+        def series(kind, name: str, documentation: str, **kwargs):
+            # The labelled child, made now: each series exists (at 0) from the start, as rate() needs.
+            return kind(name, documentation, names, registry=r, **kwargs).labels(**self.labels)
+
+        self.texts = series(Counter, "bertsent_texts_scored_total", "Texts run through the model")
+        self.batch_errors = series(
+            Counter,
+            "bertsent_batch_errors_total",
+            "Model calls that raised (a failed batch of several requests is retried in halves, which count too)",
+        )
+        self.batch_size = series(
+            Histogram, "bertsent_batch_size", "Texts per model call", buckets=batch_buckets(max_batch_size)
+        )
+        self.queue_depth = series(Gauge, "bertsent_queue_depth", "Texts waiting for a batch")
+        series(Info, "bertsent_model", "The served model and how it runs").info({k: str(v) for k, v in info.items()})
+
+    def request(self, path: str, status: int, seconds: float) -> None:
+        self.requests.labels(**self.labels, path=path, status=str(status)).inc()
+        self.latency.labels(**self.labels, path=path).observe(seconds)
+
+    def batch(self, size: int) -> None:
+        """One model call on ``size`` texts that succeeded."""
+        self.batch_size.observe(size)
+        self.texts.inc(size)
+
+    def exposition(self, accept: str) -> tuple[bytes, str]:
+        """The scrape's body and content type: OpenMetrics when the ``Accept`` header asks for it, else text."""
+        from prometheus_client.exposition import choose_encoder
+
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+
+def batch_buckets(max_batch_size: int) -> tuple[float, ...]:
+    """Powers of two up to ``max_batch_size``, which is a bucket too (batches are never larger)."""
+    sizes = {2**i for i in range(max_batch_size.bit_length()) if 2**i < max_batch_size} | {max_batch_size}
+    return tuple(float(size) for size in sorted(sizes))
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request, by path and status, until the app has sent its answer.
+
+    Outermost, so the 401s and 413s of the middlewares inside it count too. ``path`` is one of the app's
+    routes, else ``other``: a scanner probing random paths must not create a series per path.
+    """
+
+    def __init__(self, app, metrics: ServeMetrics, routes: Sequence) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes  # the app's live list: routes added after the middleware count too
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # an exception before any answer: Starlette's outermost handler then sends a 500
+
+        async def watched(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        finally:
+            path = _route_path(scope)
+            known = any(getattr(route, "path", None) == path for route in self.routes)
+            self.metrics.request(path if known else "other", status, time.perf_counter() - start)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -519,6 +633,10 @@ def _info_models() -> tuple[type, ...]:
         backend: str
         max_length: int
         truncation: str
+        long_text: str = Field(
+            description="truncate: one max_length window per text; chunk: overlapping windows averaged"
+        )
+        stride: int = Field(description="tokens shared by consecutive windows (long_text chunk)")
         batching: Batching
         limits: Limits
         stats: Stats
@@ -653,28 +771,46 @@ def create_app(
     )
     app.state.predictor = predictor
     app.state.settings = settings
+    app.state.metrics = _new_metrics(predictor, settings)
     # Counters before the first lifespan (and after a restart) read from a batcher that never ran.
-    app.state.batcher = _new_batcher(predictor, settings)
+    app.state.batcher = _new_batcher(predictor, settings, app.state.metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    if settings.api_key is not None:  # added last: outermost, so a request without the key is never read
+    if settings.api_key is not None:  # outside the body limit: a request without the key is never read
         app.add_middleware(ApiKeyMiddleware, key=settings.api_key, open_paths=_open_paths(app))
+    # Added last: outermost, so the 401s and 413s are counted too.
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, routes=app.router.routes)
     _add_error_handlers(app)
     protected = _protected(settings)
     _add_page_and_health(app, page)
     _add_info(app, predictor, settings, protected)
     _add_predict(app, predictor, settings, protected)
+    _add_metrics(app)
     _document_limits(app, settings)
     return app
 
 
-def _new_batcher(predictor, settings: ServeSettings) -> MicroBatcher:
-    return MicroBatcher(predictor.predict_proba, settings.max_batch_size, settings.max_wait_ms)
+def _new_batcher(predictor, settings: ServeSettings, metrics: ServeMetrics | None = None) -> MicroBatcher:
+    return MicroBatcher(predictor.predict_proba, settings.max_batch_size, settings.max_wait_ms, metrics)
+
+
+def _new_metrics(predictor, settings: ServeSettings) -> ServeMetrics:
+    from bertsent import __version__
+
+    backend = getattr(predictor, "backend", None)
+    info = {
+        "version": __version__,
+        "precision": getattr(backend, "precision", "unknown"),
+        "max_length": getattr(predictor, "max_length", 0),
+        "long_text": getattr(predictor, "long_text", "truncate"),
+    }
+    folder = Path(str(getattr(predictor, "model_dir", "") or "")).name  # as /info: not the path on disk
+    return ServeMetrics(folder, getattr(backend, "name", "unknown"), settings.max_batch_size, info)
 
 
 @contextlib.asynccontextmanager
 async def _lifespan(app):
     settings: ServeSettings = app.state.settings
-    batcher = _new_batcher(app.state.predictor, settings)
+    batcher = _new_batcher(app.state.predictor, settings, app.state.metrics)
     app.state.batcher = batcher
     batcher.start()
     try:
@@ -762,6 +898,8 @@ def _add_info(app, predictor, settings: ServeSettings, protected: dict) -> None:
         "backend": getattr(getattr(predictor, "backend", None), "name", "unknown"),
         "max_length": getattr(predictor, "max_length", 0),
         "truncation": getattr(predictor, "truncation", ""),
+        "long_text": getattr(predictor, "long_text", "truncate"),
+        "stride": getattr(predictor, "stride", 0),
         "batching": {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms},
         "limits": {
             "max_inputs": settings.max_inputs,
@@ -778,6 +916,18 @@ def _add_info(app, predictor, settings: ServeSettings, protected: dict) -> None:
         """The model folder's name, its labels, backend and input settings, the batching settings and counters."""
         batcher: MicroBatcher = request.app.state.batcher
         return static | {"stats": dataclasses.asdict(batcher.stats) | {"queued": batcher.queued}}
+
+
+def _add_metrics(app) -> None:
+    from fastapi import Request
+    from starlette.responses import Response
+
+    # Out of the OpenAPI document: it is for Prometheus, not API clients (and its body is not JSON).
+    # It needs the API key when one is set, like /info, whose counters it repeats (see the README).
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request):
+        body, content_type = request.app.state.metrics.exposition(request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
 
 
 def _add_predict(app, predictor, settings: ServeSettings, protected: dict) -> None:
@@ -985,7 +1135,8 @@ def print_banner(app, url: str, key_from_env: bool = False) -> None:
     predictor, settings = app.state.predictor, app.state.settings
     labels = ", ".join(predictor.id2label[i] for i in sorted(predictor.id2label))
     print(f"serving {predictor.model_dir} ({predictor.backend.name}; labels: {labels}) at {url}")
-    print(f"web page: {url}/   API docs: {url}/docs   predict: POST {url}/predict {BODY_EXAMPLE}")
+    print(f"web page: {url}/   API docs: {url}/docs   metrics: {url}/metrics")
+    print(f"predict: POST {url}/predict {BODY_EXAMPLE}")
     print(
         f"micro-batching: up to {settings.max_batch_size} texts, waiting at most {settings.max_wait_ms:g} ms; "
         f"limits: {settings.max_inputs} texts, {settings.max_chars:,} characters, "
@@ -993,7 +1144,7 @@ def print_banner(app, url: str, key_from_env: bool = False) -> None:
     )
     if settings.api_key is not None:
         source = f"${API_KEY_ENV}" if key_from_env else "--api-key"
-        print(f"API key: required on /predict and /info (Authorization: Bearer KEY; the key from {source})")
+        print(f"API key: required on /predict, /info and /metrics (Authorization: Bearer KEY; the key from {source})")
     elif settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(
             "listening on %s without an API key: anyone who can reach it can use the API (--api-key or $%s)",
