@@ -9,8 +9,11 @@ user's to fix (one line, exit 2); anything else is a bug and shows its traceback
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -394,13 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun / accelerate launch: one voice per run
     logging.basicConfig(
-        level=logging.DEBUG if ns.verbose else logging.INFO,
+        level=logging.DEBUG if ns.verbose else logging.INFO if main_process else logging.ERROR,
         format="%(asctime)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     try:
-        return ns.func(ns)
+        if main_process:
+            return ns.func(ns)
+        with contextlib.redirect_stdout(io.StringIO()):  # the other ranks' summaries repeat the main one's
+            return ns.func(ns)
     except BertsentError as e:
         # Input the user can fix: one line, exit 2. A bug is any other exception: it keeps its traceback.
         if ns.verbose:

@@ -20,6 +20,8 @@ from bertsent.errors import DataError, ModelError, QuantizeSettingsError, Settin
 TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
 BACKENDS = ("torch", "keras")
 BEST_METRICS = ("accuracy", "f1", "f1_macro", "loss")
+TRACKERS = ("tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio")
+"""Experiment trackers Hugging Face Accelerate logs to (``--report-to``, as the Trainer names them)."""
 IMPORTANCE_SPLITS = ("train", "validation")
 LONG_TEXT = ("truncate", "chunk")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -145,6 +147,10 @@ class TrainingArguments:
     """Continue from the latest checkpoint in ``output_dir`` (same result as an uninterrupted run)."""
     evaluate_test: bool = True
     """Evaluate the final model on the test split when the data has one."""
+    report_to: str = "none"
+    """Experiment trackers for loss, learning rate, validation metrics and throughput, through Accelerate:
+    ``tensorboard``, ``mlflow``, ``wandb``, ... (comma-separated; ``all`` for every installed one; ``none``).
+    Logs go under ``output_dir/logs``; the tracker's package must be installed."""
     calibrate: bool = False
     """Fit a temperature on the validation split and fold it into the classifier (``bertsent calibrate``):
     calibrated scores everywhere the folder goes, the same labels; the test split is scored calibrated."""
@@ -206,6 +212,20 @@ class TrainingArguments:
             }
             if names := [name for name, used in unsupported.items() if used]:
                 raise SettingsError(f"--backend keras does not support {', '.join(names)} (use --backend torch)")
+        self.report_to_list()  # validates now
+
+    def report_to_list(self) -> list[str]:
+        """``report_to`` as Accelerate's ``log_with``: tracker names, ``["all"]``, or ``[]`` for none."""
+        names = [n.strip() for n in str(self.report_to).split(",") if n.strip()]
+        if names in ([], ["none"]):
+            return []
+        if names == ["all"]:
+            return names
+        if unknown := [n for n in names if n not in TRACKERS]:
+            raise SettingsError(f"report_to: unknown tracker {unknown[0]!r}; use none, all or {', '.join(TRACKERS)}")
+        if self.backend == "keras":
+            raise SettingsError("--report-to is for --backend torch (the Accelerate loop)")
+        return names
 
 
 def budget_seconds(budget: str) -> float:

@@ -364,6 +364,7 @@ def _load_reviews(config: PruneConfig, source: Path, id2label: dict[int, str]):
 def prune(config: PruneConfig) -> PruneResult:
     """Prune ``config.model`` as configured and write a self-describing output folder."""
     from bertsent.folder import inference_settings
+    from bertsent.training.distributed import is_main_process
 
     started = time.perf_counter()
     source = _check_source(config)
@@ -393,6 +394,8 @@ def prune(config: PruneConfig) -> PruneResult:
         if evaluation is not None:
             validation["pruned"] = _in_memory_metrics(model, tokenizer, *evaluation, config)
         recovery = _recover(config, model, source, data, masks, max_length, truncation)
+        if not is_main_process():  # under a launcher the recovery ran on every rank; one writes the folder
+            return PruneResult(output_dir=out, metrics={}, compression={}, model=model)
         model.save_pretrained(out)  # the re-applied masks (a no-op unless a zero regrew) and the layout
     else:
         model.save_pretrained(out)

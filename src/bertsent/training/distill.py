@@ -23,6 +23,7 @@ from bertsent.data.loading import Splits
 from bertsent.encoding import Encoded
 from bertsent.errors import ModelError, SettingsError
 from bertsent.modeling.loading import load_classifier, load_tokenizer
+from bertsent.training.distributed import is_main_process
 from bertsent.training.loop import train
 from bertsent.training.tracking import TrainResult
 
@@ -126,6 +127,8 @@ def distill(args: DistillationArguments, data: DataConfig) -> TrainResult:
     if args.hidden_weight:
         teacher.to(torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"))
     result = train(args, data, model=student, make_loss=make_loss)
+    if not is_main_process():  # under a launcher: the main process scores the teacher and writes the record
+        return result
     return _report(args, data, teacher, result)
 
 

@@ -1,13 +1,16 @@
 """Fine-tuning: a BERT encoder plus a softmax head, trained with Adam(W) and cross-entropy.
 
-The loop is plain PyTorch and reads top to bottom: :func:`setup` loads the data, encodes it and builds
-the model, optimizer and schedule (resuming a checkpoint if asked); :func:`fit` trains with periodic
-validation and checkpoints, keeping the best model; :func:`bertsent.training.output.finish` scores
-it on test and writes the folder. ``--backend keras`` hands the same arguments to ``model.fit``.
+The loop is plain PyTorch run through Hugging Face Accelerate, and reads top to bottom: :func:`setup` loads
+the data, encodes it and builds the model, optimizer and schedule (resuming a checkpoint if asked); :func:`fit`
+trains with periodic validation and checkpoints, keeping the best model; :func:`bertsent.training.output.finish`
+scores it on test and writes the folder. Under ``accelerate launch`` / ``torchrun`` each process takes its
+share of every global batch (:mod:`bertsent.training.distributed`). ``--backend keras`` hands the same
+arguments to ``model.fit``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,6 +32,7 @@ from bertsent.errors import DataError, SettingsError
 from bertsent.inference import predict_probs
 from bertsent.modeling.loading import load_classifier
 from bertsent.runtime import autocast_dtype, pick_device
+from bertsent.training import distributed
 from bertsent.training.budget import PROBE_STEPS, REPLAN_EVERY, Budget
 from bertsent.training.inputs import load_and_encode, seed_everything
 from bertsent.training.lr_choice import choose_lr
@@ -61,11 +65,17 @@ def build_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.op
     return torch.optim.AdamW(groups, lr=args.lr, foreach=True)
 
 
-def validate(model, encoded: Encoded, labels: np.ndarray, args: TrainingArguments, pad_id, device, dtype):
-    """Validation metrics (flat dict) of the model as it is now."""
+def validate(
+    model, encoded: Encoded, labels: np.ndarray, args: TrainingArguments, pad_id, device, dtype, accelerator=None
+):
+    """Validation metrics (flat dict) of the model as it is now; with an ``accelerator`` of several
+    processes, each scores its share of the rows and the probabilities are gathered first."""
     from bertsent.metrics import classification_metrics
 
-    probs = predict_probs(model, encoded, args.eval_batch_size, pad_id, device, dtype)
+    def predict(rows: Encoded) -> np.ndarray:
+        return predict_probs(model, rows, args.eval_batch_size, pad_id, device, dtype)
+
+    probs = predict(encoded) if accelerator is None else distributed.sharded_probs(accelerator, predict, encoded)
     metrics = classification_metrics(labels, probs, model.config.id2label)
     metrics["loss"] = metrics["log_loss"]
     return metrics
@@ -145,11 +155,17 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     state: TrainState
+    accelerator: Any
     budget: Budget | None = None
 
     def __post_init__(self) -> None:
         self.train_labels = self.splits.train["label"].to_numpy()
         self.val_labels = self.splits.validation["label"].to_numpy()
+
+    @property
+    def unwrapped(self):
+        """The model without its DDP wrapper: what is scored, saved and written."""
+        return self.accelerator.unwrap_model(self.model)
 
 
 def train(
@@ -173,12 +189,14 @@ def train(
         return train_keras(args, data)
     run = setup(args, data, model, make_loss)
     fit(run)
+    if not run.accelerator.is_main_process:  # the main process alone scores test and writes the folder
+        return TrainResult(output_dir=run.output_dir, metrics={})
     return finish(
         run.args,
         data,
         run.splits,
         run.output_dir,
-        run.model,
+        run.unwrapped,
         run.tokenizer,
         run.state,
         run.device,
@@ -195,6 +213,10 @@ def setup(args: TrainingArguments, data: DataConfig, model=None, make_loss=None)
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     device = pick_device(args.device)
+    dtype = autocast_dtype(args.precision, device)
+    accelerator = distributed.make_accelerator(args, device, dtype)
+    device = accelerator.device  # cuda:LOCAL_RANK under a launcher
+    distributed.describe(accelerator, args)
     splits, tokenizer, train_enc, val_enc = load_and_encode(args, data)
     overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
     if model is None:
@@ -209,7 +231,8 @@ def setup(args: TrainingArguments, data: DataConfig, model=None, make_loss=None)
     total_steps = args.max_steps or steps_per_epoch * args.epochs
     output_dir = Path(args.output_dir)
     pad_id = tokenizer.pad_token_id or 0
-    args, lr_choice = _choose_lr(args, output_dir, model, total_steps, train_enc, splits, device, pad_id, loss_fn)
+    lr_dir = output_dir if accelerator.is_main_process else None  # every rank runs the same test; one plots
+    args, lr_choice = _choose_lr(args, lr_dir, model, total_steps, train_enc, splits, device, pad_id, loss_fn)
     optimizer = build_optimizer(model, args)
     budget = None
     if args.time_budget:
@@ -218,18 +241,21 @@ def setup(args: TrainingArguments, data: DataConfig, model=None, make_loss=None)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, budget.factor)
     else:
         scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
-    state = _start_or_resume(args, output_dir, model, optimizer, scheduler)
+    state = _start_or_resume(args, output_dir, model, optimizer, scheduler, accelerator)
+    # The scheduler stays ours: it steps once per optimizer step, whatever the number of processes.
+    model, optimizer = accelerator.prepare(model, optimizer)
     if budget and state.budget:  # resumed: the time already spent counts, and the plan continues
         budget.used_before = state.budget["used_seconds"]
         budget.warmup_steps, budget.total_steps = state.budget["warmup_steps"], state.budget["total_steps"]
         budget.warmup_planned, total_steps = True, budget.total_steps
     state.lr_choice = state.lr_choice or lr_choice
     output_dir.mkdir(parents=True, exist_ok=True)
+    distributed.start_trackers(accelerator, args)
     return Run(
         args=args,
         output_dir=output_dir,
         device=device,
-        dtype=autocast_dtype(args.precision, device),
+        dtype=dtype,
         splits=splits,
         tokenizer=tokenizer,
         train_enc=train_enc,
@@ -242,6 +268,7 @@ def setup(args: TrainingArguments, data: DataConfig, model=None, make_loss=None)
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         state=state,
+        accelerator=accelerator,
         budget=budget,
     )
 
@@ -249,7 +276,7 @@ def setup(args: TrainingArguments, data: DataConfig, model=None, make_loss=None)
 def _choose_lr(args, output_dir: Path, model, total_steps, train_enc, splits, device, pad_id, loss_fn):
     """``args`` with the learning rate to use, and how it was chosen (given, the rule, or the range test;
     a resumed run keeps the choice its checkpoint records)."""
-    checkpoints = _checkpoint_dirs(output_dir)
+    checkpoints = _checkpoint_dirs(Path(args.output_dir))
     if (args.lr is None or args.lr == "auto") and args.resume and checkpoints:
         saved = json.loads((checkpoints[-1] / "state.json").read_text()).get("lr_choice")
         if saved:
@@ -259,8 +286,9 @@ def _choose_lr(args, output_dir: Path, model, total_steps, train_enc, splits, de
     return choose_lr(args, model, total_steps, (train_enc, labels), (factory, loss_fn), device, pad_id, output_dir)
 
 
-def _start_or_resume(args: TrainingArguments, output_dir: Path, model, optimizer, scheduler) -> TrainState:
-    """A fresh state, or the latest checkpoint's with ``resume``; an earlier run's checkpoints otherwise go."""
+def _start_or_resume(args: TrainingArguments, output_dir: Path, model, optimizer, scheduler, accelerator) -> TrainState:
+    """A fresh state, or the latest checkpoint's with ``resume`` (every rank loads it); an earlier run's
+    checkpoints otherwise go (the main process removes them while the others wait)."""
     checkpoints = _checkpoint_dirs(output_dir)
     if args.resume and checkpoints:
         state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
@@ -268,9 +296,10 @@ def _start_or_resume(args: TrainingArguments, output_dir: Path, model, optimizer
         return state
     if args.resume:
         log.warning("--resume: no checkpoint in %s, starting from scratch", output_dir / CHECKPOINTS)
-    elif checkpoints:
+    elif checkpoints and accelerator.is_main_process:
         log.warning("%s holds checkpoints of an earlier run; they are replaced (pass --resume to continue)", output_dir)
         shutil.rmtree(output_dir / CHECKPOINTS)
+    accelerator.wait_for_everyone()
     return TrainState()
 
 
@@ -281,6 +310,7 @@ def fit(run: Run) -> None:
     args, state = run.args, run.state
     n_epochs = math.ceil(run.total_steps / run.steps_per_epoch)
     progress = not args.progress if args.progress is not None else None
+    progress = progress if run.accelerator.is_main_process else True  # one bar, on the main process
     bar = tqdm(total=run.total_steps, initial=state.step, desc="training", unit="step", disable=progress)
     run.model.train()
     while (run.budget or state.epoch < n_epochs) and state.step < run.total_steps and not state.stopped_early:
@@ -290,6 +320,7 @@ def fit(run: Run) -> None:
         groups = [batches[i : i + step] for i in range(0, len(batches), step)]
         _epoch(run, groups, bar)
     bar.close()
+    run.accelerator.end_training()  # flush and close the --report-to trackers
 
 
 def _epoch(run: Run, groups: list, bar) -> None:
@@ -329,7 +360,8 @@ def _follow_budget(run: Run, step_seconds: float, bar) -> None:
     if state.step == PROBE_STEPS or state.step % REPLAN_EVERY == 0:
         args = run.args
         plan = budget.plan(state.step, run.steps_per_epoch, len(run.val_enc), args)
-        run.total_steps = min(plan, args.max_steps or plan)
+        # Timed on the main process's clock: every rank must stop at the same step.
+        run.total_steps = distributed.agreed(run.accelerator, min(plan, args.max_steps or plan))
         bar.total = run.total_steps
         bar.refresh()
 
@@ -343,26 +375,37 @@ def _save(run: Run) -> None:
             "warmup_steps": run.budget.warmup_steps,
             "total_steps": run.total_steps,
         }
-    save_checkpoint(run.output_dir, run.model, run.optimizer, run.scheduler, run.state, run.args)
+    if run.accelerator.is_main_process:
+        save_checkpoint(run.output_dir, run.unwrapped, run.optimizer, run.scheduler, run.state, run.args)
+    run.accelerator.wait_for_everyone()
     if run.budget:
         run.budget.checkpoint_seconds = time.perf_counter() - started
 
 
 def _optimizer_step(run: Run, group: list[np.ndarray], running: list) -> None:
-    """Forward and backward over the group's micro-batches, then clip, step and advance the schedule."""
-    n_group = sum(len(b) for b in group)
-    for idx in group:
-        batch = {k: v.to(run.device) for k, v in collate(run.train_enc, idx, run.pad_id).items()}
-        labels = torch.from_numpy(run.train_labels[idx]).to(run.device)
-        with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype is not None):
-            loss = run.loss_fn(run.model, batch, labels, idx)
-        # Weight each micro-batch by its size: the step's loss is the mean over its reviews.
-        loss = loss * (len(idx) / n_group)
-        loss.backward()
-        running[0] += loss.item() * n_group
-        running[1] += len(idx)
+    """Forward and backward over this rank's share of the group's micro-batches, then clip, step and
+    advance the schedule."""
+    acc, n_group = run.accelerator, sum(len(b) for b in group)
+    for i, idx in enumerate(group):
+        share = distributed.rank_share(idx, acc)
+        # A rank whose share is empty (a last batch smaller than the process count) still runs one row
+        # with weight 0: DDP needs every rank in every gradient all-reduce.
+        rows, weight = (share, len(share)) if len(share) else (idx[:1], 0)
+        batch = {k: v.to(run.device) for k, v in collate(run.train_enc, rows, run.pad_id).items()}
+        labels = torch.from_numpy(run.train_labels[rows]).to(run.device)
+        # Gradients are all-reduced once per optimizer step, on the group's last micro-batch.
+        sync = contextlib.nullcontext() if i == len(group) - 1 else acc.no_sync(run.model)
+        with sync:
+            with acc.autocast():
+                loss = run.loss_fn(run.model, batch, labels, rows)
+            # Weight each share by its size: the step's loss is the mean over the group's reviews; the
+            # factor num_processes undoes DDP's mean over ranks (x 1 in one process: the same bits as before).
+            loss = loss * (weight / n_group) * acc.num_processes
+            acc.backward(loss)
+        running[0] += loss.item() * n_group / acc.num_processes
+        running[1] += weight
     run.state.reviews_seen += n_group
-    torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.args.max_grad_norm)
+    acc.clip_grad_norm_(run.model.parameters(), run.args.max_grad_norm)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -371,19 +414,31 @@ def _optimizer_step(run: Run, group: list[np.ndarray], running: list) -> None:
 
 
 def _log_progress(run: Run, running: list, bar, tick: float) -> None:
-    state, loss = run.state, running[0] / running[1]
+    state = run.state
+    loss_sum, reviews = distributed.summed(run.accelerator, running)  # every rank's reviews, not one's
+    loss = loss_sum / reviews
     entry = {"step": state.step, "epoch": round(state.step / run.steps_per_epoch, 4), "loss": loss}
-    state.history.append(entry | {"lr": run.scheduler.get_last_lr()[0]})
+    lr = run.scheduler.get_last_lr()[0]
+    state.history.append(entry | {"lr": lr})
     bar.set_postfix(loss=f"{loss:.4f}")
+    rate = state.reviews_seen / max(state.train_seconds + time.perf_counter() - tick, 1e-9)
+    run.accelerator.log(
+        {"train/loss": loss, "train/learning_rate": lr, "train/reviews_per_second": rate}, step=state.step
+    )
     if bar.disable:  # no terminal (a log file, CI): progress as log lines instead
-        rate = state.reviews_seen / max(state.train_seconds + time.perf_counter() - tick, 1e-9)
         log.info("step %d/%d: loss %.4f, %.1f reviews/s", state.step, run.total_steps, loss, rate)
 
 
 def _validate_and_keep_best(run: Run) -> None:
     started = time.perf_counter()
-    metrics = validate(run.model, run.val_enc, run.val_labels, run.args, run.pad_id, run.device, run.dtype)
+    model, acc = run.unwrapped, run.accelerator
+    metrics = validate(model, run.val_enc, run.val_labels, run.args, run.pad_id, run.device, run.dtype, acc)
+    numbers = {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, int | float) and "/" not in k}
+    acc.log(numbers, step=run.state.step)
+    # Every rank has the gathered metrics, so all agree on "best" and on early stopping.
     if record_validation(run.state, metrics, run.args, round(run.state.step / run.steps_per_epoch, 4)):
-        run.model.save_pretrained(run.output_dir / CHECKPOINTS / BEST)
+        if acc.is_main_process:
+            model.save_pretrained(run.output_dir / CHECKPOINTS / BEST)
+        acc.wait_for_everyone()
     if run.budget:
         run.budget.validation_seconds = time.perf_counter() - started

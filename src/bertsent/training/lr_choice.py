@@ -90,7 +90,7 @@ def range_test(model, optimizer_factory, loss_fn, train_enc: Encoded, labels: np
     return result
 
 
-def choose_lr(args, model, total_steps: int, data, training, device, pad_id: int, output_dir: Path):
+def choose_lr(args, model, total_steps: int, data, training, device, pad_id: int, output_dir: Path | None):
     """``args`` with the learning rate to use when ``args.lr`` is unset (the rule) or ``auto`` (the range
     test on ``model``, with ``data`` = (encoded, labels) and ``training`` = (optimizer factory, loss)),
     and how it was chosen, for training_args.json."""
@@ -103,8 +103,9 @@ def choose_lr(args, model, total_steps: int, data, training, device, pad_id: int
         record = {"how": "rule", "lr": rule_lr(hidden, total_steps), "hidden_size": hidden, "steps": total_steps}
     else:
         test = range_test(model, training[0], training[1], *data, args, device, pad_id)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        plot_range_test(test, output_dir / "lr_range_test.png")
+        if output_dir is not None:  # None: another process of the same run plots it
+            output_dir.mkdir(parents=True, exist_ok=True)
+            plot_range_test(test, output_dir / "lr_range_test.png")
         record = {"how": "range test", "lr": test.picked} | asdict(test)
     log.info("learning rate %.3g (%s)", record["lr"], record["how"])
     return replace(args, lr=record["lr"]), record
