@@ -636,6 +636,10 @@ class ReproduceConfig:
     model: str | None = None
     """Teacher's starting weights (None: the embedded all-MiniLM-L6-v2)."""
     fast: bool = False
+    time_budget: str | None = "60m"
+    """The teacher's training time (``train --time-budget``: steps planned to end on time, the learning rate
+    decayed to zero at the deadline), so the recipe has a known length; ``none`` trains ``epochs`` epochs.
+    Fast mode trains epochs."""
     epochs: int = 2
     lr: float = 1e-4
     batch_size: int = 16
@@ -656,7 +660,12 @@ class ReproduceConfig:
         if not isinstance(self.data, DataConfig):
             self.data = DataConfig(source=os.fspath(self.data), validation_samples=2000)
         self.ood = list(self.ood)
+        if str(self.time_budget).strip().lower() in ("none", "off", ""):
+            self.time_budget = None  # --time-budget none: train epochs
+        if self.time_budget is not None:
+            budget_seconds(self.time_budget)  # validates now, not hours into the run
         if self.fast:
+            self.time_budget = None
             self.epochs = min(self.epochs, FAST["epochs"])
             self.latency_samples = min(self.latency_samples, FAST["latency_samples"])
             caps = {k: min(getattr(self.data, k) or v, v) for k, v in FAST.items() if hasattr(self.data, k)}

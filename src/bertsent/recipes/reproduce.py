@@ -47,7 +47,7 @@ def reproduce(config: ReproduceConfig) -> dict:
             resume=True,
             keep_checkpoints=False,
             save_steps=200,
-            **passed_on(config, "model", "epochs", "lr", "batch_size", "max_length", "truncation"),
+            **passed_on(config, "model", "epochs", "time_budget", "lr", "batch_size", "max_length", "truncation"),
         )
         resumed = (teacher / "checkpoints").is_dir()
         train(args, config.data)
@@ -212,6 +212,16 @@ def _versions() -> str:
     )
 
 
+def _schedule(settings: dict, metrics: dict) -> str:
+    """How long the teacher trained: its time budget and what it used, or its epochs."""
+    budget = settings.get("time_budget")  # absent from results.json written before budgets
+    if not budget:
+        return f"{settings['epochs']} epochs"
+    used = metrics.get("time_used_seconds")
+    spent = f", {used / 60:.1f} min used" if isinstance(used, int | float) else ""
+    return f"`--time-budget {budget}`{spent}, {metrics.get('steps')} steps, linear decay to zero at the deadline"
+
+
 def results_page(result: dict, out: Path, plots: dict[str, str]) -> str:
     """The Markdown results page: the table, the teacher's metrics, out-of-domain scores, timings, machine
     and commands; ``plots`` names the SVG files written beside it."""
@@ -240,7 +250,7 @@ Measured by `{command}`, page written {datetime.now(timezone.utc).strftime("%Y-%
 `{git_revision()}`, on {platform.platform()} ({os.cpu_count()} CPUs, {gpu}); {_versions()}.
 
 Teacher: {s["model"] or "the embedded all-MiniLM-L6-v2"} fine-tuned on {m.get("train_reviews")} IMDB training
-reviews ({s["epochs"]} epochs, lr {s["lr"]}, batch {s["batch_size"]}, {s["max_length"]} tokens,
+reviews ({_schedule(s, m)}, lr {s["lr"]}, batch {s["batch_size"]}, {s["max_length"]} tokens,
 `{s["truncation"]}` truncation), best of {m.get("validation_reviews")} validation reviews carved from
 train. Every row below is scored on the same {test_n} test reviews in one run; speed is end to end
 (tokenization included) on this CPU; ratios are against the fp32 teacher.{measured}
