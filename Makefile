@@ -15,7 +15,7 @@ install: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,keras,openvino]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,keras,openvino,ray]"
 	touch $@
 
 # The main job: fine-tune the embedded all-MiniLM-L6-v2 on 2,000 IMDB reviews, test on 2,000.

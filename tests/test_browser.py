@@ -143,3 +143,48 @@ def test_page_asks_for_the_api_key_and_sends_it(browser, keyed_url):
         f"{keyed_url}/predict", json={"inputs": REVIEW}, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
     ).json()[0]
     assert browser.find_element(By.ID, "label").text == expected["label"]
+
+
+def rgb(css: str) -> tuple[int, ...]:
+    """``rgb(1, 2, 3)`` / ``rgba(1, 2, 3, 1)`` -> ``(1, 2, 3)``."""
+    return tuple(int(float(v)) for v in css[css.index("(") + 1 : css.index(")")].split(",")[:3])
+
+
+def test_page_explains_with_a_colour_blind_safe_scale_and_a_legend(browser, server_url):
+    open_page(browser, server_url)
+    # 😀 is outside the BMP (two UTF-16 units, one code point: the offsets count code points); over 200
+    # characters, so classify() sets it at once (ChromeDriver cannot type it); beyond 32 tokens, truncated.
+    review = "A wonderful 😀, moving film: the cast was brilliant — I loved the story. Awful ending, though. " * 2
+    review += "The plot was dull and the music was superb."
+    box = browser.find_element(By.ID, "explain")
+    classify(browser, review)  # not asked: no highlighting
+    assert not box.is_selected() and not browser.find_element(By.ID, "explanation").is_displayed()
+
+    box.click()
+    classify(browser, review)
+    assert browser.find_element(By.ID, "explanation").is_displayed()
+    api = httpx.post(f"{server_url}/predict", json={"inputs": review, "parameters": {"explain": True}}, timeout=30)
+    expected = api.json()[0]
+    highlighted = browser.find_element(By.ID, "highlighted")
+    assert highlighted.get_attribute("textContent") == review  # the whole review, in its own characters
+    spans = highlighted.find_elements(By.CSS_SELECTOR, ".word")
+    assert [s.text for s in spans] == [w["word"] for w in expected["explanation"]]
+    strong = 0
+    for span, word in zip(spans, expected["explanation"], strict=True):
+        assert float(span.get_attribute("data-score")) == pytest.approx(word["score"], abs=1e-6)
+        red, green, blue = rgb(span.value_of_css_property("background-color"))
+        if abs(word["score"]) >= 0.3:  # orange for the label, blue against it: never red against green
+            strong += 1
+            assert (red > blue) if word["score"] > 0 else (blue > red), (word, (red, green, blue))
+        if abs(word["score"]) < 0.02:
+            assert min(red, green, blue) >= 245  # about white at 0
+    assert strong >= 1
+    label = expected["label"]
+    assert browser.find_element(By.ID, "legend-for").text == f"for {label}"
+    assert browser.find_element(By.ID, "legend-against").text == f"against {label}"
+    scale = browser.find_element(By.CSS_SELECTOR, ".legend-scale").value_of_css_property("background-image")
+    assert "rgb(33, 102, 172)" in scale and "rgb(230, 97, 1)" in scale  # blue - white - orange
+
+    box.click()  # off again: the next answer has no explanation
+    classify(browser, review)
+    assert not browser.find_element(By.ID, "explanation").is_displayed()

@@ -38,6 +38,8 @@ def test_compress_recipe_writes_every_variant_then_compares_and_resumes(
         "0.25",
         "--ffn-fraction",
         "0.25",
+        "--factorize-energy",
+        "0.5",  # the tiny random teacher's spectrum is flat: at 0.9 no layer would get smaller
     ]
     assert main(argv) == 0
     folders = ("teacher-onnx", "teacher-int8", "teacher-int8-emb", "student", "student-unpruned-int8", "student-pruned")
@@ -55,6 +57,10 @@ def test_compress_recipe_writes_every_variant_then_compares_and_resumes(
         "student INT8 (unpruned)",
         "student pruned",
         "student INT8",
+        "student trimmed vocab",
+        "student trimmed INT8",
+        "teacher factorized",
+        "teacher early exit",
         *OPENVINO_ROWS,
     ]
     by_name = {r["name"]: r for r in rows}
@@ -66,6 +72,11 @@ def test_compress_recipe_writes_every_variant_then_compares_and_resumes(
     unpruned = json.loads((out / "student-unpruned-int8" / "compression.json").read_text())
     assert unpruned["source"] == str(out / "student") and unpruned["settings"]["quantize_embeddings"] is True
     assert by_name["teacher INT8"]["backend"] == "onnxruntime"
+    # The survey's other families: the trimmed student is the smallest, the factorized teacher smaller.
+    assert by_name["student trimmed INT8"]["size_mb"] < by_name["student INT8"]["size_mb"]
+    assert by_name["student trimmed vocab"]["parameters"] < by_name["student pruned"]["parameters"]
+    assert by_name["teacher factorized"]["parameters"] < by_name["teacher (fp32)"]["parameters"]
+    assert json.loads((out / "teacher-early-exit" / "config.json").read_text())["num_hidden_layers"] == 2
     assert "| student INT8 | onnxruntime |" in capsys.readouterr().out
     if HAS_OPENVINO:  # the smallest student's IR, and "fastest within the budget" chooses across backends
         assert json.loads((out / "student-openvino" / "compression.json").read_text())["source"] == str(

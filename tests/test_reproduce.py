@@ -8,8 +8,9 @@ from bertsent.cli import main
 from bertsent.data.ood import fetch
 from bertsent.recipes.compare import trade_off_line
 
-# The compress recipe adds four OpenVINO rows when openvino and nncf are installed.
-ROWS = 8 + (4 if all(importlib.util.find_spec(name) for name in ("openvino", "nncf")) else 0)
+# Eight rows, four of the survey's other families (trimmed vocabulary and its INT8, factorized, early exit), and
+# four OpenVINO rows when openvino and nncf are installed.
+ROWS = 12 + (4 if all(importlib.util.find_spec(name) for name in ("openvino", "nncf")) else 0)
 
 
 def test_reproduce_fast_runs_every_stage_and_writes_the_results_page(
@@ -46,6 +47,7 @@ def test_reproduce_fast_runs_every_stage_and_writes_the_results_page(
     assert page == (out / "results.md").read_text()
     assert "fast mode" in page and "93.46%" in page and "quoted, not measured here" in page
     assert "| teacher INT8 | onnxruntime |" in page
+    assert "| Dynamic inference | early exit" in page and "teacher early exit: " in page  # the survey's families
     assert trade_off_line(result["rows"], 1.5) in page
     assert "Measured on " in page and "physical cores" in page  # the CPU (compare.json's "cpu")
     assert f"The table was measured on {result['table_measured']['date']} at git" in page

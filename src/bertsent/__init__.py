@@ -12,6 +12,7 @@ _EXPORTS = {
     "TrainingArguments": "bertsent.config",
     "DistillationArguments": "bertsent.config",
     "InferenceSettings": "bertsent.config",
+    "ExplainSettings": "bertsent.config",
     "train": "bertsent.training.loop",
     "distill": "bertsent.training.distill",
     "evaluate": "bertsent.evaluate",

@@ -27,8 +27,11 @@ from bertsent.config import (
     CompressConfig,
     DataConfig,
     DistillationArguments,
+    EarlyExitConfig,
     EvaluateArguments,
+    ExplainSettings,
     ExportConfig,
+    FactorizeConfig,
     InferenceSettings,
     ModelArguments,
     OodArguments,
@@ -38,6 +41,7 @@ from bertsent.config import (
     ReproduceConfig,
     ServeSettings,
     TrainingArguments,
+    TrimVocabConfig,
 )
 from bertsent.errors import BertsentError
 from bertsent.serve import cmd_serve  # the server's own loop; light to import (no torch)
@@ -92,6 +96,8 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     data, inference = settings(ns, DataConfig), settings(ns, InferenceSettings)
     metrics = evaluate(model, data, split=args.split, output_dir=args.output_dir, settings=inference)
     print_metrics(metrics)
+    if "mean_layers" in metrics:
+        print(f"{'mean layers':>24}: {metrics['mean_layers']:.2f} (early exit)")
     print(f"{metrics['n']} reviews scored ({metrics['split']}); report written to {metrics['report_dir']}")
     return 0
 
@@ -102,7 +108,10 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     args = settings(ns, PredictArguments)
     if bool(ns.texts) == bool(args.input):
         raise BertsentError("give either texts to classify or --input FILE (with --output FILE)")
-    predictor = Predictor(settings(ns, ModelArguments).model, settings(ns, InferenceSettings))
+    explain = settings(ns, ExplainSettings)  # --explain: each prediction also holds its "explanation"
+    if args.engine == "ray":
+        return predict_on_ray(ns, args, explain)
+    predictor = Predictor(settings(ns, ModelArguments).model, settings(ns, InferenceSettings), explain=explain)
     if args.input:
         n = predict_file(
             predictor,
@@ -117,6 +126,31 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         return 0
     for text, prediction in zip(ns.texts, predictor(ns.texts, top_k=args.top_k or None), strict=True):
         print(json.dumps({"text": text, "prediction": prediction}, ensure_ascii=False))
+    return 0
+
+
+def predict_on_ray(ns: argparse.Namespace, args: PredictArguments, explain: ExplainSettings) -> int:
+    """``predict --engine ray``: the corpus through an actor pool on Ray Data (:mod:`bertsent.corpus`)."""
+    from bertsent.corpus import score_corpus
+
+    if explain.explain:
+        raise BertsentError("--explain runs with --engine local (explanations are not written to Parquet)")
+    result = score_corpus(
+        settings(ns, ModelArguments).model,
+        args.input,
+        args.output,
+        settings(ns, InferenceSettings),
+        text_column=args.text_column,
+        keep_columns=args.keep_columns,
+        top_k=args.top_k,
+        encoding=args.encoding,
+        address=args.address,
+        workers=args.workers,
+    )
+    print(
+        f"{result.rows} predictions written to {result.output} ({result.output_files} Parquet files, from "
+        f"{result.input_files} input files; {result.workers} actors x {result.threads} threads, {result.seconds:.1f} s)"
+    )
     return 0
 
 
@@ -186,6 +220,67 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
             print(f"{split + ' ECE':>24}: {r['ece_before']:.4f} -> {r['ece_after']:.4f}")
             print(f"{split + ' log-loss':>24}: {r['log_loss_before']:.4f} -> {r['log_loss_after']:.4f}")
     print(f"calibrated model written to {result.output_dir}")
+    return 0
+
+
+def cmd_trim_vocab(ns: argparse.Namespace) -> int:
+    from bertsent.compression.trim_vocab import trim_vocab
+
+    result = trim_vocab(settings(ns, TrimVocabConfig))
+    record = result.record
+    for name, key in (("vocabulary", "vocab_size"), ("parameters", "parameters")):
+        print(f"{name:>24}: {record[key]['before']:,} -> {record[key]['after']:,}")
+    print(f"{'weights':>24}: {_mb(record['weights_bytes']['before'])} -> {_mb(record['weights_bytes']['after'])}")
+    for split, tokens in record["tokens"].items():
+        print(
+            f"{split + ' tokens':>24}: {100 * tokens['unk_token_share']:.4f}% became [UNK], "
+            f"{100 * tokens['resplit_token_share']:.4f}% re-split ({tokens['tokens']:,} tokens)"
+        )
+    validation = record["validation"]
+    if "after" in validation:
+        before, after = validation["before"]["accuracy"], validation["after"]["accuracy"]
+        print(f"{'validation accuracy':>24}: {before:.4f} -> {after:.4f} ({validation['reviews']} reviews)")
+    print(f"trimmed model saved to {result.output_dir}")
+    return 0
+
+
+def cmd_factorize(ns: argparse.Namespace) -> int:
+    from bertsent.compression.factorize import factorize
+
+    result = factorize(settings(ns, FactorizeConfig))
+    record = result.record
+    if not record:  # a launcher's other rank: the main process reports
+        return 0
+    layers, ranks = record["layers"], record["ranks"]
+    print(f"{'factorized layers':>24}: {len(ranks)} of {len(layers)} (ranks {sorted(set(ranks.values()))})")
+    for name, key in (("parameters", "parameters"), ("factorized weights", "factorized_weights")):
+        print(f"{name:>24}: {record[key]['before']:,} -> {record[key]['after']:,}")
+    print(f"{'weights':>24}: {_mb(record['weights_bytes']['before'])} -> {_mb(record['weights_bytes']['after'])}")
+    validation = record["validation"]
+    for stage in ("factorized", "after") if "after" in validation else ():
+        if stage in validation:
+            label = "before recovery" if stage == "factorized" else "after"
+            before, now = validation["before"]["accuracy"], validation[stage]["accuracy"]
+            print(f"{'validation accuracy':>24}: {before:.4f} -> {now:.4f} {label} ({validation['reviews']} reviews)")
+    print(f"factorized model saved to {result.output_dir}")
+    return 0
+
+
+def cmd_early_exit(ns: argparse.Namespace) -> int:
+    from bertsent.compression.early_exit import early_exit
+
+    result = early_exit(settings(ns, EarlyExitConfig))
+    record, validation = result.record, result.record["validation"]
+    full, chosen, rule = validation["full_depth"], validation["chosen"], record["rule"]
+    header = f"{rule['criterion'] + ' threshold':>24}  accuracy  mean layers  reviews/s"
+    print(f"{header} ({validation['reviews']} validation reviews)")
+    print(f"{'full depth':>24}  {full['accuracy']:.4f}  {record['layers']:11.2f}  {full['reviews_per_second']:9.1f}")
+    for point in validation["curve"]:
+        mark = "  <- chosen" if point is chosen else ""
+        line = f"{point['accuracy']:.4f}  {point['mean_layers']:11.2f}  {point['reviews_per_second']:9.1f}{mark}"
+        print(f"{point['threshold']:>24g}  {line}")
+    print(f"{'chosen':>24}: {rule['threshold']:g} ({validation['chosen_by']})")
+    print(f"early-exit model written to {result.output_dir}")
     return 0
 
 
@@ -264,6 +359,10 @@ def _skip_test(p: argparse.ArgumentParser) -> None:
 
 def _texts(p: argparse.ArgumentParser) -> None:
     p.add_argument("texts", nargs="*", help="texts to classify (or --input FILE)")
+    # A plain switch, not the generated optional-value bool: `--explain "a review"` must not read the
+    # review as the flag's value. Same field, same default (the conflict handler replaces the first).
+    help_text = next(a.help for a in p._actions if a.dest == "explain")
+    p.add_argument("--explain", action="store_true", default=False, help=help_text)
 
 
 def _models(p: argparse.ArgumentParser) -> None:
@@ -309,7 +408,7 @@ COMMANDS: dict[str, Command] = {
     "predict": Command(
         cmd_predict,
         "classify texts given on the command line or in a file",
-        (ModelArguments, InferenceSettings, PredictArguments),
+        (ModelArguments, InferenceSettings, PredictArguments, ExplainSettings),
         extra=_texts,
     ),
     "serve": Command(
@@ -331,6 +430,24 @@ COMMANDS: dict[str, Command] = {
         cmd_calibrate,
         "temperature scaling fitted on validation reviews, folded into the classifier",
         (DataConfig, CalibrateConfig),
+        {"source": None},
+    ),
+    "trim-vocab": Command(
+        cmd_trim_vocab,
+        "vocabulary trimming: keep the WordPieces of the training texts, slice the embedding matrix",
+        (DataConfig, TrimVocabConfig),
+        {"source": None},
+    ),
+    "factorize": Command(
+        cmd_factorize,
+        "low-rank factorization: FFN/attention Linears as two thinner ones from a truncated SVD, then recovery",
+        (DataConfig, FactorizeConfig),
+        {"source": None},
+    ),
+    "early-exit": Command(
+        cmd_early_exit,
+        "early exit: a classifier on every layer's [CLS]; reviews stop at the first confident layer",
+        (DataConfig, EarlyExitConfig),
         {"source": None},
     ),
     "export": Command(

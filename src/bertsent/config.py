@@ -29,6 +29,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 else fp32), ``fp32``, or ``bf16`` (autocast for PyTorch, the bf16 inference hint for OpenVINO)."""
 INFERENCE_BACKENDS = ("auto", "torch", "onnx", "openvino")
 METHODS = ("onnx-dynamic", "onnx-static", "torch-dynamic", "openvino-int8")
+FACTORIZE_TARGETS = ("ffn", "attention")
+"""Linear layers ``bertsent factorize`` may replace: the FFN's intermediate and output dense layers, and the
+attention's query, key, value and output projections."""
+FACTORIZE_WEIGHTINGS = ("none", "activation", "fisher")
 FAST = {"train_samples": 400, "validation_samples": 200, "eval_samples": 400, "epochs": 1, "latency_samples": 20}
 DEFAULT_HOST = "127.0.0.1"
 """Loopback only by default: exposing the API is an explicit choice (``--host``, best with ``--api-key``)."""
@@ -39,7 +43,17 @@ MAX_OPSET = 23
 """Highest opset torch 2.13's exporters write (checked: 24 fails after dumping the whole graph to stdout)."""
 DEFAULT_ATOL = 1e-4
 EXPORTERS = ("torchscript", "dynamo")
+PREDICT_ENGINES = ("local", "ray")
+"""Where ``bertsent predict --input`` runs: this process, or a Ray cluster (:mod:`bertsent.corpus`)."""
+EXPLAIN_METHODS = ("integrated-gradients", "input-x-gradient")
+"""Attribution methods of ``--explain-method``, both Captum's on the word embeddings: Integrated Gradients
+(``explain_steps`` forward and backward passes per review), or embedding x gradient (one pass, cheaper)."""
 DEFAULT_ID2LABEL = {0: "negative", 1: "positive"}
+EXIT_CRITERIA = ("entropy", "patience")
+"""Early exit's rules: ``entropy`` (DeeBERT: leave once the normalised entropy is below the threshold) or
+``patience`` (PABEE: leave once ``threshold`` layers in a row repeat the label)."""
+ENTROPY_THRESHOLDS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+"""The entropy thresholds ``bertsent early-exit`` sweeps by default (a two-label softmax at 0.99 has 0.08)."""
 
 
 @dataclass
@@ -74,8 +88,17 @@ class InferenceSettings:
     cls_only: bool = True
     """Run a PyTorch BERT's last layer for [CLS] only (same logits to float rounding, fewer FLOPs); False:
     the plain forward."""
+    exit_threshold: float | None = None
+    """An early-exit folder (``bertsent early-exit``): this exit threshold instead of the one it records
+    (entropy: normalised entropy in [0, 1] below which a layer's label is taken; patience: layers in a row
+    that must agree; 0: full depth). Other folders ignore it."""
 
     def __post_init__(self) -> None:
+        threshold = self.exit_threshold
+        if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold < math.inf
+        ):
+            raise SettingsError(f"exit_threshold must be a number >= 0 (0: full depth), got {threshold!r}")
         choices = {"long_text": LONG_TEXT, "precision": PRECISIONS, "backend": INFERENCE_BACKENDS}
         if self.truncation is not None:
             choices["truncation"] = TRUNCATION_STRATEGIES
@@ -522,6 +545,193 @@ class QuantizeConfig:
 
 
 @dataclass
+class TrimVocabConfig:
+    """Settings of one vocabulary-trimming run (``bertsent trim-vocab``); saved in ``compression.json``."""
+
+    model: str
+    """Source folder: a fp32 PyTorch classifier with a WordPiece tokenizer (fine-tuned, distilled or pruned)."""
+    output_dir: str
+    """Folder for the trimmed model, its tokenizer, ``compression.json``, ``metrics.json`` and model card."""
+    coverage: float = 1.0
+    """Keep the most frequent WordPieces of the training texts until they cover this share of their
+    occurrences, in (0, 1]; 1 keeps every piece that occurs. Special tokens are always kept."""
+    min_count: int = 1
+    """Keep only WordPieces that occur at least this many times in the training texts."""
+    train_samples: int | None = None
+    """Training reviews whose WordPieces are counted (stratified, seeded); None: every training review."""
+    eval_samples: int = 500
+    """Validation reviews classified by the source and the trimmed model (0 skips the measurement)."""
+    unk_samples: int | None = None
+    """Test reviews on which the share of tokens that became [UNK] is measured (tokenization only);
+    None: the whole test split."""
+    data: DataConfig | str | None = None
+    """Reviews whose training split is counted; None: the data recorded in the source's training_args.json."""
+    batch_size: int = 32
+    """Batch size of the validation measurement."""
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_folder_paths(self, SettingsError)
+        coverage = self.coverage
+        if isinstance(coverage, bool) or not isinstance(coverage, int | float) or not 0 < coverage <= 1:
+            raise SettingsError(f"coverage must be a share in (0, 1], got {coverage!r}")
+        minimum = {"min_count": 1, "train_samples": 1, "eval_samples": 0, "unk_samples": 1, "batch_size": 1}
+        _check_counts(self, minimum, unset=("train_samples", "unk_samples"))
+        self.data = as_data_config(self.data)
+
+
+@dataclass
+class FactorizeConfig:
+    """Settings of one low-rank factorization run (``bertsent factorize``); saved in ``compression.json``."""
+
+    model: str
+    """Source folder: a fp32 PyTorch BERT classifier (fine-tuned, distilled, pruned or vocabulary-trimmed)."""
+    output_dir: str
+    """Folder for the factorized model, ``compression.json``, ``metrics.json`` and model card."""
+    rank: int | None = None
+    """Rank of every factorized layer (capped at min(in, out)); exclusive with ``energy``."""
+    energy: float | None = None
+    """Per layer, the smallest rank keeping this share of the squared singular values, in (0, 1]; exclusive
+    with ``rank``."""
+    targets: str = "ffn,attention"
+    """Comma-separated layers to factorize: ``ffn`` (intermediate and output dense), ``attention`` (query,
+    key, value and output projections)."""
+    weighting: str = field(default="none", metadata={"choices": FACTORIZE_WEIGHTINGS})
+    """``none`` (plain SVD), ``activation`` (columns scaled by the RMS of each input feature on training
+    reviews, as ASVD), or ``fisher`` (rows scaled by the root of their summed squared gradients, as FWSVD)."""
+    calibration_samples: int = 128
+    """Training reviews whose activations (``activation``) or gradients (``fisher``) weight the SVD."""
+    train_samples: int | None = 2000
+    """Training reviews of the recovery fine-tuning (stratified, seeded); None: every training review."""
+    eval_samples: int = 500
+    """Validation reviews scored before and after (and by recovery, to keep its best epoch); 0 skips them."""
+    recovery_epochs: int = 1
+    """Epochs of recovery fine-tuning of the factorized model (0: none)."""
+    recovery_lr: float = 5e-5
+    """Peak learning rate of recovery: low, as the model is already fine-tuned."""
+    data: DataConfig | str | None = None
+    """Labelled reviews; None: the data recorded in the source's training_args.json."""
+    batch_size: int = 16
+    """Batch size of the weighting pass and of recovery fine-tuning."""
+    eval_batch_size: int = 64
+    seed: int = 42
+    device: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_folder_paths(self, SettingsError)
+        if (self.rank is None) == (self.energy is None):
+            raise SettingsError("give exactly one of rank (--rank R) and energy (--energy 0.9)")
+        if self.rank is not None and (_not_int(self.rank) or self.rank < 1):
+            raise SettingsError(f"rank must be an integer >= 1, got {self.rank!r}")
+        energy = self.energy
+        if energy is not None and (
+            isinstance(energy, bool) or not isinstance(energy, int | float) or not 0 < energy <= 1
+        ):
+            raise SettingsError(f"energy must be a share in (0, 1], got {energy!r}")
+        self.targets = ",".join(self.target_list)
+        if self.weighting not in FACTORIZE_WEIGHTINGS:
+            raise SettingsError(f"weighting must be one of {', '.join(FACTORIZE_WEIGHTINGS)}, got {self.weighting!r}")
+        minimum = {
+            "calibration_samples": 1,
+            "train_samples": 1,
+            "eval_samples": 0,
+            "recovery_epochs": 0,
+            "batch_size": 1,
+            "eval_batch_size": 1,
+            "threads": 1,
+        }
+        _check_counts(self, minimum, unset=("train_samples", "threads"))
+        lr = self.recovery_lr
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
+            raise SettingsError(f"recovery_lr must be > 0, got {lr!r}")
+        if self.recovery_epochs and not self.eval_samples:
+            raise SettingsError("recovery keeps its best epoch by validation: eval_samples must be >= 1 with recovery")
+        self.data = as_data_config(self.data)
+
+    @property
+    def target_list(self) -> list[str]:
+        """The targets, known and in :data:`FACTORIZE_TARGETS` order."""
+        given = self.targets if isinstance(self.targets, str | list | tuple) else [self.targets]
+        names = [str(name).strip().lower() for name in split_names(given) if str(name).strip()]
+        unknown = [name for name in names if name not in FACTORIZE_TARGETS]
+        if unknown or not names:
+            found = f"unknown target {unknown[0]!r}" if unknown else "no target given"
+            raise SettingsError(f"targets: {found}: choose from {', '.join(FACTORIZE_TARGETS)} (comma-separated)")
+        return [name for name in FACTORIZE_TARGETS if name in names]
+
+
+@dataclass
+class EarlyExitConfig:
+    """Settings of ``bertsent early-exit``: a classifier on every encoder layer's [CLS], trained with the
+    backbone frozen, and the exit threshold chosen on validation reviews; saved in ``compression.json``."""
+
+    model: str
+    """Source folder: a fp32 PyTorch BERT classifier (fine-tuned, distilled or pruned; not quantized)."""
+    output_dir: str
+    """Folder for the model, its exit heads (``early_exit.safetensors``), ``compression.json``, the curve and card."""
+    criterion: str = field(default="entropy", metadata={"choices": EXIT_CRITERIA})
+    """``entropy``: a review leaves at the first layer whose softmax entropy, divided by ln(labels) so it lies
+    in [0, 1], is below the threshold (DeeBERT); ``patience``: at the first layer whose label the
+    ``threshold`` layers before it also gave (PABEE)."""
+    exit_threshold: float | None = None
+    """Record this threshold instead of the one chosen on validation (0: full depth; patience: an integer)."""
+    thresholds: list[float] | None = None
+    """Thresholds swept on validation (default: entropy 0, 0.02, 0.05, 0.1 .. 0.6; patience 0, 1 .. layers - 2)."""
+    max_drop: float = 0.5
+    """Accuracy points below its own full-depth accuracy (on validation) the chosen threshold may lose: the
+    threshold with the fewest mean layers within it is chosen."""
+    train_samples: int | None = 2000
+    """Training reviews the exit heads learn from (stratified, seeded); None (Python API): every training review."""
+    eval_samples: int = 500
+    """Validation reviews of the sweep: accuracy, mean layers and reviews/s for every threshold."""
+    head_epochs: int = 10
+    """Epochs of head training over the training reviews' cached [CLS] vectors (the backbone runs once)."""
+    head_lr: float = 1e-3
+    """Peak learning rate of the heads (AdamW, linear decay)."""
+    batch_size: int = 32
+    """Batch size of the backbone passes, the timed runs and head training."""
+    data: DataConfig | str | None = None
+    """Labelled reviews (heads learn from train, the threshold is chosen on validation); None: the data
+    recorded in the source's training_args.json, split as in training."""
+    seed: int = 42
+    device: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_folder_paths(self, SettingsError)
+        check_exit_rule(self.criterion, 0)
+        minimum = {"train_samples": 1, "eval_samples": 1, "head_epochs": 1, "batch_size": 1, "threads": 1}
+        _check_counts(self, minimum, unset=("train_samples", "threads"))
+        drop, lr = self.max_drop, self.head_lr
+        if isinstance(drop, bool) or not isinstance(drop, int | float) or not 0 <= drop < math.inf:
+            raise SettingsError(f"max_drop must be a number of accuracy points >= 0, got {drop!r}")
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
+            raise SettingsError(f"head_lr must be a number > 0, got {lr!r}")
+        if self.thresholds is not None:
+            try:
+                self.thresholds = [float(t) for t in split_names(self.thresholds)]
+            except (TypeError, ValueError):
+                raise SettingsError(f"thresholds must be numbers, got {self.thresholds!r}") from None
+            if not self.thresholds:
+                raise SettingsError("thresholds: give at least one threshold (or leave it out for the default sweep)")
+        for threshold in [*(self.thresholds or ()), *([] if self.exit_threshold is None else [self.exit_threshold])]:
+            check_exit_rule(self.criterion, threshold)
+        self.data = as_data_config(self.data)
+
+
+def check_exit_rule(criterion: str, threshold: object) -> None:
+    """A SettingsError unless ``criterion`` is an early-exit rule and ``threshold`` fits it: a number >= 0,
+    a whole number of layers for ``patience``."""
+    if criterion not in EXIT_CRITERIA:
+        raise SettingsError(f"criterion must be one of {', '.join(EXIT_CRITERIA)}, got {criterion!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold < math.inf:
+        raise SettingsError(f"exit thresholds must be numbers >= 0 (0: full depth), got {threshold!r}")
+    if criterion == "patience" and not float(threshold).is_integer():
+        raise SettingsError(f"a patience threshold is a number of layers (an integer), got {threshold!r}")
+
+
+@dataclass
 class CalibrateConfig:
     """Settings of ``bertsent calibrate``: one temperature fitted on validation reviews, folded into the weights."""
 
@@ -607,6 +817,14 @@ class CompressConfig:
     quantize_embeddings: bool = True
     """Also store embedding tables as INT8 (most of a small model's bytes): the student's, and a
     teacher variant."""
+    trim_vocab: bool = True
+    """Trim the smallest student's vocabulary to the training texts' WordPieces, then INT8 it (embedding
+    tables are most of a small model's bytes)."""
+    factorize_energy: float | None = 0.9
+    """Factorize the teacher's linears keeping this share of each spectrum (``bertsent factorize --energy``),
+    with a recovery epoch; 0 or None skips it."""
+    early_exit: bool = True
+    """Add the teacher with a classifier on every layer, exiting early (``bertsent early-exit``)."""
     latency_samples: int = 100
     threads: int | None = None
     remeasure: bool = False
@@ -623,6 +841,8 @@ class CompressConfig:
         for name in ("heads_fraction", "ffn_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.factorize_energy is not None and not 0 <= self.factorize_energy < 1:
+            raise SettingsError(f"factorize_energy must be in [0, 1) (0: skip), got {self.factorize_energy}")
 
 
 @dataclass
@@ -818,30 +1038,75 @@ class PredictArguments:
     """Where ``bertsent predict`` reads texts and writes predictions (texts on the command line otherwise)."""
 
     input: str | None = None
-    """CSV/JSONL/Parquet/TXT file of texts (streamed: any size)."""
+    """CSV/JSONL/Parquet/TXT file of texts (streamed: any size); with ``--engine ray`` also a folder or a
+    quoted glob of shards (``'shards/*.parquet'``)."""
     output: str | None = None
-    """Where to write predictions (.csv or .jsonl), in input order."""
+    """Where to write predictions (.csv or .jsonl), in input order; with ``--engine ray`` a new folder of
+    Parquet shards (rows in any order, each with its ``row_id``)."""
     text_column: str = "text"
     """Column (CSV, Parquet) or field (JSONL) holding the texts; written as ``text``."""
     keep_columns: list[str] | None = field(default=None, metadata={"nargs": "*"})
     """Input columns to copy into the output before label and score, e.g. ``id,date`` (default: all;
     an empty value: none but the text)."""
     top_k: int = 1
-    """Scores to show per text (0: all)."""
+    """Scores to show per text (0: all); with ``--engine ray``, other than 1 adds a ``scores`` column."""
     resume: bool = False
     """Continue an interrupted ``--input`` run where it stopped."""
     encoding: str = "utf-8"
     """Text encoding of the input file."""
+    engine: str = field(default="local", metadata={"choices": PREDICT_ENGINES})
+    """``local`` (this process) or ``ray``: read, score and write on a Ray cluster with Ray Data, an actor
+    per ``--workers``, each with ``--threads`` CPUs (needs ``pip install "bertsent[ray]"``)."""
+    address: str | None = None
+    """``--engine ray``: the Ray cluster to connect to (default: ``$RAY_ADDRESS``, else a new local cluster)."""
+    workers: int | None = None
+    """``--engine ray``: scoring actors, each loading the model once (default: as many as fit the cluster's
+    CPUs at ``--threads`` each, default 1, leaving one CPU for reading and writing)."""
 
     def __post_init__(self) -> None:
         if self.top_k < 0:
             raise SettingsError(f"top_k must be >= 0 (0: all scores), got {self.top_k}")
+        if self.engine not in PREDICT_ENGINES:
+            raise SettingsError(f"engine must be one of {', '.join(PREDICT_ENGINES)}, got {self.engine!r}")
+        _check_counts(self, {"workers": 1}, unset=("workers",))
+        if self.engine == "local" and (self.address or self.workers is not None):
+            raise SettingsError("--address and --workers are for --engine ray")
+        if self.engine == "ray" and (self.resume or not self.input or not self.output):
+            raise SettingsError(
+                "--engine ray scores --input PATH_OR_GLOB into --output DIR; it retries lost work itself, "
+                "without --resume"
+            )
         if self.input and not self.output:
             raise SettingsError("--input needs --output FILE (.csv or .jsonl)")
         if self.keep_columns is not None:
             if not self.input:
                 raise SettingsError("--keep-columns needs --input FILE")
             self.keep_columns = [name.strip() for name in split_names(self.keep_columns) if name.strip()]
+
+
+@dataclass
+class ExplainSettings:
+    """Per-word attributions for the predicted label (``bertsent predict --explain``, ``Predictor(..., explain=True)``,
+    :mod:`bertsent.explain`); PyTorch folders only, as they follow the gradients."""
+
+    explain: bool = False
+    """Add each text's ``explanation``: its words with character offsets and a score in [-1, 1] (> 0: supports
+    the predicted label), from Captum on the word embeddings; in JSON/JSONL a list, in CSV a JSON string."""
+    explain_method: str = field(default="integrated-gradients", metadata={"choices": EXPLAIN_METHODS})
+    """``integrated-gradients`` (``explain_steps`` forward and backward passes per review) or
+    ``input-x-gradient`` (one pass: that many times cheaper, less faithful)."""
+    explain_steps: int = 32
+    """Integrated Gradients' steps from the all-[PAD] baseline to the text (more: closer to the integral)."""
+    explain_batch_tokens: int = 4096
+    """Tokens per forward and backward pass (texts x steps x length): what the memory grows with (4,096 tokens:
+    about 1-3 GB for a BERT-base)."""
+
+    def __post_init__(self) -> None:
+        if self.explain_method not in EXPLAIN_METHODS:
+            raise SettingsError(
+                f"explain_method must be one of {', '.join(EXPLAIN_METHODS)}, got {self.explain_method!r}"
+            )
+        _check_counts(self, {"explain_steps": 1, "explain_batch_tokens": 1})
 
 
 @dataclass

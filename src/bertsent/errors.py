@@ -37,6 +37,10 @@ class PruneError(BertsentError):
     """A pruning request that cannot be carried out on this model (unknown layer, too many heads, ...)."""
 
 
+class EarlyExitError(BertsentError):
+    """An early-exit request that cannot be carried out (no labelled reviews, unsupported model, ...)."""
+
+
 class QuantizeError(BertsentError):
     """Quantization cannot run with these inputs."""
 

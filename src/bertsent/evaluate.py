@@ -109,6 +109,8 @@ def evaluate(
         "reviews_per_second": round(len(frame) / seconds, 2),
         "data": splits.report,
     }
+    if (mean_layers := getattr(predictor.backend, "mean_layers", None)) is not None:
+        metrics["mean_layers"] = round(mean_layers, 4)  # an early-exit folder: encoder layers per scored row
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if output_dir.resolve().parent == model_dir.resolve() and (model_dir / CARD_FILE).is_file():
         write_limitations(model_dir)  # a report in the folder is part of what its card can say

@@ -324,13 +324,24 @@ def copy_model_files(source: Path, target: Path, weights: bool = False) -> list[
             if path.is_file():
                 shutil.copy2(path, target / path.name)
                 copied.append(path.name)
+    _drop_early_exit(target / "config.json")
     return copied
+
+
+def _drop_early_exit(config_file: Path) -> None:
+    # The exit heads are never copied (a copy is of the full-depth model), so neither is their record.
+    if not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text())
+    if config.pop(EARLY_EXIT_KEY, None) is not None:
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def clear_weights(output_dir: Path) -> None:
     """Remove weights of an earlier run: a stale model.onnx would make Predictor pick the wrong model."""
     # A precision verdict was measured on the old model: it goes with the weights.
-    for pattern in (ONNX_FILE, f"{ONNX_FILE}.data", OPENVINO_XML, OPENVINO_BIN, PRECISION_CHECK_FILE, *WEIGHT_PATTERNS):
+    stale = (ONNX_FILE, f"{ONNX_FILE}.data", OPENVINO_XML, OPENVINO_BIN, PRECISION_CHECK_FILE, EARLY_EXIT_FILE)
+    for pattern in (*stale, *WEIGHT_PATTERNS):
         for path in output_dir.glob(pattern):
             path.unlink()
 
@@ -377,10 +388,40 @@ def source_and_output(
     return source, output
 
 
+VALIDATION_KEYS = ("accuracy", "f1", "f1_macro", "log_loss")
+"""Validation metrics a compression stage's ``metrics.json`` carries flat, for each measured stage."""
+
+
+def stage_metrics(parameters: Mapping[str, int], validation: Mapping[str, Any], stages: Sequence[str]) -> dict:
+    """The flat ``metrics.json`` entries every compression stage shares: parameters before and after, and
+    the validation metrics of each of ``stages`` (keys of ``validation``; ``after`` gets no suffix,
+    ``before`` gives ``validation_accuracy_before``, and so on)."""
+    metrics: dict = {
+        "num_parameters": parameters["after"],
+        "num_parameters_before": parameters["before"],
+        "parameter_reduction": 1 - parameters["after"] / parameters["before"],
+        "validation_reviews": validation["reviews"],
+    }
+    for stage in stages:
+        suffix = "" if stage == "after" else f"_{stage}"
+        for key in VALIDATION_KEYS:
+            if stage in validation and key in validation[stage]:
+                metrics[f"validation_{key}{suffix}"] = validation[stage][key]
+    return metrics
+
+
 def weight_files(model_dir: Path) -> list[Path]:
-    """A folder's weight files: ``model*.safetensors``, ``model.onnx`` with its external data, and an
-    OpenVINO IR (``openvino_model.xml`` + ``.bin``)."""
-    patterns = ("model*.safetensors", ONNX_FILE, f"{ONNX_FILE}.data", f"{ONNX_FILE}_data", OPENVINO_XML, OPENVINO_BIN)
+    """A folder's weight files: ``model*.safetensors`` (and early exit's heads), ``model.onnx`` with its
+    external data, and an OpenVINO IR (``openvino_model.xml`` + ``.bin``)."""
+    patterns = (
+        "model*.safetensors",
+        EARLY_EXIT_FILE,
+        ONNX_FILE,
+        f"{ONNX_FILE}.data",
+        f"{ONNX_FILE}_data",
+        OPENVINO_XML,
+        OPENVINO_BIN,
+    )
     return sorted({p for pattern in patterns for p in Path(model_dir).glob(pattern) if p.is_file()})
 
 
@@ -420,6 +461,12 @@ PRECISION_CHECK_FILE = "precision_check.json"
 
 
 WEIGHTS_FILE = "model.safetensors"
+
+
+EARLY_EXIT_FILE = "early_exit.safetensors"
+"""``bertsent early-exit``'s per-layer exit heads, beside the untouched model weights (which the pipeline loads)."""
+EARLY_EXIT_KEY = "bertsent_early_exit"
+"""Key of config.json recording an early-exit folder's rule (criterion, threshold) and heads file."""
 
 
 CALIBRATION_PLOT = "reliability_calibration.png"

@@ -40,6 +40,7 @@ from bertsent.folder import (
     read_id2label,
 )
 from bertsent.modeling.cls_only import cls_only_last_layer
+from bertsent.modeling.early_exit import EarlyExitModel, load_early_exit, recorded_early_exit
 from bertsent.modeling.loading import load_classifier
 from bertsent.runtime import (
     auto_precision,
@@ -57,6 +58,7 @@ __all__ = [
     "LONG_TEXT",
     "PRECISIONS",
     "Backend",
+    "EarlyExitBackend",
     "OnnxBackend",
     "OpenVinoBackend",
     "TorchBackend",
@@ -213,6 +215,65 @@ class TorchBackend:
             return model(**batch).logits.float().cpu().numpy()
 
 
+class EarlyExitBackend(TorchBackend):
+    """A PyTorch early-exit folder (``bertsent early-exit``): each row leaves the encoder at the first layer
+    whose prediction is confident enough, by the rule the folder records
+    (:class:`~bertsent.modeling.early_exit.EarlyExitModel`; its docstring states the batching rule: a batch
+    goes on with the rows not yet exited only, so batched results equal one-at-a-time ones).
+
+    ``model`` stays the full-depth classifier (what explanations and the precision check use); ``exit_model``
+    is what :meth:`logits` runs. ``exit_counts[i]`` counts the rows that left after layer ``i + 1`` since the
+    backend was made or :meth:`reset_exit_counts`; :attr:`mean_layers` is their mean.
+    """
+
+    name = "pytorch early-exit"
+
+    def __init__(self, exit_model: EarlyExitModel, device: torch.device, dtype: torch.dtype | None = None) -> None:
+        super().__init__(exit_model.model, device, dtype)
+        self.exit_model = exit_model
+        self.exit_counts = np.zeros(exit_model.num_layers, dtype=np.int64)
+
+    @classmethod
+    def wrapping(cls, backend: TorchBackend, exit_model: EarlyExitModel) -> EarlyExitBackend:
+        """``exit_model`` on ``backend``'s device and precision (its model is ``backend.model``)."""
+        wrapped = cls(exit_model.to(backend.device), backend.device, backend.dtype)
+        wrapped.cls_only, wrapped.threads = backend.cls_only, backend.threads
+        return wrapped
+
+    @property
+    def rule(self):
+        """The :class:`~bertsent.modeling.early_exit.ExitRule` in use (criterion, threshold)."""
+        return self.exit_model.rule
+
+    @property
+    def mean_layers(self) -> float | None:
+        """Mean encoder layers per row counted so far (None before any row)."""
+        rows = int(self.exit_counts.sum())
+        return float(self.exit_counts @ np.arange(1, len(self.exit_counts) + 1)) / rows if rows else None
+
+    def reset_exit_counts(self) -> None:
+        self.exit_counts[:] = 0
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Eval and inference mode for the heads and the model, as :meth:`TorchBackend.running`."""
+        was_training = self.exit_model.training
+        self.exit_model.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            self.exit_model.train(was_training)
+
+    @torch.inference_mode()
+    def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            out = self.exit_model(**batch)
+        self.exit_counts += np.bincount(out.layers.cpu().numpy() - 1, minlength=len(self.exit_counts))
+        return out.logits.float().cpu().numpy()
+
+
 def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -226,10 +287,12 @@ def load_backend(
     compile: bool = False,
     cls_only: bool = True,
     backend: str = "auto",
+    exit_threshold: float | None = None,
 ) -> Backend:
     """The backend for a folder: ``auto`` picks OpenVINO when it holds ``openvino_model.xml``, ONNX Runtime
     when it holds ``model.onnx``, else PyTorch; ``torch``, ``onnx`` or ``openvino`` insist on one (a
-    :class:`ModelError` when the folder lacks its files)."""
+    :class:`ModelError` when the folder lacks its files). A PyTorch folder that records early exit runs as
+    an :class:`EarlyExitBackend` (``exit_threshold``: instead of its recorded threshold)."""
     if backend not in INFERENCE_BACKENDS:
         raise SettingsError(f"backend must be one of {', '.join(INFERENCE_BACKENDS)}, got {backend!r}")
     _check_precision(precision)
@@ -247,6 +310,11 @@ def load_backend(
         held = OPENVINO_XML if has_openvino else ONNX_FILE if has_onnx else None
         hint = f"; it holds {held}: use backend '{'openvino' if has_openvino else 'onnx'}' or 'auto'" if held else ""
         raise ModelError(f"{model_dir}: backend 'torch' needs PyTorch weights (model.safetensors){hint}")
+    exported = backend in ("onnx", "openvino") or (backend == "auto" and (has_onnx or has_openvino))
+    if exported and exit_threshold is not None:
+        log.warning(
+            "exit_threshold is for PyTorch early-exit folders; %s runs its exported graph at full depth", model_dir
+        )
     if backend == "openvino" or (backend == "auto" and has_openvino):
         if compile:
             log.warning("--compile is for PyTorch folders; %s runs with OpenVINO as it is", model_dir)
@@ -259,7 +327,20 @@ def load_backend(
                 "precision bf16 is for PyTorch and OpenVINO folders; %s runs with ONNX Runtime as exported", model_dir
             )
         return OnnxBackend(model_dir, threads=threads)
-    return TorchBackend.from_folder(model_dir, device, precision, compile, cls_only, threads)
+    return _torch_backend(model_dir, device, precision, compile, cls_only, threads, exit_threshold)
+
+
+def _torch_backend(model_dir: Path, device, precision, compile, cls_only, threads, exit_threshold) -> TorchBackend:
+    """:meth:`TorchBackend.from_folder`, as an :class:`EarlyExitBackend` when the folder records early exit."""
+    early_exit = recorded_early_exit(model_dir) is not None
+    if exit_threshold is not None and not early_exit:
+        log.warning("exit_threshold is for early-exit folders (bertsent early-exit); %s runs at full depth", model_dir)
+    if compile and early_exit:
+        # The layer loop shrinks the batch by data-dependent amounts: nothing a compiled graph would reuse.
+        log.warning("--compile does not apply to early exit: %s runs eagerly", model_dir)
+    backend = TorchBackend.from_folder(model_dir, device, precision, compile and not early_exit, cls_only, threads)
+    exit_model = load_early_exit(backend.model, model_dir, exit_threshold) if early_exit else None
+    return backend if exit_model is None else EarlyExitBackend.wrapping(backend, exit_model)
 
 
 def _known_inputs(path: Path, names: list[str]) -> list[str]:

@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import os
+import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,11 +23,12 @@ from typing import IO
 
 import numpy as np
 
-from bertsent.config import InferenceSettings
+from bertsent.config import ExplainSettings, InferenceSettings
 from bertsent.encoding import Encoded, encode, encode_windows
 from bertsent.errors import DataError, ModelError
+from bertsent.explain import Explainer
 from bertsent.folder import inference_settings
-from bertsent.inference import load_backend, run, softmax
+from bertsent.inference import TorchBackend, load_backend, run, softmax
 from bertsent.modeling.loading import load_tokenizer
 
 SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(InferenceSettings))
@@ -50,6 +52,17 @@ def resolve_settings(
     )
 
 
+def _explain_settings(explain: bool | str | ExplainSettings) -> ExplainSettings:
+    """``Predictor``'s ``explain``: True (the defaults), a method name, or settings (on or off as they say)."""
+    if isinstance(explain, ExplainSettings):
+        return explain
+    if isinstance(explain, str):
+        return ExplainSettings(explain=True, explain_method=explain)
+    if isinstance(explain, bool):
+        return ExplainSettings(explain=explain)
+    raise TypeError(f"explain must be a bool, a method name or an ExplainSettings, got {type(explain).__name__}")
+
+
 def _setting(name: str) -> property:
     """A read-only attribute that reads ``self.settings.<name>`` (``predictor.max_length``)."""
     return property(lambda self: getattr(self.settings, name), doc=f"The resolved ``settings.{name}``.")
@@ -64,9 +77,20 @@ class Predictor:
     length and truncation filled in from the folder). ``backend="auto"`` picks PyTorch, ONNX Runtime or OpenVINO by
     what the folder holds. A PyTorch BERT runs its last layer for [CLS] only (:class:`ClsOnlyLastLayer`:
     same logits to float rounding, fewer FLOPs); ``cls_only=False`` runs the plain forward.
+
+    ``explain=True`` (or a method name, or an :class:`ExplainSettings`) makes :meth:`__call__` add each
+    text's ``"explanation"`` (:meth:`explain`); a folder that cannot be explained (ONNX, OpenVINO, INT8)
+    is then a :class:`ModelError` at once, not at the first text.
     """
 
-    def __init__(self, model_dir: str | os.PathLike, settings: InferenceSettings | None = None, **overrides) -> None:
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        settings: InferenceSettings | None = None,
+        *,
+        explain: bool | str | ExplainSettings = False,
+        **overrides,
+    ) -> None:
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").is_file():
             raise ModelError(f"{self.model_dir}: not a model folder (no config.json)")
@@ -75,9 +99,49 @@ class Predictor:
         self.tokenizer = load_tokenizer(self.model_dir)
         self.settings = resolve_settings(self.model_dir, self.tokenizer, settings, **overrides)
         s = self.settings
-        self.backend = load_backend(self.model_dir, s.device, s.threads, s.precision, s.compile, s.cls_only, s.backend)
+        self.backend = load_backend(
+            self.model_dir, s.device, s.threads, s.precision, s.compile, s.cls_only, s.backend, s.exit_threshold
+        )
         self.id2label = self.backend.id2label
         self.pad_id = self.tokenizer.pad_token_id or 0
+        self.explain_settings = _explain_settings(explain)
+        self._explainer: Explainer | None = None
+        self._explainer_lock = threading.Lock()
+        if self.explain_settings.explain:
+            _ = self.explainer  # refuse a folder that cannot be explained now, before any text is read
+
+    @property
+    def explainer(self) -> Explainer:
+        """The :class:`~bertsent.explain.Explainer` of this folder, made on first use (thread-safe).
+
+        It attributes on its own module tree over the backend's weight tensors (no second copy of the
+        weights), so explanations may run while other threads predict. A :class:`ModelError` where the
+        backend is not PyTorch: ONNX Runtime and OpenVINO give no gradients.
+        """
+        with self._explainer_lock:
+            if self._explainer is None:
+                if not isinstance(self.backend, TorchBackend):
+                    raise ModelError(
+                        f"{self.model_dir}: explanations need the PyTorch backend (they follow gradients), and this "
+                        f"folder runs with {self.backend.name}: explain the PyTorch folder it was made from "
+                        "(or use backend='torch' if it also holds model.safetensors)"
+                    )
+                self._explainer = Explainer(
+                    self.backend.model, self.tokenizer, self.max_length, self.truncation, self.explain_settings
+                )
+            return self._explainer
+
+    def explain(
+        self, texts: list[str], method: str | None = None, targets: Sequence[int] | None = None
+    ) -> list[list[dict]]:
+        """Each text's ``[{"word", "start", "end", "score"}, ...]`` for its predicted label (or ``targets``' label).
+
+        ``text[start:end] == word``; scores in [-1, 1], > 0 where the word supports the label. ``method``:
+        ``integrated-gradients`` or ``input-x-gradient`` (default: the ``explain`` setting's). The text is
+        truncated as for prediction (``max_length``, ``truncation``; ``long_text="chunk"`` too): words cut
+        away get no entry. See :mod:`bertsent.explain`.
+        """
+        return self.explainer.explain(texts, targets, method)
 
     max_length = _setting("max_length")
     truncation = _setting("truncation")
@@ -115,13 +179,20 @@ class Predictor:
         return self.scores(*self.prepare(texts), progress=progress)
 
     def __call__(self, texts: str | list[str], top_k: int | None = 1) -> list[dict] | list[list[dict]]:
-        """Pipeline-shaped output: ``[{"label": ..., "score": ...}]``; ``top_k=None`` gives all scores."""
+        """Pipeline-shaped output: ``[{"label": ..., "score": ...}]``; ``top_k=None`` gives all scores.
+
+        With ``explain``, the best label's dict also holds ``"explanation"`` (see :meth:`explain`).
+        """
         single = isinstance(texts, str)
-        probs = self.predict_proba([texts] if single else texts)
+        texts = [texts] if single else list(texts)
+        probs = self.predict_proba(texts)
+        explained = self.explain(texts, targets=probs.argmax(-1)) if self.explain_settings.explain else None
         results = []
-        for row in probs:
+        for n, row in enumerate(probs):
             order = np.argsort(-row)[: top_k or len(row)]
             scored = [{"label": self.id2label[int(i)], "score": float(row[i])} for i in order]
+            if explained is not None:
+                scored[0]["explanation"] = explained[n]
             results.append(scored[0] if top_k == 1 else scored)
         return results
 
@@ -361,10 +432,13 @@ def _json_value(value):
     return str(value)
 
 
-def format_predictions(suffix: str, columns: list[str], rows: list[list], predictions: list[dict], header: bool) -> str:
-    """Predictions as CSV or JSONL text: per input row, its ``columns`` values, then label and score."""
-    names = [*columns, *PREDICTION_COLUMNS]
-    records = ([*row, p["label"], p["score"]] for row, p in zip(rows, predictions, strict=True))
+def format_predictions(
+    suffix: str, columns: list[str], rows: list[list], predictions: list[dict], header: bool, extra: Sequence[str] = ()
+) -> str:
+    """Predictions as CSV or JSONL text: per input row, its ``columns`` values, then label and score (and the
+    ``extra`` keys of each prediction, e.g. ``explanation``: a list in JSONL, a JSON string in CSV)."""
+    names = [*columns, *PREDICTION_COLUMNS, *extra]
+    records = ([*row, p["label"], p["score"], *(p[k] for k in extra)] for row, p in zip(rows, predictions, strict=True))
     if suffix == ".csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
@@ -413,6 +487,38 @@ def _resume_point(marker: Path, output_path: Path, columns: list[str]) -> tuple[
     return done, offset
 
 
+EXPLAIN_CHUNK = 64
+"""Texts per chunk when explaining: an explanation costs ~100 forward passes, so the progress file (and
+``--resume``) moves on every few seconds, not every 4,096 reviews."""
+
+
+def _explanation_column(predictor: Predictor, table: InputRows) -> tuple[str, ...]:
+    """``("explanation",)`` when the predictor explains (an input column of that name is renamed
+    ``input_explanation``, as ``label`` and ``score`` are), else ``()``."""
+    settings = getattr(predictor, "explain_settings", None)
+    if settings is None or not settings.explain:
+        return ()
+    if "explanation" in table.columns:
+        at = table.columns.index("explanation")
+        table.columns[at] = new = next(
+            name
+            for name in (f"input_explanation{'' if k == 1 else f'_{k}'}" for k in itertools.count(1))
+            if name not in table.columns
+        )
+        log.warning("writing input column 'explanation' as %r (explanation is the output's own)", new)
+    return ("explanation",)
+
+
+def _predict_rows(predictor: Predictor, texts: list[str], explain: bool) -> list[dict]:
+    """One ``{"label", "score"}`` per text, with ``"explanation"`` (of that label) when ``explain``."""
+    probs = predictor.predict_proba(texts)
+    rows = [{"label": predictor.id2label[int(r.argmax())], "score": float(r.max())} for r in probs]
+    if explain:
+        for row, words in zip(rows, predictor.explain(texts, targets=probs.argmax(-1)), strict=True):
+            row["explanation"] = words
+    return rows
+
+
 def predict_file(
     predictor: Predictor,
     input_path: Path,
@@ -428,7 +534,8 @@ def predict_file(
     """Classify every text of ``input_path`` into ``output_path`` in input order; returns the rows written.
 
     Each output row holds the input row's columns (``keep_columns``: None, the default, keeps all;
-    ``[]`` only the text; see :func:`open_input`), then ``label`` and ``score``. Works in chunks, so
+    ``[]`` only the text; see :func:`open_input`), then ``label`` and ``score`` (and ``explanation`` when
+    the predictor explains: a list in JSONL, a JSON string in CSV). Works in chunks, so
     files larger than memory stream through. After each chunk a sidecar ``<output>.progress.json``
     records rows and bytes written; ``resume`` truncates the output to that point and skips the rows
     already done, so an interrupted run neither duplicates nor loses rows.
@@ -442,7 +549,10 @@ def predict_file(
     if output_path.exists() and output_path.resolve() == Path(input_path).resolve():
         raise DataError(f"{output_path}: is the input file too; write the predictions elsewhere")
     marker = _progress_file(output_path)
-    done, offset = _resume_point(marker, output_path, table.columns) if resume else (0, 0)
+    extra = _explanation_column(predictor, table)
+    chunk_size = min(chunk_size, EXPLAIN_CHUNK) if extra else chunk_size
+    written = [*table.columns, *extra]  # what a resumed run must write too
+    done, offset = _resume_point(marker, output_path, written) if resume else (0, 0)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with output_path.open("r+b" if offset else "wb") as out:
         out.truncate(offset)  # drop anything written after the last recorded chunk
@@ -454,18 +564,18 @@ def predict_file(
             desc="predicting", unit="review", initial=done, disable=not progress if progress is not None else None
         ) as bar:
             for chunk in _batched(table.rows, chunk_size):
-                probs = predictor.predict_proba([row[table.text_index] for row in chunk])
-                rows = [{"label": predictor.id2label[int(r.argmax())], "score": float(r.max())} for r in probs]
-                out.write(format_predictions(suffix, table.columns, chunk, rows, header=done == 0).encode("utf-8"))
+                rows = _predict_rows(predictor, [row[table.text_index] for row in chunk], bool(extra))
+                text = format_predictions(suffix, table.columns, chunk, rows, header=done == 0, extra=extra)
+                out.write(text.encode("utf-8"))
                 out.flush()
                 done += len(chunk)
                 # Write-then-rename: an interrupt never leaves a half-written progress file.
                 staged = marker.with_suffix(".tmp")
-                state = {"rows": done, "bytes": out.tell(), "input": str(input_path), "columns": table.columns}
+                state = {"rows": done, "bytes": out.tell(), "input": str(input_path), "columns": written}
                 staged.write_text(json.dumps(state))
                 os.replace(staged, marker)
                 bar.update(len(chunk))
     if done == 0 and offset == 0:
-        output_path.write_bytes(format_predictions(suffix, table.columns, [], [], header=True).encode("utf-8"))
+        output_path.write_bytes(format_predictions(suffix, table.columns, [], [], True, extra).encode("utf-8"))
     marker.unlink(missing_ok=True)
     return done

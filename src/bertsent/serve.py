@@ -5,7 +5,8 @@ API (OpenAPI docs at ``/docs``):
 - ``POST /predict`` ``{"inputs": "text"}`` or ``{"inputs": ["a", "b"]}`` → one ``{"label", "score"}``
   per input, always in a list (a single string gives a list of one, like Hugging Face Inference
   Endpoints). With ``"parameters": {"top_k": N}`` each input gets a list of its N best
-  ``{"label", "score"}``, best first; ``"top_k": null`` gives every label.
+  ``{"label", "score"}``, best first; ``"top_k": null`` gives every label. ``"explain": true`` adds
+  the best label's ``"explanation"`` (``[{"word", "start", "end", "score"}]``, Captum, PyTorch folders).
 - ``GET /health`` → ``{"status": "ok"}``; ``GET /info`` → model folder name, labels, backend, settings, counters.
 - ``GET /`` → a one-file web page (``bertsent/static/index.html``) that calls the API.
 - ``GET /metrics`` → Prometheus metrics (:class:`ServeMetrics`), out of the OpenAPI document.
@@ -553,13 +554,26 @@ def api_models() -> SimpleNamespace:
 
 
 def _request_models() -> tuple[type, ...]:
-    from typing import Annotated
+    from typing import Annotated, Literal
 
-    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
+
+    from bertsent.config import EXPLAIN_METHODS
 
     class Prediction(BaseModel):
         label: str = Field(description="class name (the model's id2label)")
         score: float = Field(description="probability of that class")
+
+    class WordScore(BaseModel):
+        word: str = Field(description="the word as the text has it: text[start:end]")
+        start: int = Field(description="where the word starts in the text, in characters (Unicode code points)")
+        end: int = Field(description="where it ends (exclusive)")
+        score: float = Field(description="in [-1, 1]: > 0 the word supports the label, < 0 it speaks against it")
+
+    class ExplainedPrediction(Prediction):
+        explanation: list[WordScore] = Field(
+            description="the words the model saw (truncated ones get no entry), in text order, scored for this label"
+        )
 
     class PredictParameters(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -567,6 +581,14 @@ def _request_models() -> tuple[type, ...]:
             default=1,
             ge=1,
             description="when given, each input gets a list of its top_k labels, best first; null: all labels",
+        )
+        explain: StrictBool = Field(
+            default=False,
+            description="also explain each input's best label: its words scored by Captum on the word embeddings "
+            "(PyTorch folders only, else 400); costs about explain_steps (32) forward and backward passes per text",
+        )
+        explain_method: Literal[EXPLAIN_METHODS] | None = Field(
+            default=None, description="with explain: the attribution method (null: integrated-gradients)"
         )
 
     class PredictRequest(BaseModel):
@@ -576,6 +598,7 @@ def _request_models() -> tuple[type, ...]:
                 "examples": [
                     {"inputs": "A wonderful, moving film."},
                     {"inputs": ["Loved it.", "A waste of time."], "parameters": {"top_k": 2}},
+                    {"inputs": "A wonderful, moving film.", "parameters": {"explain": True}},
                 ]
             },
         )
@@ -584,7 +607,7 @@ def _request_models() -> tuple[type, ...]:
         )
         parameters: PredictParameters | None = None
 
-    return Prediction, PredictParameters, PredictRequest
+    return Prediction, WordScore, ExplainedPrediction, PredictParameters, PredictRequest
 
 
 def _error_models() -> tuple[type, ...]:
@@ -941,11 +964,16 @@ def _add_predict(app, predictor, settings: ServeSettings, protected: dict) -> No
         422: {"model": m.ValidationErrorResponse, "description": "not JSON, not the expected shape, or not Unicode"},
         500: {"model": m.ErrorResponse, "description": "inference failed on this request's texts (others go on)"},
         503: {"model": m.ErrorResponse, "description": "the batching worker is not running"},
+        400: {"model": m.ErrorResponse, "description": "explain asked of a model that cannot explain (not PyTorch)"},
     }
+    # One thread for explanations, off the event loop and out of the shared thread pool (see explained_answer).
+    explaining = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertsent-explain")
+    answers = list[m.Prediction] | list[list[m.Prediction]]
+    explained = list[m.ExplainedPrediction] | list[list[m.ExplainedPrediction | m.Prediction]]
 
     @app.post(
         "/predict",
-        response_model=list[m.Prediction] | list[list[m.Prediction]],
+        response_model=answers | explained,
         responses=responses | protected["responses"],
         dependencies=protected["dependencies"],
     )
@@ -954,22 +982,73 @@ def _add_predict(app, predictor, settings: ServeSettings, protected: dict) -> No
 
         Returns one ``{"label", "score"}`` per input (in a list, even for a single string). With
         ``"parameters": {"top_k": N}`` each input gets a list of its N best labels instead, best first
-        (``null``: all labels).
+        (``null``: all labels). With ``"explain": true`` each input's best label also holds its
+        ``"explanation"``: ``[{"word", "start", "end", "score"}, ...]``.
         """
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
         problem = over_limits(texts, settings)
         if problem is not None:
             return _error(413, problem)
+        params = body.parameters
+        explain = params is not None and params.explain
+        refusal = explain_refusal(predictor) if explain else None
+        if refusal is not None:
+            return _error(400, refusal)
         try:
             probs = await request.app.state.batcher.submit(texts)
         except InferenceError as e:
             return _error(500, f"inference failed: {first_line(e)}")
         except ServeError as e:
             return _error(503, str(e))
-        params = body.parameters
-        if params is None or "top_k" not in params.model_fields_set:
-            return predictions(probs, id2label)
-        return ranked_predictions(probs, id2label, params.top_k)
+        ranked = params is not None and "top_k" in params.model_fields_set
+        answer = ranked_predictions(probs, id2label, params.top_k) if ranked else predictions(probs, id2label)
+        if not explain:
+            return answer
+        best = [item[0] for item in answer] if ranked else answer
+        return await explained_answer(predictor, texts, probs, params.explain_method, best, answer, explaining)
+
+
+def explain_refusal(predictor) -> str | None:
+    """Why ``predictor`` cannot explain (a 400, before the model runs), or None; never the folder's path."""
+    from bertsent.errors import BertsentError
+
+    if not callable(getattr(predictor, "explain", None)):
+        return "explain: this server's model cannot explain its predictions"
+    try:
+        getattr(predictor, "explainer", None)  # a Predictor builds its Explainer here, or says why it cannot
+    except BertsentError as e:
+        folder = str(getattr(predictor, "model_dir", "") or "")
+        message = first_line(e)
+        return f"explain: {message.replace(folder, Path(folder).name) if folder else message}"
+    return None
+
+
+async def explained_answer(predictor, texts, probs, method, best: list[dict], answer: list, executor):
+    """``answer`` with each input's explanation in its ``best`` prediction, computed in ``executor``'s thread.
+
+    Explanations bypass the micro-batcher: an explanation is ~100 forward passes of one text, batching
+    them with predictions would stall every other request's batch. Running beside the batcher's thread
+    is safe: ``Predictor.explainer`` attributes on a module tree of its own that only shares the
+    (read-only) weight tensors, so the hook Captum puts on its embedding layer never reaches the
+    batcher's forward pass, and no autograd state is shared. Explanations run one at a time (one
+    thread here, and the Explainer's lock); while one runs it competes with the batcher for CPU cores.
+    The label explained is the one the batcher returned (``targets``), so answer and explanation agree.
+    """
+    from starlette.responses import JSONResponse
+
+    from bertsent.errors import BertsentError
+
+    loop = asyncio.get_running_loop()
+    try:
+        explanations = await loop.run_in_executor(executor, predictor.explain, list(texts), method, probs.argmax(-1))
+    except BertsentError as e:
+        return _error(400, f"explain: {first_line(e)}")
+    except Exception as e:  # the model failed on these texts: this request's 500, the server goes on
+        log.error("explanation failed on %d texts", len(texts), exc_info=e)
+        return _error(500, f"explanation failed: {type(e).__name__}: {first_line(e)}")
+    for prediction, words in zip(best, explanations, strict=True):
+        prediction["explanation"] = words
+    return JSONResponse(answer)  # built here: the response model would validate ~10 fields per word again
 
 
 def over_limits(texts: Sequence[str], settings: ServeSettings) -> str | None:

@@ -465,7 +465,16 @@ def write_openvino_card(output_dir: Path, record: dict) -> Path:
 def export(config: ExportConfig) -> Path:
     """``bertsent export``: ONNX (:func:`export_onnx`), an OpenVINO IR (:func:`export_openvino`, needs the
     ``openvino`` extra), or a TF SavedModel / ``.keras`` file (needs the ``keras`` extra);
-    every format is parity-checked against PyTorch before anything is written."""
+    every format is parity-checked against PyTorch before anything is written. An early-exit folder is
+    exported at full depth: the graph is the model without its exit heads (and so is its config)."""
+    from bertsent.modeling.early_exit import recorded_early_exit
+
+    if recorded_early_exit(config.model):
+        log.warning(
+            "%s is an early-exit folder: the %s export is the full-depth model (early exit runs in PyTorch only)",
+            config.model,
+            config.format,
+        )
     if config.format == "onnx":
         return export_onnx(
             config.model, config.output_dir, opset=config.opset, atol=config.atol, exporter=config.exporter

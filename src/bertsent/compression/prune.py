@@ -307,6 +307,8 @@ def _check_source(config: PruneConfig) -> Path:
     source = model_folder(config.model)
     if not (source / WEIGHTS_FILE).is_file() and not (source / f"{WEIGHTS_FILE}.index.json").is_file():
         raise ModelError(f"{source}: no {WEIGHTS_FILE}: prune takes a fine-tuned PyTorch model folder")
+    if json.loads((source / "config.json").read_text()).get("bertsent_factorization"):
+        raise PruneError(f"{source}: is low-rank factorized; prune its source first, then factorize")
     out = Path(config.output_dir).expanduser()
     if out.resolve() == source.resolve():
         raise PruneError(f"output_dir {out} is the source model folder: choose another folder")
@@ -555,20 +557,9 @@ def _in_memory_metrics(model, tokenizer, texts, labels, config: PruneConfig) -> 
 
 def _recover(config: PruneConfig, model, source: Path, data: DataConfig, masks, max_length, truncation) -> dict:
     """Fine-tune the pruned model with ``train``; zeroed weights are held at zero through their gradients."""
-    from bertsent.config import TrainingArguments, passed_on
-    from bertsent.training.loop import train
+    from bertsent.training.loop import recovery_args, recovery_record, train
 
-    args = TrainingArguments(
-        output_dir=config.output_dir,
-        model=str(source),  # the tokenizer comes from here; the weights are the pruned model's
-        max_length=max_length,
-        truncation=truncation,
-        epochs=config.recover_epochs,
-        lr=config.recover_lr,
-        save_steps=None,
-        evaluate_test=False,  # test is scored by evaluate/compare, not on every recovery
-        **passed_on(config, "batch_size", "eval_batch_size", "seed", "device", "threads"),
-    )
+    args = recovery_args(config, source, config.recover_epochs, config.recover_lr, max_length, truncation)
     recovery_data = dataclasses.replace(
         data, train_samples=config.data.train_samples, validation_samples=config.eval_samples or None
     )
@@ -585,13 +576,7 @@ def _recover(config: PruneConfig, model, source: Path, data: DataConfig, masks, 
         for name, mask in masks.items():
             param = model.get_parameter(name)
             param.mul_(mask.to(param.device))
-    keys = ("steps", "train_seconds", "best_step", "validation_accuracy")
-    return {
-        "epochs": config.recover_epochs,
-        "lr": config.recover_lr,
-        "train_reviews": result.metrics.get("train_reviews"),
-        "note": "recovery picks its best epoch on the same validation reviews that are reported",
-    } | {k: result.metrics[k] for k in keys if k in result.metrics}
+    return recovery_record(result, config.recover_epochs, config.recover_lr)
 
 
 def _uniform(model: nn.Module) -> bool:
@@ -612,22 +597,14 @@ def _nan_to_none(matrix: np.ndarray) -> list[list[float | None]]:
 
 
 def _flat_metrics(compression: dict) -> dict:
-    metrics: dict = {
-        "num_parameters": compression["parameters"]["after"],
-        "num_parameters_before": compression["parameters"]["before"],
-        "parameter_reduction": 1 - compression["parameters"]["after"] / compression["parameters"]["before"],
+    from bertsent.folder import stage_metrics
+
+    return stage_metrics(compression["parameters"], compression["validation"], ("after", "before", "pruned")) | {
         "layers": compression["layers"]["after"],
         "heads": compression["heads"]["after"],
         "ffn_neurons": compression["ffn_neurons"]["after"],
         "encoder_sparsity": compression["sparsity"]["encoder_linear_after"],
     }
-    validation = compression["validation"]
-    metrics["validation_reviews"] = validation["reviews"]
-    for stage, suffix in (("after", ""), ("before", "_before"), ("pruned", "_pruned")):
-        for key in ("accuracy", "f1", "f1_macro", "log_loss"):
-            if stage in validation and key in validation[stage]:
-                metrics[f"validation_{key}{suffix}"] = validation[stage][key]
-    return metrics
 
 
 def write_prune_card(output_dir: Path, compression: dict) -> Path:

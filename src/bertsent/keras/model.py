@@ -109,6 +109,8 @@ def _check_convertible(config) -> None:
         raise ModelError(f"{where}: the Keras path supports BERT models, not {config.model_type!r}")
     if getattr(config, "bertsent_pruning", None):
         raise ModelError(f"{where}: pruned layouts cannot be expressed in KerasHub's BertBackbone")
+    if getattr(config, "bertsent_factorization", None):
+        raise ModelError(f"{where}: factorized layers cannot be expressed in KerasHub's BertBackbone")
     if config.hidden_act not in EXACT_GELU:
         raise ModelError(f"{where}: activation {config.hidden_act!r} has no KerasHub equivalent")
     if getattr(config, "position_embedding_type", "absolute") != "absolute":

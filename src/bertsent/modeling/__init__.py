@@ -1,6 +1,7 @@
 """Models in memory: loading from the embedded default, folders and hub names (``loading``), the layouts
-of pruned folders (``pruned``), load-time INT8 (``quantized``) and the [CLS]-only last layer
-(``cls_only``). Nothing here knows about stages: they build on it."""
+of pruned folders (``pruned``), low-rank factorized Linears (``factorized``), load-time INT8
+(``quantized``), the [CLS]-only last layer (``cls_only``) and exit heads with the early-exit forward
+(``early_exit``). Nothing here knows about stages: they build on it."""
 
 from bertsent.modeling.loading import load_classifier, load_tokenizer, resolve_model
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bertsent.errors import ModelError, first_line
+from bertsent.folder import EARLY_EXIT_KEY
 from bertsent.runtime import quiet_transformers
 
 if TYPE_CHECKING:
@@ -116,16 +117,18 @@ def load_classifier(
         }
     resolved = resolve_model(name)
     saved = _local_config(resolved)
-    if "bertsent_pruning" in saved:
-        # Pruned layers have shapes stock from_pretrained cannot rebuild: bertsent builds them.
+    if "bertsent_pruning" in saved or saved.get("bertsent_factorization"):
+        # Pruned and factorized layers have shapes stock from_pretrained cannot rebuild: bertsent builds them.
+        from bertsent.modeling.factorized import load_factorized_classifier
         from bertsent.modeling.pruned import load_pruned_classifier
 
-        model = load_pruned_classifier(Path(resolved))
+        load = load_factorized_classifier if saved.get("bertsent_factorization") else load_pruned_classifier
+        model = load(Path(resolved))
         saved_labels = {int(k): v for k, v in model.config.id2label.items()}
         if id2label is not None and saved_labels != {int(k): str(v) for k, v in id2label.items()}:
-            raise ModelError(f"{resolved}: a pruned model keeps its labels {saved_labels}; the data has {id2label}")
+            raise ModelError(f"{resolved}: a pruned/factorized model has labels {saved_labels}; the data {id2label}")
         if config_overrides:
-            log.warning("%s: pruned model, config overrides %s not applied", resolved, sorted(config_overrides))
+            log.warning("%s: pruned/factorized model, overrides %s not applied", resolved, sorted(config_overrides))
     else:
         model = _from_pretrained(AutoModelForSequenceClassification, name, "model", **kwargs)
     if saved.get("bertsent_quantization") == "torch-dynamic":
@@ -133,6 +136,10 @@ def load_classifier(
         from bertsent.modeling.quantized import quantize_torch_dynamic
 
         model = quantize_torch_dynamic(model)
+    if hasattr(model.config, EARLY_EXIT_KEY):
+        # The exit heads load beside the classifier (modeling.early_exit), never with it: a folder saved
+        # from this model (pruned, calibrated, trained on) must not record heads it does not hold.
+        delattr(model.config, EARLY_EXIT_KEY)
     return model
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -182,8 +182,13 @@ def apply_layout(model: nn.Module, layout: dict) -> None:
     _set_layout(model, merged)
 
 
-def load_pruned_classifier(folder: str | os.PathLike) -> PreTrainedModel:
-    """Load a pruned sequence classifier folder: config -> model -> layout -> safetensors (strict)."""
+def load_pruned_classifier(
+    folder: str | os.PathLike, reshape: Callable[[nn.Module], None] | None = None
+) -> PreTrainedModel:
+    """Load a pruned sequence classifier folder: config -> model -> layout -> safetensors (strict).
+
+    ``reshape`` changes the built model further before the weights load (the factorized modules of
+    :mod:`bertsent.modeling.factorized`); a folder without a pruned layout then only gets that."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -205,20 +210,25 @@ def load_pruned_classifier(folder: str | os.PathLike) -> PreTrainedModel:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot read {folder}/config.json: {first_line(e)}") from e
-    layout = _check_layout(getattr(config, PRUNING_KEY, None) or {}, config, folder)
+    saved = getattr(config, PRUNING_KEY, None)
+    layout = None if saved is None and reshape else _check_layout(saved or {}, config, folder)
     try:
         model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
     except ValueError as e:
         raise ModelError(f"cannot build the model of {folder}: {first_line(e)}") from e
     try:
-        apply_layout(model, layout)
+        if layout is not None:
+            apply_layout(model, layout)
     except PruneError as e:
         raise ModelError(f"{folder}: {e}") from e
+    if reshape is not None:
+        reshape(model)
     try:
         state = {}
         for path in files:
             state |= load_file(path)
         model.load_state_dict(state, strict=True)
     except (RuntimeError, SafetensorError, OSError) as e:
-        raise ModelError(f"{folder}: weights do not match the pruned layout in config.json ({first_line(e)})") from e
+        what = "the pruned layout" if reshape is None else "the layout"
+        raise ModelError(f"{folder}: weights do not match {what} in config.json ({first_line(e)})") from e
     return model.eval()

@@ -67,12 +67,16 @@ def measure(folder: Path, texts: list[str], labels: np.ndarray, config: CompareC
     predictor = Predictor(folder, config.resolved_inference())
     predictor.predict_proba(texts[: predictor.batch_size])  # warm-up: first-call allocations, lazy inits
     probs: np.ndarray | None = None
+    early_exit = hasattr(predictor.backend, "reset_exit_counts")
+    if early_exit:
+        predictor.backend.reset_exit_counts()  # count the timed run's layers only
 
     def run() -> None:
         nonlocal probs
         probs = predictor.predict_proba(texts)
 
     seconds = _timed(run)
+    mean_layers = predictor.backend.mean_layers if early_exit else None
     metrics = classification_metrics(labels, probs, predictor.id2label)
     latencies = [_timed(lambda t=t: predictor.predict_proba([t])) for t in texts[: config.latency_samples]]
     return {
@@ -90,7 +94,7 @@ def measure(folder: Path, texts: list[str], labels: np.ndarray, config: CompareC
         "latency_p95_ms": round(1000 * float(np.percentile(latencies, 95)), 2),
         "max_length": predictor.max_length,
         "reviews": len(texts),
-    }
+    } | ({"mean_layers": round(mean_layers, 4)} if mean_layers is not None else {})
 
 
 def compare(config: CompareConfig) -> list[dict]:

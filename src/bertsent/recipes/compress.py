@@ -11,6 +11,12 @@ an interrupted recipe continues where it stopped (distillation also resumes from
                      otherwise student-int8/ is this one)
     student-pruned/  the student with attention heads and FFN neurons pruned, then recovery fine-tuned
     student-int8/    the smallest student, ONNX dynamic INT8, embeddings included
+    student-trimmed/, student-trimmed-int8/
+                     the smallest student with its vocabulary trimmed to the training texts' WordPieces,
+                     and its INT8 (embeddings included): the size lever
+    teacher-factorized/  the teacher's FFN and attention linears as truncated SVDs (``factorize_energy``
+                     of the spectrum), recovery fine-tuned
+    teacher-early-exit/  the teacher with a classifier on every layer, leaving at the first confident one
     teacher-openvino/, teacher-openvino-int8/, student-openvino/, student-openvino-int8/
                      the teacher and the smallest student as OpenVINO IR, fp32 and NNCF INT8 (only when
                      openvino and nncf are installed: ``pip install "bertsent[openvino]"``)
@@ -28,7 +34,7 @@ import logging
 import time
 from pathlib import Path
 
-from bertsent.config import CompressConfig
+from bertsent.config import CompressConfig, SettingsError
 from bertsent.folder import read_training_args
 
 log = logging.getLogger("bertsent.compress")
@@ -53,13 +59,18 @@ class _Stages:
         self.timings: dict[str, float | str] = {}
 
     def run(self, name: str, folder: Path, make) -> None:
+        """Run ``make`` unless ``folder`` is complete; ``make`` returns a reason (a string) when the stage does
+        not apply to this model, and the variant is then left out of the table."""
         if _complete(folder):
             log.info("%s: complete in %s, skipped", name, folder)
             self.timings[name] = "skipped (already complete)"
         else:
             log.info("%s: writing %s", name, folder)
             started = time.perf_counter()
-            make()
+            if isinstance(reason := make(), str):
+                log.warning("%s: left out (%s)", name, reason)
+                self.timings[name] = f"left out ({reason})"
+                return
             self.timings[name] = round(time.perf_counter() - started, 1)
         self.folders[name] = folder
 
@@ -70,6 +81,7 @@ def compress(config: CompressConfig) -> list[dict]:
     stages = _Stages(teacher)
     _teacher_variants(config, out, stages)
     smallest = _student_variants(config, out, stages)
+    _survey_variants(config, out, stages, smallest)
     _openvino_variants(config, out, stages, smallest)
     rows = _compare(config, out, stages)
     record = {
@@ -153,6 +165,45 @@ def _student_variants(config: CompressConfig, out: Path, stages: _Stages) -> Pat
         stages.run("student pruned", smallest, lambda: prune(prune_config))
     stages.run("student INT8", out / "student-int8", _quantized(config, smallest, out / "student-int8"))
     return smallest
+
+
+def _survey_variants(config: CompressConfig, out: Path, stages: _Stages, smallest: Path) -> None:
+    """The survey's other families (Ganesh et al., 2021), each off when its setting is: embedding-matrix
+    compression (vocabulary trimming of the smallest student, then its INT8), matrix decomposition
+    (the teacher factorized) and dynamic inference (the teacher with early exit)."""
+    from bertsent.config import EarlyExitConfig, FactorizeConfig, TrimVocabConfig
+
+    teacher, common = str(config.teacher), {"data": config.data}
+    if config.trim_vocab:
+        from bertsent.compression.trim_vocab import trim_vocab
+
+        trimmed = out / "student-trimmed"
+        trim = TrimVocabConfig(model=str(smallest), output_dir=str(trimmed), **common)
+        stages.run("student trimmed vocab", trimmed, lambda: trim_vocab(trim))
+        int8 = out / "student-trimmed-int8"
+        stages.run("student trimmed INT8", int8, _quantized(config, trimmed, int8, True))
+    if config.factorize_energy:
+        from bertsent.compression.factorize import factorize
+
+        folder = out / "teacher-factorized"
+        settings = FactorizeConfig(
+            model=teacher, output_dir=str(folder), energy=config.factorize_energy, threads=config.threads, **common
+        )
+
+        def factorized() -> str | None:
+            try:
+                factorize(settings)
+            except SettingsError as e:  # a spectrum too flat at this energy: no layer would get smaller
+                return str(e)
+            return None
+
+        stages.run("teacher factorized", folder, factorized)
+    if config.early_exit:
+        from bertsent.compression.early_exit import early_exit
+
+        folder = out / "teacher-early-exit"
+        exits = EarlyExitConfig(model=teacher, output_dir=str(folder), threads=config.threads, **common)
+        stages.run("teacher early exit", folder, lambda: early_exit(exits))
 
 
 def _openvino_variants(config: CompressConfig, out: Path, stages: _Stages, smallest: Path) -> None:

@@ -88,8 +88,11 @@ def distill(args: DistillationArguments, data: DataConfig) -> TrainResult:
     """Distil ``args.teacher`` into a smaller student on ``data``; writes a ``train``-style folder."""
     teacher = load_classifier(args.teacher)
     if args.student_layers is not None:
-        if getattr(teacher.config, "bertsent_pruning", None):
-            raise ModelError(f"{args.teacher}: a pruned teacher cannot seed a student by layers; pass --student")
+        # Their per-layer shapes are recorded by layer index, which a student renumbers.
+        if any(getattr(teacher.config, key, None) for key in ("bertsent_pruning", "bertsent_factorization")):
+            raise ModelError(
+                f"{args.teacher}: a pruned or factorized teacher cannot seed a student by layers; pass --student"
+            )
         student, kept = student_from_teacher(teacher, args.student_layers)
         log.info("student: teacher layers %s of %d", kept, teacher.config.num_hidden_layers)
     else:

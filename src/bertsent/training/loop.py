@@ -205,6 +205,35 @@ def train(
     )
 
 
+def recovery_args(stage, source: Path, epochs: int, lr: float, max_length: int, truncation: str) -> TrainingArguments:
+    """The fine-tuning a compression stage (prune, factorize) runs on its changed model in memory: into the
+    stage's ``output_dir``, the tokenizer from ``source``, no checkpoints, and no test scoring (evaluate and
+    compare score test); batch sizes, seed, device and threads are the stage's own."""
+    from bertsent.config import passed_on
+
+    return TrainingArguments(
+        output_dir=stage.output_dir,
+        model=str(source),
+        max_length=max_length,
+        truncation=truncation,
+        epochs=epochs,
+        lr=lr,
+        save_steps=None,
+        evaluate_test=False,
+        **passed_on(stage, "batch_size", "eval_batch_size", "seed", "device", "threads"),
+    )
+
+
+def recovery_record(result: TrainResult, epochs: int, lr: float) -> dict:
+    """What a stage records of its recovery fine-tuning (the steps, time and best validation)."""
+    keys = ("steps", "train_seconds", "best_step", "validation_accuracy", "train_reviews")
+    return {
+        "epochs": epochs,
+        "lr": lr,
+        "note": "recovery keeps its best epoch on the same validation reviews that are reported",
+    } | {k: result.metrics[k] for k in keys if k in result.metrics}
+
+
 def setup(args: TrainingArguments, data: DataConfig, model=None, make_loss=None) -> Run:
     """Data, model (the encoder plus a fresh softmax head sized for the labels), optimizer, schedule."""
     from transformers import get_linear_schedule_with_warmup
