@@ -49,28 +49,27 @@ def toy_texts(toy_data_dir) -> list[str]:
     return pd.read_parquet(toy_data_dir / "test.parquet")["text"].tolist()
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A tiny random BERT (2 layers, hidden 32) with the embedded uncased WordPiece tokenizer."""
+def make_tiny_bert(root: Path, **config) -> Path:
+    """A tiny random BERT (2 layers, hidden 32; ``config`` overrides, e.g. dropout) with the embedded
+    uncased WordPiece tokenizer, saved in ``root``."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from bertsent.modeling.loading import embedded_model_path
 
-    root = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    bert = BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=512, **(sizes | config))
     torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(root)
+    BertForSequenceClassification(bert).save_pretrained(root)
     tokenizer.save_pretrained(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT (2 layers, hidden 32) with the embedded uncased WordPiece tokenizer."""
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 @pytest.fixture(scope="session")

@@ -24,27 +24,10 @@ FLAGS = [*TRAIN, "--lr", "5e-3", "--batch-size", "16", "--save-steps", "5", "--d
 
 @pytest.fixture(scope="module")
 def no_dropout_model(tmp_path_factory) -> Path:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from conftest import make_tiny_bert
 
-    from bertsent.modeling.loading import embedded_model_path
-
-    root = tmp_path_factory.mktemp("tiny_no_dropout")
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        classifier_dropout=0.0,
-    )
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(root)
-    tokenizer.save_pretrained(root)
-    return root
+    dropout_off = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_no_dropout"), **dropout_off)
 
 
 def bertsent_train(processes: int, model: Path, data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -191,26 +191,23 @@ def calibrate(config: CalibrateConfig) -> CalibrationResult:
 
 
 def _reviews(source: Path, config: CalibrateConfig):
-    """The validation (and test) reviews: ``config.data``, else those recorded in the folder."""
-    from bertsent.data.loading import load_data
-    from bertsent.data.recorded import recorded_data
+    """The validation (and test, as many as the folder scored) reviews: ``config.data``, else those recorded
+    in the folder; a DataError when there are none."""
+    from bertsent.data.recorded import recorded_reviews
     from bertsent.folder import read_id2label
 
-    # No cap of calibrate's own: the data's validation_samples (given or recorded) decides.
-    data, origin = recorded_data(source, config.data, validation_samples=10**9)
-    if data is None:
-        raise DataError(f"calibration needs labelled validation reviews: {origin}; pass --data")
     recorded = read_training_args(source).get("data", {})
-    eval_samples = config.data.eval_samples if config.data else recorded.get("eval_samples")
-    data = dataclasses.replace(data, eval_samples=eval_samples)
-    splits = load_data(data, splits=("validation", "test") if config.evaluate_test else ("validation",))
-    if len(splits.validation) == 0:
-        raise DataError(f"{data.source}: has no validation reviews to fit the temperature on")
-    model_labels = read_id2label(source)
-    if {int(k): v for k, v in splits.id2label.items()} != model_labels:
-        raise DataError(f"labels of {data.source} ({splits.id2label}) differ from the model's ({model_labels})")
-    splits.report["source"] = data.source
-    return splits, origin
+    splits, reason = recorded_reviews(
+        source,
+        read_id2label(source),
+        config.data,
+        validation_samples=10**9,  # no cap of calibrate's own: the data's validation_samples decides
+        eval_samples=config.data.eval_samples if config.data else recorded.get("eval_samples"),
+        splits=("validation", "test") if config.evaluate_test else ("validation",),
+    )
+    if splits is None:
+        raise DataError(f"calibration needs labelled validation reviews: {reason}; pass --data")
+    return splits, splits.report["origin"]
 
 
 def _scored(splits):

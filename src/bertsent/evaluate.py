@@ -172,8 +172,9 @@ def write_limitations(model_dir: Path) -> None:
     """Fill the card's "Uses" and "Bias, Risks, and Limitations" sections (the Hugging Face template's)
     from the folder's measurements; rerun by every stage that adds one (train, calibrate, evaluate)."""
     metrics = _read_json(model_dir / METRICS_FILE)
-    source = str(read_training_args(model_dir).get("data", {}).get("source") or "unknown data")
-    set_card_section(model_dir, "Uses", uses_section(model_dir, metrics, source))
+    recorded = read_training_args(model_dir)
+    source = str(recorded.get("data", {}).get("source") or "unknown data")
+    set_card_section(model_dir, "Uses", uses_section(model_dir, metrics, source, recorded.get("training", {})))
     set_card_section(model_dir, "Bias, Risks, and Limitations", limitations_section(model_dir, metrics, source))
 
 
@@ -184,11 +185,11 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def uses_section(model_dir: Path, metrics: dict, source: str) -> str:
+def uses_section(model_dir: Path, metrics: dict, source: str, args: dict) -> str:
+    """Direct and out-of-scope use; ``args`` are the recorded training settings (max length, truncation)."""
     from bertsent.folder import read_id2label
 
     labels = ", ".join(read_id2label(model_dir).values())
-    args = read_training_args(model_dir).get("training", {})
     accuracy = metrics.get("test_accuracy")
     measured = f" (test accuracy {accuracy:.2%} on {metrics.get('test_n')} held-out reviews)" if accuracy else ""
     return f"""### Direct use

@@ -19,11 +19,16 @@ def _recorded_data(source: Path) -> dict | None:
 
 
 def recorded_data(
-    source: Path, data: DataConfig | None = None, *, validation_samples: int, train_samples: int | None = None
+    source: Path,
+    data: DataConfig | None = None,
+    *,
+    validation_samples: int,
+    train_samples: int | None = None,
+    eval_samples: int | None = None,
 ) -> tuple[DataConfig | None, str]:
     """The ``DataConfig`` for a check of ``source`` and where it came from (``data`` when given, else the
-    data in its training_args.json), capped at ``validation_samples`` validation reviews; ``(None, reason)``
-    when there is none."""
+    data in its training_args.json), capped at ``validation_samples`` validation reviews (and
+    ``eval_samples`` test reviews; None: all); ``(None, reason)`` when there is none."""
     fields = {f.name for f in dataclasses.fields(DataConfig)}
     if data:
         origin = "--data"
@@ -41,7 +46,7 @@ def recorded_data(
             data,
             validation_samples=min(validation_samples, cap) if cap else validation_samples,
             train_samples=train_samples,
-            eval_samples=None,
+            eval_samples=eval_samples,
         ),
         origin,
     )
@@ -54,6 +59,7 @@ def recorded_reviews(
     *,
     validation_samples: int,
     train_samples: int | None = None,
+    eval_samples: int | None = None,
     splits: tuple[str, ...] = ("validation",),
 ):
     """The loaded splits (``bertsent.data.loading.Splits``, ``report["origin"]``/``["source"]`` set) for a
@@ -61,7 +67,9 @@ def recorded_reviews(
     error; recorded data that moved since training is a reason to skip."""
     from bertsent.data.loading import load_data
 
-    config, origin = recorded_data(source, data, validation_samples=validation_samples, train_samples=train_samples)
+    config, origin = recorded_data(
+        source, data, validation_samples=validation_samples, train_samples=train_samples, eval_samples=eval_samples
+    )
     if config is None:
         return None, origin
     try:
