@@ -865,6 +865,9 @@ class ReproduceConfig:
     batch_size: int = 16
     max_length: int = 256
     truncation: str = field(default="head+tail", metadata={"choices": TRUNCATION_STRATEGIES})
+    calibrate: bool = True
+    """Fit the teacher's temperature on validation and fold it in (``train --calibrate``); the page reports
+    its test ECE and log-loss before and after. ``--no-calibrate``: keep the raw scores."""
     latency_samples: int = 100
     doc: str | None = None
     """Also write the results page here (e.g. docs/results.md), its two plots beside it as SVG."""

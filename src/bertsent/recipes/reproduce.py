@@ -47,7 +47,7 @@ def reproduce(config: ReproduceConfig) -> dict:
             resume=True,
             keep_checkpoints=False,
             save_steps=200,
-            **passed_on(config, "model", "epochs", "time_budget", "lr", "batch_size", "max_length", "truncation"),
+            **passed_on(config, "model", "epochs", "time_budget", "lr", "batch_size", "max_length", "truncation", "calibrate"),
         )
         resumed = (teacher / "checkpoints").is_dir()
         train(args, config.data)
