@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bertsent.encoding import collate, encode, length_grouped_batches, sorted_batches, truncate
+from bertsent.encoding import collate, encode, length_grouped_batches, shorten, sorted_batches, truncate
 from bertsent.modeling.loading import load_tokenizer
 
 
@@ -37,6 +37,16 @@ def test_encode_matches_tokenizer_head_truncation(tokenizer):
     ours = encode(tokenizer, [text], max_length=32, truncation="head").ids[0].tolist()
     theirs = tokenizer(text, truncation=True, max_length=32)["input_ids"]
     assert ours == theirs
+
+
+@pytest.mark.parametrize("strategy", ["head", "tail", "head+tail"])
+def test_shorten_gives_what_encoding_at_the_shorter_length_gives(tokenizer, strategy):
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda"]
+    texts = [" ".join(words[i % 11] + str(i) for i in range(n)) for n in (3, 10, 40, 200)]
+    long, short = encode(tokenizer, texts, 64, strategy), encode(tokenizer, texts, 24, strategy)
+    cut = shorten(long, tokenizer, 24, strategy)
+    assert [x.tolist() for x in cut.ids] == [x.tolist() for x in short.ids]
+    assert cut.full_lengths.tolist() == long.full_lengths.tolist() and cut.ids[0].dtype == np.int32
 
 
 def test_length_grouped_batches_cover_every_row_once_and_are_seeded():

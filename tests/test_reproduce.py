@@ -52,6 +52,10 @@ def test_reproduce_fast_runs_every_stage_and_writes_the_results_page(
     assert "Measured on " in page and "physical cores" in page  # the CPU (compare.json's "cpu")
     assert f"The table was measured on {result['table_measured']['date']} at git" in page
     assert "teacher: fine-tune + test evaluation" in result["stage_seconds"]
+    # The teacher was calibrated (the recipe's default) and the page shows its test ECE before and after.
+    record = result["teacher_metrics"]["calibration"]
+    assert record["test"]["n"] == 80 and f"T = {record['temperature']:.4f}" in page
+    assert f"| test (80 reviews) | {record['test']['ece_before']:.4f} | {record['test']['ece_after']:.4f} |" in page
     assert "results page:" in capsys.readouterr().out
 
     # Out of domain: every variant scored on both sets, shown on the page and in the teacher's card.

@@ -295,20 +295,25 @@ def record_calibration(
 
 def calibration_section(record: dict) -> str:
     """The model card's calibration section: T, where it was fitted, and ECE/log-loss before and after."""
+    return (
+        f"Scores are temperature-scaled (Guo et al., 2017): T = {record['temperature']:.4f}, fitted on "
+        f"{record['fitted_on']}, is folded into the classifier's last linear layer, so every loader of this "
+        "folder returns the calibrated scores. Labels are unchanged.\n\n"
+        + calibration_table(record)
+        + f"\n\nReliability before and after: `{CALIBRATION_PLOT}`."
+    )
+
+
+def calibration_table(record: dict) -> str:
+    """ECE and log-loss before and after scaling, a Markdown row per split that was scored."""
     rows = [
         f"| {split} ({r['n']} reviews) | {r['ece_before']:.4f} | {r['ece_after']:.4f} | "
         f"{r['log_loss_before']:.4f} | {r['log_loss_after']:.4f} |"
         for split in ("validation", "test")
         if (r := record.get(split))
     ]
-    return (
-        f"Scores are temperature-scaled (Guo et al., 2017): T = {record['temperature']:.4f}, fitted on "
-        f"{record['fitted_on']}, is folded into the classifier's last linear layer, so every loader of this "
-        "folder returns the calibrated scores. Labels are unchanged.\n\n"
-        "| Split | ECE before | ECE after | Log-loss before | Log-loss after |\n|---|---|---|---|---|\n"
-        + "\n".join(rows)
-        + f"\n\nReliability before and after: `{CALIBRATION_PLOT}`."
-    )
+    header = "| Split | ECE before | ECE after | Log-loss before | Log-loss after |\n|---|---|---|---|---|\n"
+    return header + "\n".join(rows)
 
 
 def _summary(record: dict) -> str:

@@ -74,6 +74,22 @@ def encode(tokenizer, texts: Sequence[str], max_length: int, truncation: str = "
     return Encoded(ids=ids, full_lengths=np.asarray(full, dtype=np.int64))
 
 
+def shorten(encoded: Encoded, tokenizer, max_length: int, truncation: str) -> Encoded:
+    """The same reviews as if encoded at the shorter ``max_length``: special tokens kept, the text cut again
+    with ``truncation`` (exact for head, tail and head+tail, whose cut points only move inwards)."""
+    prefix, suffix = special_token_layout(tokenizer)
+    budget = max_length - len(prefix) - len(suffix)
+    if budget < 1:
+        raise SettingsError(f"max_length {max_length} leaves no room for text after the special tokens")
+    ids = []
+    for row in encoded.ids:
+        if len(row) > max_length:
+            body = truncate(row[len(prefix) : len(row) - len(suffix)], budget, truncation)
+            row = np.concatenate([row[: len(prefix)], np.asarray(body, dtype=row.dtype), row[len(row) - len(suffix) :]])
+        ids.append(row)
+    return Encoded(ids=ids, full_lengths=encoded.full_lengths)
+
+
 def token_ids(tokenizer, texts: Sequence[str], chunk: int = 4096) -> Iterator[list[int]]:
     """Each text's token ids without special tokens or truncation, tokenized in fast batch mode.
 

@@ -28,6 +28,10 @@ ANCHORS = (
 )
 
 
+TEACHER_SETTINGS = ("model", "epochs", "time_budget", "lr", "batch_size", "max_length", "truncation", "calibrate")
+"""The recipe's settings its teacher's ``train`` run takes as they are."""
+
+
 def reproduce(config: ReproduceConfig) -> dict:
     """Run (or continue) the recipe; returns what the results page shows."""
     from bertsent.config import CompressConfig, TrainingArguments, passed_on
@@ -47,7 +51,7 @@ def reproduce(config: ReproduceConfig) -> dict:
             resume=True,
             keep_checkpoints=False,
             save_steps=200,
-            **passed_on(config, "model", "epochs", "time_budget", "lr", "batch_size", "max_length", "truncation", "calibrate"),
+            **passed_on(config, *TEACHER_SETTINGS),
         )
         resumed = (teacher / "checkpoints").is_dir()
         train(args, config.data)
@@ -304,6 +308,20 @@ def _schedule(settings: dict, metrics: dict) -> str:
     return f"`--time-budget {budget}`{spent}, {metrics.get('steps')} steps, linear decay to zero at the deadline"
 
 
+def _calibration(metrics: dict) -> str:
+    """The teacher's temperature and its ECE/log-loss before and after, when the recipe calibrated it."""
+    from bertsent.calibration import calibration_table
+
+    record = metrics.get("calibration")
+    if not record:
+        return ""
+    return (
+        f"\nCalibration (`train --calibrate`): temperature T = {record['temperature']:.4f} fitted on "
+        f"{record['fitted_on']} and folded into the teacher that every variant below is built from; "
+        f"labels unchanged. ECE has 15 equal-width bins.\n\n{calibration_table(record)}\n"
+    )
+
+
 def results_page(result: dict, out: Path, plots: dict[str, str]) -> str:
     """The Markdown results page: the table, the teacher's metrics, out-of-domain scores, timings, machine
     and commands; ``plots`` names the SVG files written beside it."""
@@ -342,7 +360,7 @@ train. Every row below is scored on the same {test_n} test reviews in one run; s
 Teacher on the test set: accuracy {m.get("test_accuracy", float("nan")):.4f}, F1 {m.get("test_f1", float("nan")):.4f},
 ROC-AUC {m.get("test_roc_auc", float("nan")):.4f}; best validation accuracy
 {m.get("validation_accuracy", float("nan")):.4f} at step {m.get("best_step")} of {m.get("steps")}.
-
+{_calibration(m)}
 ![Teacher training curves]({plots["curves"]})
 
 ![Accuracy against throughput, Pareto front]({plots["pareto"]})

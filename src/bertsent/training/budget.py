@@ -33,6 +33,12 @@ class Budget:
     validation_seconds: float | None = None
     checkpoint_seconds: float = 2.0
     warmup_planned: bool = False
+    short_seconds: float = 0.0
+    """Sequence-length warm-up: the first this many seconds train on shorter reviews (0: none)."""
+    cost_ratio: float = 1.0
+    """A full-length step's cost over a short one's, estimated from the token counts until measured."""
+    short_until: int = 0
+    """The step the short phase ends at, as last planned (fixed once reached)."""
 
     def __post_init__(self) -> None:
         self.started = time.perf_counter()
@@ -56,16 +62,29 @@ class Budget:
         if per_validation is None:
             per_validation = validation_reviews * per_step / args.batch_size / EVAL_SPEEDUP
         left = self.seconds - self.used()
+        short = self.in_short_phase(step)
+        # In the short phase, the steps until its deadline at the measured (short) rate, then full-length
+        # steps at the estimated rate; after it, full-length steps at the measured rate.
+        short_steps = math.floor(max(0.0, self.short_seconds - self.used()) / per_step) if short else 0
+        long_per_step = per_step * self.cost_ratio if short else per_step
         steps = 0
         for _ in range(3):  # the pauses to come depend on the steps to come: settle it in a few rounds
             validations = _count(step, steps, steps_per_epoch, args.eval_steps)
             checkpoints = _count(step, steps, steps_per_epoch, args.save_steps)
             reserve = validations * per_validation + checkpoints * self.checkpoint_seconds
-            steps = max(0, math.floor((left - reserve) / per_step))
+            room = max(0.0, left - reserve)
+            first = min(short_steps, math.floor(room / per_step))
+            steps = first + math.floor((room - first * per_step) / long_per_step)
+        if short:
+            self.short_until = step + first
         self.total_steps = step + steps
         if not self.warmup_planned:  # the first plan fixes the warm-up: a share of the planned steps
             self.warmup_steps, self.warmup_planned = int(args.warmup_ratio * self.total_steps), True
         return self.total_steps
+
+    def in_short_phase(self, step: int) -> bool:
+        """Whether ``step`` still trains on short reviews (before the first plan: while time allows)."""
+        return self.short_seconds > 0 and (step < self.short_until or not self.warmup_planned)
 
 
 def _count(step: int, steps: int, steps_per_epoch: int, every: int | None) -> int:

@@ -27,7 +27,7 @@ import torch
 
 from bertsent.config import DataConfig, TrainingArguments, budget_seconds
 from bertsent.data.loading import Splits
-from bertsent.encoding import Encoded, collate, length_grouped_batches
+from bertsent.encoding import Encoded, collate, length_grouped_batches, shorten
 from bertsent.errors import DataError, SettingsError
 from bertsent.inference import predict_probs
 from bertsent.modeling.loading import load_classifier
@@ -157,10 +157,20 @@ class Run:
     state: TrainState
     accelerator: Any
     budget: Budget | None = None
+    short_enc: Encoded | None = None
+    """The training reviews cut to ``short_length`` (sequence-length warm-up), or None."""
 
     def __post_init__(self) -> None:
         self.train_labels = self.splits.train["label"].to_numpy()
         self.val_labels = self.splits.validation["label"].to_numpy()
+
+    def training_rows(self) -> Encoded:
+        """The training reviews at this step's length: short during the sequence-length warm-up."""
+        if self.short_enc is None:
+            return self.train_enc
+        step = self.state.step
+        short = self.budget.in_short_phase(step) if self.budget else step < self.args.short_share * self.total_steps
+        return self.short_enc if short else self.train_enc
 
     @property
     def unwrapped(self):
@@ -264,9 +274,13 @@ def setup(args: TrainingArguments, data: DataConfig, model=None, make_loss=None)
     args, lr_choice = _choose_lr(args, lr_dir, model, total_steps, train_enc, splits, device, pad_id, loss_fn)
     optimizer = build_optimizer(model, args)
     budget = None
+    short_enc = shorten(train_enc, tokenizer, args.short_length, args.truncation) if args.short_length else None
     if args.time_budget:
         budget = Budget(budget_seconds(args.time_budget), warmup_steps=int(args.warmup_ratio * total_steps))
         budget.total_steps = total_steps  # a first guess, until the first steps are timed
+        if short_enc is not None:  # a step's cost taken as its tokens', until full-length steps are timed
+            budget.short_seconds = args.short_share * budget.seconds
+            budget.cost_ratio = float(train_enc.lengths.mean() / short_enc.lengths.mean())
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, budget.factor)
     else:
         scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
@@ -277,6 +291,7 @@ def setup(args: TrainingArguments, data: DataConfig, model=None, make_loss=None)
         budget.used_before = state.budget["used_seconds"]
         budget.warmup_steps, budget.total_steps = state.budget["warmup_steps"], state.budget["total_steps"]
         budget.warmup_planned, total_steps = True, budget.total_steps
+        budget.short_until = state.budget.get("short_until", 0)
     state.lr_choice = state.lr_choice or lr_choice
     output_dir.mkdir(parents=True, exist_ok=True)
     distributed.start_trackers(accelerator, args)
@@ -299,6 +314,7 @@ def setup(args: TrainingArguments, data: DataConfig, model=None, make_loss=None)
         state=state,
         accelerator=accelerator,
         budget=budget,
+        short_enc=short_enc,
     )
 
 
@@ -386,11 +402,15 @@ def _follow_budget(run: Run, step_seconds: float, bar) -> None:
     """Time the step; every few steps, plan the steps that still fit in the budget (the schedule follows)."""
     budget, state = run.budget, run.state
     budget.step_seconds.append(step_seconds)
-    if state.step == PROBE_STEPS or state.step % REPLAN_EVERY == 0:
+    if budget.short_seconds and state.step == budget.short_until:
+        budget.step_seconds.clear()  # full-length steps from here: time those, not the short ones
+    # After the switch, plan again once a few full-length steps are timed.
+    if state.step == PROBE_STEPS or (state.step % REPLAN_EVERY == 0 and len(budget.step_seconds) > 2):
         args = run.args
         plan = budget.plan(state.step, run.steps_per_epoch, len(run.val_enc), args)
-        # Timed on the main process's clock: every rank must stop at the same step.
-        run.total_steps = distributed.agreed(run.accelerator, min(plan, args.max_steps or plan))
+        # Timed on the main process's clock: every rank must stop (and switch length) at the same step.
+        plan = min(plan, args.max_steps or plan)
+        run.total_steps, budget.short_until = distributed.agreed(run.accelerator, (plan, budget.short_until))
         bar.total = run.total_steps
         bar.refresh()
 
@@ -403,6 +423,7 @@ def _save(run: Run) -> None:
             "budget_seconds": run.budget.seconds,
             "warmup_steps": run.budget.warmup_steps,
             "total_steps": run.total_steps,
+            "short_until": run.budget.short_until,
         }
     if run.accelerator.is_main_process:
         save_checkpoint(run.output_dir, run.unwrapped, run.optimizer, run.scheduler, run.state, run.args)
@@ -415,12 +436,14 @@ def _optimizer_step(run: Run, group: list[np.ndarray], running: list) -> None:
     """Forward and backward over this rank's share of the group's micro-batches, then clip, step and
     advance the schedule."""
     acc, n_group = run.accelerator, sum(len(b) for b in group)
+    rows_enc = run.training_rows()
+    run.state.short_steps += rows_enc is not run.train_enc
     for i, idx in enumerate(group):
         share = distributed.rank_share(idx, acc)
         # A rank whose share is empty (a last batch smaller than the process count) still runs one row
         # with weight 0: DDP needs every rank in every gradient all-reduce.
         rows, weight = (share, len(share)) if len(share) else (idx[:1], 0)
-        batch = {k: v.to(run.device) for k, v in collate(run.train_enc, rows, run.pad_id).items()}
+        batch = {k: v.to(run.device) for k, v in collate(rows_enc, rows, run.pad_id).items()}
         labels = torch.from_numpy(run.train_labels[rows]).to(run.device)
         # Gradients are all-reduced once per optimizer step, on the group's last micro-batch.
         sync = contextlib.nullcontext() if i == len(group) - 1 else acc.no_sync(run.model)

@@ -38,6 +38,8 @@ def run_metrics(args, splits: Splits, model, state: TrainState) -> dict:
             "time_budget_seconds": state.budget["budget_seconds"],
             "time_used_seconds": state.budget["used_seconds"],
         }
+    if state.short_steps:  # the sequence-length warm-up: how much of the run was short
+        metrics |= {"short_length": args.short_length, "short_length_steps": state.short_steps}
     return metrics | {f"validation_{k}": v for k, v in state.best_validation.items()}
 
 

@@ -34,6 +34,7 @@ class TrainState:
     stopped_early: bool = False
     train_seconds: float = 0.0  # optimizer steps only: validation and checkpoints excluded
     reviews_seen: int = 0
+    short_steps: int = 0  # steps trained at ``short_length`` (the sequence-length warm-up)
     history: list[dict] = field(default_factory=list)
     best_validation: dict[str, float] = field(default_factory=dict)
     budget: dict = field(default_factory=dict)
