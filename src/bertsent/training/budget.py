@@ -58,15 +58,15 @@ class Budget:
         # The median of the recent steps: the first ones pay one-off costs (allocations, lazy inits).
         recent = sorted(self.step_seconds[1:][-50:] or self.step_seconds)
         per_step = recent[len(recent) // 2]
-        per_validation = self.validation_seconds
-        if per_validation is None:
-            per_validation = validation_reviews * per_step / args.batch_size / EVAL_SPEEDUP
         left = self.seconds - self.used()
         short = self.in_short_phase(step)
         # In the short phase, the steps until its deadline at the measured (short) rate, then full-length
         # steps at the estimated rate; after it, full-length steps at the measured rate.
         short_steps = math.floor(max(0.0, self.short_seconds - self.used()) / per_step) if short else 0
         long_per_step = per_step * self.cost_ratio if short else per_step
+        per_validation = self.validation_seconds
+        if per_validation is None:  # validation always runs at full length
+            per_validation = validation_reviews * long_per_step / args.batch_size / EVAL_SPEEDUP
         steps = 0
         for _ in range(3):  # the pauses to come depend on the steps to come: settle it in a few rounds
             validations = _count(step, steps, steps_per_epoch, args.eval_steps)

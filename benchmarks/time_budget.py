@@ -1,0 +1,138 @@
+"""Accuracy against training time: ``bertsent train --time-budget`` at several budgets, plain and with the
+sequence-length warm-up (``--short-length``), scored on the test reviews.
+
+Each run is a real ``bertsent train`` command in its own process, on the full training split of the
+data given. The plain budgeted run (only the learning rate decays to the deadline) is the baseline,
+measured at the same budget in the same sweep. Runs write under ``--out-dir`` and a folder whose
+``metrics.json`` exists is read back instead of trained again, so a sweep of hours can be continued;
+``--include NAME=DIR`` adds a folder trained elsewhere (e.g. the reproduce teacher) as a labelled point.
+
+    python benchmarks/time_budget.py --data ../shared/data/imdb --budgets 10m 20m --variants plain short128 \
+        --out-dir ~/.cache/bertsent/budget --plot docs/time-budget.svg --json docs/time-budget.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _machine import machine_info, restore_sigint
+
+from bertsent.config import budget_seconds
+
+KEYS = ("test_accuracy", "test_f1", "test_n", "test_ece", "steps", "short_length_steps", "time_used_seconds")
+
+
+def variant_flags(variant: str) -> list[str]:
+    """``plain``, or ``shortN`` (the first half of the time at N tokens), or ``shortN@S`` (share S)."""
+    if variant == "plain":
+        return []
+    if not variant.startswith("short"):
+        raise SystemExit(f"unknown variant {variant!r}: plain, short128 or short128@0.7")
+    length, _, share = variant.removeprefix("short").partition("@")
+    return ["--short-length", length] + (["--short-share", share] if share else [])
+
+
+def train(budget: str, variant: str, args, out: Path) -> dict:
+    """One budgeted run (or the folder a previous sweep left); its test metrics and wall time."""
+    wall = None
+    if not (out / "metrics.json").is_file():
+        command = [sys.executable, "-m", "bertsent", "train", "--data", args.data, "--output-dir", str(out)]
+        command += ["--time-budget", budget, "--max-length", str(args.max_length), "--truncation", "head+tail"]
+        command += ["--threads", str(args.threads), "--progress", "false", *variant_flags(variant)]
+        command += ["--eval-samples", str(args.test_samples)] if args.test_samples else []
+        out.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        with open(out.parent / f"{out.name}.log", "w") as log:
+            subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, preexec_fn=restore_sigint)
+        wall = round(time.perf_counter() - started, 1)
+    return row(budget, variant, out, wall)
+
+
+def row(budget: str, variant: str, folder: Path, wall: float | None) -> dict:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    lr = json.loads((folder / "training_args.json").read_text())["training"]["lr"]
+    return (
+        {"budget": budget, "minutes": budget_seconds(budget) / 60, "variant": variant, "folder": str(folder)}
+        | {
+            "lr": lr,
+            "reviews_seen": round(metrics["train_reviews_per_second"] * metrics["train_seconds"]),
+            "wall_seconds_with_test": wall,  # None: read back from an earlier sweep
+        }
+        | {k: metrics.get(k) for k in KEYS}
+    )
+
+
+def included(spec: str) -> dict:
+    """``NAME=DIR``: a folder trained by another command, shown as its own labelled point."""
+    name, _, folder = spec.partition("=")
+    metrics = json.loads((Path(folder).expanduser() / "metrics.json").read_text())
+    budget = metrics.get("time_budget_seconds")
+    if budget is None:
+        raise SystemExit(f"{folder}: not a --time-budget run (no time_budget_seconds in metrics.json)")
+    return row(f"{budget / 60:g}m", name, Path(folder).expanduser(), None)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        points = sorted((r["minutes"], 100 * r["test_accuracy"]) for r in rows if r["variant"] == variant)
+        ax.plot(*zip(*points, strict=True), marker="o", label=variant)
+    ax.set(xlabel="training budget (minutes, --time-budget)", ylabel="test accuracy (%)")
+    ax.set_title("Accuracy against training time, 2-core CPU", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    plt.rcParams["svg.hashsalt"] = "bertsent"  # stable ids: a rerun with the same numbers is the same file
+    fig.savefig(path, metadata={"Date": None})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="../shared/data/imdb")
+    parser.add_argument("--budgets", nargs="+", default=["10m", "20m"])
+    parser.add_argument("--variants", nargs="+", default=["plain", "short128"])
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--test-samples", type=int, help="score this many test reviews (default: all)")
+    parser.add_argument("--out-dir", type=Path, default=Path("~/.cache/bertsent/budget").expanduser())
+    parser.add_argument("--include", nargs="*", default=[], help="NAME=DIR: a budgeted folder trained elsewhere")
+    parser.add_argument("--json", type=Path, help="also write the rows and the machine here")
+    parser.add_argument("--plot", type=Path, help="accuracy against budget, one line a variant (SVG/PNG)")
+    args = parser.parse_args()
+    machine = machine_info()
+    print(f"machine : {machine['cpu']}, {machine['cpu_count']} CPUs, load {machine['load_average']}")
+    print(f"features: {machine['cpu_features']}")
+    rows = [
+        train(budget, variant, args, args.out_dir.expanduser() / f"{budget}-{variant}")
+        for budget in args.budgets
+        for variant in args.variants
+    ] + [included(spec) for spec in args.include]
+    print(f"{'budget':>7} {'variant':>14} {'test acc':>9} {'vs plain':>9} {'n':>6} {'steps':>6} {'short':>6} "
+          f"{'reviews':>8} {'used s':>7}")  # fmt: skip
+    for r in rows:
+        plain = next((p for p in rows if p["budget"] == r["budget"] and p["variant"] == "plain"), None)
+        delta = f"{100 * (r['test_accuracy'] - plain['test_accuracy']):+.2f}" if plain else "-"
+        print(
+            f"{r['budget']:>7} {r['variant']:>14} {100 * r['test_accuracy']:>8.2f}% {delta:>9} {r['test_n']:>6} "
+            f"{r['steps']:>6} {r['short_length_steps'] or 0:>6} {r['reviews_seen']:>8} {r['time_used_seconds']:>7}"
+        )
+    if args.plot:
+        plot(rows, args.plot)
+        print(f"plot: {args.plot}")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
