@@ -58,14 +58,20 @@ def special_token_layout(tokenizer) -> tuple[list[int], list[int]]:
     raise ValueError(f"cannot locate the text among the special tokens of {type(tokenizer).__name__}")
 
 
-def encode(tokenizer, texts: Sequence[str], max_length: int, truncation: str = "head") -> Encoded:
-    """Tokenize ``texts`` in fast batch mode and truncate each to ``max_length`` (special tokens included)."""
-    if truncation not in TRUNCATION_STRATEGIES:
-        raise SettingsError(f"truncation must be one of {', '.join(TRUNCATION_STRATEGIES)}, got {truncation!r}")
+def text_room(tokenizer, max_length: int) -> tuple[list[int], list[int], int]:
+    """The special tokens around one text, and the tokens left for the text at ``max_length``."""
     prefix, suffix = special_token_layout(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
     if budget < 1:
         raise SettingsError(f"max_length {max_length} leaves no room for text after the special tokens")
+    return prefix, suffix, budget
+
+
+def encode(tokenizer, texts: Sequence[str], max_length: int, truncation: str = "head") -> Encoded:
+    """Tokenize ``texts`` in fast batch mode and truncate each to ``max_length`` (special tokens included)."""
+    if truncation not in TRUNCATION_STRATEGIES:
+        raise SettingsError(f"truncation must be one of {', '.join(TRUNCATION_STRATEGIES)}, got {truncation!r}")
+    prefix, suffix, budget = text_room(tokenizer, max_length)
     ids: list[np.ndarray] = []
     full: list[int] = []
     for row in token_ids(tokenizer, texts):
@@ -77,10 +83,7 @@ def encode(tokenizer, texts: Sequence[str], max_length: int, truncation: str = "
 def shorten(encoded: Encoded, tokenizer, max_length: int, truncation: str) -> Encoded:
     """The same reviews as if encoded at the shorter ``max_length``: special tokens kept, the text cut again
     with ``truncation`` (exact for head, tail and head+tail, whose cut points only move inwards)."""
-    prefix, suffix = special_token_layout(tokenizer)
-    budget = max_length - len(prefix) - len(suffix)
-    if budget < 1:
-        raise SettingsError(f"max_length {max_length} leaves no room for text after the special tokens")
+    prefix, suffix, budget = text_room(tokenizer, max_length)
     ids = []
     for row in encoded.ids:
         if len(row) > max_length:
