@@ -89,6 +89,16 @@ def test_keras_encoder_and_logits_match_pytorch_and_convert_back_exactly(keras, 
         assert torch.equal(a, b), name
 
 
+def test_mean_pooling_layer_converts_to_keras_with_the_same_logits(keras, tiny_model_dir):
+    from bertsent.modeling.pooling import add_mean_pooling
+
+    hf_model = load_classifier(tiny_model_dir)
+    add_mean_pooling(hf_model)  # a stock BertLayer: KerasHub's backbone just has one more
+    model = keras_from_torch(hf_model.eval())
+    assert len(model.backbone.transformer_layers) == 3
+    assert check_parity(model, hf_model)["max_abs_diff"] <= 1e-4
+
+
 def test_gelu_is_exact_like_hf_not_keras_hubs_tanh_approximation(keras, tiny_model_dir):
     model = keras_from_torch(load_classifier(tiny_model_dir))
     layer = model.backbone.transformer_layers[0]._feedforward_intermediate_dense

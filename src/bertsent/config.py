@@ -18,6 +18,7 @@ from pathlib import Path
 from bertsent.errors import DataError, ModelError, QuantizeSettingsError, SettingsError
 
 TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
+POOLINGS = ("auto", "cls", "mean")
 BACKENDS = ("torch", "keras")
 BEST_METRICS = ("accuracy", "f1", "f1_macro", "loss")
 TRACKERS = ("tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio")
@@ -173,6 +174,11 @@ class TrainingArguments:
     of its steps at 128 tokens). Validation and test always use ``max_length``."""
     short_share: float = 0.5
     """Share of the run at ``short_length``: of its optimizer steps, or of its time with ``time_budget``."""
+    pooling: str = field(default="auto", metadata={"choices": POOLINGS})
+    """What a new head reads: ``cls`` (the pooler on [CLS], as ``BertForSequenceClassification``), ``mean``
+    (the mean of the token vectors, computed by one added stock BERT layer: ``modeling.pooling``), or
+    ``auto``: mean for encoders that declare sentence-transformers mean pooling, the embedded MiniLM
+    among them, [CLS] otherwise. A model that already has a trained head keeps what it reads."""
     resume: bool = False
     """Continue from the latest checkpoint in ``output_dir`` (same result as an uninterrupted run)."""
     evaluate_test: bool = True
@@ -230,6 +236,7 @@ class TrainingArguments:
             "precision": ("auto", "fp32", "bf16", "fp16"),
             "metric_for_best_model": BEST_METRICS,
             "backend": BACKENDS,
+            "pooling": POOLINGS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -298,7 +305,8 @@ class DistillationArguments(TrainingArguments):
     teacher: str = ""
     """Fine-tuned teacher folder (its tokenizer and labels are used)."""
     student_layers: int | None = None
-    """Student = this many of the teacher's layers, evenly spaced (6 -> 3 keeps layers 0, 2, 4)."""
+    """Student = this many of the teacher's layers, evenly spaced (6 -> 3 keeps layers 0, 2, 4); a teacher's
+    mean-pooling layer (``modeling.pooling``) comes along as the student's last layer."""
     student: str | None = None
     """Or start the student from this model (folder or hub name); it must share the teacher's tokenizer."""
     alpha: float = 0.5

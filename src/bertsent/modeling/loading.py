@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from bertsent.errors import ModelError, first_line
 from bertsent.folder import EARLY_EXIT_KEY
+from bertsent.modeling.pooling import add_mean_pooling, resolve_pooling
 from bertsent.runtime import quiet_transformers
 
 if TYPE_CHECKING:
@@ -96,13 +97,18 @@ def load_tokenizer(name: str | os.PathLike | None) -> PreTrainedTokenizerBase:
 
 
 def load_classifier(
-    name: str | os.PathLike | None, id2label: dict[int, str] | None = None, **config_overrides
+    name: str | os.PathLike | None,
+    id2label: dict[int, str] | None = None,
+    pooling: str = "cls",
+    **config_overrides,
 ) -> PreTrainedModel:
     """Load a sequence classifier; with ``id2label`` a fresh head of that size is made when needed.
 
     A base encoder (no classification head, or one of another size) gets a newly initialised
-    softmax head, as fine-tuning expects. ``config_overrides`` (e.g. ``attention_probs_dropout_prob``)
-    are applied to the model's config before the modules are built.
+    softmax head, as fine-tuning expects; ``pooling`` says what that head reads (``cls``, ``mean``, or
+    ``auto``: the mean for encoders that declare sentence-transformers mean pooling; see
+    ``modeling.pooling``). ``config_overrides`` (e.g. ``attention_probs_dropout_prob``) are applied to the
+    model's config before the modules are built.
     """
     from transformers import AutoModelForSequenceClassification
 
@@ -130,7 +136,14 @@ def load_classifier(
         if config_overrides:
             log.warning("%s: pruned/factorized model, overrides %s not applied", resolved, sorted(config_overrides))
     else:
-        model = _from_pretrained(AutoModelForSequenceClassification, name, "model", **kwargs)
+        model, info = _from_pretrained(
+            AutoModelForSequenceClassification, name, "model", output_loading_info=True, **kwargs
+        )
+        # Mismatched keys come as (key, saved shape, new shape) in some transformers versions.
+        new = [k if isinstance(k, str) else k[0] for k in (*info["missing_keys"], *info["mismatched_keys"])]
+        fresh_head = any(key.startswith("classifier.") for key in new)
+        if id2label is not None and resolve_pooling(pooling, resolved, model, fresh_head) == "mean":
+            add_mean_pooling(model)
     if saved.get("bertsent_quantization") == "torch-dynamic":
         # Dynamic INT8 is applied at load time: its packed weights cannot be stored as safetensors.
         from bertsent.modeling.quantized import quantize_torch_dynamic

@@ -128,7 +128,9 @@ def _student_variants(config: CompressConfig, out: Path, stages: _Stages) -> Pat
 
     teacher = Path(config.teacher)
     trained = _teacher_settings(teacher)
-    n_teacher = json.loads((teacher / "config.json").read_text())["num_hidden_layers"]
+    saved = json.loads((teacher / "config.json").read_text())
+    # A mean-pooling layer comes along with the student's layers (modeling.pooling), not among them.
+    n_teacher = saved["num_hidden_layers"] - ("bertsent_mean_pooling" in saved)
     student_dir = out / "student"
     distill_args = DistillationArguments(
         teacher=str(teacher),

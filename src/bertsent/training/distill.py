@@ -23,6 +23,7 @@ from bertsent.data.loading import Splits
 from bertsent.encoding import Encoded
 from bertsent.errors import ModelError, SettingsError
 from bertsent.modeling.loading import load_classifier, load_tokenizer
+from bertsent.modeling.pooling import POOLING_KEY, pooling_layer
 from bertsent.training.distributed import is_main_process
 from bertsent.training.loop import train
 from bertsent.training.tracking import TrainResult
@@ -41,13 +42,21 @@ def student_layer_indices(n_teacher: int, n_student: int) -> list[int]:
 
 
 def student_from_teacher(teacher, n_layers: int):
-    """A copy of the teacher keeping ``n_layers`` of its transformer layers (weights included)."""
+    """A copy of the teacher keeping ``n_layers`` of its transformer layers (weights included).
+
+    A teacher's mean-pooling layer (``modeling.pooling``) is not one of them: the student keeps it as its
+    last layer, so it reads what the teacher's head reads.
+    """
     encoder = teacher.base_model.encoder
-    keep = student_layer_indices(len(encoder.layer), n_layers)
+    pooling = pooling_layer(teacher.config)
+    keep = student_layer_indices(len(encoder.layer) if pooling is None else pooling, n_layers)
+    keep += [] if pooling is None else [pooling]
     student = copy.deepcopy(teacher)
     student.base_model.encoder.layer = torch.nn.ModuleList(copy.deepcopy(encoder.layer[i]) for i in keep)
-    student.config.num_hidden_layers = n_layers
+    student.config.num_hidden_layers = len(keep)
     student.config.bertsent_student_of = {"layers": keep}
+    if pooling is not None:
+        setattr(student.config, POOLING_KEY, {"layer": len(keep) - 1})
     return student, keep
 
 
@@ -93,15 +102,15 @@ def distill(args: DistillationArguments, data: DataConfig) -> TrainResult:
             raise ModelError(
                 f"{args.teacher}: a pruned or factorized teacher cannot seed a student by layers; pass --student"
             )
-        student, kept = student_from_teacher(teacher, args.student_layers)
-        log.info("student: teacher layers %s of %d", kept, teacher.config.num_hidden_layers)
+        student, mapping = student_from_teacher(teacher, args.student_layers)
+        log.info("student: teacher layers %s of %d", mapping, teacher.config.num_hidden_layers)
     else:
-        student = load_classifier(args.student, {int(k): v for k, v in teacher.config.id2label.items()})
+        student = load_classifier(args.student, {int(k): v for k, v in teacher.config.id2label.items()}, args.pooling)
+        mapping = student_layer_indices(teacher.config.num_hidden_layers, student.config.num_hidden_layers)
     if args.hidden_weight and student.config.hidden_size != teacher.config.hidden_size:
         raise ModelError("hidden_weight needs the student's hidden size to equal the teacher's")
     output_dir = Path(args.output_dir)
     pad_id = load_tokenizer(args.model).pad_token_id or 0
-    mapping = student_layer_indices(teacher.config.num_hidden_layers, student.config.num_hidden_layers)
 
     def make_loss(splits: Splits, train_enc: Encoded, device: torch.device):
         soft = torch.from_numpy(teacher_logits(teacher, train_enc, pad_id, device, output_dir / TEACHER_LOGITS))

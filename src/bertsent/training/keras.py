@@ -210,7 +210,7 @@ def train_keras(args: TrainingArguments, data: DataConfig):
 
     # Starting weights: whatever the PyTorch loop would start from, converted (and checked).
     overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
-    hf_model = load_classifier(args.model, splits.id2label, **overrides)
+    hf_model = load_classifier(args.model, splits.id2label, args.pooling, **overrides)
     model = keras_from_torch(hf_model, attention_dropout=args.attention_dropout)
     check_parity(model, hf_model, pad_id=pad_id)
     dataset, steps_per_epoch = train_dataset(train_enc, train_labels, args, pad_id)

@@ -259,7 +259,7 @@ def setup(args: TrainingArguments, data: DataConfig, model=None, make_loss=None)
     splits, tokenizer, train_enc, val_enc = load_and_encode(args, data)
     overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
     if model is None:
-        model = load_classifier(args.model, splits.id2label, **overrides)
+        model = load_classifier(args.model, splits.id2label, args.pooling, **overrides)
     elif {int(k): v for k, v in model.config.id2label.items()} != splits.id2label:
         raise DataError(f"labels of the data {splits.id2label} differ from the model's {model.config.id2label}")
     model = model.to(device)

@@ -15,6 +15,7 @@ from bertsent.encoding import encode
 from bertsent.folder import ARGS_FILE, METRICS_FILE
 from bertsent.inference import TorchBackend, run
 from bertsent.modeling.loading import resolve_model
+from bertsent.modeling.pooling import pooling_layer
 from bertsent.training.tracking import BEST, CHECKPOINTS, TrainResult, TrainState
 
 log = logging.getLogger("bertsent.train")
@@ -24,6 +25,7 @@ def run_metrics(args, splits: Splits, model, state: TrainState) -> dict:
     """What the run did: sizes, steps, time, the best validation's metrics."""
     metrics: dict = {
         "num_parameters": sum(p.numel() for p in model.parameters()),
+        "pooling": "cls" if pooling_layer(model.config) is None else "mean",  # what --pooling auto chose
         "train_reviews": len(splits.train),
         "validation_reviews": len(splits.validation),
         "best_step": state.best_step,
