@@ -1,5 +1,6 @@
 """Accuracy against training time: ``bertsent train --time-budget`` at several budgets, plain and with the
-sequence-length warm-up (``--short-length``), scored on the test reviews.
+sequence-length warm-up (``--short-length``) and/or the mean-pooling head (``--pooling mean``), scored on
+the test reviews.
 
 Each run is a real ``bertsent train`` command in its own process, on the full training split of the
 data given. The plain budgeted run (only the learning rate decays to the deadline) is the baseline,
@@ -29,13 +30,19 @@ KEYS = ("test_accuracy", "test_f1", "test_n", "test_ece", "steps", "short_length
 
 
 def variant_flags(variant: str) -> list[str]:
-    """``plain``, or ``shortN`` (the first half of the time at N tokens), or ``shortN@S`` (share S)."""
-    if variant == "plain":
-        return []
-    if not variant.startswith("short"):
-        raise SystemExit(f"unknown variant {variant!r}: plain, short128 or short128@0.7")
-    length, _, share = variant.removeprefix("short").partition("@")
-    return ["--short-length", length] + (["--short-share", share] if share else [])
+    """``plain`` (the [CLS] head, only the learning rate follows the budget), ``shortN`` (the first half of
+    the time at N tokens) or ``shortN@S`` (share S), ``mean`` (the mean-pooling head, ``--pooling mean``),
+    or ``mean+shortN[@S]``. Without ``mean`` the head reads [CLS], as every run did before ``--pooling``."""
+    parts = variant.split("+")
+    flags = ["--pooling", "mean" if "mean" in parts else "cls"]
+    for part in parts:
+        if part in ("plain", "mean"):
+            continue
+        if not part.startswith("short"):
+            raise SystemExit(f"unknown variant {variant!r}: plain, mean, short128, short128@0.7 or mean+short128")
+        length, _, share = part.removeprefix("short").partition("@")
+        flags += ["--short-length", length] + (["--short-share", share] if share else [])
+    return flags
 
 
 def train(budget: str, variant: str, args, out: Path) -> dict:

@@ -49,6 +49,7 @@ def test_added_layer_reads_the_masked_mean_of_the_layer_below(tiny_model_dir):
     index = add_mean_pooling(model)
     model.eval()
     assert index == 2 and pooling_layer(model.config) == 2 and model.config.num_hidden_layers == 3
+    assert torch.equal(model.bert.pooler.dense.weight, torch.eye(32))  # the head reads the mean itself
     ids = torch.tensor([[101, 2307, 3185, 2001, 6429, 102], [101, 9643, 102, 0, 0, 0]])
     mask = (ids != 0).long()
     with torch.no_grad():

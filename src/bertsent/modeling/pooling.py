@@ -14,8 +14,12 @@ appended to the encoder, initialised so that its [CLS] output is the mean of the
   averages its slice of the value vectors (padding is masked as in any layer);
 - value projection the identity, output projection ``SCALE`` times it: the residual adds [CLS]'s own
   vector, which is then 1/SCALE of the mean's, and the LayerNorm after it does not see the scale;
-- feed-forward near zero, and the final LayerNorm copied from the layer below, so the pooler gets the
-  mean on the scale it has seen.
+- feed-forward near zero, and the final LayerNorm copied from the layer below, so the mean comes out on
+  the scale of the layer below's vectors;
+- the pooler (dense + tanh on that vector) becomes the identity, so the head reads the mean itself
+  (tanh is near-linear at that scale). Sentence-transformers encoders never train their pooler: the
+  embedded MiniLM's has an all-zero bias and the singular values of a random matrix (0.0001 to 0.35),
+  which would squash most directions of the mean before the head sees them.
 
 "Near zero" is small random, not zero: exact zeros are a saddle point training cannot leave (the layer
 may learn to weight tokens), and INT8 calibration would meet all-zero matrices. The folder stays a stock
@@ -119,6 +123,9 @@ def add_mean_pooling(model) -> int:
         attention.output.LayerNorm.weight.fill_(1.0)
         attention.output.LayerNorm.bias.zero_()
         layer.output.LayerNorm.load_state_dict(below.output.LayerNorm.state_dict())
+        if bert.pooler is not None:
+            bert.pooler.dense.weight.copy_(eye)
+            bert.pooler.dense.bias.zero_()
     param = next(below.parameters())
     bert.encoder.layer.append(layer.to(device=param.device, dtype=param.dtype))
     config.num_hidden_layers = index + 1
