@@ -4,8 +4,10 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from bertsent.config import DataConfig, TrainingArguments
+from bertsent.modeling.loading import load_classifier
 from bertsent.predict import Predictor
 from bertsent.training.loop import train
 from bertsent.training.tracking import CHECKPOINTS
@@ -138,3 +140,32 @@ def test_early_stopping_multiclass_adam_and_accumulation(tiny_model_dir, tmp_pat
 def test_training_arguments_validate_themselves(field, value):
     with pytest.raises(ValueError, match=field):
         TrainingArguments(**{field: value})
+
+
+def test_cls_only_training_gives_the_same_gradients_and_leaves_the_model_as_it_was(trained_tiny_dir):
+    from bertsent.modeling.cls_only import cls_only_training
+    from bertsent.modeling.pooling import add_mean_pooling
+
+    ids = torch.tensor([[101, 2307, 3185, 2001, 6429, 102], [101, 9643, 102, 0, 0, 0]])
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).long()}
+    labels = torch.tensor([1, 0])
+
+    def gradients(model) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(**batch).logits, labels).backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    for pooled in (False, True):  # the [CLS] head, and the mean-pooling layer as the last layer
+        model = load_classifier(trained_tiny_dir)
+        if pooled:
+            add_mean_pooling(model)
+        model.eval()  # dropout off: the two forwards must agree exactly, not in distribution
+        keys = list(model.state_dict())
+        full = gradients(model)
+        with cls_only_training(model) as applied:
+            assert applied
+            fast = gradients(model)
+        assert list(model.state_dict()) == keys and "forward" not in vars(model.bert.encoder.layer[-1])
+        assert fast.keys() == full.keys()
+        for name in full:
+            torch.testing.assert_close(fast[name], full[name], atol=1e-6, rtol=1e-4, msg=name)

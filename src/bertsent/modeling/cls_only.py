@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
+
 import torch
 
 
@@ -19,25 +23,62 @@ class ClsOnlyLastLayer(torch.nn.Module):
         self.layer = layer
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
-        from transformers.models.bert.modeling_bert import ALL_ATTENTION_FUNCTIONS, eager_attention_forward
+        return cls_only_forward(self.layer, hidden_states, attention_mask)
 
-        attention = self.layer.attention.self
-        batch, length, _ = hidden_states.shape
-        cls = hidden_states[:, :1]
 
-        def heads(x: torch.Tensor, n: int) -> torch.Tensor:
-            return x.view(batch, n, -1, attention.attention_head_size).transpose(1, 2)
+def cls_only_forward(layer, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
+    """``layer`` (a ``BertLayer``) computed for the [CLS] position only: keys and values for every token,
+    query, attention output and feed-forward for [CLS]. Returns a (batch, 1, hidden) tensor."""
+    from transformers.models.bert.modeling_bert import ALL_ATTENTION_FUNCTIONS, eager_attention_forward
 
-        query = heads(attention.query(cls), 1)
-        key, value = heads(attention.key(hidden_states), length), heads(attention.value(hidden_states), length)
-        if attention_mask is not None and attention_mask.dim() == 4:
-            attention_mask = attention_mask[:, :, :1]  # the [CLS] query's row of the mask
-        interface = ALL_ATTENTION_FUNCTIONS.get_interface(
-            attention.config._attn_implementation, eager_attention_forward
-        )
-        context, _ = interface(attention, query, key, value, attention_mask, dropout=0.0, scaling=attention.scaling)
-        attended = self.layer.attention.output(context.reshape(batch, 1, -1), cls)
-        return self.layer.output(self.layer.intermediate(attended), attended)
+    attention = layer.attention.self
+    batch, length, _ = hidden_states.shape
+    cls = hidden_states[:, :1]
+
+    def heads(x: torch.Tensor, n: int) -> torch.Tensor:
+        return x.view(batch, n, -1, attention.attention_head_size).transpose(1, 2)
+
+    query = heads(attention.query(cls), 1)
+    key, value = heads(attention.key(hidden_states), length), heads(attention.value(hidden_states), length)
+    if attention_mask is not None and attention_mask.dim() == 4:
+        attention_mask = attention_mask[:, :, :1]  # the [CLS] query's row of the mask
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager_attention_forward)
+    dropout = attention.dropout.p if attention.training else 0.0
+    context, _ = interface(attention, query, key, value, attention_mask, dropout=dropout, scaling=attention.scaling)
+    attended = layer.attention.output(context.reshape(batch, 1, -1), cls)
+    return layer.output(layer.intermediate(attended), attended)
+
+
+@contextlib.contextmanager
+def cls_only_training(model: torch.nn.Module) -> Iterator[bool]:
+    """While open, the last encoder layer of a BERT classifier computes [CLS] only in training too.
+
+    A classification loss reads the logits, which read the last [CLS] vector only, so the same
+    gradients come for about 1/L fewer FLOPs (most of the added mean-pooling layer's cost,
+    ``modeling.pooling``). The layer's parameters stay where they are, so checkpoints, the optimizer
+    and DDP see the same model; only its ``forward`` is swapped, and put back on exit. Not for losses
+    that read the last layer's other positions (hidden-state distillation). Yields whether it applied.
+    """
+    layer = _last_bert_layer(model)
+    if layer is None:
+        yield False
+        return
+    layer.forward = functools.partial(cls_only_forward, layer)
+    try:
+        yield True
+    finally:
+        del layer.forward  # the class's own forward again
+
+
+def _last_bert_layer(model: torch.nn.Module):
+    """The last ``BertLayer`` of a BERT encoder classifier with stock self-attention, else None."""
+    from transformers.models.bert.modeling_bert import BertLayer, BertSelfAttention
+
+    bert = getattr(model, "bert", None)
+    layers = getattr(getattr(bert, "encoder", None), "layer", None)
+    if not layers or model.config.is_decoder or not isinstance(layers[-1], BertLayer):
+        return None
+    return layers[-1] if isinstance(layers[-1].attention.self, BertSelfAttention) else None
 
 
 def cls_only_last_layer(model: torch.nn.Module) -> bool:
@@ -45,13 +86,8 @@ def cls_only_last_layer(model: torch.nn.Module) -> bool:
 
     Returns False, changing nothing, for models it does not apply to (not a BERT encoder classifier).
     """
-    from transformers.models.bert.modeling_bert import BertLayer, BertSelfAttention
-
-    bert = getattr(model, "bert", None)
-    layers = getattr(getattr(bert, "encoder", None), "layer", None)
-    if not layers or model.config.is_decoder or not isinstance(layers[-1], BertLayer):
+    layer = _last_bert_layer(model)
+    if layer is None:
         return False
-    if not isinstance(layers[-1].attention.self, BertSelfAttention):
-        return False
-    layers[-1] = ClsOnlyLastLayer(layers[-1])
+    model.bert.encoder.layer[-1] = ClsOnlyLastLayer(layer)
     return True

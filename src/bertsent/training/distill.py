@@ -138,7 +138,8 @@ def distill(args: DistillationArguments, data: DataConfig) -> TrainResult:
 
     if args.hidden_weight:
         teacher.to(torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"))
-    result = train(args, data, model=student, make_loss=make_loss)
+    # Hidden-state distillation reads every position of the student's last layer.
+    result = train(args, data, model=student, make_loss=make_loss, cls_only=not args.hidden_weight)
     if not is_main_process():  # under a launcher: the main process scores the teacher and writes the record
         return result
     return _report(args, data, teacher, result)

@@ -30,6 +30,7 @@ from bertsent.data.loading import Splits
 from bertsent.encoding import Encoded, collate, length_grouped_batches, shorten
 from bertsent.errors import DataError, SettingsError
 from bertsent.inference import predict_probs
+from bertsent.modeling.cls_only import cls_only_training
 from bertsent.modeling.loading import load_classifier
 from bertsent.runtime import autocast_dtype, pick_device
 from bertsent.training import distributed
@@ -183,6 +184,7 @@ def train(
     data: DataConfig,
     model: PreTrainedModel | None = None,
     make_loss: Callable[[Splits, Encoded, torch.device], LossFn] | None = None,
+    cls_only: bool = True,
 ) -> TrainResult:
     """Fine-tune ``args.model`` on ``data`` and write the output folder; returns its path and metrics.
 
@@ -190,6 +192,8 @@ def train(
     must match the data's. ``args.model`` still names the folder its tokenizer comes from.
     ``make_loss(splits, train_encoded, device)`` builds another training objective once the data is
     loaded (distillation uses it to cache the teacher's logits); the default is cross-entropy.
+    ``cls_only``: the last layer computes [CLS] only (``modeling.cls_only``); off for a loss that reads
+    the last layer's other positions.
     """
     if args.backend == "keras":
         if model is not None or make_loss is not None:
@@ -198,7 +202,8 @@ def train(
 
         return train_keras(args, data)
     run = setup(args, data, model, make_loss)
-    fit(run)
+    with cls_only_training(run.unwrapped) if cls_only else contextlib.nullcontext():
+        fit(run)
     if not run.accelerator.is_main_process:  # the main process alone scores test and writes the folder
         return TrainResult(output_dir=run.output_dir, metrics={})
     return finish(
