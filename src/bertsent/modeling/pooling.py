@@ -35,8 +35,6 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
 from bertsent.config import POOLINGS
 from bertsent.errors import ModelError
 
@@ -95,6 +93,7 @@ def resolve_pooling(pooling: str, resolved: str, model, fresh_head: bool) -> str
 
 def add_mean_pooling(model) -> int:
     """Append the mean-pooling layer to a BERT classifier's encoder (in place); returns its index."""
+    import torch
     from transformers.models.bert.modeling_bert import BertLayer
 
     bert = getattr(model, "bert", None)
