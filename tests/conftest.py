@@ -66,6 +66,25 @@ def make_tiny_bert(root: Path, **config) -> Path:
     return root
 
 
+def tiny_args(tiny_model_dir, output_dir, **overrides):
+    """Training settings that fit the tiny BERT to the toy reviews in seconds (``overrides`` win)."""
+    from bertsent.config import TrainingArguments
+
+    settings = dict(
+        model=str(tiny_model_dir),
+        output_dir=str(output_dir),
+        max_length=32,
+        epochs=6,
+        batch_size=16,
+        lr=5e-3,
+        warmup_ratio=0.0,
+        save_steps=None,
+        logging_steps=5,
+        progress=False,
+    )
+    return TrainingArguments(**(settings | overrides))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random BERT (2 layers, hidden 32) with the embedded uncased WordPiece tokenizer."""

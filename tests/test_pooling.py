@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_tiny_bert, tiny_args
 
-from bertsent.config import DataConfig, TrainingArguments
+from bertsent.config import DataConfig
 from bertsent.errors import ModelError
 from bertsent.modeling.loading import load_classifier
 from bertsent.modeling.pooling import POOLING_KEY, add_mean_pooling, declared_pooling, pooling_layer
-from tests.conftest import make_tiny_bert
 
 LABELS = {0: "negative", 1: "positive"}
 
@@ -87,17 +87,7 @@ def pooled_run(sentence_encoder, toy_data_dir, tmp_path_factory) -> Path:
     """The tiny sentence encoder fine-tuned with ``--pooling auto`` (the default)."""
     from bertsent.training.loop import train
 
-    out = tmp_path_factory.mktemp("pooled_run")
-    args = TrainingArguments(
-        model=str(sentence_encoder),
-        output_dir=str(out),
-        max_length=32,
-        epochs=4,
-        lr=5e-3,
-        warmup_ratio=0.0,
-        save_steps=None,
-        progress=False,
-    )
+    args = tiny_args(sentence_encoder, tmp_path_factory.mktemp("pooled_run"), epochs=4)
     return train(args, DataConfig(str(toy_data_dir), validation_size=40)).output_dir
 
 

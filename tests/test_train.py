@@ -5,28 +5,13 @@ import shutil
 
 import pytest
 import torch
+from conftest import tiny_args
 
 from bertsent.config import DataConfig, TrainingArguments
 from bertsent.modeling.loading import load_classifier
 from bertsent.predict import Predictor
 from bertsent.training.loop import train
 from bertsent.training.tracking import CHECKPOINTS
-
-
-def tiny_args(tiny_model_dir, output_dir, **overrides) -> TrainingArguments:
-    settings = dict(
-        model=str(tiny_model_dir),
-        output_dir=str(output_dir),
-        max_length=32,
-        epochs=6,
-        batch_size=16,
-        lr=5e-3,
-        warmup_ratio=0.0,
-        save_steps=None,
-        logging_steps=5,
-        progress=False,
-    )
-    return TrainingArguments(**(settings | overrides))
 
 
 @pytest.fixture(scope="module")

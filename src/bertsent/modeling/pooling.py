@@ -129,5 +129,5 @@ def add_mean_pooling(model) -> int:
     bert.encoder.layer.append(layer.to(device=param.device, dtype=param.dtype))
     config.num_hidden_layers = index + 1
     setattr(config, POOLING_KEY, {"layer": index})
-    log.info("mean pooling: layer %d added (the encoder declares sentence-transformers mean pooling)", index)
+    log.info("mean pooling: layer %d added; the head reads the mean of the token vectors", index)
     return index

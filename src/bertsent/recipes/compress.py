@@ -124,13 +124,14 @@ def _student_variants(config: CompressConfig, out: Path, stages: _Stages) -> Pat
     the smallest student's fp32 folder."""
     from bertsent.compression.prune import prune
     from bertsent.config import DistillationArguments, PruneConfig
+    from bertsent.modeling.pooling import POOLING_KEY
     from bertsent.training.distill import distill
 
     teacher = Path(config.teacher)
     trained = _teacher_settings(teacher)
     saved = json.loads((teacher / "config.json").read_text())
     # A mean-pooling layer comes along with the student's layers (modeling.pooling), not among them.
-    n_teacher = saved["num_hidden_layers"] - ("bertsent_mean_pooling" in saved)
+    n_teacher = saved["num_hidden_layers"] - (POOLING_KEY in saved)
     student_dir = out / "student"
     distill_args = DistillationArguments(
         teacher=str(teacher),
