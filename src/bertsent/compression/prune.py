@@ -24,6 +24,10 @@ it makes no size or speed claim. Decisions, in the order ``prune`` applies them:
    weights get zero gradients, so they stay zero (Adam moves a weight whose gradients were all zero
    by exactly 0).
 
+A mean-pooling layer (``modeling.pooling``) is the head's, not the encoder's: layer selection, heads and FFN
+neurons are chosen among the other layers (``drop_layers``/``keep_layers`` count those), and it stays whole
+and last, because each of its heads carries one slice of the mean.
+
 A non-uniform pruned model cannot be rebuilt by stock ``from_pretrained``, so its layout lives in
 ``config.json`` under ``bertsent_pruning``: ``{"layers": [original layer ids], "heads": {"<layer>":
 [kept original head ids]}, "intermediate": {"<layer>": size}}``; :func:`load_pruned_classifier` builds
@@ -50,6 +54,7 @@ from torch import nn
 from bertsent.config import PruneConfig
 from bertsent.errors import ModelError, PruneError
 from bertsent.folder import COMPRESSION_FILE, WEIGHTS_FILE, model_folder, weights_bytes
+from bertsent.modeling.pooling import pooling_layer
 from bertsent.modeling.pruned import encoder_layers, prune_ffn, prune_heads, pruning_layout, retain_layers
 
 if TYPE_CHECKING:
@@ -424,12 +429,20 @@ def _load_source(config: PruneConfig, source: Path) -> tuple[PreTrainedModel, ob
     return load_classifier(source).eval(), load_tokenizer(source), device
 
 
+def prunable_layers(model: nn.Module) -> int:
+    """How many of the encoder's layers pruning chooses among: all but a mean-pooling layer, which is the
+    head's (``modeling.pooling``: its heads each carry a slice of the mean) and is kept whole, last."""
+    pooling = pooling_layer(model.config)
+    return len(encoder_layers(model)) if pooling is None else pooling
+
+
 def _check_request(config: PruneConfig, model: nn.Module, n_layers: int) -> list[int]:
     """The layers to keep, once the whole request is checked against the model (before any slow step)."""
-    keep = select_layers(n_layers, config.drop_layers, config.keep_layers)
+    n_real = prunable_layers(model)
+    keep = select_layers(n_real, config.drop_layers, config.keep_layers) + list(range(n_real, n_layers))
     if config.heads_fraction:
         layout = pruning_layout(model)
-        heads_to_remove_count(config.heads_fraction, [len(layout["heads"][str(i)]) for i in keep])
+        heads_to_remove_count(config.heads_fraction, [len(layout["heads"][str(i)]) for i in keep if i < n_real])
     return keep
 
 
@@ -458,15 +471,16 @@ def _importance(config: PruneConfig, model, tokenizer, reviews, max_length: int,
 def _remove_heads_and_neurons(config: PruneConfig, model: nn.Module, importance: Importance) -> dict[str, list[int]]:
     """Remove the least important heads and FFN neurons; returns the removed heads by original id."""
     removed_heads: dict[str, list[int]] = {}
+    n_real = prunable_layers(model)
     if config.heads_fraction:
         current = pruning_layout(model)["heads"]
-        remove = select_heads(current_head_scores(importance, model), config.heads_fraction)
+        remove = select_heads(current_head_scores(importance, model)[:n_real], config.heads_fraction)
         if not remove:
             log.warning("heads_fraction %s is too small to remove a head of this model", config.heads_fraction)
         removed_heads = {str(li): [current[str(li)][h] for h in hs] for li, hs in remove.items()}
         prune_heads(model, remove)
     if config.ffn_fraction:
-        prune_ffn(model, select_neurons(importance.ffn, config.ffn_fraction))
+        prune_ffn(model, select_neurons(importance.ffn[:n_real], config.ffn_fraction))
     return removed_heads
 
 

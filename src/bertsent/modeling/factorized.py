@@ -161,7 +161,12 @@ def low_rank(linear: nn.Linear, spectrum: Spectrum, rank: int) -> FactorizedLine
 
 
 def target_linears(model: nn.Module, targets: Iterable[str]) -> dict[str, nn.Linear]:
-    """The Linears ``targets`` name (see :data:`TARGET_MODULES`) in every encoder layer, by module path."""
+    """The Linears ``targets`` name (see :data:`TARGET_MODULES`) in every encoder layer, by module path.
+
+    A mean-pooling layer (``modeling.pooling``) is the head's, not the encoder's: its projections are set to
+    average (the value and output near multiples of the identity, a flat spectrum), so it stays dense."""
+    from bertsent.modeling.pooling import pooling_layer
+
     base = getattr(model, "base_model", model)
     layers = getattr(getattr(base, "encoder", None), "layer", None)
     model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
@@ -171,7 +176,10 @@ def target_linears(model: nn.Module, targets: Iterable[str]) -> dict[str, nn.Lin
         )
     prefix = f"{model.base_model_prefix}.encoder.layer" if base is not model else "encoder.layer"
     found: dict[str, nn.Linear] = {}
+    pooling = pooling_layer(model.config) if hasattr(model, "config") else None
     for i, layer in enumerate(layers):
+        if i == pooling:
+            continue
         for target in targets:
             for path in TARGET_MODULES[target]:
                 try:

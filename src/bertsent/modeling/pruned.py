@@ -16,6 +16,7 @@ from torch import nn
 
 from bertsent.errors import ModelError, PruneError, first_line
 from bertsent.folder import WEIGHTS_FILE
+from bertsent.modeling.pooling import POOLING_KEY, pooling_layer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -74,12 +75,17 @@ def retain_layers(model: nn.Module, keep: Sequence[int]) -> None:
     bad = [i for i in keep if not 0 <= i < len(layers)]
     if bad or not keep:
         raise PruneError(f"cannot keep layers {list(keep)} of a {len(layers)}-layer model")
+    pooling = pooling_layer(model.config)
+    if pooling is not None and pooling not in keep:
+        raise PruneError(f"cannot drop layer {pooling}: it is the mean-pooling layer the head reads")
     new_layers = nn.ModuleList([layers[i] for i in keep])
     for new, layer in enumerate(new_layers):
         if hasattr(layer.attention.self, "layer_idx"):
             layer.attention.self.layer_idx = new  # only caches use it, but keep it true
     model.base_model.encoder.layer = new_layers
     model.config.num_hidden_layers = len(keep)
+    if pooling is not None:
+        setattr(model.config, POOLING_KEY, {"layer": list(keep).index(pooling)})
     _set_layout(
         model,
         {
