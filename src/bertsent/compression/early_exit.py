@@ -52,7 +52,14 @@ from bertsent.folder import (
     weights_bytes,
 )
 from bertsent.inference import EarlyExitBackend, TorchBackend, run
-from bertsent.modeling.early_exit import EarlyExitModel, ExitHead, ExitRule, check_supported, save_heads
+from bertsent.modeling.early_exit import (
+    EarlyExitModel,
+    ExitHead,
+    ExitRule,
+    check_supported,
+    encoder_depth,
+    save_heads,
+)
 
 log = logging.getLogger("bertsent.early_exit")
 
@@ -79,7 +86,8 @@ def default_thresholds(criterion: str, layers: int) -> list[float]:
 
 @torch.no_grad()
 def cls_states(exit_model: EarlyExitModel, encoded, batch_size: int, pad_id: int) -> torch.Tensor:
-    """Every layer's [CLS] vector of every encoded review, ``(reviews, layers, hidden)``, in input order."""
+    """Every layer's exit features (``EarlyExitModel.cls_states``) of every encoded review, ``(reviews, layers,
+    hidden)``, in input order."""
     from bertsent.encoding import iter_batches
 
     device = next(exit_model.parameters()).device
@@ -231,7 +239,7 @@ def _load(config: EarlyExitConfig, source: Path):
     check_supported(model)
     cls_only_last_layer(model)  # only the last layer's [CLS] is ever read, in training and in the sweep
     torch.manual_seed(config.seed)
-    heads = nn.ModuleList([ExitHead.like(model) for _ in range(len(model.bert.encoder.layer) - 1)])
+    heads = nn.ModuleList([ExitHead.like(model) for _ in range(encoder_depth(model) - 1)])
     return EarlyExitModel(model, heads), load_tokenizer(source)
 
 
@@ -248,7 +256,9 @@ def _train(exit_model: EarlyExitModel, encode, reviews, config: EarlyExitConfig,
         "train_reviews": len(labels),
         "epochs": config.head_epochs,
         "lr": config.head_lr,
-        "head": "[CLS] standardised per dimension (training reviews' mean and std), dense, tanh, dropout, linear",
+        "features": "the [CLS] vector" if exit_model.pooling is None else "the mean of the token vectors",
+        "head": "the features standardised per dimension (training reviews' mean and std), dense, tanh, dropout, "
+        "linear",
         **training,
         "backbone_seconds": round(backbone_seconds, 2),
         "head_seconds": round(time.perf_counter() - started - backbone_seconds, 2),
@@ -427,9 +437,9 @@ def write_early_exit_card(folder: Path, record: dict) -> Path:
     full = validation["full_depth"]
     training = record["training"]
     sections = {
-        "What was done": f"""A classifier on the [CLS] vector of each of the first {record["layers"] - 1} encoder layers
-(`{EARLY_EXIT_FILE}`; the last layer's is the model's own), trained with the backbone frozen on
-{training["train_reviews"]} training reviews for {training["epochs"]} epochs. At inference a review
+        "What was done": f"""A classifier on {training.get("features", "the [CLS] vector")} of each of the first
+{record["layers"] - 1} encoder layers (`{EARLY_EXIT_FILE}`; the last layer's is the model's own), trained with the
+backbone frozen on {training["train_reviews"]} training reviews for {training["epochs"]} epochs. At inference a review
 leaves at the first layer where {_rule_text(rule)}; a batch goes on with the rows not yet exited only.""",
         "What was measured": f"""On {validation["reviews"]} validation reviews of `{validation["data"]}`
 (full depth, plain forward: accuracy {full["accuracy"]:.4f}, {full["reviews_per_second"]:.1f} reviews/s):

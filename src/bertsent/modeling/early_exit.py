@@ -3,8 +3,10 @@ stops each review at the first layer whose prediction is confident enough.
 
 Layers ``0 .. L-2`` each get an :class:`ExitHead` (standardised [CLS], then pooler-shaped: dense, tanh,
 classifier, as ``BertForSequenceClassification``'s own head); the last layer's head *is* the model's pooler and
-classifier, so a review that runs to the end gets exactly the full model's logits. Two exit rules
-(:class:`ExitRule`):
+classifier, so a review that runs to the end gets exactly the full model's logits. A mean-pooled model
+(``modeling.pooling``) has its heads read the mean of the layer's token vectors, as its own head does, and its
+pooling layer counts as part of that head: ``L`` is the encoder's own layers, and "layers used" counts those.
+Two exit rules (:class:`ExitRule`):
 
 - ``entropy`` (DeeBERT, Xin et al., 2020): leave at the first layer whose softmax entropy, divided by
   ln(number of labels) so that it lies in [0, 1], is *below* the threshold. Threshold 0 never exits early.
@@ -133,6 +135,14 @@ def check_supported(model: nn.Module) -> None:
         raise ModelError(f"early exit supports BERT classifiers (a Linear classifier on BertLayer layers); not {kind}")
 
 
+def encoder_depth(model: nn.Module) -> int:
+    """The layers a review can leave after: the encoder's own, without a mean-pooling layer, which belongs
+    to the final head (``modeling.pooling``). Exit heads: one per layer but the last."""
+    from bertsent.modeling.pooling import pooling_layer
+
+    return len(model.bert.encoder.layer) - (pooling_layer(model.config) is not None)
+
+
 class EarlyExitModel(nn.Module):
     """A BERT classifier (``model``, shared, not copied) with ``heads`` on layers ``0 .. L-2``.
 
@@ -141,9 +151,12 @@ class EarlyExitModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, heads: nn.ModuleList, rule: ExitRule | None = None) -> None:
+        from bertsent.modeling.pooling import pooling_layer
+
         super().__init__()
         check_supported(model)
         self.model, self.heads = model, heads
+        self.pooling = pooling_layer(model.config)
         self.rule = rule or ExitRule("entropy", 0.0)
         if len(heads) != self.num_layers - 1:
             raise ModelError(
@@ -152,13 +165,20 @@ class EarlyExitModel(nn.Module):
 
     @property
     def num_layers(self) -> int:
-        return len(self.model.bert.encoder.layer)
+        """The encoder's own layers (:func:`encoder_depth`)."""
+        return encoder_depth(self.model)
 
-    def head_logits(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits of layer ``index``'s head on its output ``hidden`` (rows, tokens, hidden size)."""
-        if index == self.num_layers - 1:  # the model's own head, through the same modules as its forward
-            return self.model.classifier(self.model.dropout(self.model.bert.pooler(hidden)))
-        return self.heads[index](hidden[:, 0])
+    def exit_features(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """What an exit head reads of a layer's output: [CLS], or for a mean-pooled model the mean of the
+        unmasked token vectors (what that model's own head reads)."""
+        if self.pooling is None:
+            return hidden[:, 0]
+        weights = mask[:, : hidden.shape[1], None].to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)
+
+    def _final_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's own head on its last encoder layer's output, through the same modules as its forward."""
+        return self.model.classifier(self.model.dropout(self.model.bert.pooler(hidden)))
 
     def _layer(self, index: int, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         from transformers.masking_utils import create_bidirectional_mask
@@ -168,19 +188,29 @@ class EarlyExitModel(nn.Module):
         extended = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=mask)
         return bert.encoder.layer[index](hidden, extended)
 
+    def _last(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The last encoder layer, then the mean-pooling layer when there is one: the full model's output."""
+        for index in range(self.num_layers - 1, len(self.model.bert.encoder.layer)):
+            hidden = self._layer(index, hidden, mask)
+        return hidden
+
     def cls_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Every layer's output at [CLS], ``(rows, L, hidden)``, no exit: what the heads are trained on."""
+        """Every layer's exit features ``(rows, L, hidden)``, no exit: what the heads are trained on. The last
+        is the final output's [CLS] (after the mean-pooling layer, if any), what the model's head reads."""
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         hidden = self.model.bert.embeddings(input_ids=input_ids)
         states = []
-        for index in range(self.num_layers):
+        for index in range(self.num_layers - 1):
             hidden = self._layer(index, hidden, mask)
-            states.append(hidden[:, 0])
+            states.append(self.exit_features(hidden, mask))
+        states.append(self._last(hidden, mask)[:, 0])
         return torch.stack(states, dim=1)
 
     def layer_logits(self, states: torch.Tensor) -> torch.Tensor:
         """Every layer's logits ``(rows, L, labels)`` from :meth:`cls_states`' output."""
-        logits = [self.head_logits(i, states[:, i : i + 1]).float() for i in range(self.num_layers)]
+        last = self.num_layers - 1
+        logits = [self.heads[i](states[:, i]).float() for i in range(last)]
+        logits.append(self._final_logits(states[:, last : last + 1]).float())
         return torch.stack(logits, dim=1)
 
     def forward(
@@ -200,9 +230,13 @@ class EarlyExitModel(nn.Module):
         out: torch.Tensor | None = None
         last = self.num_layers - 1
         for index in range(self.num_layers):
-            hidden = self._layer(index, hidden, mask)
-            logits = self.head_logits(index, hidden)
-            done, state = rule.step(logits, state) if index < last else (torch.ones_like(rows, dtype=torch.bool), state)
+            if index < last:
+                hidden = self._layer(index, hidden, mask)
+                logits = self.heads[index](self.exit_features(hidden, mask))
+                done, state = rule.step(logits, state)
+            else:
+                logits = self._final_logits(self._last(hidden, mask))
+                done = torch.ones_like(rows, dtype=torch.bool)
             if out is None:
                 out = logits.new_zeros((len(input_ids), logits.shape[-1]))
             if not done.any():
@@ -266,7 +300,8 @@ def load_heads(model: nn.Module, folder: Path) -> nn.ModuleList:
     from safetensors.torch import load_file
 
     check_supported(model)
-    n, hidden, labels = len(model.bert.encoder.layer), model.config.hidden_size, model.config.num_labels
+    n = encoder_depth(model)
+    hidden, labels = model.config.hidden_size, model.config.num_labels
     heads = nn.ModuleList([ExitHead(hidden, labels, model.dropout.p) for _ in range(n - 1)])
     try:
         heads.load_state_dict(load_file(folder / EARLY_EXIT_FILE), strict=True)
