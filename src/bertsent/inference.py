@@ -536,7 +536,11 @@ def precision_verdict(model_dir: Path, candidate: Backend, reference: Callable[[
         )
     verdicts = _read_verdicts(path) | {key: verdict}
     try:
-        path.write_text(json.dumps(verdicts, indent=2))
+        # Written whole, then renamed: processes checking the same folder at once (Ray actors, several
+        # servers) read the old file or the new one, never half of one.
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(verdicts, indent=2))
+        os.replace(partial, path)
     except OSError as e:  # a read-only folder: the check simply runs again next time
         log.info("precision auto: cannot cache the verdict in %s (%s)", path, first_line(e))
     return verdict["passed"]
