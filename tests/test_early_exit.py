@@ -25,16 +25,23 @@ from bertsent.predict import Predictor
 # --- the model: rules, full depth, batching ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def random_exit_model():
-    """A random 4-layer BERT with perturbed heads (so layers disagree), its plain copy, and a padded batch."""
+@pytest.fixture(scope="module", params=["cls", "mean"])
+def random_exit_model(request):
+    """A random 4-layer BERT with perturbed heads (so layers disagree), its plain copy, and a padded batch;
+    its head reads [CLS], or (``mean``) the mean-pooling layer added on top (``modeling.pooling``), which
+    counts as part of the head: still 4 layers, 3 exit heads, reading the mean of each layer's tokens."""
     from transformers import BertConfig, BertForSequenceClassification
+
+    from bertsent.modeling.pooling import add_mean_pooling
 
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64
     )
     plain = BertForSequenceClassification(config).eval()
+    if request.param == "mean":
+        add_mean_pooling(plain)
+        plain.eval()  # the added layer is a new module, in training mode
     model = copy.deepcopy(plain)
     cls_only_last_layer(model)  # as Predictor runs it
     heads = torch.nn.ModuleList([ExitHead.like(model) for _ in range(3)])
@@ -42,6 +49,7 @@ def random_exit_model():
     ids = torch.randint(5, 100, (len(lengths), max(lengths)))
     mask = (torch.arange(max(lengths))[None] < torch.tensor(lengths)[:, None]).long()
     exit_model = EarlyExitModel(model, heads).eval()
+    assert exit_model.num_layers == 4
     with torch.no_grad():
         states = exit_model.cls_states(ids * mask, mask)
         for i, head in enumerate(heads):
@@ -80,9 +88,15 @@ def test_threshold_zero_is_the_full_model(random_exit_model):
 
 
 def test_a_permissive_threshold_uses_fewer_layers(random_exit_model):
-    exit_model, _, ids, mask = random_exit_model
+    exit_model, plain, ids, mask = random_exit_model
     with torch.no_grad():
-        assert exit_model(ids, mask, rule=ExitRule("entropy", 1.0)).layers.tolist() == [1] * len(ids)
+        first = exit_model(ids, mask, rule=ExitRule("entropy", 1.0))
+        assert first.layers.tolist() == [1] * len(ids)
+        # The first head read layer 0's [CLS], or for the mean-pooled model its masked token mean.
+        hidden = plain(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[1]
+        weights = mask[..., None].float()
+        feature = hidden[:, 0] if exit_model.pooling is None else (hidden * weights).sum(1) / weights.sum(1)
+        torch.testing.assert_close(first.logits, exit_model.heads[0](feature), atol=1e-5, rtol=0)
         patient = exit_model(ids, mask, rule=ExitRule("patience", 1)).layers
     assert patient.float().mean() < 4 and patient.min() >= 2  # patience 1: two layers in a row must agree
 
@@ -325,3 +339,14 @@ def test_cli_refuses_missing_and_same_folders(trained_tiny_dir, tmp_path, capsys
     assert rc == 2 and error == f"{tmp_path / 'nope'}: no such model folder"
     rc, _, error = run_cli(["--model", str(trained_tiny_dir), "--output-dir", str(trained_tiny_dir)], capsys)
     assert rc == 2 and "is the source folder" in error
+
+
+def test_calibrating_an_early_exit_folder_is_refused_in_one_line(exit_dir, capsys):
+    from bertsent.cli import main
+
+    # One temperature folded into the last classifier would leave the exit heads' logits unscaled.
+    before = (exit_dir / "config.json").read_text()
+    assert main(["calibrate", "--model", str(exit_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "early-exit folder" in err and "calibrate its source" in err
+    assert (exit_dir / "config.json").read_text() == before

@@ -118,3 +118,55 @@ def test_student_from_a_mean_pooled_teacher_keeps_the_pooling_layer_last(pooled_
     student, kept = student_from_teacher(load_classifier(pooled_run), 1)
     assert kept == [0, 2]
     assert student.config.num_hidden_layers == 2 and pooling_layer(student.config) == 1
+
+
+def test_pruning_a_mean_pooled_model_keeps_the_pooling_layer_whole_and_last(pooled_run, toy_data_dir, tmp_path):
+    from bertsent.compression.prune import prune
+    from bertsent.config import PruneConfig
+    from bertsent.errors import PruneError
+    from bertsent.predict import Predictor
+
+    common = dict(model=str(pooled_run), data=DataConfig(str(toy_data_dir), validation_size=40), eval_samples=0)
+    # Each of the pooling layer's heads carries one slice of the mean: none of them is a candidate.
+    result = prune(PruneConfig(output_dir=str(tmp_path / "heads"), heads_fraction=0.5, ffn_fraction=0.5, **common))
+    layout = result.compression["layout"]
+    assert len(layout["heads"]["2"]) == 4
+    assert sum(len(layout["heads"][str(i)]) for i in range(2)) == 4  # half of the 8 heads of the real layers
+    assert layout["intermediate"]["2"] == 64 and layout["intermediate"]["0"] == 32
+    assert json.loads((tmp_path / "heads" / "config.json").read_text())[POOLING_KEY] == {"layer": 2}
+    # keep_layers counts the encoder's own layers; the pooling layer comes along, renumbered.
+    kept = prune(PruneConfig(output_dir=str(tmp_path / "layers"), keep_layers=1, **common))
+    assert kept.compression["resolved"]["kept_layers"] == [1, 2]
+    config = json.loads((tmp_path / "layers" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2 and config[POOLING_KEY] == {"layer": 1}
+    assert len(Predictor(tmp_path / "layers")(["a fine film"])) == 1
+    with pytest.raises(PruneError, match="unknown layer index 2"):
+        prune(PruneConfig(output_dir=str(tmp_path / "bad"), drop_layers=[2], **common))
+
+
+def test_factorize_leaves_the_pooling_layer_dense(pooled_run):
+    from bertsent.modeling.factorized import target_linears
+
+    found = target_linears(load_classifier(pooled_run), ["ffn", "attention"])
+    assert found and {name.split(".")[3] for name in found} == {"0", "1"}
+
+
+def test_early_exit_on_a_mean_pooled_model_counts_the_encoder_s_own_layers(pooled_run, toy_texts, tmp_path):
+    import numpy as np
+
+    from bertsent.compression.early_exit import early_exit
+    from bertsent.config import EarlyExitConfig
+    from bertsent.folder import EARLY_EXIT_KEY
+    from bertsent.predict import Predictor
+
+    out = early_exit(EarlyExitConfig(model=str(pooled_run), output_dir=str(tmp_path / "exit"), eval_samples=40))
+    config = json.loads((out.output_dir / "config.json").read_text())
+    assert config[EARLY_EXIT_KEY]["layers"] == 2  # two encoder layers; the pooling layer is the head's
+    record = json.loads((out.output_dir / "compression.json").read_text())
+    assert record["training"]["features"] == "the mean of the token vectors"  # what the model's own head reads
+    full = Predictor(out.output_dir, exit_threshold=0)
+    np.testing.assert_allclose(full.predict_proba(toy_texts), Predictor(pooled_run).predict_proba(toy_texts), atol=1e-6)
+    assert full.backend.mean_layers == 2
+    first = Predictor(out.output_dir, exit_threshold=1.0)
+    first.predict_proba(toy_texts)
+    assert first.backend.mean_layers == 1

@@ -91,3 +91,18 @@ def test_reproduce_fast_runs_every_stage_and_writes_the_results_page(
     stages = list(latest)
     assert stages.index("student") < stages.index("student INT8 (unpruned)") < stages.index("student pruned")
     assert stages[-1] == "out-of-domain: rotten-tomatoes"
+
+
+def test_the_teacher_warms_up_at_half_length_only_with_a_time_budget():
+    import pytest
+
+    from bertsent.config import ReproduceConfig
+    from bertsent.errors import SettingsError
+
+    assert ReproduceConfig(data="d", output_dir="o").short_length == 128  # 60 minutes, 256 tokens
+    assert ReproduceConfig(data="d", output_dir="o", max_length=128).short_length == 64
+    assert ReproduceConfig(data="d", output_dir="o", time_budget="none").short_length is None  # epochs
+    assert ReproduceConfig(data="d", output_dir="o", fast=True).short_length is None
+    assert ReproduceConfig(data="d", output_dir="o", short_length=0).short_length is None
+    with pytest.raises(SettingsError, match="short_length must be in"):
+        ReproduceConfig(data="d", output_dir="o", short_length=256)

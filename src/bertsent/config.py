@@ -885,6 +885,10 @@ class ReproduceConfig:
     batch_size: int = 16
     max_length: int = 256
     truncation: str = field(default="head+tail", metadata={"choices": TRUNCATION_STRATEGIES})
+    short_length: int | None = None
+    """The teacher's sequence-length warm-up (``train --short-length``): the first half of its time at this
+    many tokens (the best 10-minute variant of ``benchmarks/time_budget.py``). Default: half of
+    ``max_length`` with a time budget, none without one; 0: off."""
     calibrate: bool = True
     """Fit the teacher's temperature on validation and fold it in (``train --calibrate``); the page reports
     its test ECE and log-loss before and after. ``--no-calibrate``: keep the raw scores."""
@@ -915,6 +919,13 @@ class ReproduceConfig:
             self.data = dataclasses.replace(self.data, **caps)
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
             raise SettingsError("epochs and batch_size must be >= 1 and max_length >= 8")
+        if self.short_length is None:
+            self.short_length = self.max_length // 2 if self.time_budget and self.max_length >= 16 else 0
+        self.short_length = self.short_length or None  # 0: no warm-up
+        if self.short_length is not None and not 8 <= self.short_length < self.max_length:
+            raise SettingsError(
+                f"short_length must be in [8, max_length={self.max_length}) or 0 (off), got {self.short_length}"
+            )
         if self.accuracy_budget < 0:
             raise SettingsError(f"accuracy_budget must be >= 0 points, got {self.accuracy_budget}")
 

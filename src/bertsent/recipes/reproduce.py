@@ -28,7 +28,17 @@ ANCHORS = (
 )
 
 
-TEACHER_SETTINGS = ("model", "epochs", "time_budget", "lr", "batch_size", "max_length", "truncation", "calibrate")
+TEACHER_SETTINGS = (
+    "model",
+    "epochs",
+    "time_budget",
+    "lr",
+    "batch_size",
+    "max_length",
+    "truncation",
+    "short_length",
+    "calibrate",
+)
 """The recipe's settings its teacher's ``train`` run takes as they are."""
 
 
@@ -305,7 +315,18 @@ def _schedule(settings: dict, metrics: dict) -> str:
         return f"{settings['epochs']} epochs"
     used = metrics.get("time_used_seconds")
     spent = f", {used / 60:.1f} min used" if isinstance(used, int | float) else ""
-    return f"`--time-budget {budget}`{spent}, {metrics.get('steps')} steps, linear decay to zero at the deadline"
+    short = settings.get("short_length")
+    warm_up = f" ({metrics.get('short_length_steps')} of them at {short} tokens first)" if short else ""
+    return (
+        f"`--time-budget {budget}`{spent}, {metrics.get('steps')} steps{warm_up}, linear decay to zero at the deadline"
+    )
+
+
+def _head(metrics: dict) -> str:
+    """What the teacher's classifier reads (``train --pooling``; absent from runs before it: [CLS])."""
+    if metrics.get("pooling") == "mean":
+        return "the head reads the mean of the token vectors (`--pooling auto`: the encoder declares it)"
+    return "the head reads [CLS]"
 
 
 def _calibration(metrics: dict) -> str:
@@ -351,7 +372,7 @@ Measured by `{command}`, page written {datetime.now(timezone.utc).strftime("%Y-%
 
 Teacher: {s["model"] or "the embedded all-MiniLM-L6-v2"} fine-tuned on {m.get("train_reviews")} IMDB training
 reviews ({_schedule(s, m)}, lr {s["lr"]}, batch {s["batch_size"]}, {s["max_length"]} tokens,
-`{s["truncation"]}` truncation), best of {m.get("validation_reviews")} validation reviews carved from
+`{s["truncation"]}` truncation, {_head(m)}), best of {m.get("validation_reviews")} validation reviews carved from
 train. Every row below is scored on the same {test_n} test reviews in one run; speed is end to end
 (tokenization included) on this CPU; ratios are against the fp32 teacher.{measured}
 
