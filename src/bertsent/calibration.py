@@ -27,7 +27,6 @@ from bertsent.errors import DataError, ModelError
 from bertsent.evaluate import write_limitations
 from bertsent.folder import (
     CALIBRATION_PLOT,
-    EARLY_EXIT_KEY,
     METRICS_FILE,
     ONNX_FILE,
     OPENVINO_BIN,
@@ -173,7 +172,9 @@ def calibrate(config: CalibrateConfig) -> CalibrationResult:
     check the written folder returns softmax(logits / T), and record T and ECE/log-loss before and after
     (validation, and test unless ``evaluate_test`` is off) in ``metrics.json``, the card and a plot."""
     source = check_source(config.model)
-    if json.loads((source / "config.json").read_text()).get(EARLY_EXIT_KEY):
+    from bertsent.modeling.early_exit import recorded_early_exit
+
+    if recorded_early_exit(source) is not None:
         # Its exit heads give their own logits, which one temperature on the last classifier would not scale.
         raise ModelError(f"{source}: is an early-exit folder: calibrate its source model, then run early-exit")
     output = Path(config.output_dir) if config.output_dir else source

@@ -57,9 +57,9 @@ from bertsent.modeling.early_exit import (
     ExitHead,
     ExitRule,
     check_supported,
-    encoder_depth,
     save_heads,
 )
+from bertsent.modeling.pooling import own_layers
 
 log = logging.getLogger("bertsent.early_exit")
 
@@ -239,7 +239,7 @@ def _load(config: EarlyExitConfig, source: Path):
     check_supported(model)
     cls_only_last_layer(model)  # only the last layer's [CLS] is ever read, in training and in the sweep
     torch.manual_seed(config.seed)
-    heads = nn.ModuleList([ExitHead.like(model) for _ in range(encoder_depth(model) - 1)])
+    heads = nn.ModuleList([ExitHead.like(model) for _ in range(own_layers(model.config) - 1)])
     return EarlyExitModel(model, heads), load_tokenizer(source)
 
 

@@ -54,7 +54,7 @@ from torch import nn
 from bertsent.config import PruneConfig
 from bertsent.errors import ModelError, PruneError
 from bertsent.folder import COMPRESSION_FILE, WEIGHTS_FILE, model_folder, weights_bytes
-from bertsent.modeling.pooling import pooling_layer
+from bertsent.modeling.pooling import own_layers
 from bertsent.modeling.pruned import encoder_layers, prune_ffn, prune_heads, pruning_layout, retain_layers
 
 if TYPE_CHECKING:
@@ -429,16 +429,9 @@ def _load_source(config: PruneConfig, source: Path) -> tuple[PreTrainedModel, ob
     return load_classifier(source).eval(), load_tokenizer(source), device
 
 
-def prunable_layers(model: nn.Module) -> int:
-    """How many of the encoder's layers pruning chooses among: all but a mean-pooling layer, which is the
-    head's (``modeling.pooling``: its heads each carry a slice of the mean) and is kept whole, last."""
-    pooling = pooling_layer(model.config)
-    return len(encoder_layers(model)) if pooling is None else pooling
-
-
 def _check_request(config: PruneConfig, model: nn.Module, n_layers: int) -> list[int]:
     """The layers to keep, once the whole request is checked against the model (before any slow step)."""
-    n_real = prunable_layers(model)
+    n_real = own_layers(model.config)  # a mean-pooling layer stays whole
     keep = select_layers(n_real, config.drop_layers, config.keep_layers) + list(range(n_real, n_layers))
     if config.heads_fraction:
         layout = pruning_layout(model)
@@ -471,7 +464,7 @@ def _importance(config: PruneConfig, model, tokenizer, reviews, max_length: int,
 def _remove_heads_and_neurons(config: PruneConfig, model: nn.Module, importance: Importance) -> dict[str, list[int]]:
     """Remove the least important heads and FFN neurons; returns the removed heads by original id."""
     removed_heads: dict[str, list[int]] = {}
-    n_real = prunable_layers(model)
+    n_real = own_layers(model.config)  # a mean-pooling layer stays whole
     if config.heads_fraction:
         current = pruning_layout(model)["heads"]
         remove = select_heads(current_head_scores(importance, model)[:n_real], config.heads_fraction)

@@ -37,6 +37,7 @@ from torch import nn
 from bertsent.config import check_exit_rule
 from bertsent.errors import ModelError, SettingsError, first_line
 from bertsent.folder import EARLY_EXIT_FILE, EARLY_EXIT_KEY
+from bertsent.modeling.pooling import own_layers, pooling_layer
 
 log = logging.getLogger("bertsent.modeling")
 
@@ -135,14 +136,6 @@ def check_supported(model: nn.Module) -> None:
         raise ModelError(f"early exit supports BERT classifiers (a Linear classifier on BertLayer layers); not {kind}")
 
 
-def encoder_depth(model: nn.Module) -> int:
-    """The layers a review can leave after: the encoder's own, without a mean-pooling layer, which belongs
-    to the final head (``modeling.pooling``). Exit heads: one per layer but the last."""
-    from bertsent.modeling.pooling import pooling_layer
-
-    return len(model.bert.encoder.layer) - (pooling_layer(model.config) is not None)
-
-
 class EarlyExitModel(nn.Module):
     """A BERT classifier (``model``, shared, not copied) with ``heads`` on layers ``0 .. L-2``.
 
@@ -151,8 +144,6 @@ class EarlyExitModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, heads: nn.ModuleList, rule: ExitRule | None = None) -> None:
-        from bertsent.modeling.pooling import pooling_layer
-
         super().__init__()
         check_supported(model)
         self.model, self.heads = model, heads
@@ -165,8 +156,8 @@ class EarlyExitModel(nn.Module):
 
     @property
     def num_layers(self) -> int:
-        """The encoder's own layers (:func:`encoder_depth`)."""
-        return encoder_depth(self.model)
+        """The encoder's own layers (``modeling.pooling.own_layers``): a mean-pooling layer is the final head's."""
+        return own_layers(self.model.config)
 
     def exit_features(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """What an exit head reads of a layer's output: [CLS], or for a mean-pooled model the mean of the
@@ -300,7 +291,7 @@ def load_heads(model: nn.Module, folder: Path) -> nn.ModuleList:
     from safetensors.torch import load_file
 
     check_supported(model)
-    n = encoder_depth(model)
+    n = own_layers(model.config)
     hidden, labels = model.config.hidden_size, model.config.num_labels
     heads = nn.ModuleList([ExitHead(hidden, labels, model.dropout.p) for _ in range(n - 1)])
     try:

@@ -51,6 +51,12 @@ def pooling_layer(config) -> int | None:
     return record["layer"] if record else None
 
 
+def own_layers(config) -> int:
+    """The encoder's own layers: all but a mean-pooling layer, which is the head's (always the last). What
+    distillation halves, pruning chooses among and early exit can stop after."""
+    return config.num_hidden_layers - (pooling_layer(config) is not None)
+
+
 def declared_pooling(resolved: str) -> str | None:
     """``mean``, ``cls``, ... as a sentence-transformers folder's Pooling module declares it; None when the
     model is not one (or a hub model whose ``modules.json`` is not in the local cache)."""

@@ -23,7 +23,7 @@ from bertsent.data.loading import Splits
 from bertsent.encoding import Encoded
 from bertsent.errors import ModelError, SettingsError
 from bertsent.modeling.loading import load_classifier, load_tokenizer
-from bertsent.modeling.pooling import POOLING_KEY, pooling_layer
+from bertsent.modeling.pooling import POOLING_KEY, own_layers, pooling_layer
 from bertsent.training.distributed import is_main_process
 from bertsent.training.loop import train
 from bertsent.training.tracking import TrainResult
@@ -49,7 +49,7 @@ def student_from_teacher(teacher, n_layers: int):
     """
     encoder = teacher.base_model.encoder
     pooling = pooling_layer(teacher.config)
-    keep = student_layer_indices(len(encoder.layer) if pooling is None else pooling, n_layers)
+    keep = student_layer_indices(own_layers(teacher.config), n_layers)
     keep += [] if pooling is None else [pooling]
     student = copy.deepcopy(teacher)
     student.base_model.encoder.layer = torch.nn.ModuleList(copy.deepcopy(encoder.layer[i]) for i in keep)
