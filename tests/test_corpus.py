@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 import pandas as pd
 import pytest
 
 from bertsent import corpus
 from bertsent.cli import main
-from bertsent.config import InferenceSettings, PredictArguments
+from bertsent.compression.quantize import quantize
+from bertsent.config import InferenceSettings, PredictArguments, QuantizeConfig
 from bertsent.errors import DataError, SettingsError
 from bertsent.predict import Predictor, predict_file
 
@@ -66,12 +68,12 @@ def local_predictions(model_dir, path, tmp_path, keep_columns) -> pd.DataFrame:
     return pd.read_json(out, lines=True, dtype=False)
 
 
-def assert_same_as_local(ray_rows: pd.DataFrame, local: pd.DataFrame, columns: list[str]) -> None:
+def assert_same_as_local(ray_rows: pd.DataFrame, local: pd.DataFrame, columns: list[str], atol: float = 1e-5) -> None:
     assert ray_rows["row"].tolist() == list(range(len(local))), "every row once, numbered as in its file"
     for column in columns:
         assert ray_rows[column].astype(str).tolist() == local[column].astype(str).tolist(), column
     assert ray_rows["label"].tolist() == local["label"].tolist()
-    assert (ray_rows["score"] - local["score"]).abs().max() < 1e-5
+    assert (ray_rows["score"] - local["score"]).abs().max() < atol
 
 
 def test_a_folder_of_csv_jsonl_and_parquet_shards_scores_as_local_predict(cluster, trained_tiny_dir, shards, tmp_path):
@@ -143,6 +145,40 @@ def test_a_killed_actor_is_restarted_and_no_row_is_lost_or_repeated(
     assert frame["row"].tolist() == list(range(80)), "every row once after the retry"
     local = local_predictions(trained_tiny_dir, path, tmp_path, [])
     assert_same_as_local(frame, local, ["text"])
+
+
+def test_an_onnx_int8_folder_scores_as_local_and_one_file_spreads_over_both_actors(
+    cluster, trained_tiny_dir, toy_texts, tmp_path, monkeypatch
+):
+    """Actors serve any backend a folder holds (here ONNX Runtime INT8), and a single file's blocks go to
+    every actor: 80 rows in blocks of 16 (BLOCK_ROWS scaled down from 512) must not all land on one."""
+    int8 = quantize(
+        QuantizeConfig(model=str(trained_tiny_dir), output_dir=str(tmp_path / "int8"), method="onnx-dynamic")
+    )
+    assert Predictor(int8.output_dir, SETTINGS).backend.name == "onnxruntime"
+    path = tmp_path / "reviews.parquet"
+    reviews(toy_texts).to_parquet(path, index=False)
+    calls = tmp_path / "calls"
+    calls.mkdir()
+
+    class NotePid(corpus.Scorer):
+        def __call__(self, batch):
+            # A real block takes seconds; the tiny model's milliseconds would let the first actor up take
+            # every block before the second is up. (Ray queues up to 4 blocks on an actor, so 5 blocks.)
+            time.sleep(1)
+            (calls / batch.column("row_id")[0].as_py().replace(":", "-")).write_text(str(os.getpid()))
+            return super().__call__(batch)
+
+    monkeypatch.setattr(corpus, "Scorer", NotePid)
+    monkeypatch.setattr(corpus, "BLOCK_ROWS", 16)
+    out = tmp_path / "out"
+    corpus.score_corpus(int8.output_dir, path, out, SETTINGS, keep_columns=["id"], workers=2)
+    assert len(list(calls.iterdir())) == 5, "80 rows in blocks of 16"
+    assert len({f.read_text() for f in calls.iterdir()}) == 2, "both actors scored blocks of the one file"
+    # Dynamic INT8 sets each batch's activation scale from the batch itself, so a row's score moves with
+    # the rows it is batched with (Ray's blocks are not local predict's batches): labels equal, scores to 1e-3.
+    local = local_predictions(int8.output_dir, path, tmp_path, ["id"])
+    assert_same_as_local(read_output(out), local, ["id", "text"], atol=1e-3)
 
 
 def test_bad_input_in_a_ray_task_is_one_line_and_leaves_no_output(cluster, trained_tiny_dir, tmp_path, capsys):
