@@ -127,12 +127,14 @@ def test_pruning_a_mean_pooled_model_keeps_the_pooling_layer_whole_and_last(pool
     from bertsent.predict import Predictor
 
     common = dict(model=str(pooled_run), data=DataConfig(str(toy_data_dir), validation_size=40), eval_samples=0)
-    # Each of the pooling layer's heads carries one slice of the mean: none of them is a candidate.
+    # Each of the pooling layer's heads carries one slice of the mean: none of them is a candidate. Its
+    # near-zero feed-forward goes down to the one neuron a layer keeps.
     result = prune(PruneConfig(output_dir=str(tmp_path / "heads"), heads_fraction=0.5, ffn_fraction=0.5, **common))
     layout = result.compression["layout"]
     assert len(layout["heads"]["2"]) == 4
     assert sum(len(layout["heads"][str(i)]) for i in range(2)) == 4  # half of the 8 heads of the real layers
-    assert layout["intermediate"]["2"] == 64 and layout["intermediate"]["0"] == 32
+    assert layout["intermediate"]["2"] == 1 and layout["intermediate"]["0"] == 32
+    assert "mean-pooling layer's near-zero feed-forward" in result.compression["resolved"]["ffn_selection"]
     assert json.loads((tmp_path / "heads" / "config.json").read_text())[POOLING_KEY] == {"layer": 2}
     # keep_layers counts the encoder's own layers; the pooling layer comes along, renumbered.
     kept = prune(PruneConfig(output_dir=str(tmp_path / "layers"), keep_layers=1, **common))

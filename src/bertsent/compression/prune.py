@@ -25,8 +25,12 @@ it makes no size or speed claim. Decisions, in the order ``prune`` applies them:
    by exactly 0).
 
 A mean-pooling layer (``modeling.pooling``) is the head's, not the encoder's: layer selection, heads and FFN
-neurons are chosen among the other layers (``drop_layers``/``keep_layers`` count those), and it stays whole
-and last, because each of its heads carries one slice of the mean.
+neurons are chosen among the other layers (``drop_layers``/``keep_layers`` count those), and its heads stay
+whole and it stays last, because each of its heads carries one slice of the mean. Its feed-forward is
+there only because a stock BERT layer has one: initialised near zero, it stays so in training (weight std
+0.0024 on the recipe's teacher, 0.056 in the layer below; cutting it there moved no label of 300 test
+reviews and no probability by more than 0.0016), so with FFN pruning on it is cut to the one neuron a
+layer keeps. That is 1.18M parameters of MiniLM's shape, a sixth of a 3-layer student's encoder.
 
 A non-uniform pruned model cannot be rebuilt by stock ``from_pretrained``, so its layout lives in
 ``config.json`` under ``bertsent_pruning``: ``{"layers": [original layer ids], "heads": {"<layer>":
@@ -54,7 +58,7 @@ from torch import nn
 from bertsent.config import PruneConfig
 from bertsent.errors import ModelError, PruneError
 from bertsent.folder import COMPRESSION_FILE, WEIGHTS_FILE, model_folder, weights_bytes
-from bertsent.modeling.pooling import own_layers
+from bertsent.modeling.pooling import own_layers, pooling_layer
 from bertsent.modeling.pruned import encoder_layers, prune_ffn, prune_heads, pruning_layout, retain_layers
 
 if TYPE_CHECKING:
@@ -410,7 +414,8 @@ def prune(config: PruneConfig) -> PruneResult:
     if evaluation is not None:
         validation["after"] = _validation_metrics(out, *evaluation, config)
 
-    resolved = _resolved(config, before["layers"], keep, removed_heads, max_length, truncation)
+    pooled = pooling_layer(model.config) is not None
+    resolved = _resolved(config, before["layers"], keep, removed_heads, max_length, truncation, pooled=pooled)
     compression = _compression_record(config, source, out, model, resolved, before, importance)
     compression |= {"validation": validation, "recovery": recovery, "seconds": round(time.perf_counter() - started, 1)}
     return _write_record(out, compression, model)
@@ -473,11 +478,17 @@ def _remove_heads_and_neurons(config: PruneConfig, model: nn.Module, importance:
         removed_heads = {str(li): [current[str(li)][h] for h in hs] for li, hs in remove.items()}
         prune_heads(model, remove)
     if config.ffn_fraction:
-        prune_ffn(model, select_neurons(importance.ffn[:n_real], config.ffn_fraction))
+        keep = select_neurons(importance.ffn[:n_real], config.ffn_fraction)
+        pooling = pooling_layer(model.config)
+        if pooling is not None:  # the head's near-zero feed-forward: keep its most important neuron only
+            keep[pooling] = [int(np.argmax(importance.ffn[pooling]))]
+        prune_ffn(model, keep)
     return removed_heads
 
 
-def _resolved(config: PruneConfig, n_layers: int, keep, removed_heads, max_length: int, truncation: str) -> dict:
+def _resolved(
+    config: PruneConfig, n_layers: int, keep, removed_heads, max_length: int, truncation: str, *, pooled: bool
+) -> dict:
     """What the request resolved to on this model, and how each choice was made."""
     return {
         "kept_layers": keep,
@@ -487,7 +498,8 @@ def _resolved(config: PruneConfig, n_layers: int, keep, removed_heads, max_lengt
         "truncation": truncation,
         "importance": "gradient of the loss w.r.t. per-head / per-neuron gates (Michel et al., 2019)",
         "head_selection": "global, after L2 normalisation per layer; every layer keeps a head",
-        "ffn_selection": "per layer, least important by the same gradient gate",
+        "ffn_selection": "per layer, least important by the same gradient gate"
+        + ("; the mean-pooling layer's near-zero feed-forward cut to its most important neuron" if pooled else ""),
         "sparsity_scope": "per encoder Linear weight matrix (biases, embeddings, pooler, classifier kept)",
         "layer_selection": "explicit" if config.drop_layers else "evenly spaced, keeping the last layer",
     }
