@@ -17,6 +17,7 @@ from bertsent.recipes.compare import (
     fastest_within,
     pareto_front,
     previous_rows,
+    smallest_within,
     trade_off_line,
 )
 
@@ -72,13 +73,19 @@ def test_fastest_within_an_accuracy_budget_skips_the_reference_and_too_lossy_row
         return {"name": name, "accuracy_delta_points": delta, "throughput": throughput, "speedup": throughput / 10}
 
     rows = [row("teacher", 0, 10), row("int8", -0.1, 20), row("pruned int8", -1.66, 55), row("student int8", -1.2, 45)]
-    rows[3] |= {"size_mb": 17.59, "size_ratio": 0.194}
+    rows.append(row("trimmed int8", -1.4, 40))
+    for r, size in zip(rows, (90.9, 57.0, 13.2, 17.59, 7.61), strict=True):
+        r |= {"size_mb": size, "size_ratio": round(size / 90.9, 3)}
     assert fastest_within(rows, 1.5)["name"] == "student int8"
     assert fastest_within(rows, 2.0)["name"] == "pruned int8"
     assert fastest_within(rows[:1], 1.5) is None
+    assert smallest_within(rows, 1.5)["name"] == "trimmed int8"
+    assert smallest_within(rows, 1.3)["name"] == "student int8"
+    assert smallest_within(rows[:1], 1.5) is None
     assert trade_off_line(rows, 1.5) == (
         "Fastest variant within 1.5 accuracy points of teacher: **student int8**, -1.20 points, 4.50× the "
-        "throughput, 17.6 MB (0.194 of the size).\n"
+        "throughput, 17.6 MB (0.194 of the size). Smallest within them: **trimmed int8**, 7.6 MB, -1.40 points, "
+        "4.00× the throughput.\n"
     )
     assert trade_off_line(rows[:1], 0.5) == "No variant stays within 0.5 accuracy points of teacher.\n"
 

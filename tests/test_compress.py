@@ -59,6 +59,8 @@ def test_compress_recipe_writes_every_variant_then_compares_and_resumes(
         "student INT8",
         "student trimmed vocab",
         "student trimmed INT8",
+        "student trimmed vocab 95%",
+        "student trimmed 95% INT8",
         "teacher factorized",
         "teacher early exit",
         *OPENVINO_ROWS,
@@ -75,6 +77,11 @@ def test_compress_recipe_writes_every_variant_then_compares_and_resumes(
     # The survey's other families: the trimmed student is the smallest, the factorized teacher smaller.
     assert by_name["student trimmed INT8"]["size_mb"] < by_name["student INT8"]["size_mb"]
     assert by_name["student trimmed vocab"]["parameters"] < by_name["student pruned"]["parameters"]
+    assert by_name["student trimmed vocab 95%"]["parameters"] < by_name["student trimmed vocab"]["parameters"]
+    # (the toy model's tables are a few KB: the sizes agree to the table's 0.01 MB)
+    assert by_name["student trimmed 95% INT8"]["size_mb"] <= by_name["student trimmed INT8"]["size_mb"]
+    coverage = json.loads((out / "student-trimmed-95" / "compression.json").read_text())["selection"]["coverage"]
+    assert coverage == 0.95
     assert by_name["teacher factorized"]["parameters"] < by_name["teacher (fp32)"]["parameters"]
     assert json.loads((out / "teacher-early-exit" / "config.json").read_text())["num_hidden_layers"] == 2
     assert "| student INT8 | onnxruntime |" in capsys.readouterr().out

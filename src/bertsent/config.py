@@ -840,6 +840,11 @@ class CompressConfig:
     trim_vocab: bool = True
     """Trim the smallest student's vocabulary to the training texts' WordPieces, then INT8 it (embedding
     tables are most of a small model's bytes)."""
+    trim_coverage: float | None = 0.95
+    """With ``trim_vocab``, also a smaller trim: only the most frequent pieces, covering this share of the
+    training texts' token occurrences (``trim-vocab --coverage``), then INT8. Words of the dropped pieces
+    are re-split into kept ones. 0.95 keeps 6,796 of MiniLM's 30,522 on IMDB, which with the pruned
+    3-layer student is what fits in 8 MB; None or 1 skips it."""
     factorize_energy: float | None = 0.9
     """Factorize the teacher's linears keeping this share of each spectrum (``bertsent factorize --energy``),
     with a recovery epoch; 0 or None skips it."""
@@ -863,6 +868,8 @@ class CompressConfig:
                 raise SettingsError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.factorize_energy is not None and not 0 <= self.factorize_energy < 1:
             raise SettingsError(f"factorize_energy must be in [0, 1) (0: skip), got {self.factorize_energy}")
+        if self.trim_coverage is not None and not 0 < self.trim_coverage <= 1:
+            raise SettingsError(f"trim_coverage must be a share in (0, 1] (1: skip), got {self.trim_coverage}")
 
 
 @dataclass

@@ -185,15 +185,23 @@ def fastest_within(rows: list[dict], max_drop_points: float) -> dict | None:
     return max(eligible, key=lambda r: r["throughput"], default=None)
 
 
+def smallest_within(rows: list[dict], max_drop_points: float) -> dict | None:
+    """The smallest variant on disk (any row after the first) within ``max_drop_points`` of the reference."""
+    eligible = [r for r in rows[1:] if r["accuracy_delta_points"] >= -max_drop_points]
+    return min(eligible, key=lambda r: r["size_mb"], default=None)
+
+
 def trade_off_line(rows: list[dict], max_drop_points: float) -> str:
-    """One sentence naming the fastest variant within the accuracy budget, its speed-up and size."""
-    best = fastest_within(rows, max_drop_points)
+    """Two sentences: the fastest and the smallest variant within the accuracy budget, with speed-up and size."""
+    best, smallest = fastest_within(rows, max_drop_points), smallest_within(rows, max_drop_points)
     if best is None:
         return f"No variant stays within {max_drop_points:g} accuracy points of {rows[0]['name']}.\n"
     return (
         f"Fastest variant within {max_drop_points:g} accuracy points of {rows[0]['name']}: **{best['name']}**, "
         f"{best['accuracy_delta_points']:+.2f} points, {best['speedup']:.2f}× the throughput, "
-        f"{best['size_mb']:.1f} MB ({best['size_ratio']} of the size).\n"
+        f"{best['size_mb']:.1f} MB ({best['size_ratio']} of the size). Smallest within them: "
+        f"**{smallest['name']}**, {smallest['size_mb']:.1f} MB, {smallest['accuracy_delta_points']:+.2f} points, "
+        f"{smallest['speedup']:.2f}× the throughput.\n"
     )
 
 

@@ -14,6 +14,9 @@ an interrupted recipe continues where it stopped (distillation also resumes from
     student-trimmed/, student-trimmed-int8/
                      the smallest student with its vocabulary trimmed to the training texts' WordPieces,
                      and its INT8 (embeddings included): the size lever
+    student-trimmed-95/, student-trimmed-95-int8/
+                     the same keeping only the pieces that cover 95% of the training tokens
+                     (``trim_coverage``), and its INT8: the smallest variant
     teacher-factorized/  the teacher's FFN and attention linears as truncated SVDs (``factorize_energy``
                      of the spectrum), recovery fine-tuned
     teacher-early-exit/  the teacher with a classifier on every layer, leaving at the first confident one
@@ -185,6 +188,8 @@ def _survey_variants(config: CompressConfig, out: Path, stages: _Stages, smalles
         stages.run("student trimmed vocab", trimmed, lambda: trim_vocab(trim))
         int8 = out / "student-trimmed-int8"
         stages.run("student trimmed INT8", int8, _quantized(config, trimmed, int8, True))
+        if config.trim_coverage not in (None, 1):
+            _covering_trim(config, out, stages, smallest)
     if config.factorize_energy:
         from bertsent.compression.factorize import factorize
 
@@ -207,6 +212,22 @@ def _survey_variants(config: CompressConfig, out: Path, stages: _Stages, smalles
         folder = out / "teacher-early-exit"
         exits = EarlyExitConfig(model=teacher, output_dir=str(folder), threads=config.threads, **common)
         stages.run("teacher early exit", folder, lambda: early_exit(exits))
+
+
+def _covering_trim(config: CompressConfig, out: Path, stages: _Stages, smallest: Path) -> None:
+    """The size lever pushed further: the smallest student keeping only the pieces that cover
+    ``trim_coverage`` of the training texts' tokens, and its INT8 (embeddings included)."""
+    from bertsent.compression.trim_vocab import trim_vocab
+    from bertsent.config import TrimVocabConfig
+
+    share = f"{config.trim_coverage * 100:g}"
+    trimmed = out / f"student-trimmed-{share}"
+    trim = TrimVocabConfig(
+        model=str(smallest), output_dir=str(trimmed), coverage=config.trim_coverage, data=config.data
+    )
+    stages.run(f"student trimmed vocab {share}%", trimmed, lambda: trim_vocab(trim))
+    int8 = out / f"student-trimmed-{share}-int8"
+    stages.run(f"student trimmed {share}% INT8", int8, _quantized(config, trimmed, int8, True))
 
 
 def _openvino_variants(config: CompressConfig, out: Path, stages: _Stages, smallest: Path) -> None:

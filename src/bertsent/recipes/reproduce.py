@@ -250,8 +250,9 @@ SURVEY = (
     ),
     (
         "Embedding-matrix compression",
-        "vocabulary trimmed to the training texts' WordPieces (`trim-vocab`); embedding tables in INT8",
-        ("student trimmed vocab", "student trimmed INT8", "teacher INT8 + embeddings"),
+        "vocabulary trimmed to the training texts' WordPieces, all or those covering a share of the tokens "
+        "(`trim-vocab`); embedding tables in INT8",
+        ("*student trimmed", "teacher INT8 + embeddings"),
     ),
 )
 """The families of Ganesh et al. (2021) that bertsent implements, and the table rows of each: by name, or
