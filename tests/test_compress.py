@@ -93,10 +93,16 @@ def test_compress_recipe_writes_every_variant_then_compares_and_resumes(
     timings = json.loads((out / "recipe.json").read_text())["stage_seconds"]
     assert all(isinstance(v, float) for v in timings.values())
 
+    # Each stage's time is on disk as soon as it ends (a killed recipe keeps what its finished stages took).
+    measured = json.loads((out / "stage_seconds.json").read_text())
+    assert measured == timings
+
     # A second run finds every stage complete and the table measured: nothing to do.
     assert main(argv) == 0
-    timings = json.loads((out / "recipe.json").read_text())["stage_seconds"]
+    recipe = json.loads((out / "recipe.json").read_text())
+    timings = recipe["stage_seconds"]
     assert all(v == "skipped (already complete)" for v in timings.values()), timings
+    assert recipe["measured_seconds"] == measured
     assert json.loads((out / "compare" / "compare.json").read_text())["rows"] == rows
 
     # --remeasure only re-measures.

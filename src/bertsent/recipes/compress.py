@@ -54,12 +54,29 @@ def _teacher_settings(teacher: Path) -> dict:
     return read_training_args(teacher).get("training", {})
 
 
-class _Stages:
-    """The recipe's variant folders in table order, each run only when its folder is not complete."""
+STAGE_SECONDS = "stage_seconds.json"
+"""Each stage's wall-clock seconds from the run that made its folder, written as each stage ends, so a
+recipe killed halfway (a session that ends, an OOM) still knows what its finished stages took. A stage
+resumed from its checkpoint records the resumed run's seconds only."""
 
-    def __init__(self, teacher: Path) -> None:
+
+class _Stages:
+    """The recipe's variant folders in table order, each run only when its folder is not complete.
+
+    ``timings`` is what this run did (seconds, or why not); ``measured`` every stage's seconds from the run
+    that made it, kept in ``STAGE_SECONDS`` across runs."""
+
+    def __init__(self, teacher: Path, out: Path) -> None:
         self.folders: dict[str, Path] = {"teacher (fp32)": teacher}
         self.timings: dict[str, float | str] = {}
+        self.path = out / STAGE_SECONDS
+        self.measured: dict[str, float] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def measured_now(self, name: str, seconds: float) -> None:
+        """Record a stage that ran in this run, in ``timings`` and (at once) in ``STAGE_SECONDS``."""
+        self.timings[name] = self.measured[name] = round(seconds, 1)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.measured, indent=2))
 
     def run(self, name: str, folder: Path, make) -> None:
         """Run ``make`` unless ``folder`` is complete; ``make`` returns a reason (a string) when the stage does
@@ -74,14 +91,14 @@ class _Stages:
                 log.warning("%s: left out (%s)", name, reason)
                 self.timings[name] = f"left out ({reason})"
                 return
-            self.timings[name] = round(time.perf_counter() - started, 1)
+            self.measured_now(name, time.perf_counter() - started)
         self.folders[name] = folder
 
 
 def compress(config: CompressConfig) -> list[dict]:
     """Run every stage that is not complete yet, then compare all variants; returns the table's rows."""
     out, teacher = Path(config.output_dir), Path(config.teacher)
-    stages = _Stages(teacher)
+    stages = _Stages(teacher, out)
     _teacher_variants(config, out, stages)
     smallest = _student_variants(config, out, stages)
     _survey_variants(config, out, stages, smallest)
@@ -90,6 +107,7 @@ def compress(config: CompressConfig) -> list[dict]:
     record = {
         "settings": dataclasses.asdict(config),
         "stage_seconds": stages.timings,
+        "measured_seconds": stages.measured,
         "folders": {k: str(v) for k, v in stages.folders.items()},
     }
     (out / "recipe.json").write_text(json.dumps(record, indent=2))
@@ -272,5 +290,5 @@ def _compare(config: CompressConfig, out: Path, stages: _Stages) -> list[dict]:
         return rows
     started = time.perf_counter()
     rows = compare(compare_config)
-    stages.timings["compare"] = round(time.perf_counter() - started, 1)
+    stages.measured_now("compare", time.perf_counter() - started)
     return rows

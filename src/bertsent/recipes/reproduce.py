@@ -81,9 +81,12 @@ def reproduce(config: ReproduceConfig) -> dict:
     )
     recipe = json.loads((out / "compress" / "recipe.json").read_text())
     table = json.loads((out / "compress" / "compare" / "compare.json").read_text())
+    measured = recipe.get("measured_seconds", {})  # what each finished stage took, even in a killed run
     for stage, seconds in recipe["stage_seconds"].items():
         if isinstance(seconds, str) and seconds.startswith("left out"):
             timings.note(stage, seconds)
+        elif isinstance(seconds, str) and stage in measured:
+            timings.record(stage, measured[stage])
         elif isinstance(seconds, str):
             timings.skip(stage)
         else:
