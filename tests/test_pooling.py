@@ -135,6 +135,14 @@ def test_pruning_a_mean_pooled_model_keeps_the_pooling_layer_whole_and_last(pool
     assert sum(len(layout["heads"][str(i)]) for i in range(2)) == 4  # half of the 8 heads of the real layers
     assert layout["intermediate"]["2"] == 1 and layout["intermediate"]["0"] == 32
     assert "mean-pooling layer's near-zero feed-forward" in result.compression["resolved"]["ffn_selection"]
+    # A one-neuron feed-forward exports and quantizes like any other (the recipe's student INT8).
+    from bertsent.compression.quantize import quantize
+    from bertsent.config import QuantizeConfig
+
+    int8 = quantize(QuantizeConfig(model=str(tmp_path / "heads"), output_dir=str(tmp_path / "int8")))
+    texts = ["a fine film", "dull and far too long", "I loved every minute"]
+    pruned, quantized = Predictor(tmp_path / "heads"), Predictor(int8.output_dir)
+    assert pruned.predict_proba(texts).argmax(-1).tolist() == quantized.predict_proba(texts).argmax(-1).tolist()
     assert json.loads((tmp_path / "heads" / "config.json").read_text())[POOLING_KEY] == {"layer": 2}
     # keep_layers counts the encoder's own layers; the pooling layer comes along, renumbered.
     kept = prune(PruneConfig(output_dir=str(tmp_path / "layers"), keep_layers=1, **common))
