@@ -1,5 +1,6 @@
 """What a mean-pooling layer's feed-forward does in a trained model: the same reviews scored with it (the
-baseline, in the same run) and with it cut to one neuron, as ``bertsent prune --ffn-fraction`` cuts it.
+baseline, in the same run) and with it cut to one neuron (neuron 0 here; ``bertsent prune --ffn-fraction``
+keeps the most important one instead).
 
 Prints the weight std of that feed-forward beside the layer below's, the largest and mean change of any
 class probability, how many labels changed, and both accuracies on ``--reviews`` test reviews (seeded).

@@ -84,8 +84,11 @@ def test_fastest_within_an_accuracy_budget_skips_the_reference_and_too_lossy_row
     assert smallest_within(rows[:1], 1.5) is None
     assert trade_off_line(rows, 1.5) == (
         "Fastest variant within 1.5 accuracy points of teacher: **student int8**, -1.20 points, 4.50× the "
-        "throughput, 17.6 MB (0.194 of the size). Smallest within them: **trimmed int8**, 7.6 MB, -1.40 points, "
-        "4.00× the throughput.\n"
+        "throughput, 17.6 MB (0.194 of the size). Smallest within that budget: **trimmed int8**, 7.6 MB, "
+        "-1.40 points, 4.00× the throughput.\n"
+    )
+    assert trade_off_line(rows[:4], 1.5).endswith(
+        "17.6 MB (0.194 of the size), also the smallest within that budget.\n"
     )
     assert trade_off_line(rows[:1], 0.5) == "No variant stays within 0.5 accuracy points of teacher.\n"
 

@@ -153,3 +153,17 @@ def test_every_stage_reads_the_data_options(tiny_model_dir, toy_data_dir, tmp_pa
         assert settings["labels"] == ["bad", "good"], folder
     rows = json.loads((out / "compare" / "compare.json").read_text())["rows"]
     assert all(r["reviews"] == 80 for r in rows)
+
+
+def test_trim_coverage_is_a_share_or_none(trained_tiny_dir, toy_data_dir):
+    import pytest
+
+    from bertsent.config import CompressConfig, DataConfig
+    from bertsent.errors import SettingsError
+
+    common = {"teacher": str(trained_tiny_dir), "output_dir": "out", "data": DataConfig(str(toy_data_dir))}
+    for ok in (None, 1, 0.95):
+        assert CompressConfig(**common, trim_coverage=ok).trim_coverage == ok
+    for bad in (True, "0.9", 0, 1.5):
+        with pytest.raises(SettingsError, match="trim_coverage must be a share"):
+            CompressConfig(**common, trim_coverage=bad)

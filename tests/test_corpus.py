@@ -163,14 +163,19 @@ def test_an_onnx_int8_folder_scores_as_local_and_one_file_spreads_over_both_acto
 
     class NotePid(corpus.Scorer):
         def __call__(self, batch):
-            # A real block takes seconds; the tiny model's milliseconds would let the first actor up take
-            # every block before the second is up. (Ray queues up to 4 blocks on an actor, so 5 blocks.)
-            time.sleep(1)
+            time.sleep(1)  # a real block takes seconds; the tiny model's milliseconds end before a second actor is up
             (calls / batch.column("row_id")[0].as_py().replace(":", "-")).write_text(str(os.getpid()))
             return super().__call__(batch)
 
     monkeypatch.setattr(corpus, "Scorer", NotePid)
     monkeypatch.setattr(corpus, "BLOCK_ROWS", 16)
+    # Both actors up before the first block, one block in flight each: the spread cannot depend on which
+    # actor started first on a loaded machine (Ray's defaults: no wait, 2 blocks queued per actor).
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    monkeypatch.setattr(context, "wait_for_min_actors_s", 120)
+    monkeypatch.setattr(context, "max_tasks_in_flight_per_actor", 1)
     out = tmp_path / "out"
     corpus.score_corpus(int8.output_dir, path, out, SETTINGS, keep_columns=["id"], workers=2)
     assert len(list(calls.iterdir())) == 5, "80 rows in blocks of 16"

@@ -414,7 +414,7 @@ def prune(config: PruneConfig) -> PruneResult:
     if evaluation is not None:
         validation["after"] = _validation_metrics(out, *evaluation, config)
 
-    pooled = pooling_layer(model.config) is not None
+    pooled = pooling_layer(model.config) is not None and bool(config.ffn_fraction)
     resolved = _resolved(config, before["layers"], keep, removed_heads, max_length, truncation, pooled=pooled)
     compression = _compression_record(config, source, out, model, resolved, before, importance)
     compression |= {"validation": validation, "recovery": recovery, "seconds": round(time.perf_counter() - started, 1)}
@@ -436,7 +436,7 @@ def _load_source(config: PruneConfig, source: Path) -> tuple[PreTrainedModel, ob
 
 def _check_request(config: PruneConfig, model: nn.Module, n_layers: int) -> list[int]:
     """The layers to keep, once the whole request is checked against the model (before any slow step)."""
-    n_real = own_layers(model.config)  # a mean-pooling layer stays whole
+    n_real = own_layers(model.config)  # a mean-pooling layer is never dropped
     keep = select_layers(n_real, config.drop_layers, config.keep_layers) + list(range(n_real, n_layers))
     if config.heads_fraction:
         layout = pruning_layout(model)
@@ -469,7 +469,7 @@ def _importance(config: PruneConfig, model, tokenizer, reviews, max_length: int,
 def _remove_heads_and_neurons(config: PruneConfig, model: nn.Module, importance: Importance) -> dict[str, list[int]]:
     """Remove the least important heads and FFN neurons; returns the removed heads by original id."""
     removed_heads: dict[str, list[int]] = {}
-    n_real = own_layers(model.config)  # a mean-pooling layer stays whole
+    n_real = own_layers(model.config)  # a mean-pooling layer keeps its heads
     if config.heads_fraction:
         current = pruning_layout(model)["heads"]
         remove = select_heads(current_head_scores(importance, model)[:n_real], config.heads_fraction)
@@ -482,6 +482,9 @@ def _remove_heads_and_neurons(config: PruneConfig, model: nn.Module, importance:
         pooling = pooling_layer(model.config)
         if pooling is not None:  # the head's near-zero feed-forward: keep its most important neuron only
             keep[pooling] = [int(np.argmax(importance.ffn[pooling]))]
+            # Measured near zero on the recipe's teacher; a student retrains it, so say how it stands here.
+            share = float(np.sum(importance.ffn[pooling]) / min(np.sum(importance.ffn[i]) for i in range(n_real)))
+            log.info("pooling layer's feed-forward cut to 1 neuron: its importance is %.2g of the least layer's", share)
         prune_ffn(model, keep)
     return removed_heads
 

@@ -199,9 +199,13 @@ def trade_off_line(rows: list[dict], max_drop_points: float) -> str:
     return (
         f"Fastest variant within {max_drop_points:g} accuracy points of {rows[0]['name']}: **{best['name']}**, "
         f"{best['accuracy_delta_points']:+.2f} points, {best['speedup']:.2f}× the throughput, "
-        f"{best['size_mb']:.1f} MB ({best['size_ratio']} of the size). Smallest within them: "
-        f"**{smallest['name']}**, {smallest['size_mb']:.1f} MB, {smallest['accuracy_delta_points']:+.2f} points, "
-        f"{smallest['speedup']:.2f}× the throughput.\n"
+        f"{best['size_mb']:.1f} MB ({best['size_ratio']} of the size)"
+        + (
+            ", also the smallest within that budget.\n"
+            if smallest is best
+            else f". Smallest within that budget: **{smallest['name']}**, {smallest['size_mb']:.1f} MB, "
+            f"{smallest['accuracy_delta_points']:+.2f} points, {smallest['speedup']:.2f}× the throughput.\n"
+        )
     )
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -76,7 +77,9 @@ class _Stages:
         """Record a stage that ran in this run, in ``timings`` and (at once) in ``STAGE_SECONDS``."""
         self.timings[name] = self.measured[name] = round(seconds, 1)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.measured, indent=2))
+        partial = self.path.with_suffix(".json.partial")  # written whole, then renamed: a kill mid-write
+        partial.write_text(json.dumps(self.measured, indent=2))  # leaves the last complete record
+        os.replace(partial, self.path)
 
     def run(self, name: str, folder: Path, make) -> None:
         """Run ``make`` unless ``folder`` is complete; ``make`` returns a reason (a string) when the stage does

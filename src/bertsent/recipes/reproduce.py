@@ -81,7 +81,8 @@ def reproduce(config: ReproduceConfig) -> dict:
     )
     recipe = json.loads((out / "compress" / "recipe.json").read_text())
     table = json.loads((out / "compress" / "compare" / "compare.json").read_text())
-    measured = recipe.get("measured_seconds", {})  # what each finished stage took, even in a killed run
+    # What each stage took in the run that finished it, even a killed run (a resumed stage: its last part).
+    measured = recipe.get("measured_seconds", {})
     for stage, seconds in recipe["stage_seconds"].items():
         if isinstance(seconds, str) and seconds.startswith("left out"):
             timings.note(stage, seconds)
