@@ -869,10 +869,9 @@ class CompressConfig:
         if self.factorize_energy is not None and not 0 <= self.factorize_energy < 1:
             raise SettingsError(f"factorize_energy must be in [0, 1) (0: skip), got {self.factorize_energy}")
         coverage = self.trim_coverage
-        if coverage is not None and (isinstance(coverage, bool) or not isinstance(coverage, int | float)):
+        share = isinstance(coverage, int | float) and not isinstance(coverage, bool) and 0 < coverage <= 1
+        if coverage is not None and not share:
             raise SettingsError(f"trim_coverage must be a share in (0, 1] (1: skip), got {coverage!r}")
-        if coverage is not None and not 0 < coverage <= 1:
-            raise SettingsError(f"trim_coverage must be a share in (0, 1] (1: skip), got {self.trim_coverage}")
 
 
 @dataclass
