@@ -39,6 +39,15 @@ def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def write_json_whole(path: Path, data) -> None:
+    """Write ``data`` as JSON to a temporary file beside ``path``, then rename it over ``path``: readers (other
+    processes checking the same folder) see the old file or the new one, and a kill mid-write leaves the
+    last complete one."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(data, indent=2))
+    os.replace(partial, path)
+
+
 def git_revision() -> str:
     """The short git revision of this checkout (``unknown`` outside one): every record names the code."""
     import subprocess

@@ -38,6 +38,7 @@ from bertsent.folder import (
     PRECISION_CHECK_FILE,
     WEIGHT_PATTERNS,
     read_id2label,
+    write_json_whole,
 )
 from bertsent.modeling.cls_only import cls_only_last_layer
 from bertsent.modeling.early_exit import EarlyExitModel, load_early_exit, recorded_early_exit
@@ -536,11 +537,8 @@ def precision_verdict(model_dir: Path, candidate: Backend, reference: Callable[[
         )
     verdicts = _read_verdicts(path) | {key: verdict}
     try:
-        # Written whole, then renamed: processes checking the same folder at once (Ray actors, several
-        # servers) read the old file or the new one, never half of one.
-        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        partial.write_text(json.dumps(verdicts, indent=2))
-        os.replace(partial, path)
+        # Processes checking the same folder at once (Ray actors, several servers) never read half a file.
+        write_json_whole(path, verdicts)
     except OSError as e:  # a read-only folder: the check simply runs again next time
         log.info("precision auto: cannot cache the verdict in %s (%s)", path, first_line(e))
     return verdict["passed"]

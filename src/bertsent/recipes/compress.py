@@ -34,12 +34,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 from bertsent.config import CompressConfig, SettingsError
-from bertsent.folder import read_training_args
+from bertsent.folder import read_training_args, write_json_whole
 
 log = logging.getLogger("bertsent.compress")
 
@@ -77,9 +76,7 @@ class _Stages:
         """Record a stage that ran in this run, in ``timings`` and (at once) in ``STAGE_SECONDS``."""
         self.timings[name] = self.measured[name] = round(seconds, 1)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".json.partial")  # written whole, then renamed: a kill mid-write
-        partial.write_text(json.dumps(self.measured, indent=2))  # leaves the last complete record
-        os.replace(partial, self.path)
+        write_json_whole(self.path, self.measured)  # a kill mid-write leaves the last complete record
 
     def run(self, name: str, folder: Path, make) -> None:
         """Run ``make`` unless ``folder`` is complete; ``make`` returns a reason (a string) when the stage does
