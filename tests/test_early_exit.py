@@ -191,13 +191,30 @@ def test_predictor_runs_early_exit_and_reports_layers(exit_dir, trained_tiny_dir
     assert first.backend.mean_layers == 1
 
 
+def test_predictor_runs_early_exit_under_bf16(exit_dir, toy_texts):
+    """bf16 autocast (what ``auto`` takes on a CPU with AMX; forced here, so any CPU runs it): rows leaving
+    at the last layer (bf16 logits) and at an exit head (fp32 logits) land in one fp32 output."""
+    threshold = split_threshold(entropies_of_layer_one(Predictor(exit_dir, exit_threshold=0), toy_texts))
+    fp32 = Predictor(exit_dir, exit_threshold=threshold, precision="fp32")
+    bf16 = Predictor(exit_dir, exit_threshold=threshold, precision="bf16")
+    assert bf16.backend.precision == "bf16"
+    probs = bf16.predict_proba(toy_texts)
+    assert probs.dtype == np.float32 and 0 < bf16.backend.exit_counts[0] < len(toy_texts)
+    close = np.abs(probs - fp32.predict_proba(toy_texts)).max(axis=1) < 0.05
+    assert close.mean() >= 0.9  # the rest left at another layer: bf16 rounding can flip a threshold decision
+
+
+def entropies_of_layer_one(predictor: Predictor, texts: list[str]) -> torch.Tensor:
+    """Layer 1's normalised entropy for each text, one text at a time (no padding)."""
+    ids = [torch.as_tensor(row)[None] for row in predictor.encode(texts).ids]
+    return torch.cat([entropies(predictor.backend.exit_model, row, torch.ones_like(row))[:, 0] for row in ids])
+
+
 def test_predictor_batched_equals_one_at_a_time(exit_dir, toy_texts):
-    probe = Predictor(exit_dir, exit_threshold=0)
-    encoded = probe.encode(toy_texts)
-    ids = [torch.as_tensor(row)[None] for row in encoded.ids]
-    layer_one = torch.cat([entropies(probe.backend.exit_model, row, torch.ones_like(row))[:, 0] for row in ids])
+    layer_one = entropies_of_layer_one(Predictor(exit_dir, exit_threshold=0), toy_texts)
     threshold = split_threshold(layer_one)  # about half the reviews leave after layer 1, the others run on
-    batched, alone = Predictor(exit_dir, exit_threshold=threshold), Predictor(exit_dir, exit_threshold=threshold)
+    # fp32: under bf16 (``auto`` on a CPU with AMX) a batch's rounding differs from a single row's.
+    batched, alone = (Predictor(exit_dir, exit_threshold=threshold, precision="fp32") for _ in range(2))
     np.testing.assert_allclose(
         batched.predict_proba(toy_texts), np.concatenate([alone.predict_proba([t]) for t in toy_texts]), atol=1e-5
     )

@@ -229,10 +229,11 @@ class EarlyExitModel(nn.Module):
                 logits = self._final_logits(self._last(hidden, mask))
                 done = torch.ones_like(rows, dtype=torch.bool)
             if out is None:
-                out = logits.new_zeros((len(input_ids), logits.shape[-1]))
+                out = logits.new_zeros((len(input_ids), logits.shape[-1]), dtype=torch.float32)
             if not done.any():
                 continue  # nobody leaves: no copy of the batch
-            out[rows[done]], layers[rows[done]] = logits[done], index + 1
+            # fp32 out: the exit heads compute in fp32, the last layer's classifier in bf16 under autocast.
+            out[rows[done]], layers[rows[done]] = logits[done].float(), index + 1
             if done.all():
                 break
             keep = ~done
