@@ -10,6 +10,7 @@ import pytest
 
 import bertsent.inference as inference
 from bertsent.config import InferenceSettings
+from bertsent.errors import SettingsError
 from bertsent.folder import PRECISION_CHECK_FILE
 from bertsent.predict import Predictor
 from bertsent.runtime import cpu_summary, parse_cpu_flags, parse_cpuinfo
@@ -117,3 +118,19 @@ def test_a_cached_verdict_does_not_build_the_fp32_reference(tmp_path):
 
     candidate = SimpleNamespace(name="pytorch", precision="bf16", id2label={0: "negative", 1: "positive"})
     assert inference.precision_verdict(tmp_path, candidate, reference, "k") is True
+
+
+def test_a_torch_dynamic_int8_folder_stays_fp32_where_auto_would_take_bf16(trained_tiny_dir, tmp_path, monkeypatch):
+    """Its INT8 Linears take fp32 activations: bf16 autocast fed them bf16 and crashed (the first AMX CPU)."""
+    from bertsent.compression.quantize import quantize
+    from bertsent.config import QuantizeConfig
+
+    out = tmp_path / "int8"
+    quantize(QuantizeConfig(model=str(trained_tiny_dir), output_dir=str(out), method="torch-dynamic"))
+    monkeypatch.setattr(inference, "auto_precision", lambda device: "bf16")
+    monkeypatch.setattr(inference, "_measure_precision", _no_measuring)
+    predictor = Predictor(out, device="cpu")
+    assert predictor.backend.precision == "fp32"
+    assert predictor.predict_proba(["a fine film"]).shape == (1, 2)
+    with pytest.raises(SettingsError, match="torch-dynamic INT8 folder runs fp32 activations"):
+        Predictor(out, device="cpu", precision="bf16")

@@ -43,6 +43,7 @@ from bertsent.folder import (
 from bertsent.modeling.cls_only import cls_only_last_layer
 from bertsent.modeling.early_exit import EarlyExitModel, load_early_exit, recorded_early_exit
 from bertsent.modeling.loading import load_classifier
+from bertsent.modeling.quantized import is_torch_dynamic
 from bertsent.runtime import (
     auto_precision,
     cpu_capabilities,
@@ -173,6 +174,13 @@ class TorchBackend:
         target = pick_device(device)
         model.to(target).eval()
         chosen = auto_precision(target) if precision == "auto" else precision
+        if chosen != "fp32" and is_torch_dynamic(model):
+            if precision != "auto":
+                raise SettingsError(
+                    f"{model_dir}: a torch-dynamic INT8 folder runs fp32 activations; --precision {precision} "
+                    "cannot apply to it (use auto or fp32)"
+                )
+            chosen = "fp32"  # its INT8 kernels are what makes it fast; bf16 autocast would break them
         backend = cls(model, target, torch.bfloat16 if chosen == "bf16" else None)
         backend.cls_only = cls_only and cls_only_last_layer(model)
         if precision == "auto" and backend.dtype is not None:

@@ -14,6 +14,12 @@ CONFIG_FLAG = "bertsent_quantization"
 PER_CHANNEL_FLAG = "bertsent_quantization_per_channel"
 
 
+def is_torch_dynamic(model: torch.nn.Module) -> bool:
+    """Whether ``model`` was loaded from a ``torch-dynamic`` folder: its Linears are INT8 kernels that take
+    fp32 activations (autocast to bf16 feeds them bf16, which they refuse)."""
+    return getattr(getattr(model, "config", None), CONFIG_FLAG, None) == "torch-dynamic"
+
+
 def quantize_torch_dynamic(model: torch.nn.Module) -> torch.nn.Module:
     """INT8 dynamic quantization of every ``nn.Linear`` (in place), per-channel unless the config says not.
 
