@@ -17,6 +17,19 @@ NEGATIVE_WORDS = ["awful", "boring", "terrible", "dull", "worst", "hated", "wast
 FILLER = ["the", "movie", "film", "plot", "acting", "was", "and", "really", "story", "cast", "i", "it"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fp32_under_auto():
+    """``--precision auto`` takes bf16 on a CPU with AMX: pinned to fp32 here, so every test sees the same
+    numbers on every CI machine (most compare against fp32 references: the pipeline, ONNX, one row at a
+    time). The bf16 path is tested where a test patches ``auto_precision`` to ``"bf16"`` itself
+    (test_precision) or forces ``precision="bf16"``, which runs on any CPU."""
+    import bertsent.inference as inference
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(inference, "auto_precision", lambda device: "fp32")
+        yield
+
+
 def make_reviews(n: int, seed: int) -> pd.DataFrame:
     """Short synthetic reviews whose label is decided by sentiment words (learnable in a few steps)."""
     rng = random.Random(seed)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 import bertsent.inference as inference
@@ -134,3 +136,66 @@ def test_a_torch_dynamic_int8_folder_stays_fp32_where_auto_would_take_bf16(train
     assert predictor.predict_proba(["a fine film"]).shape == (1, 2)
     with pytest.raises(SettingsError, match="torch-dynamic INT8 folder runs fp32 activations"):
         Predictor(out, device="cpu", precision="bf16")
+
+
+@pytest.fixture(scope="module")
+def folder_kinds(trained_tiny_dir, toy_data_dir, tmp_path_factory) -> dict[str, Path]:
+    """One PyTorch folder of every kind bertsent writes, each made by its real stage on the tiny model."""
+    from bertsent.compression.early_exit import early_exit
+    from bertsent.compression.factorize import factorize
+    from bertsent.compression.prune import prune
+    from bertsent.compression.quantize import quantize
+    from bertsent.compression.trim_vocab import trim_vocab
+    from bertsent.config import (
+        DataConfig,
+        EarlyExitConfig,
+        FactorizeConfig,
+        PruneConfig,
+        QuantizeConfig,
+        TrimVocabConfig,
+    )
+
+    root = tmp_path_factory.mktemp("kinds")
+    source = str(trained_tiny_dir)
+    shutil.copytree(trained_tiny_dir, root / "fine-tuned")  # its verdicts stay out of the shared folder
+    data = DataConfig(str(toy_data_dir), validation_size=40)
+    prune_config = PruneConfig(
+        source,
+        str(root / "pruned"),
+        heads_fraction=0.5,
+        ffn_fraction=0.5,
+        data=data,
+        importance_samples=64,
+        eval_samples=40,
+        device="cpu",
+    )
+    factorize_config = FactorizeConfig(
+        source, str(root / "factorized"), rank=4, calibration_samples=32, train_samples=64, eval_samples=40
+    )
+    results = {
+        "fine-tuned": root / "fine-tuned",
+        "pruned": prune(prune_config),
+        "factorized": factorize(factorize_config),
+        "early exit": early_exit(EarlyExitConfig(source, str(root / "exit"), eval_samples=40, head_epochs=5)),
+        "trimmed vocabulary": trim_vocab(TrimVocabConfig(source, str(root / "trimmed"))),
+        "torch-dynamic INT8": quantize(QuantizeConfig(source, str(root / "int8"), method="torch-dynamic")),
+    }
+    return {kind: getattr(result, "output_dir", result) for kind, result in results.items()}
+
+
+@pytest.mark.parametrize(
+    "kind", ["fine-tuned", "pruned", "factorized", "early exit", "trimmed vocabulary", "torch-dynamic INT8"]
+)
+def test_every_pytorch_folder_kind_runs_where_auto_takes_bf16(folder_kinds, kind, toy_texts, monkeypatch):
+    """What a CPU with AMX does to each kind of folder (two of them crashed there before): ``auto`` takes
+    bf16, the check against fp32 runs (passed here by any agreement), the labels stay close to fp32's."""
+    folder = folder_kinds[kind]
+    reference = Predictor(folder, device="cpu", precision="fp32").predict_proba(toy_texts)
+    monkeypatch.setattr(inference, "auto_precision", lambda device: "bf16")
+    monkeypatch.setattr(inference, "PRECISION_MIN_AGREEMENT", 0.0)
+    monkeypatch.setattr(inference, "PRECISION_MAX_DROP_POINTS", 100.0)
+    predictor = Predictor(folder, device="cpu")
+    assert predictor.backend.precision == ("fp32" if kind == "torch-dynamic INT8" else "bf16")
+    probs = predictor.predict_proba(toy_texts)
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert (probs.argmax(axis=1) == reference.argmax(axis=1)).mean() >= 0.9
