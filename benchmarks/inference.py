@@ -12,8 +12,10 @@ same max length, one contender at a time in this process (never two frameworks b
 3. every ``--compressed`` folder (e.g. an INT8 ONNX export) through the same Predictor.
 
 Each is timed end to end (texts in, labels out) after a warm-up on a few texts; the table gives
-reviews/s, the ratio to the pipeline and accuracy. Goals: bertsent fp32 >= 1.5x the pipeline with
-identical labels; the best compressed folder >= 5x.
+reviews/s, the ratio to the pipeline and accuracy. Goals, by the CPU (:data:`GOALS`): where it has AMX,
+``predict``'s defaults (bf16 there) >= 3x the pipeline with labels >= 99.5% the same and accuracy within
+0.3 points, and the fastest compressed folder within 1.5 points of the teacher >= 12x; elsewhere (fp32)
+>= 1.5x with identical labels, and >= 5x.
 
 Optionally (--memory-rows) measures ``bertsent predict --input FILE --output OUT.jsonl`` in a
 subprocess on a CSV of that many reviews (IMDB test reviews repeated, each prefixed with its row
@@ -155,6 +157,7 @@ def row(name: str, folder: str, n: int, times: list[float], loaded: float, accur
         "folder": folder,
         "seconds": round(best, 3),
         "seconds_per_repeat": [round(t, 3) for t in times],
+        "reviews": n,
         "reviews_per_second": round(n / best, 2),
         "load_seconds": round(loaded, 2),
         "accuracy": round(accuracy, 4),
@@ -176,6 +179,67 @@ def print_table(rows: list[dict]) -> None:
             f"{r['reviews_per_second']:>10.1f} {r['ratio_to_pipeline']:>9.2f}x {r['accuracy']:>9.4f} "
             f"{r['labels_differing_from_pipeline']:>19}"
         )
+
+
+GOALS = {
+    # CPU with AMX (issue 15): `predict`'s defaults take bf16 there; labels may then differ a little.
+    True: {"default_ratio": 3.0, "min_agreement": 0.995, "max_drop": 0.003, "compressed_ratio": 12.0},
+    # Elsewhere the defaults run fp32: the same labels as the pipeline, faster.
+    False: {"default_ratio": 1.5, "min_agreement": 1.0, "max_drop": 0.0, "compressed_ratio": 5.0},
+}
+DEFAULT_ROW = "bertsent predict"
+"""The row of the model folder through `bertsent predict` as it runs by default."""
+COMPRESSED_BUDGET = 0.015
+"""A compressed folder counts for the goal within this many points of the teacher's accuracy."""
+
+
+def judge(rows: list[dict], amx: bool) -> dict:
+    """The goals for this CPU, judged on the rows: ``predict``'s defaults (:data:`DEFAULT_ROW`)
+    against the pipeline, and the fastest compressed folder within 1.5 points of the teacher."""
+    goal = GOALS[amx]
+    pipeline, n = rows[0], rows[0]["reviews"]
+    default = next(r for r in rows if r["name"] == DEFAULT_ROW)
+    agreement = 1 - default["labels_differing_from_pipeline"] / n
+    drop = pipeline["accuracy"] - default["accuracy"]
+    met = default["ratio_to_pipeline"] >= goal["default_ratio"] and agreement >= goal["min_agreement"]
+    met = met and drop <= goal["max_drop"] + 1e-9
+    goals = {
+        "cpu_has_amx": amx,
+        "targets": goal,
+        "default": default["name"],
+        "default_precision": default.get("precision"),
+        "default_ratio": default["ratio_to_pipeline"],
+        "default_label_agreement": round(agreement, 4),
+        "default_accuracy_drop": round(drop, 4),
+        "default_met": met,
+    }
+    lines = [
+        f"{default['name']} (precision {default.get('precision')}, what --precision auto took on this CPU): "
+        f"{default['ratio_to_pipeline']:.2f}x the pipeline (goal >= {goal['default_ratio']:g}x), labels "
+        f"{agreement:.2%} as the pipeline's (goal >= {goal['min_agreement']:.1%}), accuracy "
+        f"{100 * (default['accuracy'] - pipeline['accuracy']):+.2f} points (goal >= {-100 * goal['max_drop']:+.1f}): "
+        f"{'met' if met else 'NOT met'}"
+    ]
+    compressed = [r for r in rows if r.get("kind") == "compressed"]
+    within = [r for r in compressed if pipeline["accuracy"] - r["accuracy"] <= COMPRESSED_BUDGET + 1e-9]
+    if compressed:
+        best = max(within or compressed, key=lambda r: r["reviews_per_second"])
+        met = bool(within) and best["ratio_to_pipeline"] >= goal["compressed_ratio"]
+        goals |= {
+            "best_compressed": best["name"],
+            "best_compressed_ratio": best["ratio_to_pipeline"],
+            "best_compressed_accuracy": best["accuracy"],
+            "best_compressed_met": met,
+        }
+        lines.append(
+            f"best compressed within {100 * COMPRESSED_BUDGET:g} points of the teacher: {best['name']} at "
+            f"{best['ratio_to_pipeline']:.2f}x the pipeline (goal >= {goal['compressed_ratio']:g}x), accuracy "
+            f"{best['accuracy']:.4f} vs {pipeline['accuracy']:.4f}"
+            + ("" if within else " (none is within the budget: the fastest shown)")
+            + f": {'met' if met else 'NOT met'}"
+        )
+    goals["lines"] = lines
+    return goals
 
 
 # --------------------------------------------------------------------------------------------------
@@ -542,10 +606,10 @@ def main(argv: list[str] | None = None) -> int:
                 truncation="head",
             )
         )
-        contenders = [("bertsent fp32, plain forward", ns.model, False, "fp32", False)]
-        contenders.append(("bertsent fp32", ns.model, False, "fp32", True))
+        contenders = [("bertsent, plain forward", ns.model, False, "fp32", False)]
+        contenders.append((DEFAULT_ROW, ns.model, False, "fp32", True))
         if ns.compile:
-            contenders.append(("bertsent fp32, torch.compile", ns.model, True, "fp32", True))
+            contenders.append(("bertsent, torch.compile", ns.model, True, "fp32", True))
         contenders += [(Path(c).name, c, False, "compressed", True) for c in ns.compressed]
         for name, folder, compile_model, kind, cls_only in contenders:
             print(f"running: {name} ({folder}) ...", flush=True)
@@ -559,27 +623,10 @@ def main(argv: list[str] | None = None) -> int:
         results["throughput"] = rows
         print()
         print_table(rows)
-        fp32 = max((r for r in rows if r.get("kind") == "fp32"), key=lambda r: r["reviews_per_second"])
-        goals = {
-            "bertsent_fp32_ratio": fp32["ratio_to_pipeline"],
-            "bertsent_fp32_label_differences": fp32["labels_differing_from_pipeline"],
-            "bertsent_fp32_met": fp32["ratio_to_pipeline"] >= 1.5 and fp32["labels_differing_from_pipeline"] == 0,
-        }
-        print(
-            f"\n{fp32['name']}: {fp32['ratio_to_pipeline']:.2f}x the pipeline (goal >= 1.5x), "
-            f"{fp32['labels_differing_from_pipeline']} labels differ (goal 0): "
-            f"{'met' if goals['bertsent_fp32_met'] else 'NOT met'}"
-        )
-        if compressed := [r for r in rows if r.get("kind") == "compressed"]:
-            best = max(compressed, key=lambda r: r["reviews_per_second"])
-            goals |= {"best_compressed": best["name"], "best_compressed_ratio": best["ratio_to_pipeline"]}
-            goals["best_compressed_met"] = best["ratio_to_pipeline"] >= 5
-            print(
-                f"best compressed: {best['name']} at {best['ratio_to_pipeline']:.2f}x the pipeline (goal >= 5x), "
-                f"accuracy {best['accuracy']:.4f} vs {fp32['accuracy']:.4f} fp32: "
-                f"{'met' if goals['best_compressed_met'] else 'NOT met'}"
-            )
-        results["goals"] = goals
+        results["goals"] = goals = judge(rows, amx=bool(results["machine"]["cpu_features"]["amx_bf16"]))
+        print()
+        for line in goals["lines"]:
+            print(line)
 
     if ns.memory_rows:
         results["memory"] = memory_benchmark(ns.memory_model or ns.model, texts, ns, threads)

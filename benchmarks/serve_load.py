@@ -14,7 +14,7 @@
 4. Optionally (``--rss-requests``), the server's RSS from /proc before, every 1,000 requests and after
    that many more requests of short texts.
 
-Goals: server throughput >= 70% of offline batch throughput, 0 errors. The server is stopped at the
+Goals: server throughput >= 75% of offline batch throughput, 0 errors. The server is stopped at the
 end (SIGINT, then terminate/kill if it does not exit), on errors too.
 
     python benchmarks/serve_load.py --model runs/demo --data ../shared/data/imdb --n 2000 --clients 16 \\
@@ -56,6 +56,8 @@ URL_LINE = re.compile(r"^serving .* at (http://\S+)\s*$")
 """The line ``bertsent serve`` prints once it is bound (port 0: the real port is in it)."""
 REQUEST_TIMEOUT = 120.0
 """Seconds one request may take before it counts as an error (a stalled server must not hang the run)."""
+GOAL_RATIO = 0.75
+"""Server throughput under load against offline batch throughput (issue 15: with the fastest backend)."""
 
 
 class LoadError(BertsentError):
@@ -497,9 +499,10 @@ def print_report(results: dict) -> None:
     )
     if s["error_examples"]:
         print(f"errors, e.g.: {s['error_examples'][0]}")
-    met = s["ratio_to_offline"] >= 0.7 and s["errors"] == 0
+    met = s["ratio_to_offline"] >= GOAL_RATIO and s["errors"] == 0
     print(
-        f"goals : {s['ratio_to_offline']:.0%} of offline throughput (goal >= 70%), {s['errors']} errors (goal 0), "
+        f"goals : {s['ratio_to_offline']:.0%} of offline throughput (goal >= {GOAL_RATIO:.0%}), "
+        f"{s['errors']} errors (goal 0), "
         f"{s['mismatches']} answers differ from offline: {'met' if met else 'NOT met'}"
     )
     results["goals_met"] = met
