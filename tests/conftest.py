@@ -19,13 +19,16 @@ FILLER = ["the", "movie", "film", "plot", "acting", "was", "and", "really", "sto
 
 @pytest.fixture(scope="session", autouse=True)
 def fp32_under_auto():
-    """``--precision auto`` takes bf16 on a CPU with AMX: pinned to fp32 here, so every test sees the same
-    numbers on every CI machine (most compare against fp32 references: the pipeline, ONNX, one row at a
-    time). The bf16 path is tested where a test patches ``auto_precision`` to ``"bf16"`` itself
+    """``--precision auto`` takes bf16 on a CPU with AMX, for inference and training: pinned to fp32 here
+    (in this process, and in the processes tests start, through ``BERTSENT_CPU_BF16``), so every test sees
+    the same numbers on every CI machine (most compare against fp32 references: the pipeline, ONNX, one
+    row at a time). The bf16 path is tested where a test patches ``auto_precision`` to ``"bf16"`` itself
     (test_precision) or forces ``precision="bf16"``, which runs on any CPU."""
     import bertsent.inference as inference
+    from bertsent.runtime import CPU_BF16_ENV
 
     with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CPU_BF16_ENV, "0")
         patch.setattr(inference, "auto_precision", lambda device: "fp32")
         yield
 

@@ -154,3 +154,22 @@ def test_cls_only_training_gives_the_same_gradients_and_leaves_the_model_as_it_w
         assert fast.keys() == full.keys()
         for name in full:
             torch.testing.assert_close(fast[name], full[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_auto_trains_under_bf16_autocast_where_the_cpu_has_amx(tiny_model_dir, toy_data_dir, tmp_path, monkeypatch):
+    """``auto`` follows the CPU (``BERTSENT_CPU_BF16`` stands in for its flags here, so any CPU runs it):
+    bf16 autocast with AMX, fp32 without; the run records the precision it trained in."""
+    from bertsent.errors import SettingsError
+    from bertsent.runtime import CPU_BF16_ENV, autocast_dtype
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
+    assert autocast_dtype("auto", cpu) is torch.bfloat16 and autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("fp16", cpu) is None  # a GPU's half precision: fp32 on the CPU, with a warning
+    result = train(tiny_args(tiny_model_dir, tmp_path / "bf16"), DataConfig(str(toy_data_dir), validation_size=40))
+    assert result.metrics["validation_accuracy"] > 0.5
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("bf16", cpu) is torch.bfloat16
+    monkeypatch.setenv(CPU_BF16_ENV, "yes")
+    with pytest.raises(SettingsError, match="BERTSENT_CPU_BF16 must be 0 or 1"):
+        autocast_dtype("auto", cpu)

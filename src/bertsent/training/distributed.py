@@ -33,8 +33,14 @@ def is_main_process() -> bool:
 def make_accelerator(args, device: torch.device, dtype: torch.dtype | None):
     """The run's Accelerator: on ``device``'s type, autocast to ``dtype``, the trackers ``--report-to`` names."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, is_initialized
 
     mixed = {None: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    if is_initialized() and AcceleratorState().mixed_precision != mixed:
+        # Accelerate keeps one mixed precision per process and refuses another; a second run in this
+        # process (a recipe's next stage, the Python API, a CPU's auto bf16 after an fp32 run) may need one.
+        # Its precision state is dropped, the process group (PartialState) kept.
+        AcceleratorState._reset_state()
     trackers = args.report_to_list()
     return Accelerator(
         cpu=device.type == "cpu",
