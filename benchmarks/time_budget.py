@@ -32,14 +32,18 @@ KEYS = ("test_accuracy", "test_f1", "test_n", "test_ece", "steps", "short_length
 def variant_flags(variant: str) -> list[str]:
     """``plain`` (the [CLS] head, only the learning rate follows the budget), ``shortN`` (the first half of
     the time at N tokens) or ``shortN@S`` (share S), ``mean`` (the mean-pooling head, ``--pooling mean``),
-    or ``mean+shortN[@S]``. Without ``mean`` the head reads [CLS], as every run did before ``--pooling``."""
+    or ``mean+shortN[@S]``; ``+fp32`` or ``+bf16`` forces the training precision (else ``auto``: bf16 autocast
+    where the CPU has AMX). Without ``mean`` the head reads [CLS], as every run did before ``--pooling``."""
     parts = variant.split("+")
     flags = ["--pooling", "mean" if "mean" in parts else "cls"]
     for part in parts:
         if part in ("plain", "mean"):
             continue
+        if part in ("fp32", "bf16"):
+            flags += ["--precision", part]  # else auto: bf16 autocast where the CPU has AMX
+            continue
         if not part.startswith("short"):
-            raise SystemExit(f"unknown variant {variant!r}: plain, mean, short128, short128@0.7 or mean+short128")
+            raise SystemExit(f"unknown variant {variant!r}: plain, mean, short128, short128@0.7, mean+short128+fp32")
         length, _, share = part.removeprefix("short").partition("@")
         flags += ["--short-length", length] + (["--short-share", share] if share else [])
     return flags
@@ -63,11 +67,13 @@ def train(budget: str, variant: str, args, out: Path) -> dict:
 
 def row(budget: str, variant: str, folder: Path, wall: float | None) -> dict:
     metrics = json.loads((folder / "metrics.json").read_text())
-    lr = json.loads((folder / "training_args.json").read_text())["training"]["lr"]
+    training = json.loads((folder / "training_args.json").read_text())["training"]
+    lr = training["lr"]
     return (
         {"budget": budget, "minutes": budget_seconds(budget) / 60, "variant": variant, "folder": str(folder)}
         | {
             "lr": lr,
+            "precision": training.get("resolved_precision", "fp32"),  # runs before it was recorded: fp32
             "reviews_seen": round(metrics["train_reviews_per_second"] * metrics["train_seconds"]),
             "wall_seconds_with_test": wall,  # None: read back from an earlier sweep
         }
@@ -125,13 +131,14 @@ def main() -> None:
         for budget in args.budgets
         for variant in args.variants
     ] + [included(spec) for spec in args.include]
-    print(f"{'budget':>7} {'variant':>14} {'test acc':>9} {'vs plain':>9} {'n':>6} {'steps':>6} {'short':>6} "
-          f"{'reviews':>8} {'used s':>7}")  # fmt: skip
+    print(f"{'budget':>7} {'variant':>20} {'precision':>9} {'test acc':>9} {'vs plain':>9} {'n':>6} {'steps':>6} "
+          f"{'short':>6} {'reviews':>8} {'used s':>7}")  # fmt: skip
     for r in rows:
         plain = next((p for p in rows if p["budget"] == r["budget"] and p["variant"] == "plain"), None)
         delta = f"{100 * (r['test_accuracy'] - plain['test_accuracy']):+.2f}" if plain else "-"
         print(
-            f"{r['budget']:>7} {r['variant']:>14} {100 * r['test_accuracy']:>8.2f}% {delta:>9} {r['test_n']:>6} "
+            f"{r['budget']:>7} {r['variant']:>20} {r['precision']:>9} {100 * r['test_accuracy']:>8.2f}% {delta:>9} "
+            f"{r['test_n']:>6} "
             f"{r['steps']:>6} {r['short_length_steps'] or 0:>6} {r['reviews_seen']:>8} {r['time_used_seconds']:>7}"
         )
     if args.plot:

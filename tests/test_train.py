@@ -168,6 +168,8 @@ def test_auto_trains_under_bf16_autocast_where_the_cpu_has_amx(tiny_model_dir, t
     assert autocast_dtype("fp16", cpu) is None  # a GPU's half precision: fp32 on the CPU, with a warning
     result = train(tiny_args(tiny_model_dir, tmp_path / "bf16"), DataConfig(str(toy_data_dir), validation_size=40))
     assert result.metrics["validation_accuracy"] > 0.5
+    recorded = json.loads((result.output_dir / "training_args.json").read_text())["training"]
+    assert recorded["precision"] == "auto" and recorded["resolved_precision"] == "bf16"
     monkeypatch.setenv(CPU_BF16_ENV, "0")
     assert autocast_dtype("auto", cpu) is None and autocast_dtype("bf16", cpu) is torch.bfloat16
     monkeypatch.setenv(CPU_BF16_ENV, "yes")

@@ -88,7 +88,12 @@ def finish(
     metrics["data"] = splits.report
     plot_training_curves(state.history, output_dir / "training_curves.png")
     (output_dir / "history.json").write_text(json.dumps(state.history, indent=1))
-    resolved = {"resolved_model": resolve_model(args.model), "lr_choice": state.lr_choice}
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")  # what auto chose here
+    resolved = {
+        "resolved_model": resolve_model(args.model),
+        "lr_choice": state.lr_choice,
+        "resolved_precision": precision,
+    }
     recorded = {"training": asdict(args) | resolved, "data": asdict(data)}
     (output_dir / ARGS_FILE).write_text(json.dumps(recorded, indent=2))
     (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
