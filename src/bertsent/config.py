@@ -147,7 +147,7 @@ class TrainingArguments:
     setting (0.1 for BERT)."""
     seed: int = 42
     precision: str = field(default="auto", metadata={"choices": ("auto", "fp32", "bf16", "fp16")})
-    """``auto``: bf16 autocast on a GPU that supports it and on a CPU with AMX (1.4x fp32's steps there),
+    """``auto``: bf16 autocast on a GPU that supports it and on a CPU with AMX (1.23x fp32's steps there),
     else fp32; ``fp32``, ``bf16`` (any device) or ``fp16`` (GPU only)."""
     device: str = "auto"
     threads: int | None = None

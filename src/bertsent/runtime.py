@@ -127,9 +127,10 @@ def pick_device(name: str) -> torch.device:
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The training autocast dtype for a precision setting; None means plain fp32.
 
-    On the CPU, ``auto`` is bf16 only where it has AMX (:func:`cpu_bf16_fast`): measured there 1.4x the
-    optimizer steps per second of fp32 (MiniLM, batch 16 x 256 tokens); without AMX bf16 was slower.
-    ``bf16`` forces it on any CPU; fp16 autocast is for GPUs."""
+    On the CPU, ``auto`` is bf16 only where it has AMX (:func:`cpu_bf16_fast`): there a 10-minute budget ran
+    1.23x the optimizer steps of fp32 and scored 0.65 points more (docs/benchmarks.md); without AMX
+    PyTorch's bf16 CPU kernels gain little (inference measured slower), so fp32 stays. ``bf16`` forces it;
+    fp16 autocast is for GPUs."""
     import torch
 
     if precision == "fp32":
