@@ -48,6 +48,7 @@ from bertsent.runtime import (
     auto_precision,
     cpu_capabilities,
     openvino_config,
+    precision_name,
     require_onnxruntime,
     require_openvino,
     session_options,
@@ -145,7 +146,7 @@ class TorchBackend:
     @property
     def precision(self) -> str:
         """``bf16`` under bf16 autocast, else ``fp32`` (what a comparison row records)."""
-        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
+        return precision_name(self.dtype)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None = None):

@@ -145,6 +145,13 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``bf16``, ``fp16`` or ``fp32`` for an autocast dtype (None: plain fp32), as records and rows name it."""
+    import torch
+
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
 # --- the CPU's capabilities --------------------------------------------------------------------------
 
 CPU_FEATURES = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx2")
@@ -218,8 +225,6 @@ def cpu_bf16_fast() -> bool:
     override = os.environ.get(CPU_BF16_ENV, "").strip()
     if override:
         if override not in ("0", "1"):
-            from bertsent.errors import SettingsError
-
             raise SettingsError(f"{CPU_BF16_ENV} must be 0 or 1, got {override!r}")
         return override == "1"
     return cpu_capabilities()["amx_bf16"]

@@ -16,6 +16,7 @@ from bertsent.folder import ARGS_FILE, METRICS_FILE
 from bertsent.inference import TorchBackend, run
 from bertsent.modeling.loading import resolve_model
 from bertsent.modeling.pooling import pooling_layer
+from bertsent.runtime import precision_name
 from bertsent.training.tracking import BEST, CHECKPOINTS, TrainResult, TrainState
 
 log = logging.getLogger("bertsent.train")
@@ -88,11 +89,10 @@ def finish(
     metrics["data"] = splits.report
     plot_training_curves(state.history, output_dir / "training_curves.png")
     (output_dir / "history.json").write_text(json.dumps(state.history, indent=1))
-    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")  # what auto chose here
     resolved = {
         "resolved_model": resolve_model(args.model),
         "lr_choice": state.lr_choice,
-        "resolved_precision": precision,
+        "resolved_precision": precision_name(dtype),  # what auto chose on this machine
     }
     recorded = {"training": asdict(args) | resolved, "data": asdict(data)}
     (output_dir / ARGS_FILE).write_text(json.dumps(recorded, indent=2))
