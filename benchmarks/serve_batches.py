@@ -1,0 +1,57 @@
+"""What a server's micro-batches cost before any HTTP: one folder's Predictor on the same test reviews, all
+at once (sorted by length into batches of 32, the offline baseline) and in arrival-order chunks of a few
+reviews (what ``bertsent serve`` holds per batch under concurrent clients), in one run.
+
+    python benchmarks/serve_batches.py --model ~/.cache/bertsent/amx-compress/student-openvino --n 1000 \\
+        --chunks 32 14 9 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from _machine import machine_info, set_threads
+
+from bertsent.config import DataConfig
+from bertsent.data.loading import load_data
+from bertsent.predict import Predictor
+from bertsent.runtime import resolve_threads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", default="../shared/data/imdb")
+    parser.add_argument("--n", type=int, default=1000, help="test reviews (stratified, seeded subset)")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--chunks", type=int, nargs="+", default=[32, 14, 9, 4], help="reviews per call")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    set_threads(args.threads or resolve_threads(None))
+    machine = machine_info()
+    print(f"machine : {machine['cpu']}, {machine['cpu_count']} CPUs, features {machine['cpu_features']['features']}")
+    texts = load_data(DataConfig(args.data, eval_samples=args.n, seed=args.seed), splits=("test",)).test
+    texts = texts["text"].tolist()
+    predictor = Predictor(args.model, batch_size=32, max_length=args.max_length)
+    lengths = np.asarray(predictor.encode(texts).lengths)
+    print(
+        f"data    : {len(texts)} reviews, {predictor.backend.name} {getattr(predictor.backend, 'precision', '')}, "
+        f"mean length {lengths.mean():.1f} tokens, {np.mean(lengths >= args.max_length):.1%} at {args.max_length}"
+    )
+    predictor.predict_proba(texts[:32])  # warm-up
+    baseline = None
+    for size in [len(texts), *args.chunks]:
+        started = time.perf_counter()
+        for i in range(0, len(texts), size):
+            predictor.predict_proba(texts[i : i + size])
+        rate = len(texts) / (time.perf_counter() - started)
+        baseline = baseline or rate
+        label = "all at once (sorted, batches of 32)" if size == len(texts) else f"chunks of {size}, arrival order"
+        print(f"{label:<38} {rate:8.1f} reviews/s  {rate / baseline:5.2f}x the baseline")
+
+
+if __name__ == "__main__":
+    main()
