@@ -36,7 +36,8 @@ def make_accelerator(args, device: torch.device, dtype: torch.dtype | None):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, is_initialized
 
-    mixed = "no" if precision_name(dtype) == "fp32" else precision_name(dtype)  # Accelerate's name for fp32
+    name = precision_name(dtype)
+    mixed = "no" if name == "fp32" else name  # "no" is Accelerate's name for fp32
     if is_initialized() and AcceleratorState().mixed_precision != mixed:
         # Accelerate keeps one mixed precision per process and refuses another; a second run in this
         # process (a recipe's next stage, the Python API, a CPU's auto bf16 after an fp32 run) may need one.
