@@ -6,10 +6,15 @@ Each run is a real ``bertsent train`` command in its own process, on the full tr
 data given. The plain budgeted run (only the learning rate decays to the deadline) is the baseline,
 measured at the same budget in the same sweep. Runs write under ``--out-dir`` and a folder whose
 ``metrics.json`` exists is read back instead of trained again, so a sweep of hours can be continued;
-``--include NAME=DIR`` adds a folder trained elsewhere (e.g. the reproduce teacher) as a labelled point.
+``--include NAME=DIR`` adds a folder trained elsewhere (e.g. the reproduce teacher) as a labelled point,
+and ``--rows-from FILE`` the rows of an earlier sweep's ``--json`` whose folders live on another machine.
+Budgets are the machine's own minutes, so every row names its CPU and the plot draws one line per variant
+and CPU: points from different CPUs are not one curve.
 
     python benchmarks/time_budget.py --data ../shared/data/imdb --budgets 10m 20m --variants plain short128 \
         --out-dir ~/.cache/bertsent/budget --plot docs/time-budget.svg --json docs/time-budget.json
+    python benchmarks/time_budget.py --budgets 40m --variants mean+short128 --out-dir ~/.cache/bertsent/budget-amd \
+        --rows-from docs/time-budget.json --plot docs/time-budget.svg --json docs/time-budget.json
 """
 
 from __future__ import annotations
@@ -47,6 +52,23 @@ def variant_flags(variant: str) -> list[str]:
         length, _, share = part.removeprefix("short").partition("@")
         flags += ["--short-length", length] + (["--short-share", share] if share else [])
     return flags
+
+
+def cpu_label(machine: dict) -> str:
+    """The CPU a row's minutes were spent on: its model and whether it has AMX (bf16 training pays there)."""
+    features = machine.get("cpu_features", {})
+    return f"{machine['cpu']}, {'AMX' if features.get('amx_bf16') else 'no AMX'}"
+
+
+def earlier_sweep(path: Path) -> tuple[list[dict], list[dict]]:
+    """The rows of an earlier sweep's ``--json`` (its folders may be on another machine's cache), and the
+    machines they were measured on; a row without a CPU of its own ran on the machine that file records."""
+    try:
+        sweep = json.loads(path.read_text())
+        rows, cpu = sweep["rows"], cpu_label(sweep["machine"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"{path}: not a time_budget.py --json file ({error})") from None
+    return [{"cpu": cpu} | r for r in rows], [sweep["machine"], *sweep.get("earlier_machines", [])]
 
 
 def train(budget: str, variant: str, args, out: Path) -> dict:
@@ -97,14 +119,15 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for variant in dict.fromkeys(r["variant"] for r in rows):
-        points = sorted((r["minutes"], 100 * r["test_accuracy"]) for r in rows if r["variant"] == variant)
-        ax.plot(*zip(*points, strict=True), marker="o", label=variant)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for variant, cpu in dict.fromkeys((r["variant"], r["cpu"]) for r in rows):
+        series = [r for r in rows if (r["variant"], r["cpu"]) == (variant, cpu)]
+        points = sorted((r["minutes"], 100 * r["test_accuracy"]) for r in series)
+        ax.plot(*zip(*points, strict=True), marker="o", label=f"{variant} ({cpu})")
     ax.set(xlabel="training budget (minutes, --time-budget)", ylabel="test accuracy (%)")
     ax.set_title("Accuracy against training time, 2-core CPU", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     plt.rcParams["svg.hashsalt"] = "bertsent"  # stable ids: a rerun with the same numbers is the same file
     fig.savefig(path, metadata={"Date": None})
@@ -120,8 +143,9 @@ def main() -> None:
     parser.add_argument("--test-samples", type=int, help="score this many test reviews (default: all)")
     parser.add_argument("--out-dir", type=Path, default=Path("~/.cache/bertsent/budget").expanduser())
     parser.add_argument("--include", nargs="*", default=[], help="NAME=DIR: a budgeted folder trained elsewhere")
+    parser.add_argument("--rows-from", nargs="*", type=Path, default=[], help="an earlier sweep's --json file")
     parser.add_argument("--json", type=Path, help="also write the rows and the machine here")
-    parser.add_argument("--plot", type=Path, help="accuracy against budget, one line a variant (SVG/PNG)")
+    parser.add_argument("--plot", type=Path, help="accuracy against budget, one line per variant and CPU (SVG/PNG)")
     args = parser.parse_args()
     machine = machine_info()
     print(f"machine : {machine['cpu']}, {machine['cpu_count']} CPUs, load {machine['load_average']}")
@@ -131,13 +155,22 @@ def main() -> None:
         for budget in args.budgets
         for variant in args.variants
     ] + [included(spec) for spec in args.include]
-    print(f"{'budget':>7} {'variant':>20} {'precision':>9} {'test acc':>9} {'vs plain':>9} {'n':>6} {'steps':>6} "
-          f"{'short':>6} {'reviews':>8} {'used s':>7}")  # fmt: skip
+    rows = [{"cpu": cpu_label(machine)} | r for r in rows]
+    # Earlier rows first, each kept unless this sweep measured the same point on the same CPU again.
+    measured = {(r["budget"], r["variant"], r["cpu"]) for r in rows}
+    sweeps = [earlier_sweep(path) for path in args.rows_from]
+    earlier = [r for sweep_rows, _ in sweeps for r in sweep_rows]
+    rows = [r for r in earlier if (r["budget"], r["variant"], r["cpu"]) not in measured] + rows
+    machines = [m for _, sweep_machines in sweeps for m in sweep_machines]
+    print(f"{'budget':>7} {'variant':>20} {'cpu':>34} {'precision':>9} {'test acc':>9} {'vs plain':>9} {'n':>6} "
+          f"{'steps':>6} {'short':>6} {'reviews':>8} {'used s':>7}")  # fmt: skip
     for r in rows:
-        plain = next((p for p in rows if p["budget"] == r["budget"] and p["variant"] == "plain"), None)
+        same = (r["budget"], r["cpu"])
+        plain = next((p for p in rows if (p["budget"], p["cpu"]) == same and p["variant"] == "plain"), None)
         delta = f"{100 * (r['test_accuracy'] - plain['test_accuracy']):+.2f}" if plain else "-"
         print(
-            f"{r['budget']:>7} {r['variant']:>20} {r['precision']:>9} {100 * r['test_accuracy']:>8.2f}% {delta:>9} "
+            f"{r['budget']:>7} {r['variant']:>20} {r['cpu']:>34} {r.get('precision', 'fp32'):>9} "
+            f"{100 * r['test_accuracy']:>8.2f}% {delta:>9} "
             f"{r['test_n']:>6} "
             f"{r['steps']:>6} {r['short_length_steps'] or 0:>6} {r['reviews_seen']:>8} {r['time_used_seconds']:>7}"
         )
@@ -145,7 +178,9 @@ def main() -> None:
         plot(rows, args.plot)
         print(f"plot: {args.plot}")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+        record = {"machine": machine, "rows": rows}
+        record |= {"earlier_machines": machines} if machines else {}  # where the rows read back were measured
+        args.json.write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":
