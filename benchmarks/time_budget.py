@@ -60,15 +60,18 @@ def cpu_label(machine: dict) -> str:
     return f"{machine['cpu']}, {'AMX' if features.get('amx_bf16') else 'no AMX'}"
 
 
-def earlier_sweep(path: Path) -> tuple[list[dict], list[dict]]:
+def earlier_sweep(path: Path) -> tuple[list[dict], dict[str, dict]]:
     """The rows of an earlier sweep's ``--json`` (its folders may be on another machine's cache), and the
-    machines they were measured on; a row without a CPU of its own ran on the machine that file records."""
+    machines they were measured on by CPU label; a row without a CPU of its own ran on the machine that
+    file records."""
     try:
         sweep = json.loads(path.read_text())
         rows, cpu = sweep["rows"], cpu_label(sweep["machine"])
+        machines = dict(sweep.get("earlier_machines", {})) | {cpu: sweep["machine"]}
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise SystemExit(f"{path}: not a time_budget.py --json file ({error})") from None
-    return [{"cpu": cpu} | r for r in rows], [sweep["machine"], *sweep.get("earlier_machines", [])]
+        print(f"{path}: not a time_budget.py --json file ({error})", file=sys.stderr)
+        raise SystemExit(2) from None
+    return [{"cpu": cpu} | r for r in rows], machines
 
 
 def train(budget: str, variant: str, args, out: Path) -> dict:
@@ -161,7 +164,8 @@ def main() -> None:
     sweeps = [earlier_sweep(path) for path in args.rows_from]
     earlier = [r for sweep_rows, _ in sweeps for r in sweep_rows]
     rows = [r for r in earlier if (r["budget"], r["variant"], r["cpu"]) not in measured] + rows
-    machines = [m for _, sweep_machines in sweeps for m in sweep_machines]
+    # One record per CPU the read-back rows ran on (a rerun into the same file does not repeat them).
+    machines = {k: m for _, sweep_machines in sweeps for k, m in sweep_machines.items() if k != cpu_label(machine)}
     print(f"{'budget':>7} {'variant':>20} {'cpu':>34} {'precision':>9} {'test acc':>9} {'vs plain':>9} {'n':>6} "
           f"{'steps':>6} {'short':>6} {'reviews':>8} {'used s':>7}")  # fmt: skip
     for r in rows:
