@@ -114,3 +114,37 @@ def test_the_teacher_warms_up_at_half_length_only_with_a_time_budget():
     assert ReproduceConfig(data="d", output_dir="o", short_length=0).short_length is None
     with pytest.raises(SettingsError, match="short_length must be in"):
         ReproduceConfig(data="d", output_dir="o", short_length=256)
+
+
+def test_reproduce_adopts_a_fine_tuned_teacher_calibrating_a_copy(trained_tiny_dir, toy_data_dir, tmp_path, capsys):
+    out = tmp_path / "repro"
+    weights = (trained_tiny_dir / "model.safetensors").read_bytes()
+    argv = ["reproduce", "--fast", "--data", str(toy_data_dir), "--output-dir", str(out), "--ood"]
+    assert main([*argv, "--teacher", str(trained_tiny_dir)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    given = json.loads((trained_tiny_dir / "metrics.json").read_text())
+    # The copy is calibrated (its labels, so its accuracy, unchanged); the given folder is left as it was.
+    assert "calibration" in result["teacher_metrics"] and "calibration" not in given
+    assert result["rows"][0]["accuracy"] == result["teacher_metrics"]["test_accuracy"] == given["test_accuracy"]
+    assert (trained_tiny_dir / "model.safetensors").read_bytes() == weights
+    assert not (out / "teacher.partial").exists()
+    assert isinstance(result["stage_seconds"]["teacher: calibrate the --teacher folder"], float)
+    # The page names the folder and describes the teacher by its own run (6 epochs at lr 5e-3), not by the
+    # recipe's settings (a 60-minute budget at lr 1e-4), and its command rebuilds from the same folder.
+    page = (out / "results.md").read_text()
+    assert f"--output-dir {out} --teacher {trained_tiny_dir} --fast`" in page
+    assert f"the folder `{trained_tiny_dir}` (`--teacher`, calibrated here)" in page
+    assert "(6 epochs, lr 0.005, batch 16, 32 tokens" in page
+
+    # Another teacher into the same output folder is refused in one line (exit 2), not mixed in.
+    other = tmp_path / "other"
+    shutil.copytree(trained_tiny_dir, other)
+    recorded = json.loads((other / "training_args.json").read_text())
+    recorded["training"]["seed"] += 1
+    (other / "training_args.json").write_text(json.dumps(recorded))
+    capsys.readouterr()
+    assert main([*argv, "--teacher", str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds another teacher than --teacher" in err and len(err.splitlines()) == 1
+    assert main([*argv, "--teacher", str(tmp_path)]) == 2  # not a model folder
+    assert "not a fine-tuned model folder (no config.json)" in capsys.readouterr().err

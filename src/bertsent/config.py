@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import json
 import math
 import numbers
 import os
@@ -885,6 +886,11 @@ class ReproduceConfig:
     output_dir: str
     model: str | None = None
     """Teacher's starting weights (None: the embedded all-MiniLM-L6-v2)."""
+    teacher: str | None = None
+    """An already fine-tuned folder (a ``train`` run's, with its test scores) to use as the teacher instead
+    of fine-tuning one: copied into ``output_dir/teacher``, calibrated there unless ``--no-calibrate`` or
+    it already is, and described on the page by its own training_args.json. The teacher settings below
+    (model, time budget, epochs, lr, lengths) then go unused."""
     fast: bool = False
     time_budget: str | None = "60m"
     """The teacher's training time (``train --time-budget``: steps planned to end on time, the learning rate
@@ -938,6 +944,13 @@ class ReproduceConfig:
             )
         if self.accuracy_budget < 0:
             raise SettingsError(f"accuracy_budget must be >= 0 points, got {self.accuracy_budget}")
+        if self.teacher is not None:
+            self.teacher = os.fspath(Path(self.teacher).expanduser())
+            for name in ("config.json", "training_args.json", "metrics.json"):
+                if not (Path(self.teacher) / name).is_file():
+                    raise ModelError(f"{self.teacher}: not a fine-tuned model folder (no {name}), for --teacher")
+            if "test_accuracy" not in json.loads((Path(self.teacher) / "metrics.json").read_text()):
+                raise ModelError(f"{self.teacher}/metrics.json: no test scores (train it with evaluate_test on)")
 
 
 @dataclass

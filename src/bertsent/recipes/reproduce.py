@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,29 +45,14 @@ TEACHER_SETTINGS = (
 
 def reproduce(config: ReproduceConfig) -> dict:
     """Run (or continue) the recipe; returns what the results page shows."""
-    from bertsent.config import CompressConfig, TrainingArguments, passed_on
+    from bertsent.config import CompressConfig
     from bertsent.recipes.compress import compress
-    from bertsent.training.loop import train
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     teacher = out / "teacher"
     timings = _Timings(out / "timings.json")
-    if (teacher / "metrics.json").is_file():
-        timings.skip("teacher: fine-tune + test evaluation")
-    else:
-        started = time.perf_counter()
-        args = TrainingArguments(
-            output_dir=str(teacher),
-            resume=True,
-            keep_checkpoints=False,
-            save_steps=200,
-            **passed_on(config, *TEACHER_SETTINGS),
-        )
-        resumed = (teacher / "checkpoints").is_dir()
-        train(args, config.data)
-        what = "rest of fine-tuning (resumed) + test evaluation" if resumed else "fine-tune + test evaluation"
-        timings.record(f"teacher: {what}", time.perf_counter() - started)
+    make_teacher(config, teacher, timings)
     teacher_metrics = json.loads((teacher / "metrics.json").read_text())
     # Summed over every run that trained it, so it survives interruptions (optimizer steps only).
     timings.record("teacher: optimizer steps, all runs", teacher_metrics["train_seconds"])
@@ -109,6 +95,73 @@ def reproduce(config: ReproduceConfig) -> dict:
         page_path.write_text(results_page(result, out, plots))
     add_to_model_card(teacher, result)
     return result
+
+
+def make_teacher(config: ReproduceConfig, teacher: Path, timings: _Timings) -> None:
+    """Fine-tune the teacher (resuming a killed run), or adopt ``--teacher``; skipped once it is complete."""
+    from bertsent.config import TrainingArguments, passed_on
+    from bertsent.training.loop import train
+
+    given = Path(config.teacher) if config.teacher else None
+    calibrating = given is not None and config.calibrate and not _calibrated(given)
+    stage = "teacher: fine-tune + test evaluation"
+    if given is not None:
+        stage = "teacher: calibrate the --teacher folder" if calibrating else "teacher: copy the --teacher folder"
+    if (teacher / "metrics.json").is_file():
+        if given is not None:
+            _check_adopted(given, teacher)
+        timings.skip(stage)
+        return
+    started = time.perf_counter()
+    if given is not None:
+        adopt_teacher(given, teacher, calibrating)
+    else:
+        if (teacher / "checkpoints").is_dir():
+            stage = "teacher: rest of fine-tuning (resumed) + test evaluation"
+        args = TrainingArguments(
+            output_dir=str(teacher),
+            resume=True,
+            keep_checkpoints=False,
+            save_steps=200,
+            **passed_on(config, *TEACHER_SETTINGS),
+        )
+        train(args, config.data)
+    timings.record(stage, time.perf_counter() - started)
+
+
+def _calibrated(folder: Path) -> bool:
+    return "calibration" in json.loads((folder / "metrics.json").read_text())
+
+
+def adopt_teacher(given: Path, teacher: Path, calibrating: bool) -> None:
+    """Copy an already fine-tuned folder in as the teacher, calibrating it on its recorded validation split
+    when ``calibrating``. Made beside the teacher's place and renamed into it, so a killed run never
+    leaves a teacher that looks complete but is not (the copy's metrics.json comes before the fold)."""
+    from bertsent.calibration import calibrate
+    from bertsent.config import CalibrateConfig
+    from bertsent.errors import SettingsError
+
+    if teacher.exists():
+        raise SettingsError(f"{teacher}: holds an unfinished teacher; remove it to adopt --teacher {given}")
+    partial = teacher.with_name(f"{teacher.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    if calibrating:
+        calibrate(CalibrateConfig(model=str(given), output_dir=str(partial)))
+    else:
+        shutil.copytree(given, partial, ignore=shutil.ignore_patterns("checkpoints"))
+    partial.rename(teacher)
+
+
+def _check_adopted(given: Path, teacher: Path) -> None:
+    """A complete teacher folder must be a copy of ``--teacher`` (the same recorded training run)."""
+    from bertsent.errors import SettingsError
+    from bertsent.folder import read_training_args
+
+    if read_training_args(given) != read_training_args(teacher):
+        raise SettingsError(
+            f"{teacher}: holds another teacher than --teacher {given} (their training_args.json differ); "
+            "use another --output-dir"
+        )
 
 
 class _Timings:
@@ -313,6 +366,35 @@ def _versions() -> str:
     )
 
 
+def teacher_settings(settings: dict, teacher: Path) -> dict:
+    """How the teacher was trained: as its folder's training_args.json records it (a ``--teacher`` folder's
+    own run), else (folders from before it was read) the recipe's settings."""
+    from bertsent.folder import read_training_args
+
+    recorded = read_training_args(teacher).get("training", {})
+    return {key: recorded.get(key, settings.get(key)) for key in TEACHER_SETTINGS}
+
+
+def _origin(settings: dict) -> str:
+    teacher = settings.get("teacher")  # absent from results.json written before --teacher
+    if not teacher:
+        return ""
+    how = "calibrated here" if settings["calibrate"] else "copied as it is"
+    return f"the folder `{teacher}` (`--teacher`, {how}): its own `train` run, as its training_args.json records it: "
+
+
+def _flags(settings: dict) -> str:
+    """The options the page's command needs besides --data and --output-dir (those that change the teacher)."""
+    flags = [f" --teacher {settings['teacher']}"] if settings.get("teacher") else []
+    if settings.get("model"):
+        flags.append(f" --model {settings['model']}")
+    if settings["fast"]:
+        flags.append(" --fast")
+    elif settings.get("time_budget") != ReproduceConfig.time_budget and not settings.get("teacher"):
+        flags.append(f" --time-budget {settings.get('time_budget') or 'none'}")
+    return "".join(flags)
+
+
 def _schedule(settings: dict, metrics: dict) -> str:
     """How long the teacher trained: its time budget and what it used, or its epochs."""
     budget = settings.get("time_budget")  # absent from results.json written before budgets
@@ -342,7 +424,8 @@ def _calibration(metrics: dict) -> str:
     if not record:
         return ""
     return (
-        f"\nCalibration (`train --calibrate`): temperature T = {record['temperature']:.4f} fitted on "
+        f"\nCalibration (`train --calibrate`; `bertsent calibrate` for a `--teacher` folder): temperature "
+        f"T = {record['temperature']:.4f} fitted on "
         f"{record['fitted_on']} and folded into the teacher that every variant below is built from; "
         f"labels unchanged. ECE has 15 equal-width bins.\n\n{calibration_table(record)}\n"
     )
@@ -357,13 +440,14 @@ def results_page(result: dict, out: Path, plots: dict[str, str]) -> str:
     from bertsent.recipes.compare import cpu_line, markdown_table, trade_off_line
 
     s, m = result["settings"], result["teacher_metrics"]
+    t = teacher_settings(s, out / "teacher")
     test_n = m.get("test_n", "?")
     timing_rows = "\n".join(
         f"| {k} | {v if isinstance(v, str) else f'{v:.0f} s' if v < 60 else f'{v / 60:.1f} min'} |"
         for k, v in result["stage_seconds"].items()
     )
     source = s["data"]["source"] if isinstance(s["data"], dict) else s["data"]  # a str in older results.json
-    command = f"bertsent reproduce --data {source} --output-dir {s['output_dir']}" + (" --fast" if s["fast"] else "")
+    command = f"bertsent reproduce --data {source} --output-dir {s['output_dir']}" + _flags(s)
     anchors = "\n".join(f"| {name} | {acc} |" for name, acc in ANCHORS)
     gpu = f"GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
     ood = ood_table(result) or "No out-of-domain set was scored.\n"
@@ -375,9 +459,9 @@ def results_page(result: dict, out: Path, plots: dict[str, str]) -> str:
 Measured by `{command}`, page written {datetime.now(timezone.utc).strftime("%Y-%m-%d")} at git
 `{git_revision()}`, on {platform.platform()} ({os.cpu_count()} CPUs, {gpu}); {_versions()}.
 
-Teacher: {s["model"] or "the embedded all-MiniLM-L6-v2"} fine-tuned on {m.get("train_reviews")} IMDB training
-reviews ({_schedule(s, m)}, lr {s["lr"]}, batch {s["batch_size"]}, {s["max_length"]} tokens,
-`{s["truncation"]}` truncation, {_head(m)}), best of {m.get("validation_reviews")} validation reviews carved from
+Teacher: {_origin(s)}{t["model"] or "the embedded all-MiniLM-L6-v2"} fine-tuned on {m.get("train_reviews")} IMDB
+training reviews ({_schedule(t, m)}, lr {t["lr"]}, batch {t["batch_size"]}, {t["max_length"]} tokens,
+`{t["truncation"]}` truncation, {_head(m)}), best of {m.get("validation_reviews")} validation reviews carved from
 train. Every row below is scored on the same {test_n} test reviews in one run; speed is end to end
 (tokenization included) on this CPU; ratios are against the fp32 teacher.{measured}
 
