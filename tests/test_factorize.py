@@ -324,3 +324,39 @@ def test_settings_normalise_targets_and_need_validation_for_recovery():
         FactorizeConfig(model="m", output_dir="o", rank=2, eval_samples=0, recovery_epochs=1)
     with pytest.raises(SettingsError, match="no target given"):
         FactorizeConfig(model="m", output_dir="o", rank=2, targets=" , ")
+
+
+def test_a_killed_recovery_continues_from_its_checkpoint(trained_tiny_dir, tmp_path, monkeypatch, caplog):
+    """Recovery checkpoints as it goes; the stage run again after a kill rebuilds the factorized model, loads
+    the checkpoint into it and ends where an uninterrupted run ends."""
+    import logging
+
+    from bertsent.training import loop
+
+    monkeypatch.setattr(loop, "RECOVERY_SAVE_STEPS", 2)  # 64 reviews, batch 16: 4 steps, a checkpoint at 2
+
+    def config(name: str) -> FactorizeConfig:
+        return FactorizeConfig(
+            model=str(trained_tiny_dir), output_dir=str(tmp_path / name), rank=4, train_samples=64, eval_samples=40
+        )
+
+    factorize(config("whole"))
+    save, killed = loop.save_checkpoint, RuntimeError("killed")
+
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
+        raise killed
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        factorize(config("resumed"))
+    assert [p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["step-2"]
+    monkeypatch.setattr(loop, "save_checkpoint", save)
+    with caplog.at_level(logging.INFO, logger="bertsent.train"):
+        factorize(config("resumed"))
+    assert "resumed from" in caplog.text and "(epoch 0, step 2)" in caplog.text
+    assert not (tmp_path / "resumed" / "checkpoints").exists()  # gone once the stage ends
+    records = [json.loads((tmp_path / name / COMPRESSION_FILE).read_text()) for name in ("whole", "resumed")]
+    assert records[0]["recovery"]["steps"] == records[1]["recovery"]["steps"] == 4
+    whole, resumed = (Predictor(tmp_path / name).predict_proba(TEXTS) for name in ("whole", "resumed"))
+    np.testing.assert_allclose(resumed, whole, atol=1e-5)
