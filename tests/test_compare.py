@@ -126,3 +126,60 @@ def test_compare_runs_every_folder_with_the_inference_settings(trained_tiny_dir,
     frame = pd.read_parquet(toy_data_dir / "test.parquet").head(12)
     row = measure(trained_tiny_dir, frame["text"].tolist(), frame["label"].to_numpy(), config)
     assert row["max_length"] == 16 and row["reviews"] == 12
+
+
+def test_an_interrupted_comparison_keeps_its_rows_for_the_next_run(trained_tiny_dir, toy_data_dir, tmp_path):
+    import shutil
+
+    from bertsent.recipes import compare as module
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_tiny_dir, copy)
+    config = CompareConfig(
+        models=[str(copy), str(trained_tiny_dir)],
+        names=["first", "second"],
+        data=DataConfig(str(toy_data_dir)),
+        latency_samples=3,
+        output_dir=str(tmp_path / "cmp"),
+    )
+    measure, calls, kill = module.measure, [], [False]
+
+    def killed_on_the_second(folder, *args):
+        calls.append(folder)
+        if kill[0] and len(calls) == 2:
+            raise RuntimeError("killed")
+        return measure(folder, *args)
+
+    def interrupted() -> dict:
+        calls.clear()
+        kill[0] = True
+        with pytest.raises(RuntimeError, match="killed"):
+            compare(config)
+        calls.clear()
+        kill[0] = False
+        return json.loads((tmp_path / "cmp" / module.PARTIAL_FILE).read_text())
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "measure", killed_on_the_second)
+        partial = interrupted()
+        assert [e["row"]["name"] for e in partial["entries"]] == ["first"]
+        rows = compare(config)
+        assert calls == [trained_tiny_dir]  # the second row only
+    kept = partial["entries"][0]["row"]
+    assert {k: rows[0][k] for k in kept} == kept
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert saved["rows"] == rows and saved["measured"]["earlier_rows"] == {"first": partial["entries"][0]["date"]}
+    assert not (tmp_path / "cmp" / module.PARTIAL_FILE).exists()  # done: the next run measures afresh
+
+    # A row is kept only for the same files and settings: a rebuilt folder, or other settings, is measured again.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "measure", killed_on_the_second)
+        interrupted()
+        (copy / "config.json").write_text((copy / "config.json").read_text() + "\n")
+        compare(config)
+        assert calls == [copy, trained_tiny_dir]
+        interrupted()
+        config = dataclasses.replace(config, latency_samples=4)
+        compare(config)
+        assert calls == [copy, trained_tiny_dir]
+    assert "earlier_rows" not in json.loads((tmp_path / "cmp" / "compare.json").read_text())["measured"]

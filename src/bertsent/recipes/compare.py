@@ -19,7 +19,7 @@ import numpy as np
 
 from bertsent.config import CompareConfig
 from bertsent.data.loading import load_data
-from bertsent.folder import git_revision, weight_files, weights_bytes
+from bertsent.folder import git_revision, weight_files, weights_bytes, write_json_whole
 from bertsent.runtime import cpu_summary
 
 log = logging.getLogger("bertsent.compare")
@@ -97,19 +97,30 @@ def measure(folder: Path, texts: list[str], labels: np.ndarray, config: CompareC
     } | ({"mean_layers": round(mean_layers, 4)} if mean_layers is not None else {})
 
 
+PARTIAL_FILE = "rows.partial.json"
+"""The rows measured so far, written after each one: the comparison takes hours at full scale on a CPU,
+and a run killed halfway keeps them for the next run of the same settings on the same CPU."""
+
+
 def compare(config: CompareConfig) -> list[dict]:
     """Measure every folder; writes ``compare.json``, ``compare.md`` and ``pareto.png`` to ``output_dir``.
 
     Every folder runs with ``config.resolved_inference()`` (threads included: each backend applies them).
+    A row an interrupted run measured is kept when the settings, the CPU and the folder's files are the
+    same; ``compare.json`` then names it and its date (``measured["earlier_rows"]``).
     """
     frame = getattr(load_data(config.data, splits=(config.split,)), config.split)
     texts, labels = frame["text"].tolist(), frame["label"].to_numpy()
+    out = Path(config.output_dir) if config.output_dir else None
+    partial = _Partial(out / PARTIAL_FILE if out else None, _settings(config))
     rows = []
     for i, folder in enumerate(config.models):
-        log.info("measuring %s on %d %s reviews", folder, len(texts), config.split)
-        row = {"name": config.names[i] if config.names else Path(folder).name} | measure(
-            Path(folder), texts, labels, config
-        )
+        name = config.names[i] if config.names else Path(folder).name
+        row = partial.kept(name, Path(folder))
+        if row is None:
+            log.info("measuring %s on %d %s reviews", folder, len(texts), config.split)
+            row = {"name": name} | measure(Path(folder), texts, labels, config)
+            partial.add(row, Path(folder))
         rows.append(row)
         log.info("%s", row)
     reference = rows[0]
@@ -117,18 +128,71 @@ def compare(config: CompareConfig) -> list[dict]:
         row["size_ratio"] = round(row["size_mb"] / reference["size_mb"], 3) if reference["size_mb"] else None
         row["speedup"] = round(row["throughput"] / reference["throughput"], 2)
         row["accuracy_delta_points"] = round(100 * (row["accuracy"] - reference["accuracy"]), 2)
-    if config.output_dir:
-        out = Path(config.output_dir)
+    if out:
         out.mkdir(parents=True, exist_ok=True)
-        settings = asdict(config) | {"data": asdict(config.data)}
         # When and at which revision: a page re-rendered later from these rows must not pass for a new run.
-        measured = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "git": git_revision()}
+        measured = {"date": _today(), "git": git_revision()} | (
+            {"earlier_rows": partial.earlier} if partial.earlier else {}
+        )
         # The CPU's AMX/AVX-512 flags decide which backend and precision win: a table means little without them.
-        record = {"settings": settings, "measured": measured, "cpu": cpu_summary(), "rows": rows}
+        record = {"settings": partial.settings, "measured": measured, "cpu": cpu_summary(), "rows": rows}
         (out / "compare.json").write_text(json.dumps(record, indent=2))
         (out / "compare.md").write_text(markdown_table(rows))
         plot_pareto(rows, out / "pareto.png")
+        partial.done()
     return rows
+
+
+def _today() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d")
+
+
+def _settings(config: CompareConfig) -> dict:
+    # Through JSON, so tuples and lists compare equal with what a file holds.
+    return json.loads(json.dumps(asdict(config) | {"data": asdict(config.data)}))
+
+
+def _fingerprint(folder: Path) -> list:
+    """The folder's weight and config files by name, size and modification time: a rebuilt folder differs."""
+    files = [*weight_files(folder), folder / "config.json"]
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(files) if p.is_file()]
+
+
+class _Partial:
+    """The rows measured so far (``path`` None: not kept), and those an interrupted earlier run left."""
+
+    def __init__(self, path: Path | None, settings: dict) -> None:
+        self.path, self.settings, self.cpu = path, settings, cpu_summary()
+        self.entries: list[dict] = []
+        self.earlier: dict[str, str] = {}  # row name -> the date it was measured, for rows kept
+        stored = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+        same = stored.get("settings") == settings and stored.get("cpu") == self.cpu
+        if stored and not same:
+            log.info("%s: left by a run with other settings or on another CPU; measuring every row again", path)
+        self.stored = {e["row"]["name"]: e for e in stored.get("entries", [])} if same else {}
+
+    def kept(self, name: str, folder: Path) -> dict | None:
+        entry = self.stored.get(name)
+        if entry is None or entry["row"]["model"] != str(folder) or entry["files"] != _fingerprint(folder):
+            return None
+        log.info("%s: kept the row an interrupted run measured on %s", name, entry["date"])
+        self.earlier[name] = entry["date"]
+        self._keep(entry)
+        return dict(entry["row"])
+
+    def add(self, row: dict, folder: Path) -> None:
+        self._keep({"row": dict(row), "files": _fingerprint(folder), "date": _today()})
+
+    def _keep(self, entry: dict) -> None:
+        self.entries.append(entry)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            record = {"settings": self.settings, "cpu": self.cpu, "entries": self.entries}
+            write_json_whole(self.path, record)
+
+    def done(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 def previous_rows(config: CompareConfig) -> list[dict] | None:
@@ -140,9 +204,7 @@ def previous_rows(config: CompareConfig) -> list[dict] | None:
         stored = json.loads((Path(config.output_dir) / "compare.json").read_text())
     except ValueError:
         return None
-    settings = asdict(config) | {"data": asdict(config.data)}
-    # Through JSON, so tuples and lists compare equal.
-    return stored["rows"] if stored.get("settings") == json.loads(json.dumps(settings)) else None
+    return stored["rows"] if stored.get("settings") == _settings(config) else None
 
 
 def _backend(row: dict) -> str:

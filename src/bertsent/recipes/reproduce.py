@@ -453,6 +453,9 @@ def results_page(result: dict, out: Path, plots: dict[str, str]) -> str:
     ood = ood_table(result) or "No out-of-domain set was scored.\n"
     when = result["table_measured"]
     measured = f" The table was measured on {when['date']} at git `{when['git']}`." if when else ""
+    if when and when.get("earlier_rows"):
+        kept = ", ".join(f"{name} ({date})" for name, date in when["earlier_rows"].items())
+        measured += f" Kept from an earlier run that was interrupted, same settings and CPU: {kept}."
 
     return f"""# Results{" (fast mode: small slices, not the full-scale numbers)" if s["fast"] else ""}
 
