@@ -1,5 +1,6 @@
 """Distillation on the tiny BERT: a smaller student that learns from cached teacher logits."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -100,3 +101,40 @@ def test_distill_command_and_its_errors(trained_tiny_dir, toy_data_dir, tmp_path
     assert "student_layers must be between 1 and the teacher's 2 layers" in capsys.readouterr().err
     assert main(["distill", "--data", str(toy_data_dir)]) == 2
     assert "teacher is required" in capsys.readouterr().err
+
+
+def test_a_run_killed_after_training_writes_only_the_record_when_run_again(
+    trained_tiny_dir, toy_data_dir, tmp_path, monkeypatch
+):
+    from bertsent.training import distill as module
+
+    args = DistillationArguments(
+        teacher=str(trained_tiny_dir),
+        student_layers=1,
+        output_dir=str(tmp_path / "student"),
+        epochs=1,
+        lr=5e-3,
+        max_length=32,
+        save_steps=None,
+        progress=False,
+    )
+    data = DataConfig(str(toy_data_dir), validation_size=40)
+    report = module._report
+    monkeypatch.setattr(module, "_report", lambda *a: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError, match="killed"):
+        distill(args, data)
+    out = tmp_path / "student"
+    assert (out / "metrics.json").is_file() and not (out / "compression.json").exists()
+    weights = (out / "model.safetensors").read_bytes()
+
+    monkeypatch.setattr(module, "_report", report)
+    monkeypatch.setattr(module, "train", lambda *a, **k: pytest.fail("trained again"))
+    result = distill(args, data)
+    record = json.loads((out / "compression.json").read_text())
+    assert record["student_validation_accuracy"] == result.metrics["validation_accuracy"]
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert "## Distillation" in (out / "README.md").read_text()
+    # Other settings are another training: not mistaken for the one that finished.
+    (out / "compression.json").unlink()
+    assert module._finished_training(out, args) is not None
+    assert module._finished_training(out, dataclasses.replace(args, epochs=2)) is None

@@ -44,10 +44,9 @@ log = logging.getLogger("bertsent.compress")
 
 
 def _complete(folder: Path) -> bool:
-    """A stage's folder is complete once its final record is written (it is written last)."""
-    return (folder / "config.json").is_file() and any(
-        (folder / name).is_file() for name in ("compression.json", "metrics.json")
-    )
+    """A stage's folder is complete once its record (compression.json) is written: every stage writes it
+    after its model; metrics.json alone is what a stage's fine-tuning leaves before the stage has ended."""
+    return (folder / "config.json").is_file() and (folder / "compression.json").is_file()
 
 
 def _teacher_settings(teacher: Path) -> dict:

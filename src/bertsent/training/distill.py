@@ -138,11 +138,32 @@ def distill(args: DistillationArguments, data: DataConfig) -> TrainResult:
 
     if args.hidden_weight:
         teacher.to(torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"))
-    # Hidden-state distillation reads every position of the student's last layer.
-    result = train(args, data, model=student, make_loss=make_loss, cls_only=not args.hidden_weight)
+    finished = _finished_training(output_dir, args)
+    if finished is not None:  # a run killed after training, before its record: write the record only
+        log.info("%s: training finished before the run was stopped; writing its record", output_dir)
+        result = TrainResult(output_dir=output_dir, metrics=finished)
+    else:
+        # Hidden-state distillation reads every position of the student's last layer.
+        result = train(args, data, model=student, make_loss=make_loss, cls_only=not args.hidden_weight)
     if not is_main_process():  # under a launcher: the main process scores the teacher and writes the record
         return result
     return _report(args, data, teacher, result)
+
+
+def _finished_training(output_dir: Path, args: DistillationArguments) -> dict | None:
+    """The metrics of a training with these arguments that finished in ``output_dir`` but has no
+    distillation record yet (``train`` writes metrics.json; the record comes after it), else None."""
+    from dataclasses import asdict
+
+    from bertsent.folder import COMPRESSION_FILE, METRICS_FILE, read_training_args
+
+    if not (output_dir / METRICS_FILE).is_file() or (output_dir / COMPRESSION_FILE).is_file():
+        return None
+    recorded = read_training_args(output_dir).get("training", {})
+    wanted = json.loads(json.dumps(asdict(args), default=str))
+    if any(recorded.get(key) != value for key, value in wanted.items() if key != "resume"):
+        return None
+    return json.loads((output_dir / METRICS_FILE).read_text())
 
 
 def _report(args: DistillationArguments, data: DataConfig, teacher, result: TrainResult) -> TrainResult:
