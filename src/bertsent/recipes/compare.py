@@ -135,7 +135,7 @@ def compare(config: CompareConfig) -> list[dict]:
             {"earlier_rows": partial.earlier} if partial.earlier else {}
         )
         # The CPU's AMX/AVX-512 flags decide which backend and precision win: a table means little without them.
-        record = {"settings": partial.settings, "measured": measured, "cpu": cpu_summary(), "rows": rows}
+        record = {"settings": partial.settings, "measured": measured, "cpu": partial.cpu, "rows": rows}
         (out / "compare.json").write_text(json.dumps(record, indent=2))
         (out / "compare.md").write_text(markdown_table(rows))
         plot_pareto(rows, out / "pareto.png")
