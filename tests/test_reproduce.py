@@ -148,3 +148,6 @@ def test_reproduce_adopts_a_fine_tuned_teacher_calibrating_a_copy(trained_tiny_d
     assert "holds another teacher than --teacher" in err and len(err.splitlines()) == 1
     assert main([*argv, "--teacher", str(tmp_path)]) == 2  # not a model folder
     assert "not a fine-tuned model folder (no config.json)" in capsys.readouterr().err
+    (other / "metrics.json").write_text("{")
+    assert main([*argv, "--teacher", str(other)]) == 2
+    assert "metrics.json: not JSON" in capsys.readouterr().err

@@ -949,7 +949,11 @@ class ReproduceConfig:
             for name in ("config.json", "training_args.json", "metrics.json"):
                 if not (Path(self.teacher) / name).is_file():
                     raise ModelError(f"{self.teacher}: not a fine-tuned model folder (no {name}), for --teacher")
-            if "test_accuracy" not in json.loads((Path(self.teacher) / "metrics.json").read_text()):
+            try:
+                metrics = json.loads((Path(self.teacher) / "metrics.json").read_text())
+            except ValueError as e:  # JSON errors are ValueErrors
+                raise ModelError(f"{self.teacher}/metrics.json: not JSON ({e})") from e
+            if "test_accuracy" not in metrics:
                 raise ModelError(f"{self.teacher}/metrics.json: no test scores (train it with evaluate_test on)")
 
 
