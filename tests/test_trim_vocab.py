@@ -338,3 +338,51 @@ def test_a_tokenizer_that_is_not_wordpiece_is_a_model_error(trained_tiny_dir, tm
     (folder / "tokenizer_config.json").write_text(json.dumps(config | {"tokenizer_class": "PreTrainedTokenizerFast"}))
     with pytest.raises(ModelError, match="WordPiece"):
         trim_vocab(TrimVocabConfig(model=str(folder), output_dir=str(tmp_path / "out")))
+
+
+def test_recovery_fine_tunes_the_trimmed_model_on_its_own_tokenizer(trained_tiny_dir, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from bertsent.modeling.loading import load_tokenizer
+
+    out = tmp_path / "recovered"
+    flags = ["--coverage", "0.8", "--recovery-epochs", "2", "--recovery-lr", "5e-3", "--eval-samples", "40"]
+    assert main(["trim-vocab", "--model", str(trained_tiny_dir), "--output-dir", str(out), *flags]) == 0
+    printed = capsys.readouterr().out
+    assert "before recovery" in printed and "after" in printed
+    record = json.loads((out / "compression.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    validation = record["validation"]
+    assert record["recovery"]["epochs"] == 2 and record["recovery"]["steps"] > 0
+    changed = record["tokens"]["validation"]
+    assert changed["unk_token_share"] + changed["resplit_token_share"] > 0  # what recovery is for
+    assert set(validation) >= {"before", "trimmed", "after"}
+    assert metrics["validation_accuracy"] == validation["after"]["accuracy"]
+    assert metrics["validation_accuracy_trimmed"] == validation["trimmed"]["accuracy"]
+    # The folder is the recovered model with the trimmed tokenizer: rows and ids still match.
+    tokenizer = load_tokenizer(out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["vocab_size"] == len(tokenizer) == record["vocab_size"]["after"]
+    keep = np.asarray(
+        [
+            load_tokenizer(trained_tiny_dir).convert_tokens_to_ids(t)
+            for t in tokenizer.convert_ids_to_tokens(range(len(tokenizer)))
+        ]
+    )
+    key = "bert.embeddings.word_embeddings.weight"
+    recovered, source = (
+        load_file(out / "model.safetensors")[key],
+        load_file(trained_tiny_dir / "model.safetensors")[key],
+    )
+    assert recovered.shape == source[keep].shape and not torch.allclose(recovered, source[keep])
+    assert not list(out.glob("checkpoint-*"))  # recovery's checkpoints go when it ends
+    assert "Recovery fine-tuning: 2 epoch(s)" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"recovery_lr": 0}, "recovery_lr must be > 0"), ({"recovery_epochs": 1, "eval_samples": 0}, "eval_samples")],
+)
+def test_bad_recovery_settings_are_settings_errors(change, message, tmp_path):
+    with pytest.raises(SettingsError, match=message):
+        TrimVocabConfig(model=str(tmp_path), output_dir=str(tmp_path / "out"), **change)

@@ -223,6 +223,16 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _print_recovered(validation: dict, changed: str) -> None:
+    """Validation accuracy before a stage, of its ``changed`` model before recovery (when it recovered),
+    and after."""
+    for stage in (changed, "after") if "after" in validation else ():
+        if validation.get(stage):
+            label = "before recovery" if stage == changed else "after"
+            before, now = validation["before"]["accuracy"], validation[stage]["accuracy"]
+            print(f"{'validation accuracy':>24}: {before:.4f} -> {now:.4f} {label} ({validation['reviews']} reviews)")
+
+
 def cmd_trim_vocab(ns: argparse.Namespace) -> int:
     from bertsent.compression.trim_vocab import trim_vocab
 
@@ -237,9 +247,7 @@ def cmd_trim_vocab(ns: argparse.Namespace) -> int:
             f"{100 * tokens['resplit_token_share']:.4f}% re-split ({tokens['tokens']:,} tokens)"
         )
     validation = record["validation"]
-    if "after" in validation:
-        before, after = validation["before"]["accuracy"], validation["after"]["accuracy"]
-        print(f"{'validation accuracy':>24}: {before:.4f} -> {after:.4f} ({validation['reviews']} reviews)")
+    _print_recovered(validation, "trimmed")
     print(f"trimmed model saved to {result.output_dir}")
     return 0
 
@@ -257,11 +265,7 @@ def cmd_factorize(ns: argparse.Namespace) -> int:
         print(f"{name:>24}: {record[key]['before']:,} -> {record[key]['after']:,}")
     print(f"{'weights':>24}: {_mb(record['weights_bytes']['before'])} -> {_mb(record['weights_bytes']['after'])}")
     validation = record["validation"]
-    for stage in ("factorized", "after") if "after" in validation else ():
-        if stage in validation:
-            label = "before recovery" if stage == "factorized" else "after"
-            before, now = validation["before"]["accuracy"], validation[stage]["accuracy"]
-            print(f"{'validation accuracy':>24}: {before:.4f} -> {now:.4f} {label} ({validation['reviews']} reviews)")
+    _print_recovered(validation, "factorized")
     print(f"factorized model saved to {result.output_dir}")
     return 0
 

@@ -566,6 +566,15 @@ class QuantizeConfig:
             raise QuantizeSettingsError("quantize_embeddings applies to onnx-dynamic and onnx-static only")
 
 
+def _check_recovery(epochs: int, lr: float, eval_samples: int) -> None:
+    """A stage's recovery fine-tuning settings (factorize, trim-vocab): a positive rate, and validation
+    reviews to keep its best epoch by."""
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
+        raise SettingsError(f"recovery_lr must be > 0, got {lr!r}")
+    if epochs and not eval_samples:
+        raise SettingsError("recovery keeps its best epoch by validation: eval_samples must be >= 1 with recovery")
+
+
 @dataclass
 class TrimVocabConfig:
     """Settings of one vocabulary-trimming run (``bertsent trim-vocab``); saved in ``compression.json``."""
@@ -586,19 +595,42 @@ class TrimVocabConfig:
     unk_samples: int | None = None
     """Test reviews on which the share of tokens that became [UNK] is measured (tokenization only);
     None: the whole test split."""
+    recovery_epochs: int = 0
+    """Epochs of recovery fine-tuning of the trimmed model (0: none). A trim that drops pieces still in
+    use re-splits their words into kept pieces the model never saw in those places (``coverage`` below
+    1): recovery lets it learn them. With every used piece kept nothing is re-split, so none is needed."""
+    recovery_lr: float = 5e-5
+    """Peak learning rate of recovery: low, as the model is already fine-tuned."""
+    recovery_samples: int | None = 4000
+    """Training reviews of the recovery (stratified, seeded); None: every training review."""
     data: DataConfig | str | None = None
     """Reviews whose training split is counted; None: the data recorded in the source's training_args.json."""
-    batch_size: int = 32
-    """Batch size of the validation measurement."""
+    batch_size: int = 16
+    """Batch size of recovery fine-tuning."""
+    eval_batch_size: int = 32
+    """Batch size of the validation measurement (and of recovery's validation)."""
+    seed: int = 42
     device: str = "auto"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         _check_folder_paths(self, SettingsError)
         coverage = self.coverage
         if isinstance(coverage, bool) or not isinstance(coverage, int | float) or not 0 < coverage <= 1:
             raise SettingsError(f"coverage must be a share in (0, 1], got {coverage!r}")
-        minimum = {"min_count": 1, "train_samples": 1, "eval_samples": 0, "unk_samples": 1, "batch_size": 1}
-        _check_counts(self, minimum, unset=("train_samples", "unk_samples"))
+        minimum = {
+            "min_count": 1,
+            "train_samples": 1,
+            "eval_samples": 0,
+            "unk_samples": 1,
+            "recovery_epochs": 0,
+            "recovery_samples": 1,
+            "batch_size": 1,
+            "eval_batch_size": 1,
+            "threads": 1,
+        }
+        _check_counts(self, minimum, unset=("train_samples", "unk_samples", "recovery_samples", "threads"))
+        _check_recovery(self.recovery_epochs, self.recovery_lr, self.eval_samples)
         self.data = as_data_config(self.data)
 
 
@@ -664,11 +696,7 @@ class FactorizeConfig:
             "threads": 1,
         }
         _check_counts(self, minimum, unset=("train_samples", "threads"))
-        lr = self.recovery_lr
-        if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
-            raise SettingsError(f"recovery_lr must be > 0, got {lr!r}")
-        if self.recovery_epochs and not self.eval_samples:
-            raise SettingsError("recovery keeps its best epoch by validation: eval_samples must be >= 1 with recovery")
+        _check_recovery(self.recovery_epochs, self.recovery_lr, self.eval_samples)
         self.data = as_data_config(self.data)
 
     @property
@@ -844,9 +872,9 @@ class CompressConfig:
     tables are most of a small model's bytes)."""
     trim_coverage: float | None = 0.95
     """With ``trim_vocab``, also a smaller trim: only the most frequent pieces, covering this share of the
-    training texts' token occurrences (``trim-vocab --coverage``), then INT8. Words of the dropped pieces
-    are re-split into kept ones. 0.95 keeps 6,796 of MiniLM's 30,522 on IMDB, which with the pruned
-    3-layer student is what fits in 8 MB; None or 1 skips it."""
+    training texts' token occurrences (``trim-vocab --coverage``), recovery fine-tuned for ``recover_epochs``
+    (the words of the dropped pieces are re-split into kept ones), then INT8. 0.95 keeps about 7,000 of
+    MiniLM's 30,522 on IMDB, which with the pruned 3-layer student is what fits in 8 MB; None or 1 skips it."""
     factorize_energy: float | None = 0.9
     """Factorize the teacher's linears keeping this share of each spectrum (``bertsent factorize --energy``),
     with a recovery epoch; 0 or None skips it."""

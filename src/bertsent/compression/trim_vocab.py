@@ -334,20 +334,11 @@ def _token_summary(n_texts: int, counts: Counter, unk_words: Counter, resplit_wo
 
 def _validation(source: Path, out: Path, reviews, remap: np.ndarray, config: TrimVocabConfig) -> dict:
     """The source and the trimmed folder on the same validation reviews (fp32, through ``Predictor``)."""
-    from bertsent.metrics import classification_metrics
-    from bertsent.predict import Predictor
-
     texts, labels = reviews["text"].tolist(), reviews["label"].to_numpy()
     result: dict = {"reviews": len(texts)}
     probs, ids = {}, {}
     for name, folder in (("before", source), ("after", out)):
-        predictor = Predictor(folder, batch_size=config.batch_size, device=config.device, precision="fp32")
-        encoded = predictor.encode(texts)
-        started = time.perf_counter()
-        probs[name] = predictor.predict_proba(encoded)
-        result[name] = classification_metrics(labels, probs[name], predictor.id2label)
-        result[name]["seconds"] = round(time.perf_counter() - started, 2)
-        ids[name] = encoded.ids
+        result[name], probs[name], ids[name] = _scored(folder, texts, labels, config)
     # Reviews whose (truncated) ids are the source's renumbered: their scores must be the source's.
     pairs = enumerate(zip(ids["before"], ids["after"], strict=True))
     same = [i for i, (o, t) in pairs if len(o) == len(t) and np.array_equal(remap[o], t)]
@@ -356,6 +347,38 @@ def _validation(source: Path, out: Path, reviews, remap: np.ndarray, config: Tri
     diff = np.abs(probs["before"][same] - probs["after"][same])
     result["max_abs_prob_diff_unchanged"] = float(diff.max()) if same else 0.0
     return result
+
+
+def _scored(folder: Path, texts: list[str], labels: np.ndarray, config: TrimVocabConfig):
+    """``(metrics, probabilities, token ids)`` of ``folder`` on the reviews."""
+    from bertsent.metrics import classification_metrics
+    from bertsent.predict import Predictor
+
+    predictor = Predictor(folder, batch_size=config.eval_batch_size, device=config.device, precision="fp32")
+    encoded = predictor.encode(texts)
+    started = time.perf_counter()
+    probs = predictor.predict_proba(encoded)
+    metrics = classification_metrics(labels, probs, predictor.id2label)
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    return metrics, probs, encoded.ids
+
+
+def _recover(config: TrimVocabConfig, model, out: Path, tokenizer, reviews) -> tuple[dict, dict]:
+    """Fine-tune the trimmed model (in memory, its tokenizer the trimmed one in ``out``) into ``out``;
+    ``(recovery record, its validation metrics)``. The trimmed model's own scores, the ones the [UNK]
+    rule is checked on, stay in the record as ``trimmed``."""
+    from bertsent.data.recorded import recorded_data
+    from bertsent.folder import inference_settings
+    from bertsent.training.loop import recovery_args, recovery_record, train
+
+    data, _ = recorded_data(
+        out, config.data, validation_samples=config.eval_samples, train_samples=config.recovery_samples
+    )
+    max_length, truncation = inference_settings(out, tokenizer)
+    args = recovery_args(config, out, config.recovery_epochs, config.recovery_lr, max_length, truncation)
+    result = train(args, data, model=model.train())
+    metrics, _, _ = _scored(out, reviews["text"].tolist(), reviews["label"].to_numpy(), config)
+    return recovery_record(result, config.recovery_epochs, config.recovery_lr), metrics
 
 
 # --- the stage ---------------------------------------------------------------------------------------
@@ -431,10 +454,13 @@ def trim_vocab(config: TrimVocabConfig) -> TrimResult:
             split, 100 * summary["unk_token_share"], summary["tokens"], 100 * summary["resplit_token_share"],
             100 * summary["unchanged_reviews"], summary["reviews"],
         )  # fmt: skip
-    after = _sizes(model, out)
-    validation = {"reviews": 0}
+    validation, recovery = {"reviews": 0}, None
     if config.eval_samples and len(splits.validation):
         validation = _validation(source, out, splits.validation, id_map(keep, rows), config)
+    if config.recovery_epochs:
+        recovery, recovered = _recover(config, model, out, trimmed, splits.validation)
+        validation |= {"trimmed": validation.pop("after", None), "after": recovered}
+    after = _sizes(model, out)
     record = {
         "method": "trim-vocab",
         "source": str(source),
@@ -446,6 +472,7 @@ def trim_vocab(config: TrimVocabConfig) -> TrimResult:
         **{key: {"before": value, "after": after[key]} for key, value in before.items()},
         "tokens": tokens,
         "validation": validation,
+        "recovery": recovery,
         "unk_rule": UNK_RULE,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -484,7 +511,7 @@ def _flat_metrics(record: dict) -> dict:
     from bertsent.folder import stage_metrics
 
     validation = record["validation"]
-    metrics = {"method": "trim-vocab"} | stage_metrics(record["parameters"], validation, ("after", "before"))
+    metrics = {"method": "trim-vocab"} | stage_metrics(record["parameters"], validation, ("after", "before", "trimmed"))
     metrics |= {
         "vocab_size": record["vocab_size"]["after"],
         "vocab_size_before": record["vocab_size"]["before"],
@@ -524,8 +551,18 @@ def write_trim_card(out: Path, record: dict) -> Path:
     ]
     if "after" in validation:
         for key, name in (("accuracy", "Validation accuracy"), ("f1", "Validation F1")):
+            trimmed = validation.get("trimmed")
+            note = f" (trimmed, before recovery: {trimmed[key]:.4f})" if trimmed else ""
             rows.append(f"| {name} ({validation['reviews']} reviews) | {validation['before'][key]:.4f} | "
-                        f"{validation['after'][key]:.4f} |")  # fmt: skip
+                        f"{validation['after'][key]:.4f}{note} |")  # fmt: skip
+    recovery = record.get("recovery")
+    recovery_line = (
+        f"\n\nRecovery fine-tuning: {recovery['epochs']} epoch(s) at lr {recovery['lr']} on "
+        f"{recovery.get('train_reviews')} training reviews ({recovery.get('steps')} steps, "
+        f"{recovery.get('train_seconds')} s); {recovery['note']}."
+        if recovery
+        else ""
+    )
     token_lines = [
         f"- {split} ({s['reviews']} reviews, {s['tokens']:,} tokens): {100 * s['unk_token_share']:.3f}% of the "
         f"tokens became [UNK], {100 * s['resplit_token_share']:.3f}% stand in re-split words; "
@@ -544,7 +581,7 @@ def write_trim_card(out: Path, record: dict) -> Path:
         f"the {selection['always_kept']} special tokens and the WordPieces of {record['train_reviews']:,} "
         f"training reviews (coverage {selection['coverage']:g}, min count {selection['min_count']}: "
         f"{selection['covered_share']:.4%} of their occurrences). Ids were renumbered in their original order and "
-        f"the embedding rows sliced to match.\n\nTokenization: {record['unk_rule']}.",
+        f"the embedding rows sliced to match.\n\nTokenization: {record['unk_rule']}.{recovery_line}",
         "What was measured": "\n".join(["| | Before | After |", "|---|---|---|", *rows, "", *token_lines]),
         "Use": f"{loading} `bertsent quantize --model {out}` composes with INT8. "
         f"The full record is in `{COMPRESSION_FILE}`.",

@@ -16,7 +16,8 @@ an interrupted recipe continues where it stopped (distillation also resumes from
                      and its INT8 (embeddings included): the size lever
     student-trimmed-95/, student-trimmed-95-int8/
                      the same keeping only the pieces that cover 95% of the training tokens
-                     (``trim_coverage``), and its INT8: the smallest variant
+                     (``trim_coverage``), recovery fine-tuned on the re-split words, and its INT8:
+                     the smallest variant
     teacher-factorized/  the teacher's FFN and attention linears as truncated SVDs (``factorize_energy``
                      of the spectrum), recovery fine-tuned
     teacher-early-exit/  the teacher with a classifier on every layer, leaving at the first confident one
@@ -233,14 +234,25 @@ def _survey_variants(config: CompressConfig, out: Path, stages: _Stages, smalles
 
 def _covering_trim(config: CompressConfig, out: Path, stages: _Stages, smallest: Path) -> None:
     """The size lever pushed further: the smallest student keeping only the pieces that cover
-    ``trim_coverage`` of the training texts' tokens, and its INT8 (embeddings included)."""
+    ``trim_coverage`` of the training texts' tokens, recovery fine-tuned (``recover_epochs``), and its INT8
+    (embeddings included)."""
     from bertsent.compression.trim_vocab import trim_vocab
     from bertsent.config import TrimVocabConfig
 
     share = f"{config.trim_coverage * 100:g}"
     trimmed = out / f"student-trimmed-{share}"
+    # Dropped pieces re-split their words into pieces the student never saw there: it recovers on them.
     trim = TrimVocabConfig(
-        model=str(smallest), output_dir=str(trimmed), coverage=config.trim_coverage, data=config.data
+        model=str(smallest),
+        output_dir=str(trimmed),
+        coverage=config.trim_coverage,
+        data=config.data,
+        recovery_epochs=config.recover_epochs,
+        recovery_lr=config.recover_lr,
+        # A short recovery, as factorize's: the stage's default, or fewer when the recipe trains on fewer.
+        recovery_samples=min(filter(None, (config.data.train_samples, TrimVocabConfig.recovery_samples))),
+        batch_size=config.batch_size,
+        threads=config.threads,
     )
     stages.run(f"student trimmed vocab {share}%", trimmed, lambda: trim_vocab(trim))
     int8 = out / f"student-trimmed-{share}-int8"
