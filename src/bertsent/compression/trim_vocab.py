@@ -28,6 +28,13 @@ So [UNK] appears only in words that lost a piece (or were [UNK] already). Turnin
 always falls back to a shorter kept prefix. Both cases are measured on held-out reviews instead
 (:func:`token_changes`): the share of tokens that became [UNK] and the share in re-split words. A text
 whose tokens are all kept gets the same ids (renumbered), hence the same logits, as before.
+
+**Recovery** (``recovery_epochs``). A trim that drops pieces still in use (``coverage`` below 1) feeds the
+model splits it was never trained on: on IMDB, 95% coverage re-splits about 7% of the tokens. Recovery
+fine-tunes the trimmed model in memory with the trimmed tokenizer (``bertsent.training.loop.train``, as
+prune's and factorize's recoveries, checkpointed the same way) and keeps its best epoch on the validation
+reviews. The record keeps the trimmed model's own scores as ``trimmed``: they are what the rule above and
+the logit check speak of.
 """
 
 from __future__ import annotations
