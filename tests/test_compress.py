@@ -49,7 +49,7 @@ def test_compress_recipe_writes_every_variant_then_compares_and_resumes(
     rows = json.loads((out / "compare" / "compare.json").read_text())["rows"]
     names = [r["name"] for r in rows]
     assert names == [
-        "teacher (fp32)",
+        "teacher",
         "teacher ONNX fp32",
         "teacher INT8",
         "teacher INT8 + embeddings",
@@ -66,7 +66,7 @@ def test_compress_recipe_writes_every_variant_then_compares_and_resumes(
         *OPENVINO_ROWS,
     ]
     by_name = {r["name"]: r for r in rows}
-    assert by_name["student"]["parameters"] < by_name["teacher (fp32)"]["parameters"]
+    assert by_name["student"]["parameters"] < by_name["teacher"]["parameters"]
     assert by_name["student pruned"]["parameters"] < by_name["student"]["parameters"]
     assert by_name["student INT8"]["size_mb"] < by_name["student pruned"]["size_mb"]
     sizes = [by_name[name]["size_mb"] for name in ("student INT8", "student INT8 (unpruned)", "student")]
@@ -82,7 +82,7 @@ def test_compress_recipe_writes_every_variant_then_compares_and_resumes(
     assert by_name["student trimmed 95% INT8"]["size_mb"] <= by_name["student trimmed INT8"]["size_mb"]
     coverage = json.loads((out / "student-trimmed-95" / "compression.json").read_text())["selection"]["coverage"]
     assert coverage == 0.95
-    assert by_name["teacher factorized"]["parameters"] < by_name["teacher (fp32)"]["parameters"]
+    assert by_name["teacher factorized"]["parameters"] < by_name["teacher"]["parameters"]
     assert json.loads((out / "teacher-early-exit" / "config.json").read_text())["num_hidden_layers"] == 2
     assert "| student INT8 | onnxruntime |" in capsys.readouterr().out
     if HAS_OPENVINO:  # the smallest student's IR, and "fastest within the budget" chooses across backends

@@ -41,7 +41,7 @@ def test_reproduce_fast_runs_every_stage_and_writes_the_results_page(
     result = json.loads((out / "results.json").read_text())
     assert result["settings"]["fast"] is True and result["settings"]["epochs"] == 1
     assert result["teacher_metrics"]["train_reviews"] == 216  # 240 toy reviews minus the 10% validation carve
-    assert result["rows"][0]["name"] == "teacher (fp32)" and len(result["rows"]) == ROWS
+    assert result["rows"][0]["name"] == "teacher" and len(result["rows"]) == ROWS
     assert all(r["reviews"] == 80 for r in result["rows"])
     page = doc.read_text()
     assert page == (out / "results.md").read_text()

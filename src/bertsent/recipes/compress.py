@@ -24,7 +24,7 @@ an interrupted recipe continues where it stopped (distillation also resumes from
     teacher-openvino/, teacher-openvino-int8/, student-openvino/, student-openvino-int8/
                      the teacher and the smallest student as OpenVINO IR, fp32 and NNCF INT8 (only when
                      openvino and nncf are installed: ``pip install "bertsent[openvino]"``)
-    compare/         the trade-off table of all of the above against the fp32 teacher
+    compare/         the trade-off table of all of the above against the teacher
 
 "Fastest within the accuracy budget" (``compare.fastest_within``) picks among every row, so across
 backends (PyTorch, ONNX Runtime, OpenVINO) and precisions.
@@ -67,7 +67,7 @@ class _Stages:
     that made it, kept in ``STAGE_SECONDS`` across runs."""
 
     def __init__(self, teacher: Path, out: Path) -> None:
-        self.folders: dict[str, Path] = {"teacher (fp32)": teacher}
+        self.folders: dict[str, Path] = {"teacher": teacher}
         self.timings: dict[str, float | str] = {}
         self.path = out / STAGE_SECONDS
         self.measured: dict[str, float] = json.loads(self.path.read_text()) if self.path.is_file() else {}

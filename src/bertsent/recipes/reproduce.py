@@ -466,7 +466,8 @@ Teacher: {_origin(s)}{t["model"] or "the embedded all-MiniLM-L6-v2"} fine-tuned 
 training reviews ({_schedule(t, m)}, lr {t["lr"]}, batch {t["batch_size"]}, {t["max_length"]} tokens,
 `{t["truncation"]}` truncation, {_head(m)}), best of {m.get("validation_reviews")} validation reviews carved from
 train. Every row below is scored on the same {test_n} test reviews in one run; speed is end to end
-(tokenization included) on this CPU; ratios are against the fp32 teacher.{measured}
+(tokenization included) on this CPU; ratios are against the teacher (the first row, in the precision its
+Backend column names).{measured}
 
 {markdown_table(result["rows"])}
 {cpu_line(result.get("table_cpu"))}{trade_off_line(result["rows"], s["accuracy_budget"])}
