@@ -139,7 +139,13 @@ def test_every_stage_reads_the_data_options(tiny_model_dir, toy_data_dir, tmp_pa
     argv = ["compress", "--teacher", str(teacher), "--output-dir", str(out), "--data", str(data)]
     argv += ["--text-column", "body", "--label-column", "stars", "--labels", "bad,good", "--validation-size", "40"]
     argv += ["--distill-epochs", "1", "--recover-epochs", "0", "--latency-samples", "2"]
+    argv += ["--train-samples", "150", "--eval-samples", "60"]
     assert main(argv) == 0
+    # The recipe's slices reach the stages that count or train on their own: no stage reads past them.
+    trimmed = json.loads((out / "student-trimmed" / "compression.json").read_text())
+    assert trimmed["train_reviews"] == 150 and trimmed["tokens"]["test"]["reviews"] == 60
+    exits = json.loads((out / "teacher-early-exit" / "compression.json").read_text())["arguments"]
+    assert exits["train_samples"] == 150
     recorded = {
         "student": json.loads((out / "student" / "training_args.json").read_text())["data"],
         "student-pruned": json.loads((out / "student-pruned" / "compression.json").read_text())["arguments"]["data"],
@@ -152,7 +158,7 @@ def test_every_stage_reads_the_data_options(tiny_model_dir, toy_data_dir, tmp_pa
         assert (settings["text_column"], settings["label_column"]) == ("body", "stars"), folder
         assert settings["labels"] == ["bad", "good"], folder
     rows = json.loads((out / "compare" / "compare.json").read_text())["rows"]
-    assert all(r["reviews"] == 80 for r in rows)
+    assert all(r["reviews"] == 60 for r in rows)
 
 
 def test_trim_coverage_is_a_share_or_none(trained_tiny_dir, toy_data_dir):

@@ -848,8 +848,9 @@ class CompareConfig:
 
 @dataclass
 class CompressConfig:
-    """Settings of the recipe; the data's ``train_samples`` feed distillation and recovery, its
-    ``eval_samples`` the comparison on test."""
+    """Settings of the recipe; the data's ``train_samples`` feed distillation, recovery and trimming's
+    piece counts and cap the stages' own short trainings (factorize, early exit), its ``eval_samples``
+    the comparison on test and trimming's [UNK] share."""
 
     teacher: str
     output_dir: str

@@ -202,7 +202,7 @@ def _survey_variants(config: CompressConfig, out: Path, stages: _Stages, smalles
         from bertsent.compression.trim_vocab import trim_vocab
 
         trimmed = out / "student-trimmed"
-        trim = TrimVocabConfig(model=str(smallest), output_dir=str(trimmed), **common)
+        trim = TrimVocabConfig(model=str(smallest), output_dir=str(trimmed), **_trim_slices(config), **common)
         stages.run("student trimmed vocab", trimmed, lambda: trim_vocab(trim))
         int8 = out / "student-trimmed-int8"
         stages.run("student trimmed INT8", int8, _quantized(config, trimmed, int8, True))
@@ -213,7 +213,12 @@ def _survey_variants(config: CompressConfig, out: Path, stages: _Stages, smalles
 
         folder = out / "teacher-factorized"
         settings = FactorizeConfig(
-            model=teacher, output_dir=str(folder), energy=config.factorize_energy, threads=config.threads, **common
+            model=teacher,
+            output_dir=str(folder),
+            energy=config.factorize_energy,
+            train_samples=_capped(config, FactorizeConfig.train_samples),
+            threads=config.threads,
+            **common,
         )
 
         def factorized() -> str | None:
@@ -228,8 +233,26 @@ def _survey_variants(config: CompressConfig, out: Path, stages: _Stages, smalles
         from bertsent.compression.early_exit import early_exit
 
         folder = out / "teacher-early-exit"
-        exits = EarlyExitConfig(model=teacher, output_dir=str(folder), threads=config.threads, **common)
+        exits = EarlyExitConfig(
+            model=teacher,
+            output_dir=str(folder),
+            train_samples=_capped(config, EarlyExitConfig.train_samples),
+            threads=config.threads,
+            **common,
+        )
         stages.run("teacher early exit", folder, lambda: early_exit(exits))
+
+
+def _capped(config: CompressConfig, stage_default: int | None) -> int | None:
+    """A stage's own number of training reviews (its short recovery or head training), never more than the
+    recipe's ``train_samples``: a recipe run on a slice stays on that slice."""
+    return min(filter(None, (config.data.train_samples, stage_default)), default=None)
+
+
+def _trim_slices(config: CompressConfig) -> dict:
+    """Trimming counts the pieces of the recipe's training reviews and reports [UNK]s on its test reviews
+    (the stage's own defaults are the whole splits)."""
+    return {"train_samples": config.data.train_samples, "unk_samples": config.data.eval_samples}
 
 
 def _covering_trim(config: CompressConfig, out: Path, stages: _Stages, smallest: Path) -> None:
@@ -250,7 +273,8 @@ def _covering_trim(config: CompressConfig, out: Path, stages: _Stages, smallest:
         recovery_epochs=config.recover_epochs,
         recovery_lr=config.recover_lr,
         # A short recovery, as factorize's: the stage's default, or fewer when the recipe trains on fewer.
-        recovery_samples=min(filter(None, (config.data.train_samples, TrimVocabConfig.recovery_samples))),
+        recovery_samples=_capped(config, TrimVocabConfig.recovery_samples),
+        **_trim_slices(config),
         batch_size=config.batch_size,
         threads=config.threads,
     )
