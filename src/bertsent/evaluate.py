@@ -109,7 +109,7 @@ def evaluate(
         "reviews_per_second": round(len(frame) / seconds, 2),
         "data": splits.report,
     }
-    if (mean_layers := getattr(predictor.backend, "mean_layers", None)) is not None:
+    if (mean_layers := predictor.backend.mean_layers) is not None:
         metrics["mean_layers"] = round(mean_layers, 4)  # an early-exit folder: encoder layers per scored row
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if output_dir.resolve().parent == model_dir.resolve() and (model_dir / CARD_FILE).is_file():

@@ -62,6 +62,7 @@ __all__ = [
     "PRECISIONS",
     "Backend",
     "EarlyExitBackend",
+    "FullDepth",
     "OnnxBackend",
     "OpenVinoBackend",
     "TorchBackend",
@@ -74,15 +75,46 @@ __all__ = [
 
 
 class Backend(Protocol):
-    """What :func:`run` needs from a backend. It may also offer ``running()``, a context manager that
-    :func:`run` enters around the whole loop (:class:`TorchBackend`: eval mode, inference mode)."""
+    """Every member a caller of a backend may use; all four backends implement all of them.
+
+    ``precision`` says what it actually runs (``fp32``, ``bf16``, ``as exported``, ...); ``threads`` the CPU
+    threads it was given; ``mean_layers`` the mean encoder layers per row since :meth:`reset_exit_counts`
+    (early exit only; None elsewhere, where reset is a no-op). :func:`run` enters :meth:`running` around its
+    whole loop (PyTorch: eval mode and inference mode, the model's own mode restored after; a no-op
+    elsewhere)."""
 
     name: str
     id2label: dict[int, str]
+    precision: str
+    threads: int
+
+    @property
+    def mean_layers(self) -> float | None: ...
+
+    def reset_exit_counts(self) -> None:
+        """Start counting exits afresh (early exit; a no-op elsewhere)."""
+        ...
+
+    def running(self) -> contextlib.AbstractContextManager:
+        """The context :func:`run` holds for a whole loop."""
+        ...
 
     def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         """float32 logits, shape ``(rows, num_labels)``, of one padded batch."""
         ...
+
+
+class FullDepth:
+    """What a backend without early exit says of it, and the loop context of a backend that needs none:
+    the defaults :class:`OnnxBackend`, :class:`OpenVinoBackend` and :class:`TorchBackend` share."""
+
+    mean_layers: float | None = None
+
+    def reset_exit_counts(self) -> None:
+        """Nothing to reset: every row runs every layer."""
+
+    def running(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
 
 def run(backend: Backend, encoded: Encoded, batch_size: int, pad_id: int, progress: bool | None = False) -> np.ndarray:
@@ -94,6 +126,7 @@ def run(backend: Backend, encoded: Encoded, batch_size: int, pad_id: int, progre
     from tqdm.auto import tqdm
 
     out = np.zeros((len(encoded), len(backend.id2label)), dtype=np.float32)
+    # The one probe left: run also takes a bare object with id2label and logits (tests' fakes, user code).
     running = getattr(backend, "running", contextlib.nullcontext)
     with running(), tqdm(total=len(encoded), desc="predicting", unit="review", disable=not progress) as bar:
         for idx, batch in iter_batches(encoded, batch_size, pad_id):
@@ -126,7 +159,7 @@ def predict_probs(
     return torch.softmax(torch.from_numpy(logits).to(device), dim=-1).cpu().numpy()
 
 
-class TorchBackend:
+class TorchBackend(FullDepth):
     """Runs a PyTorch model in fp32, or under autocast to ``dtype`` (bf16: GPUs, and CPUs with AMX).
 
     :meth:`from_folder` loads a folder (its last encoder layer then runs for [CLS] only, see
@@ -361,7 +394,7 @@ def _known_inputs(path: Path, names: list[str]) -> list[str]:
     return names
 
 
-class OnnxBackend:
+class OnnxBackend(FullDepth):
     """Runs a folder's ``model.onnx`` with ONNX Runtime on the CPU (the ``Predictor`` backend for it)."""
 
     name = "onnxruntime"
@@ -387,7 +420,7 @@ class OnnxBackend:
         return np.asarray(self.session.run([OUTPUT_NAME], feed)[0], dtype=np.float32)
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(FullDepth):
     """Runs a folder's ``openvino_model.xml`` with OpenVINO on the CPU.
 
     ``precision``: ``None``/``"auto"`` keeps OpenVINO's own inference precision for the CPU (bf16 where
