@@ -267,7 +267,7 @@ def keyed(predictor):
 
 
 def test_api_key_guards_the_api_but_not_health_the_page_or_the_docs(keyed, monkeypatch):
-    import bertsent.serve
+    import bertsent.serve.middleware
 
     for path in ("/health", "/", "/docs", "/openapi.json"):  # open: the page asks for the key itself
         assert keyed.get(path).status_code == 200, path
@@ -281,8 +281,8 @@ def test_api_key_guards_the_api_but_not_health_the_page_or_the_docs(keyed, monke
             assert "API key" in response.json()["error"] and KEY not in response.text
     assert keyed.get("/nowhere").status_code == 401  # nothing about the API without the key
     compared = []
-    real = bertsent.serve.hmac.compare_digest
-    monkeypatch.setattr(bertsent.serve.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b))
+    real = bertsent.serve.middleware.hmac.compare_digest
+    monkeypatch.setattr(bertsent.serve.middleware.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b))
     assert keyed.get("/info", headers=AUTH).json()["model_dir"]
     assert keyed.post("/predict", json={"inputs": "x"}, headers={"authorization": f"bearer {KEY}"}).status_code == 200
     assert len(compared) == 2  # constant-time comparison

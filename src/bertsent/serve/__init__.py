@@ -1,0 +1,105 @@
+"""HTTP serving of a model folder: ``bertsent serve`` (FastAPI + uvicorn), with dynamic micro-batching.
+
+API (OpenAPI docs at ``/docs``):
+
+- ``POST /predict`` ``{"inputs": "text"}`` or ``{"inputs": ["a", "b"]}`` → one ``{"label", "score"}``
+  per input, always in a list (a single string gives a list of one, like Hugging Face Inference
+  Endpoints). With ``"parameters": {"top_k": N}`` each input gets a list of its N best
+  ``{"label", "score"}``, best first; ``"top_k": null`` gives every label. ``"explain": true`` adds
+  the best label's ``"explanation"`` (``[{"word", "start", "end", "score"}]``, Captum, PyTorch folders).
+- ``GET /health`` → ``{"status": "ok"}``; ``GET /info`` → model folder name, labels, backend, settings, counters.
+- ``GET /`` → a one-file web page (``bertsent/static/index.html``) that calls the API.
+- ``GET /metrics`` → Prometheus metrics (:class:`ServeMetrics`), out of the OpenAPI document.
+
+Micro-batching: the Predictor belongs to one background worker (an asyncio task started in the app's
+lifespan). A request puts each of its texts on a queue with a future; the worker takes the first
+waiting text, then keeps taking texts until it holds ``max_batch_size`` or ``max_wait_ms`` have passed
+since that first text arrived, and runs ``Predictor.predict_proba`` on the batch in a dedicated
+inference thread. The event loop therefore keeps accepting requests while the model runs, and the
+texts that arrive meanwhile make up the next batch: under concurrent load the model sees batches,
+not single texts. Each text's probability row goes back to its own future, so a request's texts may
+be split over two batches. One bad request never fails another: when the model raises on a batch
+holding texts of several requests, the worker runs the two halves of those requests apart (and so on),
+so only the requests whose texts fail get the error.
+
+Errors are JSON ``{"error": "<one line>"}`` (422 adds ``detail``): 401 without the API key (when
+``--api-key`` is set), 413 for a body, list or text over the limits, 422 for a body that is not JSON
+or not the expected shape (text that is not valid Unicode included), 500 when inference fails on a
+request's own texts (the worker goes on), 503 while the worker is not running.
+
+The package, one module per concern, each importing only from those below it: ``server`` (the
+command, socket, uvicorn, signals, banner) → ``app`` (create_app, lifespan, error handlers) →
+``routes`` → ``batcher`` | ``middleware`` | ``schemas`` → ``metrics`` | ``answers``. Importing
+``bertsent.serve`` itself imports none of them (nor FastAPI): each name below is imported on first use.
+"""
+
+import importlib
+
+_HOMES = {
+    "server": (
+        "api_key_from_env",
+        "background_server",
+        "bind_socket",
+        "cmd_serve",
+        "print_banner",
+        "run_until_stopped",
+        "settings_from_args",
+        "url_of",
+    ),
+    "app": ("PAGE", "create_app", "load_page", "load_predictor"),
+    "routes": ("explain_refusal", "explained_answer", "over_limits"),
+    "batcher": ("SHUTTING_DOWN", "BatchStats", "MicroBatcher"),
+    "middleware": ("API_KEY_ENV", "ApiKeyMiddleware", "BodyLimitMiddleware", "MetricsMiddleware"),
+    "schemas": (
+        "BODY_EXAMPLE",
+        "OWN_MESSAGES",
+        "api_models",
+        "check_inputs",
+        "document_limits",
+        "unicode_problem",
+        "validation_message",
+    ),
+    "metrics": ("ServeMetrics", "batch_buckets"),
+    "answers": ("json_error", "predictions", "ranked_predictions"),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+_ELSEWHERE = {
+    "InferenceError": "bertsent.errors",
+    "ServeError": "bertsent.errors",
+    "SettingsError": "bertsent.errors",
+    "ServeSettings": "bertsent.config",
+    "InferenceSettings": "bertsent.config",
+}
+"""Names ``bertsent.serve`` has always re-exported from the settings and errors."""
+
+
+def __getattr__(name: str):
+    """``from bertsent.serve import create_app``: the name from its module, imported now (PEP 562)."""
+    if name in _HOME_OF:
+        module = importlib.import_module(f"{__name__}.{_HOME_OF[name]}")
+    elif name in _ELSEWHERE:
+        module = importlib.import_module(_ELSEWHERE[name])
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(module, name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOME_OF, *_ELSEWHERE})
+
+
+__all__ = [
+    "API_KEY_ENV",
+    "ApiKeyMiddleware",
+    "BodyLimitMiddleware",
+    "InferenceError",
+    "MicroBatcher",
+    "ServeError",
+    "ServeSettings",
+    "api_key_from_env",
+    "api_models",
+    "background_server",
+    "bind_socket",
+    "cmd_serve",
+    "create_app",
+]

@@ -1,0 +1,190 @@
+"""The FastAPI app: :func:`create_app` loads the model, wires middleware, error handlers and routes.
+
+The batching worker belongs to the app's lifespan (started under uvicorn or ``with TestClient(app)``,
+stopped, after answering what is queued, on shutdown). Errors, FastAPI's own included, are JSON
+``{"error": "<one line>"}``.
+"""
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bertsent.config import InferenceSettings, ServeSettings
+from bertsent.errors import SettingsError, first_line
+from bertsent.serve import routes
+from bertsent.serve.answers import error, json_error
+from bertsent.serve.batcher import MicroBatcher
+from bertsent.serve.metrics import ServeMetrics
+from bertsent.serve.middleware import API_KEY_ENV, ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from bertsent.serve.schemas import ErrorResponse, document_limits, validation_message
+
+if TYPE_CHECKING:
+    from bertsent.predict import Predictor
+
+log = logging.getLogger(__name__)
+
+PAGE = ("static", "index.html")
+"""The web page, as package data of ``bertsent`` (found with importlib.resources, so it works installed)."""
+
+
+def load_page() -> str | None:
+    """The web page's HTML from the installed package, or None when it is missing from the install."""
+    from importlib import resources
+
+    page = resources.files("bertsent")
+    for part in PAGE:
+        page = page.joinpath(part)
+    try:
+        return page.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def load_predictor(
+    model: "str | os.PathLike | Predictor", settings: ServeSettings, inference: InferenceSettings | None = None
+) -> "Predictor":
+    """``model`` itself when it is a ``Predictor`` (or has its interface), else a Predictor for the folder
+    running with ``inference``, its batch size ``settings.max_batch_size`` (and ``settings.threads`` when set)."""
+    if hasattr(model, "predict_proba"):
+        if inference is not None:
+            raise SettingsError("inference settings are for a model folder; a Predictor already has its own")
+        return model
+    from bertsent.predict import Predictor
+
+    return Predictor(model, inference, batch_size=settings.max_batch_size, threads=settings.threads)
+
+
+def create_app(
+    model: "str | os.PathLike | Predictor",
+    settings: ServeSettings | None = None,
+    inference: InferenceSettings | None = None,
+):
+    """The FastAPI app serving ``model``: a model folder, or a ``Predictor`` (or anything with its interface).
+
+    A folder runs with ``inference`` (:class:`InferenceSettings`: max length, long texts, backend, ...);
+    its batch size is always ``settings.max_batch_size``, and ``settings.threads``, when set, wins.
+    The model is loaded here, so a bad folder fails now, not at the first request; the batching
+    worker starts with the app's lifespan (run it under uvicorn, or ``with TestClient(app)``).
+    With ``settings.api_key``, every path but ``/health``, the page and the docs needs the key.
+    """
+    settings = settings or ServeSettings()
+    from fastapi import FastAPI
+
+    from bertsent import __version__
+
+    predictor = load_predictor(model, settings, inference)
+    page = load_page()
+    if page is None:
+        log.warning("the web page %s is missing from the bertsent install; the API still works", "/".join(PAGE))
+    app = FastAPI(
+        title="bertsent",
+        version=__version__,
+        summary="Sentiment classification with a fine-tuned BERT-family model folder.",
+        lifespan=_lifespan,
+    )
+    app.state.predictor = predictor
+    app.state.settings = settings
+    app.state.metrics = _new_metrics(predictor, settings)
+    # Counters before the first lifespan (and after a restart) read from a batcher that never ran.
+    app.state.batcher = _new_batcher(predictor, settings, app.state.metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.api_key is not None:  # outside the body limit: a request without the key is never read
+        app.add_middleware(ApiKeyMiddleware, key=settings.api_key, open_paths=_open_paths(app))
+    # Added last: outermost, so the 401s and 413s are counted too.
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, routes=app.router.routes)
+    _add_error_handlers(app)
+    protected = _protected(settings)
+    routes.add_page_and_health(app, page)
+    routes.add_info(app, predictor, settings, protected)
+    routes.add_predict(app, predictor, settings, protected)
+    routes.add_metrics(app)
+    _document_limits(app, settings)
+    return app
+
+
+def _new_batcher(predictor, settings: ServeSettings, metrics: ServeMetrics | None = None) -> MicroBatcher:
+    return MicroBatcher(predictor.predict_proba, settings.max_batch_size, settings.max_wait_ms, metrics)
+
+
+def _new_metrics(predictor, settings: ServeSettings) -> ServeMetrics:
+    from bertsent import __version__
+
+    backend = getattr(predictor, "backend", None)
+    info = {
+        "version": __version__,
+        "precision": getattr(backend, "precision", "unknown"),
+        "max_length": getattr(predictor, "max_length", 0),
+        "long_text": getattr(predictor, "long_text", "truncate"),
+    }
+    folder = Path(str(getattr(predictor, "model_dir", "") or "")).name  # as /info: not the path on disk
+    return ServeMetrics(folder, getattr(backend, "name", "unknown"), settings.max_batch_size, info)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app):
+    settings: ServeSettings = app.state.settings
+    batcher = _new_batcher(app.state.predictor, settings, app.state.metrics)
+    app.state.batcher = batcher
+    batcher.start()
+    try:
+        yield
+    finally:
+        # uvicorn has already waited for the requests in flight; what is still queued is answered too.
+        await batcher.stop(drain=settings.graceful_timeout)
+
+
+def _open_paths(app) -> frozenset[str]:
+    """The paths that need no API key: health checks, the page (it asks for the key) and the docs."""
+    docs = (app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url)
+    return frozenset({"/", "/health", *(path for path in docs if path)})
+
+
+def _protected(settings: ServeSettings) -> dict:
+    """Route arguments that document the API key in OpenAPI (ApiKeyMiddleware enforces it), or none."""
+    if settings.api_key is None:
+        return {"dependencies": [], "responses": {}}
+    from fastapi import Security
+    from fastapi.security import HTTPBearer
+
+    # auto_error=False: this only puts the scheme in the document (and an Authorize button in /docs).
+    bearer = HTTPBearer(auto_error=False, description=f"the server's --api-key (or ${API_KEY_ENV})")
+    unauthorized = {"model": ErrorResponse, "description": "missing or wrong API key"}
+    return {"dependencies": [Security(bearer)], "responses": {401: unauthorized}}
+
+
+def _add_error_handlers(app) -> None:
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request, exc: RequestValidationError):
+        # Only loc/msg/type go back: the input may be large, or bytes that are not valid JSON.
+        detail = [{key: e.get(key) for key in ("loc", "msg", "type")} for e in exc.errors()]
+        return error(422, validation_message(exc.errors()), detail=detail)
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request, exc: HTTPException):
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+            # FastAPI turns a body json.loads cannot decode (bad UTF-8, absurd nesting or number size)
+            # into a 400; it is the same client mistake as any other bad JSON, with the same schema.
+            message = f"request body is not valid JSON: {first_line(exc.__cause__)}"
+            return error(422, message, detail=[{"loc": ["body"], "msg": message, "type": "json_invalid"}])
+        return json_error(exc.status_code, {"error": str(exc.detail)}, exc.headers)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected_error(request, exc: Exception):
+        # A JSON answer for the client; Starlette re-raises afterwards, so uvicorn logs the traceback.
+        return error(500, f"internal error: {type(exc).__name__}: {first_line(exc)}")
+
+
+def _document_limits(app, settings: ServeSettings) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_limits(generate(), settings)
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -1,0 +1,192 @@
+"""The server's routes: ``GET /`` (the page), ``/health``, ``/info``, ``/metrics`` and ``POST /predict``.
+
+Each ``add_*`` function puts its routes on an app made by :func:`bertsent.serve.app.create_app`;
+``/predict`` checks the limits, hands the texts to the batcher (explanations to a thread of their
+own) and formats the answer with :mod:`bertsent.serve.answers`.
+"""
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bertsent.config import ServeSettings
+from bertsent.errors import InferenceError, ServeError, first_line
+from bertsent.serve import schemas as m
+from bertsent.serve.answers import error, predictions, ranked_predictions
+from bertsent.serve.batcher import MicroBatcher
+
+log = logging.getLogger(__name__)
+
+
+def add_page_and_health(app, page: str | None) -> None:
+    from fastapi import Request
+    from fastapi.responses import HTMLResponse
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        if page is None:
+            return error(500, "the web page is missing from this bertsent install (reinstall it); the API works")
+        return HTMLResponse(page)
+
+    @app.get("/health", response_model=m.Health, responses={503: {"model": m.ErrorResponse}})
+    async def health(request: Request):
+        """``{"status": "ok"}`` while the batching worker runs (503 otherwise); never needs the API key."""
+        if not request.app.state.batcher.running:
+            return error(503, "the batching worker is not running")
+        return {"status": "ok"}
+
+
+def add_info(app, predictor, settings: ServeSettings, protected: dict) -> None:
+    from fastapi import Request
+
+    from bertsent import __version__
+    from bertsent.runtime import cpu_summary
+
+    id2label = {int(k): str(v) for k, v in predictor.id2label.items()}
+    folder = Path(str(getattr(predictor, "model_dir", "") or "")).name  # not the path on the server's disk
+    static = {
+        "model_dir": folder,
+        "labels": id2label,
+        "backend": getattr(getattr(predictor, "backend", None), "name", "unknown"),
+        "max_length": getattr(predictor, "max_length", 0),
+        "truncation": getattr(predictor, "truncation", ""),
+        "long_text": getattr(predictor, "long_text", "truncate"),
+        "stride": getattr(predictor, "stride", 0),
+        "batching": {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms},
+        "limits": {
+            "max_inputs": settings.max_inputs,
+            "max_chars": settings.max_chars,
+            "max_body_bytes": settings.max_body_bytes,
+        },
+        "version": __version__,
+        "precision": str(getattr(getattr(predictor, "backend", None), "precision", "unknown")),
+        "cpu": cpu_summary(),
+    }
+
+    @app.get("/info", response_model=m.Info, **protected)
+    async def info(request: Request):
+        """The model folder's name, its labels, backend and input settings, the batching settings and counters."""
+        batcher: MicroBatcher = request.app.state.batcher
+        return static | {"stats": dataclasses.asdict(batcher.stats) | {"queued": batcher.queued}}
+
+
+def add_metrics(app) -> None:
+    from fastapi import Request
+    from starlette.responses import Response
+
+    # Out of the OpenAPI document: it is for Prometheus, not API clients (and its body is not JSON).
+    # It needs the API key when one is set, like /info, whose counters it repeats (see the README).
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request):
+        body, content_type = request.app.state.metrics.exposition(request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
+
+
+def add_predict(app, predictor, settings: ServeSettings, protected: dict) -> None:
+    from fastapi import Request
+
+    id2label = {int(k): str(v) for k, v in predictor.id2label.items()}
+    too_large = {"model": m.ErrorResponse, "description": "too many inputs, a text too long or a body too big"}
+    responses = {
+        413: too_large,
+        422: {"model": m.ValidationErrorResponse, "description": "not JSON, not the expected shape, or not Unicode"},
+        500: {"model": m.ErrorResponse, "description": "inference failed on this request's texts (others go on)"},
+        503: {"model": m.ErrorResponse, "description": "the batching worker is not running"},
+        400: {"model": m.ErrorResponse, "description": "explain asked of a model that cannot explain (not PyTorch)"},
+    }
+    # One thread for explanations, off the event loop and out of the shared thread pool (see explained_answer).
+    explaining = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertsent-explain")
+    answers = list[m.Prediction] | list[list[m.Prediction]]
+    explained = list[m.ExplainedPrediction] | list[list[m.ExplainedPrediction | m.Prediction]]
+
+    @app.post(
+        "/predict",
+        response_model=answers | explained,
+        responses=responses | protected["responses"],
+        dependencies=protected["dependencies"],
+    )
+    async def predict(body: m.PredictRequest, request: Request):
+        """Classify one text or a list of texts.
+
+        Returns one ``{"label", "score"}`` per input (in a list, even for a single string). With
+        ``"parameters": {"top_k": N}`` each input gets a list of its N best labels instead, best first
+        (``null``: all labels). With ``"explain": true`` each input's best label also holds its
+        ``"explanation"``: ``[{"word", "start", "end", "score"}, ...]``.
+        """
+        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+        problem = over_limits(texts, settings)
+        if problem is not None:
+            return error(413, problem)
+        params = body.parameters
+        explain = params is not None and params.explain
+        refusal = explain_refusal(predictor) if explain else None
+        if refusal is not None:
+            return error(400, refusal)
+        try:
+            probs = await request.app.state.batcher.submit(texts)
+        except InferenceError as e:
+            return error(500, f"inference failed: {first_line(e)}")
+        except ServeError as e:
+            return error(503, str(e))
+        ranked = params is not None and "top_k" in params.model_fields_set
+        answer = ranked_predictions(probs, id2label, params.top_k) if ranked else predictions(probs, id2label)
+        if not explain:
+            return answer
+        best = [item[0] for item in answer] if ranked else answer
+        return await explained_answer(predictor, texts, probs, params.explain_method, best, answer, explaining)
+
+
+def explain_refusal(predictor) -> str | None:
+    """Why ``predictor`` cannot explain (a 400, before the model runs), or None; never the folder's path."""
+    from bertsent.errors import BertsentError
+
+    if not callable(getattr(predictor, "explain", None)):
+        return "explain: this server's model cannot explain its predictions"
+    try:
+        getattr(predictor, "explainer", None)  # a Predictor builds its Explainer here, or says why it cannot
+    except BertsentError as e:
+        folder = str(getattr(predictor, "model_dir", "") or "")
+        message = first_line(e)
+        return f"explain: {message.replace(folder, Path(folder).name) if folder else message}"
+    return None
+
+
+async def explained_answer(predictor, texts, probs, method, best: list[dict], answer: list, executor):
+    """``answer`` with each input's explanation in its ``best`` prediction, computed in ``executor``'s thread.
+
+    Explanations bypass the micro-batcher: an explanation is ~100 forward passes of one text, batching
+    them with predictions would stall every other request's batch. Running beside the batcher's thread
+    is safe: ``Predictor.explainer`` attributes on a module tree of its own that only shares the
+    (read-only) weight tensors, so the hook Captum puts on its embedding layer never reaches the
+    batcher's forward pass, and no autograd state is shared. Explanations run one at a time (one
+    thread here, and the Explainer's lock); while one runs it competes with the batcher for CPU cores.
+    The label explained is the one the batcher returned (``targets``), so answer and explanation agree.
+    """
+    from starlette.responses import JSONResponse
+
+    from bertsent.errors import BertsentError
+
+    loop = asyncio.get_running_loop()
+    try:
+        explanations = await loop.run_in_executor(executor, predictor.explain, list(texts), method, probs.argmax(-1))
+    except BertsentError as e:
+        return error(400, f"explain: {first_line(e)}")
+    except Exception as e:  # the model failed on these texts: this request's 500, the server goes on
+        log.error("explanation failed on %d texts", len(texts), exc_info=e)
+        return error(500, f"explanation failed: {type(e).__name__}: {first_line(e)}")
+    for prediction, words in zip(best, explanations, strict=True):
+        prediction["explanation"] = words
+    return JSONResponse(answer)  # built here: the response model would validate ~10 fields per word again
+
+
+def over_limits(texts: Sequence[str], settings: ServeSettings) -> str | None:
+    """Why ``texts`` break the server's limits (a 413), or None."""
+    if len(texts) > settings.max_inputs:
+        return f"{len(texts)} inputs; the limit is {settings.max_inputs} per request (--max-inputs)"
+    for i, text in enumerate(texts):
+        if len(text) > settings.max_chars:
+            return f"inputs[{i}] has {len(text):,} characters; the limit is {settings.max_chars:,} (--max-chars)"
+    return None
