@@ -15,6 +15,7 @@ teacher logits and pruning's in-memory metrics all go through it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -27,7 +28,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from bertsent.config import INFERENCE_BACKENDS, LONG_TEXT, PRECISIONS
+from bertsent.config import INFERENCE_BACKENDS, LONG_TEXT, PRECISIONS, InferenceSettings
 from bertsent.encoding import Encoded, iter_batches
 from bertsent.errors import BertsentError, ModelError, SettingsError, first_line
 from bertsent.folder import (
@@ -43,6 +44,7 @@ from bertsent.folder import (
 from bertsent.modeling.cls_only import cls_only_last_layer
 from bertsent.modeling.early_exit import EarlyExitModel, load_early_exit, recorded_early_exit
 from bertsent.modeling.loading import load_classifier
+from bertsent.modeling.parity import Candidate
 from bertsent.modeling.quantized import is_torch_dynamic
 from bertsent.runtime import (
     auto_precision,
@@ -66,6 +68,7 @@ __all__ = [
     "OnnxBackend",
     "OpenVinoBackend",
     "TorchBackend",
+    "as_candidate",
     "load_backend",
     "precision_verdict",
     "predict_probs",
@@ -135,6 +138,18 @@ def run(backend: Backend, encoded: Encoded, batch_size: int, pad_id: int, progre
     return out
 
 
+def as_candidate(backend: Backend) -> Candidate:
+    """``backend`` as :func:`~bertsent.modeling.parity.parity_check`'s candidate: int64 ``(input_ids,
+    attention_mask)`` arrays in, float32 logits out (export checks its graph through the backend that runs it)."""
+
+    def candidate(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
+        with backend.running():
+            return backend.logits(batch)
+
+    return candidate
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Probabilities of logits (last axis), in NumPy: what ``Predictor`` reports."""
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
@@ -187,25 +202,20 @@ class TorchBackend(FullDepth):
         return cls(model, device, dtype)
 
     @classmethod
-    def from_folder(
-        cls,
-        model_dir: Path,
-        device: str = "auto",
-        precision: str = "auto",
-        compile: bool = False,
-        cls_only: bool = True,
-        threads: int | None = None,
-    ) -> TorchBackend:
-        """A folder's model on ``device`` (``auto``: CUDA when there is one), with ``threads`` CPU threads.
+    def from_folder(cls, model_dir: Path, settings: InferenceSettings | None = None) -> TorchBackend:
+        """A folder's model as ``settings`` say: ``device`` (``auto``: CUDA when there is one), ``threads``
+        CPU threads, ``cls_only``, ``compile``.
 
         ``precision="auto"``: bf16 autocast where :func:`~bertsent.runtime.auto_precision` says the device
         runs it fast and :func:`precision_verdict` accepts it, else fp32; ``fp32``/``bf16`` force one."""
         from bertsent.runtime import pick_device
 
+        settings = settings if settings is not None else InferenceSettings()
+        precision = settings.precision
         _check_precision(precision)
-        torch_threads(threads)
+        torch_threads(settings.threads)
         model = load_classifier(model_dir)
-        target = pick_device(device)
+        target = pick_device(settings.device)
         model.to(target).eval()
         chosen = auto_precision(target) if precision == "auto" else precision
         if chosen != "fp32" and is_torch_dynamic(model):
@@ -216,12 +226,12 @@ class TorchBackend(FullDepth):
                 )
             chosen = "fp32"  # its INT8 kernels are what makes it fast; bf16 autocast would break them
         backend = cls(model, target, torch.bfloat16 if chosen == "bf16" else None)
-        backend.cls_only = cls_only and cls_only_last_layer(model)
+        backend.cls_only = settings.cls_only and cls_only_last_layer(model)
         if precision == "auto" and backend.dtype is not None:
             fp32 = functools.partial(cls, model, target, None, backend.cls_only)  # the same model, in fp32
             if not precision_verdict(Path(model_dir), backend, fp32, _torch_key(target)):
                 backend.dtype = None
-        if compile:
+        if settings.compile:
             backend.model = backend._compiled(model)
         return backend
 
@@ -322,26 +332,45 @@ def _check_precision(precision: str) -> None:
         raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
-def load_backend(
-    model_dir: Path,
-    device: str = "auto",
-    threads: int | None = None,
-    precision: str = "auto",
-    compile: bool = False,
-    cls_only: bool = True,
-    backend: str = "auto",
-    exit_threshold: float | None = None,
-) -> Backend:
-    """The backend for a folder: ``auto`` picks OpenVINO when it holds ``openvino_model.xml``, ONNX Runtime
-    when it holds ``model.onnx``, else PyTorch; ``torch``, ``onnx`` or ``openvino`` insist on one (a
+def load_backend(model_dir: Path, settings: InferenceSettings | None = None, **overrides) -> Backend:
+    """The backend for a folder, run as ``settings`` say (default: :class:`InferenceSettings`; keywords
+    override single fields, ``load_backend(folder, settings, threads=1)``).
+
+    ``backend="auto"`` picks OpenVINO when the folder holds ``openvino_model.xml``, ONNX Runtime when it
+    holds ``model.onnx``, else PyTorch; ``torch``, ``onnx`` or ``openvino`` insist on one (a
     :class:`ModelError` when the folder lacks its files). A PyTorch folder that records early exit runs as
     an :class:`EarlyExitBackend` (``exit_threshold``: instead of its recorded threshold)."""
+    settings = dataclasses.replace(settings if settings is not None else InferenceSettings(), **overrides)
+    backend, precision = settings.backend, settings.precision
     if backend not in INFERENCE_BACKENDS:
         raise SettingsError(f"backend must be one of {', '.join(INFERENCE_BACKENDS)}, got {backend!r}")
     _check_precision(precision)
     model_dir = Path(model_dir)
     has_onnx = (model_dir / ONNX_FILE).is_file()
     has_openvino = (model_dir / OPENVINO_XML).is_file()
+    _check_files(model_dir, backend, has_onnx, has_openvino)
+    exported = backend in ("onnx", "openvino") or (backend == "auto" and (has_onnx or has_openvino))
+    if exported and settings.exit_threshold is not None:
+        log.warning(
+            "exit_threshold is for PyTorch early-exit folders; %s runs its exported graph at full depth", model_dir
+        )
+    if backend == "openvino" or (backend == "auto" and has_openvino):
+        if settings.compile:
+            log.warning("--compile is for PyTorch folders; %s runs with OpenVINO as it is", model_dir)
+        return OpenVinoBackend.from_folder(model_dir, settings)
+    if backend == "onnx" or (backend == "auto" and has_onnx):
+        if settings.compile:
+            log.warning("--compile is for PyTorch folders; %s runs with ONNX Runtime as it is", model_dir)
+        if precision == "bf16":
+            log.warning(
+                "precision bf16 is for PyTorch and OpenVINO folders; %s runs with ONNX Runtime as exported", model_dir
+            )
+        return OnnxBackend(model_dir, threads=settings.threads)
+    return _torch_backend(model_dir, settings)
+
+
+def _check_files(model_dir: Path, backend: str, has_onnx: bool, has_openvino: bool) -> None:
+    """A :class:`ModelError` when ``backend`` insists on files the folder lacks."""
     if backend == "onnx" and not has_onnx:
         raise ModelError(f"{model_dir}: backend 'onnx' needs {ONNX_FILE}, which it lacks (make one: bertsent export)")
     if backend == "openvino" and not has_openvino:
@@ -353,36 +382,19 @@ def load_backend(
         held = OPENVINO_XML if has_openvino else ONNX_FILE if has_onnx else None
         hint = f"; it holds {held}: use backend '{'openvino' if has_openvino else 'onnx'}' or 'auto'" if held else ""
         raise ModelError(f"{model_dir}: backend 'torch' needs PyTorch weights (model.safetensors){hint}")
-    exported = backend in ("onnx", "openvino") or (backend == "auto" and (has_onnx or has_openvino))
-    if exported and exit_threshold is not None:
-        log.warning(
-            "exit_threshold is for PyTorch early-exit folders; %s runs its exported graph at full depth", model_dir
-        )
-    if backend == "openvino" or (backend == "auto" and has_openvino):
-        if compile:
-            log.warning("--compile is for PyTorch folders; %s runs with OpenVINO as it is", model_dir)
-        return OpenVinoBackend.from_folder(model_dir, threads=threads, precision=precision)
-    if backend == "onnx" or (backend == "auto" and has_onnx):
-        if compile:
-            log.warning("--compile is for PyTorch folders; %s runs with ONNX Runtime as it is", model_dir)
-        if precision == "bf16":
-            log.warning(
-                "precision bf16 is for PyTorch and OpenVINO folders; %s runs with ONNX Runtime as exported", model_dir
-            )
-        return OnnxBackend(model_dir, threads=threads)
-    return _torch_backend(model_dir, device, precision, compile, cls_only, threads, exit_threshold)
 
 
-def _torch_backend(model_dir: Path, device, precision, compile, cls_only, threads, exit_threshold) -> TorchBackend:
+def _torch_backend(model_dir: Path, settings: InferenceSettings) -> TorchBackend:
     """:meth:`TorchBackend.from_folder`, as an :class:`EarlyExitBackend` when the folder records early exit."""
     early_exit = recorded_early_exit(model_dir) is not None
-    if exit_threshold is not None and not early_exit:
+    if settings.exit_threshold is not None and not early_exit:
         log.warning("exit_threshold is for early-exit folders (bertsent early-exit); %s runs at full depth", model_dir)
-    if compile and early_exit:
+    if settings.compile and early_exit:
         # The layer loop shrinks the batch by data-dependent amounts: nothing a compiled graph would reuse.
         log.warning("--compile does not apply to early exit: %s runs eagerly", model_dir)
-    backend = TorchBackend.from_folder(model_dir, device, precision, compile and not early_exit, cls_only, threads)
-    exit_model = load_early_exit(backend.model, model_dir, exit_threshold) if early_exit else None
+        settings = dataclasses.replace(settings, compile=False)
+    backend = TorchBackend.from_folder(model_dir, settings)
+    exit_model = load_early_exit(backend.model, model_dir, settings.exit_threshold) if early_exit else None
     return backend if exit_model is None else EarlyExitBackend.wrapping(backend, exit_model)
 
 
@@ -401,12 +413,28 @@ class OnnxBackend(FullDepth):
     precision = "as exported"
 
     def __init__(self, model_dir: str | os.PathLike, threads: int | None = None) -> None:
-        ort = require_onnxruntime()
         self.model_dir = Path(model_dir)
         path = self.model_dir / ONNX_FILE
         if not path.is_file():
             raise ModelError(f"{self.model_dir}: no {ONNX_FILE}")
-        self.id2label = read_id2label(self.model_dir)
+        self._open(path, read_id2label(self.model_dir), threads)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, id2label: dict, threads: int | None = None) -> OnnxBackend:
+        """Any ONNX graph file, labelled by ``id2label`` (no folder around it needed: export's parity check
+        runs the graph it is writing, before the folder holds a ``config.json``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"{path}: no such ONNX file")
+        backend = cls.__new__(cls)
+        backend.model_dir = path.parent
+        backend._open(path, {int(k): str(v) for k, v in id2label.items()}, threads)
+        return backend
+
+    def _open(self, path: Path, id2label: dict[int, str], threads: int | None) -> None:
+        """An ONNX Runtime session on ``path`` with :func:`~bertsent.runtime.session_options`."""
+        ort = require_onnxruntime()
+        self.id2label = id2label
         options = session_options(threads)
         self.threads = options.intra_op_num_threads
         try:
@@ -455,8 +483,11 @@ class OpenVinoBackend(FullDepth):
         self._local = threading.local()
 
     @classmethod
-    def from_folder(cls, model_dir: Path, threads: int | None = None, precision: str = "auto") -> OpenVinoBackend:
-        """OpenVINO's own precision under ``auto``, checked by :func:`precision_verdict` when it is not fp32."""
+    def from_folder(cls, model_dir: Path, settings: InferenceSettings | None = None) -> OpenVinoBackend:
+        """``settings``' threads and precision: OpenVINO's own under ``auto``, checked by
+        :func:`precision_verdict` when it is not fp32."""
+        settings = settings if settings is not None else InferenceSettings()
+        threads, precision = settings.threads, settings.precision
         _check_precision(precision)
         backend = cls(model_dir, threads, None if precision == "auto" else precision)
         if precision == "auto" and backend.precision != "fp32":
