@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from bertsent.config import InferenceSettings
-from bertsent.encoding import encode
+from bertsent.encoding import Encoded, encode
 from bertsent.errors import ModelError
 from bertsent.inference import (
     Backend,
@@ -93,3 +95,41 @@ def test_load_backend_takes_inference_settings(trained_tiny_dir):
     assert load_backend(trained_tiny_dir, InferenceSettings(cls_only=False), cls_only=True).cls_only is True
     with pytest.raises(TypeError):
         load_backend(trained_tiny_dir, colour="blue")
+
+
+class FakeTerminal(io.StringIO):
+    """stderr as a terminal sees it: what tqdm's ``disable=None`` checks."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class Constant:
+    """The least a backend for ``run`` is: ``id2label`` and ``logits``."""
+
+    name, id2label = "constant", {0: "a", 1: "b"}
+
+    def logits(self, batch):
+        return np.zeros((len(batch["input_ids"]), 2), dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    ("progress", "terminal", "shown"),
+    [(None, True, True), (None, False, False), (True, False, True), (False, True, False)],
+)
+def test_run_progress_none_shows_a_bar_on_a_terminal_only(progress, terminal, shown, monkeypatch, capsys):
+    encoded = Encoded(ids=[np.arange(1, 6, dtype=np.int32)] * 12, full_lengths=np.full(12, 5))
+    stderr = FakeTerminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    logits = run(Constant(), encoded, 4, 0, progress=progress)
+    assert logits.shape == (12, 2)
+    bar = stderr.getvalue()
+    assert ("predicting" in bar and "12/12" in bar) if shown else bar == ""
+    assert capsys.readouterr().out == ""  # the bar goes to stderr, never into the output
+
+
+def test_run_shows_no_bar_by_default(monkeypatch):
+    encoded = Encoded(ids=[np.arange(1, 4, dtype=np.int32)] * 3, full_lengths=np.full(3, 3))
+    monkeypatch.setattr(sys, "stderr", FakeTerminal())
+    run(Constant(), encoded, 2, 0)  # internal passes and a server's batches: quiet even on a terminal
+    assert sys.stderr.getvalue() == ""

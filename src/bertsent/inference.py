@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -45,12 +45,14 @@ from bertsent.modeling.cls_only import cls_only_last_layer
 from bertsent.modeling.early_exit import EarlyExitModel, load_early_exit, recorded_early_exit
 from bertsent.modeling.loading import load_classifier
 from bertsent.modeling.parity import Candidate
+from bertsent.modeling.passes import model_pass
 from bertsent.modeling.quantized import is_torch_dynamic
 from bertsent.runtime import (
     auto_precision,
     cpu_capabilities,
     openvino_config,
     precision_name,
+    progress_bar,
     require_onnxruntime,
     require_openvino,
     session_options,
@@ -125,13 +127,13 @@ def run(backend: Backend, encoded: Encoded, batch_size: int, pad_id: int, progre
 
     The one batched inference loop: batches of ``batch_size`` texts sorted longest first
     (:func:`~bertsent.encoding.iter_batches`), each padded to its own longest text with ``pad_id``.
+    ``progress``: bertsent's one policy (:func:`~bertsent.runtime.progress_bar`): None shows a bar on a
+    terminal, True always, False (the default: short internal passes, a server's batches) never.
     """
-    from tqdm.auto import tqdm
-
     out = np.zeros((len(encoded), len(backend.id2label)), dtype=np.float32)
     # The one probe left: run also takes a bare object with id2label and logits (tests' fakes, user code).
     running = getattr(backend, "running", contextlib.nullcontext)
-    with running(), tqdm(total=len(encoded), desc="predicting", unit="review", disable=not progress) as bar:
+    with running(), progress_bar(progress, total=len(encoded), desc="predicting", unit="review") as bar:
         for idx, batch in iter_batches(encoded, batch_size, pad_id):
             out[idx] = backend.logits(batch)
             bar.update(len(idx))
@@ -247,16 +249,9 @@ class TorchBackend(FullDepth):
             return model
         return compiled
 
-    @contextlib.contextmanager
-    def running(self) -> Iterator[None]:
+    def running(self) -> contextlib.AbstractContextManager:
         """Eval mode and inference mode for a whole :func:`run`; the model's own mode comes back after."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                yield
-        finally:
-            self.model.train(was_training)
+        return model_pass(self.model, inference=True)
 
     def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         return self._forward(self.model, batch)
@@ -307,16 +302,9 @@ class EarlyExitBackend(TorchBackend):
     def reset_exit_counts(self) -> None:
         self.exit_counts[:] = 0
 
-    @contextlib.contextmanager
-    def running(self) -> Iterator[None]:
+    def running(self) -> contextlib.AbstractContextManager:
         """Eval and inference mode for the heads and the model, as :meth:`TorchBackend.running`."""
-        was_training = self.exit_model.training
-        self.exit_model.eval()
-        try:
-            with torch.inference_mode():
-                yield
-        finally:
-            self.exit_model.train(was_training)
+        return model_pass(self.exit_model, inference=True)
 
     @torch.inference_mode()
     def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Where and how code runs: CPU threads, the torch device, autocast precision, ONNX Runtime sessions,
-OpenVINO compile settings, and what the CPU can do (:func:`cpu_capabilities`, :func:`cpu_summary`).
+OpenVINO compile settings, what the CPU can do (:func:`cpu_capabilities`, :func:`cpu_summary`), and
+progress bars.
 
-One thread policy for every backend (``BERTSENT_THREADS`` / ``--threads``, else the physical cores).
+One thread policy for every backend (``BERTSENT_THREADS`` / ``--threads``, else the physical cores), and
+one progress policy for every long pass (:func:`progress_bar`: ``None`` shows a bar on a terminal only).
 """
 
 from __future__ import annotations
@@ -248,3 +250,17 @@ def quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def progress_disable(progress: bool | None) -> bool | None:
+    """tqdm's ``disable`` by bertsent's progress policy: ``progress=None`` shows a bar only where stderr is a
+    terminal (tqdm's own ``disable=None``), True always shows one, False never."""
+    return None if progress is None else not progress
+
+
+def progress_bar(progress: bool | None, **tqdm_kwargs):
+    """A ``tqdm.auto`` bar under the progress policy of :func:`progress_disable` (``total``, ``desc``, ...
+    as tqdm takes them); a context manager, ``update(n)`` as usual."""
+    from tqdm.auto import tqdm
+
+    return tqdm(disable=progress_disable(progress), **tqdm_kwargs)
