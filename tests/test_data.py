@@ -190,7 +190,7 @@ def test_folder_of_csv_cleans_counts_and_reports(tmp_path, caplog):
     assert kept == sorted(["Great film", "NA", "None", "meh", "awful", "fine & dandy", "so bad"])
     assert len(splits.validation) == 2 and report["sizes"] == {"train": 5, "validation": 2, "test": 4}
     assert json.loads(json.dumps(report)) == report
-    [record] = [r for r in caplog.records if r.name == "bertsent.data"]
+    [record] = [r for r in caplog.records if r.name == "bertsent.data.loading"]
     assert "train: 2 empty_text, 1 missing_label, 1 duplicate, 1 overlaps_test; test: none" in record.message
 
 
@@ -743,7 +743,7 @@ def test_gzip_bytes_under_a_plain_name_are_read_not_blamed_on_the_encoding(tmp_p
     plain = write(tmp_path / "plain.csv", reviews(30))
     disguised = tmp_path / "reviews.csv"
     disguised.write_bytes(gzip.compress(plain.read_bytes()))
-    with caplog.at_level(logging.INFO, logger="bertsent.data"):
+    with caplog.at_level(logging.INFO, logger="bertsent"):  # bertsent.tabular reads the bytes
         splits = load_data(DataConfig(str(disguised), validation_size=3))
     assert splits.train.equals(load_data(DataConfig(str(plain), validation_size=3)).train)
     assert f"{disguised} is gzip-compressed" in caplog.text

@@ -28,9 +28,7 @@ Pipeline, in this order (every dropped row is counted in ``Splits.report["droppe
 
 from __future__ import annotations
 
-import codecs
 import csv
-import gzip
 import html
 import io
 import json
@@ -54,8 +52,9 @@ from sklearn.model_selection import train_test_split
 
 from bertsent.config import DEFAULT_ID2LABEL, DataConfig, _check_label_names
 from bertsent.errors import DataError
+from bertsent.tabular import decode, is_gzip, one_line, read_bytes, split_gz
 
-log = logging.getLogger("bertsent.data")
+log = logging.getLogger(__name__)
 
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -72,7 +71,6 @@ _SPLIT_ALIASES = {
     "dev": "validation",
 }
 _TABLE_KINDS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json"}
-_GZIP_MAGIC = b"\x1f\x8b"
 WHOLE_FILE = "whole file"
 """``report["splits_from"]["test"]`` of ``load_data(..., whole_file=True)`` on a single file: all of it is test."""
 _TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
@@ -469,7 +467,7 @@ def _read_source(config: DataConfig, need: set[str]) -> _Raw:
             return _read_aclimdb_tar(path, source, need, config.encoding)
         _, kind = _table_name(path)
         if kind is None:
-            suffix = "".join(path.suffixes[-2:] if path.name.lower().endswith(".gz") else path.suffixes[-1:])
+            suffix = "".join(path.suffixes[-2:] if split_gz(path.name)[1] else path.suffixes[-1:])
             raise DataError(
                 f"{source}: unknown data format {suffix or '(no suffix)'!r}: expected a folder, .parquet, .csv, "
                 ".tsv, .jsonl or .json (the last four also gzip-compressed, .csv.gz), or an aclImdb .tar.gz archive"
@@ -525,7 +523,7 @@ def _find_split_files(root: Path, display_root: str) -> dict[str, list[tuple[Pat
             match = _SPLIT_FILE.fullmatch(stem.lower())
             if kind and match and match["split"] in _SPLIT_ALIASES and path.is_file():
                 split = _SPLIT_ALIASES[match["split"]]
-                key = (match["split"], kind, path.name.lower().endswith(".gz"))  # train.csv and train.csv.gz: two
+                key = (match["split"], kind, split_gz(path.name)[1])  # train.csv and train.csv.gz: two
                 groups.setdefault(split, {}).setdefault(key, []).append(path)
         if groups:
             break
@@ -542,8 +540,9 @@ def _find_split_files(root: Path, display_root: str) -> dict[str, list[tuple[Pat
 
 def _table_name(path: Path) -> tuple[str, str | None]:
     """``(stem, kind)`` of a data file's name (``train.csv.gz`` -> ``("train", "csv")``); kind None if not a table."""
-    if path.name.lower().endswith(".gz"):
-        inner = Path(path.name[:-3])
+    name, compressed = split_gz(path.name)
+    if compressed:
+        inner = Path(name)
         kind = _TABLE_KINDS.get(inner.suffix.lower())
         return inner.stem, None if kind == "parquet" else kind  # Parquet compresses inside itself
     return path.stem, _TABLE_KINDS.get(path.suffix.lower())
@@ -553,43 +552,13 @@ def _read_table(path: Path, display: str, kind: str, config: DataConfig) -> _Par
     if path.stat().st_size == 0:
         raise DataError(f"{display}: file is empty")
     if kind == "parquet":
-        with path.open("rb") as f:
-            if f.read(2) == _GZIP_MAGIC:
-                raise DataError(f"{display}: is gzip-compressed; Parquet compresses inside itself: gunzip it first")
+        if is_gzip(path):
+            raise DataError(f"{display}: is gzip-compressed; Parquet compresses inside itself: gunzip it first")
         return _read_parquet(path, display, config)
-    text = _decode(_read_bytes(path, display), display, config.encoding)
+    text = decode(read_bytes(path, display), display, config.encoding)
     if kind in ("csv", "tsv"):
         return _read_csv(text, display, "\t" if kind == "tsv" else ",", config)
     return _read_json(text, display, config)
-
-
-def _read_bytes(path: Path, display: str) -> bytes:
-    """The file's bytes, decompressed when they are gzip (known by their first two bytes, whatever the name)."""
-    raw = path.read_bytes()
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
-    if not path.name.lower().endswith(".gz"):
-        log.info("%s is gzip-compressed: reading it decompressed", display)
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{display}: not a readable gzip file ({_one_line(e)})") from None
-
-
-def _decode(raw: bytes, display: str, encoding: str) -> str:
-    """Decode ``raw`` ourselves so that a bad byte can be reported with its line (pandas can't)."""
-    if codecs.lookup(encoding).name == "utf-8":
-        encoding = "utf-8-sig"  # a BOM would otherwise glue itself to the first column name
-    try:
-        return raw.decode(encoding)
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-        name = encoding.removesuffix("-sig")
-        raise DataError(
-            f"{display} line {line}: not valid {name} (byte 0x{raw[e.start]:02x} at position {column}); "
-            "pass --encoding latin-1 if that is the file's encoding"
-        ) from None
 
 
 def _pick_column(
@@ -627,7 +596,7 @@ def _read_parquet(path: Path, display: str, config: DataConfig) -> _Part:
         text_col, label_col = _pick_columns(pq.read_schema(path).names, config, display)
         frame = pq.read_table(path, columns=[text_col, label_col]).to_pandas()
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{display}: not a readable Parquet file ({_one_line(e)})") from None
+        raise DataError(f"{display}: not a readable Parquet file ({one_line(e)})") from None
     frame.columns = ["text", "label"]
     return _Part(frame, display, label_col, lambda i: f"{display} row {i + 1}")
 
@@ -640,7 +609,7 @@ def _read_csv(text: str, display: str, sep: str, config: DataConfig) -> _Part:
     except pd.errors.EmptyDataError:
         raise DataError(f"{display}: file is empty") from None
     except (pd.errors.ParserError, csv.Error, ValueError) as e:
-        raise DataError(f"{display}: malformed CSV ({_one_line(e)})") from None
+        raise DataError(f"{display}: malformed CSV ({one_line(e)})") from None
     text_col, label_col = _pick_columns(frame.columns, config, display)
     frame = frame[[text_col, label_col]].set_axis(["text", "label"], axis=1)
     return _Part(frame, display, label_col, lambda i: f"{display} line {_csv_line(text, sep, i)}")
@@ -740,7 +709,7 @@ def _read_aclimdb_dir(root: Path, display: str, need: set[str], encoding: str) -
                 continue
             for path in folder.glob("*.txt"):
                 name = os.path.join(display, split, polarity, path.name)
-                rows.setdefault(split, []).append((label, name, _decode(path.read_bytes(), name, encoding)))
+                rows.setdefault(split, []).append((label, name, decode(path.read_bytes(), name, encoding)))
     return _aclimdb_raw(rows, display, "aclimdb/folder", seen)
 
 
@@ -760,10 +729,10 @@ def _read_aclimdb_tar(path: Path, display: str, need: set[str], encoding: str) -
                 seen.add(split)
                 if split in need:
                     name = f"{display}:{member.name}"
-                    text = _decode(archive.extractfile(member).read(), name, encoding)
+                    text = decode(archive.extractfile(member).read(), name, encoding)
                     rows.setdefault(split, []).append((int(polarity == "pos"), name, text))
     except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
-        raise DataError(f"{display}: not a readable tar archive ({_one_line(e)})") from None
+        raise DataError(f"{display}: not a readable tar archive ({one_line(e)})") from None
     return _aclimdb_raw(rows, display, "aclimdb/archive", seen)
 
 
@@ -784,7 +753,7 @@ def _read_hub(name: str, config: DataConfig) -> _Raw:
         if offline or _is_network_error(e):
             raise DataError(f"cannot download dataset {name!r} (offline?): {_OFFLINE_HINT}") from None
         raise DataError(
-            f"cannot load dataset {name!r} from the Hugging Face Hub ({_one_line(e)}); "
+            f"cannot load dataset {name!r} from the Hugging Face Hub ({one_line(e)}); "
             "no local file or folder has that name either"
         ) from None
     parts, label_names = {}, None
@@ -824,8 +793,3 @@ def _is_network_error(error: BaseException) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text[:300] or type(error).__name__
