@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from bertsent import __version__  # noqa: E402
 from bertsent.config import ServeSettings  # noqa: E402
 from bertsent.errors import BertsentError, InferenceError, ModelError, ServeError  # noqa: E402
-from bertsent.predict import Predictor  # noqa: E402
+from bertsent.predict import ModelDescription, Predictor  # noqa: E402
 from bertsent.serve import (  # noqa: E402
     API_KEY_ENV,
     MicroBatcher,
@@ -35,6 +35,7 @@ from bertsent.serve import (  # noqa: E402
     bind_socket,
     cmd_serve,
     create_app,
+    print_banner,
     settings_from_args,
     validation_message,
 )
@@ -84,6 +85,8 @@ def test_health_info_and_page(client, trained_tiny_dir, predictor):
     assert info["labels"] == {str(k): v for k, v in predictor.id2label.items()}
     assert info["backend"] == predictor.backend.name == "pytorch"
     assert (info["max_length"], info["truncation"]) == (predictor.max_length, predictor.truncation) == (32, "head")
+    assert (info["precision"], info["threads"]) == (predictor.backend.precision, predictor.backend.threads)
+    assert info["mean_layers"] is None  # no early exit: every text runs every layer
     assert info["batching"] == {"max_batch_size": 8, "max_wait_ms": 2.0}
     assert info["limits"] == {"max_inputs": 8, "max_chars": 400, "max_body_bytes": 6000}
     assert info["version"] == __version__
@@ -93,6 +96,67 @@ def test_health_info_and_page(client, trained_tiny_dir, predictor):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     for needle in ('id="review"', 'id="classify"', ">Classify<", 'fetch("predict"', 'id="bars"', 'id="error"'):
         assert needle in page.text
+
+
+class FakeModel:
+    """Not a Predictor: a model served through the server's protocol (describe, predict_proba, explain).
+
+    A text's row is [0.2, 0.8] when it holds "good", else [0.9, 0.1]; it cannot explain.
+    """
+
+    def __init__(self, folder, mean_layers: float | None = 1.5) -> None:
+        self.description = ModelDescription(
+            model_dir=folder,
+            labels={0: "neg", 1: "pos"},
+            backend="fake",
+            precision="bf16",
+            threads=3,
+            max_length=64,
+            truncation="tail",
+            long_text="truncate",
+            stride=0,
+            batch_size=8,
+            mean_layers=mean_layers,
+        )
+
+    def describe(self) -> ModelDescription:
+        return self.description
+
+    def predict_proba(self, texts) -> np.ndarray:
+        return np.array([[0.2, 0.8] if "good" in text else [0.9, 0.1] for text in texts])
+
+    def explain(self, texts, method=None, targets=None):
+        raise ModelError(f"{self.description.model_dir}: this fake model cannot explain")
+
+
+def test_info_metrics_and_banner_read_the_model_description(tmp_path, capsys):
+    """/info, the metrics and the start banner all show the model's one description, whatever serves it."""
+    folder = tmp_path / "somewhere" / "fake-folder"
+    app = create_app(FakeModel(folder), SETTINGS)
+    with TestClient(app) as client:
+        info = client.get("/info").json()
+        answer = client.post("/predict", json={"inputs": ["a good film", "dull"]}).json()
+        refused = client.post("/predict", json={"inputs": "good", "parameters": {"explain": True}})
+        samples = scrape(client)
+    assert answer == [{"label": "pos", "score": 0.8}, {"label": "neg", "score": 0.9}]
+    expected = {"model_dir": "fake-folder", "labels": {"0": "neg", "1": "pos"}, "backend": "fake", "precision": "bf16"}
+    expected |= {"threads": 3, "max_length": 64, "truncation": "tail", "long_text": "truncate", "mean_layers": 1.5}
+    assert {key: info[key] for key in expected} == expected
+    # The model's own refusal, with the folder's name and never its path.
+    assert refused.status_code == 400
+    assert refused.json() == {"error": "explain: fake-folder: this fake model cannot explain"}
+    assert {(s.labels["model"], s.labels["backend"]) for s in samples} == {("fake-folder", "fake")}
+    [model_info] = [s for s in samples if s.name == "bertsent_model_info"]
+    assert (model_info.labels["precision"], model_info.labels["threads"]) == ("bf16", "3")
+    print_banner(app, "http://127.0.0.1:1234")
+    banner = capsys.readouterr().out
+    assert banner.startswith(f"serving {folder} (fake; labels: neg, pos) at http://127.0.0.1:1234\n")
+    assert "runs in bf16 on 3 threads, 64 tokens per text (tail kept; long texts: truncate)" in banner
+
+
+def test_only_a_folder_or_a_served_model_is_served():
+    with pytest.raises(TypeError, match="a model folder or a Predictor, not a dict"):
+        create_app({"model": "m"}, SETTINGS)
 
 
 def test_openapi_documents_the_api(client):

@@ -68,6 +68,32 @@ def _setting(name: str) -> property:
     return property(lambda self: getattr(self.settings, name), doc=f"The resolved ``settings.{name}``.")
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelDescription:
+    """What a loaded model is and how it runs, in one object (:meth:`Predictor.describe`): what the
+    server's ``/info``, its metrics and its start banner show."""
+
+    model_dir: Path
+    """The model folder (the server shows only its name, never its path)."""
+    labels: dict[int, str]
+    """id2label."""
+    backend: str
+    """The backend's name: ``pytorch``, ``pytorch early-exit``, ``onnxruntime`` or ``openvino``."""
+    precision: str
+    """What the backend runs in: ``fp32``, ``bf16``, ``as exported``, ..."""
+    threads: int
+    """CPU threads the backend was given."""
+    max_length: int
+    truncation: str
+    long_text: str
+    """``truncate``: one ``max_length`` window per text; ``chunk``: overlapping windows averaged."""
+    stride: int
+    """Tokens shared by consecutive windows (``long_text="chunk"``)."""
+    batch_size: int
+    mean_layers: float | None = None
+    """Early exit: mean encoder layers per text since counting began; None where every text runs every layer."""
+
+
 class Predictor:
     """A model folder ready to classify texts; the one object ``predict``, ``evaluate``, ``compare`` and
     ``serve`` share.
@@ -177,6 +203,23 @@ class Predictor:
         if isinstance(texts, Encoded):
             return self.scores(texts, None, progress)
         return self.scores(*self.prepare(texts), progress=progress)
+
+    def describe(self) -> ModelDescription:
+        """What this Predictor runs and how, now (early exit's ``mean_layers`` changes as texts are scored)."""
+        backend = self.backend
+        return ModelDescription(
+            model_dir=self.model_dir,
+            labels={int(k): str(v) for k, v in self.id2label.items()},
+            backend=backend.name,
+            precision=str(backend.precision),
+            threads=backend.threads,
+            max_length=self.max_length,
+            truncation=self.truncation,
+            long_text=self.long_text,
+            stride=self.stride,
+            batch_size=self.batch_size,
+            mean_layers=backend.mean_layers,
+        )
 
     def __call__(self, texts: str | list[str], top_k: int | None = 1) -> list[dict] | list[list[dict]]:
         """Pipeline-shaped output: ``[{"label": ..., "score": ...}]``; ``top_k=None`` gives all scores.

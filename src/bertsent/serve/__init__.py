@@ -29,8 +29,10 @@ request's own texts (the worker goes on), 503 while the worker is not running.
 
 The package, one module per concern, each importing only from those below it: ``server`` (the
 command, socket, uvicorn, signals, banner) → ``app`` (create_app, lifespan, error handlers) →
-``routes`` → ``batcher`` | ``middleware`` | ``schemas`` → ``metrics`` | ``answers``. Importing
-``bertsent.serve`` itself imports none of them (nor FastAPI): each name below is imported on first use.
+``routes`` → ``batcher`` | ``middleware`` | ``schemas`` → ``metrics`` | ``answers`` | ``model`` (the
+protocol a served model meets: ``describe()``, whose one description ``/info``, the metrics and the
+banner show). Importing ``bertsent.serve`` itself imports none of them (nor FastAPI): each name
+below is imported on first use.
 """
 
 import importlib
@@ -61,6 +63,7 @@ _HOMES = {
     ),
     "metrics": ("ServeMetrics", "batch_buckets"),
     "answers": ("json_error", "predictions", "ranked_predictions"),
+    "model": ("ServedModel",),
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 _ELSEWHERE = {

@@ -6,9 +6,9 @@ stopped, after answering what is queued, on shutdown). Errors, FastAPI's own inc
 """
 
 import contextlib
+import dataclasses
 import logging
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bertsent.config import InferenceSettings, ServeSettings
@@ -18,10 +18,11 @@ from bertsent.serve.answers import error, json_error
 from bertsent.serve.batcher import MicroBatcher
 from bertsent.serve.metrics import ServeMetrics
 from bertsent.serve.middleware import API_KEY_ENV, ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from bertsent.serve.model import ServedModel
 from bertsent.serve.schemas import ErrorResponse, document_limits, validation_message
 
 if TYPE_CHECKING:
-    from bertsent.predict import Predictor
+    from bertsent.predict import ModelDescription
 
 log = logging.getLogger(__name__)
 
@@ -43,28 +44,38 @@ def load_page() -> str | None:
 
 
 def load_predictor(
-    model: "str | os.PathLike | Predictor", settings: ServeSettings, inference: InferenceSettings | None = None
-) -> "Predictor":
-    """``model`` itself when it is a ``Predictor`` (or has its interface), else a Predictor for the folder
-    running with ``inference``, its batch size ``settings.max_batch_size`` (and ``settings.threads`` when set)."""
-    if hasattr(model, "predict_proba"):
+    model: "str | os.PathLike | ServedModel", settings: ServeSettings, inference: InferenceSettings | None = None
+) -> "ServedModel":
+    """``model`` itself when it is a ``Predictor`` (or any :class:`ServedModel`), else a Predictor for the
+    folder running with ``inference``, its batch size ``settings.max_batch_size``."""
+    if not isinstance(model, str | os.PathLike):
+        if not isinstance(model, ServedModel):
+            raise TypeError(f"create_app serves a model folder or a Predictor, not a {type(model).__name__}")
         if inference is not None:
             raise SettingsError("inference settings are for a model folder; a Predictor already has its own")
         return model
     from bertsent.predict import Predictor
 
-    return Predictor(model, inference, batch_size=settings.max_batch_size, threads=settings.threads)
+    return Predictor(model, _with_serve_threads(inference, settings), batch_size=settings.max_batch_size)
+
+
+def _with_serve_threads(inference: InferenceSettings | None, settings: ServeSettings) -> InferenceSettings | None:
+    """The inference settings, which alone say the thread count; ``ServeSettings.threads`` (the Python API's
+    older place for it) fills it in when they leave it unset. ``bertsent serve --threads`` sets both."""
+    if settings.threads is None or (inference is not None and inference.threads is not None):
+        return inference
+    return dataclasses.replace(inference or InferenceSettings(), threads=settings.threads)
 
 
 def create_app(
-    model: "str | os.PathLike | Predictor",
+    model: "str | os.PathLike | ServedModel",
     settings: ServeSettings | None = None,
     inference: InferenceSettings | None = None,
 ):
-    """The FastAPI app serving ``model``: a model folder, or a ``Predictor`` (or anything with its interface).
+    """The FastAPI app serving ``model``: a model folder, or a ``Predictor`` (or any :class:`ServedModel`).
 
-    A folder runs with ``inference`` (:class:`InferenceSettings`: max length, long texts, backend, ...);
-    its batch size is always ``settings.max_batch_size``, and ``settings.threads``, when set, wins.
+    A folder runs with ``inference`` (:class:`InferenceSettings`: max length, long texts, backend, threads,
+    ...); its batch size is always ``settings.max_batch_size``.
     The model is loaded here, so a bad folder fails now, not at the first request; the batching
     worker starts with the app's lifespan (run it under uvicorn, or ``with TestClient(app)``).
     With ``settings.api_key``, every path but ``/health``, the page and the docs needs the key.
@@ -86,7 +97,8 @@ def create_app(
     )
     app.state.predictor = predictor
     app.state.settings = settings
-    app.state.metrics = _new_metrics(predictor, settings)
+    app.state.description = description = predictor.describe()
+    app.state.metrics = _new_metrics(description, settings)
     # Counters before the first lifespan (and after a restart) read from a batcher that never ran.
     app.state.batcher = _new_batcher(predictor, settings, app.state.metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -98,7 +110,7 @@ def create_app(
     protected = _protected(settings)
     routes.add_page_and_health(app, page)
     routes.add_info(app, predictor, settings, protected)
-    routes.add_predict(app, predictor, settings, protected)
+    routes.add_predict(app, predictor, description, settings, protected)
     routes.add_metrics(app)
     _document_limits(app, settings)
     return app
@@ -108,18 +120,18 @@ def _new_batcher(predictor, settings: ServeSettings, metrics: ServeMetrics | Non
     return MicroBatcher(predictor.predict_proba, settings.max_batch_size, settings.max_wait_ms, metrics)
 
 
-def _new_metrics(predictor, settings: ServeSettings) -> ServeMetrics:
+def _new_metrics(description: "ModelDescription", settings: ServeSettings) -> ServeMetrics:
     from bertsent import __version__
 
-    backend = getattr(predictor, "backend", None)
     info = {
         "version": __version__,
-        "precision": getattr(backend, "precision", "unknown"),
-        "max_length": getattr(predictor, "max_length", 0),
-        "long_text": getattr(predictor, "long_text", "truncate"),
+        "precision": description.precision,
+        "threads": description.threads,
+        "max_length": description.max_length,
+        "long_text": description.long_text,
     }
-    folder = Path(str(getattr(predictor, "model_dir", "") or "")).name  # as /info: not the path on disk
-    return ServeMetrics(folder, getattr(backend, "name", "unknown"), settings.max_batch_size, info)
+    # The folder's name, as /info gives it: not its path on the server's disk.
+    return ServeMetrics(description.model_dir.name, description.backend, settings.max_batch_size, info)
 
 
 @contextlib.asynccontextmanager

@@ -10,13 +10,17 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bertsent.config import ServeSettings
 from bertsent.errors import InferenceError, ServeError, first_line
 from bertsent.serve import schemas as m
 from bertsent.serve.answers import error, predictions, ranked_predictions
 from bertsent.serve.batcher import MicroBatcher
+from bertsent.serve.model import ServedModel
+
+if TYPE_CHECKING:
+    from bertsent.predict import ModelDescription
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +43,13 @@ def add_page_and_health(app, page: str | None) -> None:
         return {"status": "ok"}
 
 
-def add_info(app, predictor, settings: ServeSettings, protected: dict) -> None:
+def add_info(app, predictor: ServedModel, settings: ServeSettings, protected: dict) -> None:
     from fastapi import Request
 
     from bertsent import __version__
     from bertsent.runtime import cpu_summary
 
-    id2label = {int(k): str(v) for k, v in predictor.id2label.items()}
-    folder = Path(str(getattr(predictor, "model_dir", "") or "")).name  # not the path on the server's disk
-    static = {
-        "model_dir": folder,
-        "labels": id2label,
-        "backend": getattr(getattr(predictor, "backend", None), "name", "unknown"),
-        "max_length": getattr(predictor, "max_length", 0),
-        "truncation": getattr(predictor, "truncation", ""),
-        "long_text": getattr(predictor, "long_text", "truncate"),
-        "stride": getattr(predictor, "stride", 0),
+    fixed = {
         "batching": {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms},
         "limits": {
             "max_inputs": settings.max_inputs,
@@ -62,7 +57,6 @@ def add_info(app, predictor, settings: ServeSettings, protected: dict) -> None:
             "max_body_bytes": settings.max_body_bytes,
         },
         "version": __version__,
-        "precision": str(getattr(getattr(predictor, "backend", None), "precision", "unknown")),
         "cpu": cpu_summary(),
     }
 
@@ -70,7 +64,25 @@ def add_info(app, predictor, settings: ServeSettings, protected: dict) -> None:
     async def info(request: Request):
         """The model folder's name, its labels, backend and input settings, the batching settings and counters."""
         batcher: MicroBatcher = request.app.state.batcher
-        return static | {"stats": dataclasses.asdict(batcher.stats) | {"queued": batcher.queued}}
+        stats = dataclasses.asdict(batcher.stats) | {"queued": batcher.queued}
+        return described(predictor.describe()) | fixed | {"stats": stats}
+
+
+def described(description: "ModelDescription") -> dict:
+    """``/info``'s fields about the model; the folder's name only, never its path on the server's disk."""
+    d = description
+    return {
+        "model_dir": d.model_dir.name,
+        "labels": d.labels,
+        "backend": d.backend,
+        "precision": d.precision,
+        "threads": d.threads,
+        "max_length": d.max_length,
+        "truncation": d.truncation,
+        "long_text": d.long_text,
+        "stride": d.stride,
+        "mean_layers": d.mean_layers,
+    }
 
 
 def add_metrics(app) -> None:
@@ -85,10 +97,12 @@ def add_metrics(app) -> None:
         return Response(body, media_type=content_type)
 
 
-def add_predict(app, predictor, settings: ServeSettings, protected: dict) -> None:
+def add_predict(
+    app, predictor: ServedModel, description: "ModelDescription", settings: ServeSettings, protected: dict
+) -> None:
     from fastapi import Request
 
-    id2label = {int(k): str(v) for k, v in predictor.id2label.items()}
+    id2label = description.labels
     too_large = {"model": m.ErrorResponse, "description": "too many inputs, a text too long or a body too big"}
     responses = {
         413: too_large,
@@ -122,7 +136,7 @@ def add_predict(app, predictor, settings: ServeSettings, protected: dict) -> Non
             return error(413, problem)
         params = body.parameters
         explain = params is not None and params.explain
-        refusal = explain_refusal(predictor) if explain else None
+        refusal = explain_refusal(predictor, description) if explain else None
         if refusal is not None:
             return error(400, refusal)
         try:
@@ -139,18 +153,18 @@ def add_predict(app, predictor, settings: ServeSettings, protected: dict) -> Non
         return await explained_answer(predictor, texts, probs, params.explain_method, best, answer, explaining)
 
 
-def explain_refusal(predictor) -> str | None:
-    """Why ``predictor`` cannot explain (a 400, before the model runs), or None; never the folder's path."""
+def explain_refusal(predictor: ServedModel, description: "ModelDescription") -> str | None:
+    """Why ``predictor`` cannot explain (a 400, before the model runs), or None; never the folder's path.
+
+    Explaining no text is the question: a Predictor makes its Explainer then (once), or says why it cannot.
+    """
     from bertsent.errors import BertsentError
 
-    if not callable(getattr(predictor, "explain", None)):
-        return "explain: this server's model cannot explain its predictions"
     try:
-        getattr(predictor, "explainer", None)  # a Predictor builds its Explainer here, or says why it cannot
+        predictor.explain([])
     except BertsentError as e:
-        folder = str(getattr(predictor, "model_dir", "") or "")
-        message = first_line(e)
-        return f"explain: {message.replace(folder, Path(folder).name) if folder else message}"
+        folder = str(description.model_dir)
+        return f"explain: {first_line(e).replace(folder, description.model_dir.name)}"
     return None
 
 

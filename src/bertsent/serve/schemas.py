@@ -179,6 +179,10 @@ class Info(BaseModel):
     stats: Stats
     version: str
     precision: str = Field(description="what the backend runs in (fp32, bf16, ...)")
+    threads: int = Field(description="CPU threads the backend runs with")
+    mean_layers: float | None = Field(
+        description="early exit: mean encoder layers per text so far; null where every text runs every layer"
+    )
     cpu: dict = Field(description="the server's CPU: model and the flags that decide the fastest route")
 
 

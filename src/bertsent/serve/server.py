@@ -150,9 +150,13 @@ def print_banner(app, url: str, key_from_env: bool = False) -> None:
     """What ``bertsent serve`` prints once bound (never the API key itself)."""
     from bertsent.serve.schemas import BODY_EXAMPLE
 
-    predictor, settings = app.state.predictor, app.state.settings
-    labels = ", ".join(predictor.id2label[i] for i in sorted(predictor.id2label))
-    print(f"serving {predictor.model_dir} ({predictor.backend.name}; labels: {labels}) at {url}")
+    model, settings = app.state.description, app.state.settings
+    labels = ", ".join(model.labels[i] for i in sorted(model.labels))
+    print(f"serving {model.model_dir} ({model.backend}; labels: {labels}) at {url}")
+    print(
+        f"runs in {model.precision} on {model.threads} threads, {model.max_length} tokens per text "
+        f"({model.truncation} kept; long texts: {model.long_text})"
+    )
     print(f"web page: {url}/   API docs: {url}/docs   metrics: {url}/metrics")
     print(f"predict: POST {url}/predict {BODY_EXAMPLE}")
     print(
