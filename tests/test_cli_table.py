@@ -3,13 +3,13 @@ CLI had before the restructure still parses, and only a BertsentError is a one-l
 
 import argparse
 import dataclasses
-import typing
+import re
 
 import pytest
 
-from bertsent.argparsing import SETTINGS_KEY, nested_type, settings
+from bertsent.argparsing import SETTINGS_KEY, SettingsClash, field_docs, flag_fields, settings, settings_parser
 from bertsent.cli import COMMANDS, build_parser, main
-from bertsent.config import DataConfig, PruneConfig, QuantizeConfig
+from bertsent.config import DataConfig, EarlyExitConfig, FactorizeConfig, PruneConfig, QuantizeConfig
 
 # Every flag and positional each command had before the restructure (bertsent at 20a18ff).
 OLD_FLAGS = {
@@ -66,12 +66,7 @@ def test_flags_and_defaults_are_the_dataclass_fields(name):
         if a.option_strings and a.dest not in ("help", "evaluate_test"):
             actions.setdefault(a.dest, a)
             options.setdefault(a.dest, []).extend(a.option_strings)
-    fields = {}
-    for cls in command.settings:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.init and f.name not in command.skip and not nested_type(hints[f.name]):
-                fields[f.name] = f
+    fields = {f.name: f for cls in command.settings for f in flag_fields(cls, command.skip)}
     if any(f.name == "evaluate_test" for cls in command.settings for f in dataclasses.fields(cls)):
         fields.pop("evaluate_test")
     assert set(actions) == set(fields), "every flag is a field and every field a flag"
@@ -117,7 +112,8 @@ def test_every_data_option_reaches_the_stage():
     config = settings(ns, PruneConfig)
     assert (config.data.text_column, config.data.label_column, config.data.labels) == ("body", "stars", ["bad", "good"])
     assert (config.data.encoding, config.data.train_samples, config.data.seed) == ("latin-1", 64, 7)
-    assert config.eval_samples == 30 and config.data.eval_samples is None  # prune's own --eval-samples
+    # prune's old --eval-samples is its validation count, the same field as the data's --validation-samples
+    assert config.validation_samples == 30 and config.data.validation_samples == 30
     assert getattr(ns, SETTINGS_KEY)[PruneConfig]
 
 
@@ -133,3 +129,46 @@ def test_a_bug_keeps_its_traceback_and_user_errors_are_one_line(monkeypatch, cap
     assert "epochs" in err and len(err.splitlines()) == 1
     assert main(["-v", "train", "--data", "d", "--epochs", "0"]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_field_two_settings_share_must_mean_one_thing():
+    @dataclasses.dataclass
+    class Stage:
+        eval_samples: int = 500
+        """Validation reviews scored (a different meaning from the data's test subset)."""
+
+    with pytest.raises(SettingsClash, match="'eval_samples' in DataConfig and Stage"):
+        settings_parser((DataConfig, Stage))
+    parser = settings_parser((DataConfig, Stage), frozenset({"DataConfig.eval_samples"}))
+    ns = parser.parse_args(["--data", "d", "--eval-samples", "7", "--seed", "3"])
+    assert settings(ns, Stage).eval_samples == 7 and settings(ns, DataConfig).eval_samples is None
+    # SHARED fields (seed, threads, train and validation reviews) mean the same in both: one flag sets both.
+    assert settings(ns, DataConfig).seed == 3
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_flag_has_help_that_quotes_no_measurement(name):
+    figure = re.compile(r"\d(\.\d+)?\s*(x|×|%)(?![\w-])|\d+\.\d+ points")
+    for cls in COMMANDS[name].settings:
+        docs = field_docs(cls)
+        for f in flag_fields(cls, COMMANDS[name].skip):
+            text = docs.get(f.name, "")
+            assert text, f"{name} --{f.name.replace('_', '-')} ({cls.__name__}) has no help text"
+            assert not figure.search(text), f"{cls.__name__}.{f.name} quotes a measured figure: {text}"
+
+
+def test_old_flag_names_parse_as_deprecated_aliases_and_warn_once(caplog, monkeypatch):
+    monkeypatch.setattr("bertsent.argparsing._warned", set())  # once per process: this test's process view
+    argv = ["prune", "--model", "m", "--output-dir", "o", "--sparsity", "0.5", "--recover-epochs", "2"]
+    with caplog.at_level("WARNING", logger="bertsent.argparsing"):
+        ns = build_parser().parse_args([*argv, "--recover_lr", "1e-3", "--eval-samples", "9"])
+        build_parser().parse_args([*argv, "--eval-samples", "9"])
+    config = settings(ns, PruneConfig)
+    assert (config.recovery_epochs, config.recovery_lr, config.validation_samples) == (2, 1e-3, 9)
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned.count("--eval-samples is deprecated: use --validation-samples") == 1
+    assert "--recover-epochs is deprecated: use --recovery-epochs" in warned
+    ns = build_parser().parse_args(["factorize", "--model", "m", "--output-dir", "o", "--train-samples", "64"])
+    assert settings(ns, FactorizeConfig).recovery_samples == 64
+    ns = build_parser().parse_args(["early-exit", "--model", "m", "--output-dir", "o", "--train-samples", "64"])
+    assert settings(ns, EarlyExitConfig).head_train_samples == 64

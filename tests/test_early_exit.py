@@ -145,7 +145,7 @@ def test_rules_refuse_bad_thresholds():
 @pytest.fixture(scope="module")
 def exit_dir(trained_tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("early_exit") / "out"
-    config = EarlyExitConfig(model=str(trained_tiny_dir), output_dir=str(out), eval_samples=40, head_epochs=5)
+    config = EarlyExitConfig(model=str(trained_tiny_dir), output_dir=str(out), validation_samples=40, head_epochs=5)
     return early_exit(config).output_dir
 
 
@@ -299,7 +299,7 @@ def test_exit_threshold_on_a_plain_folder_is_ignored_with_a_warning(trained_tiny
 def test_patience_stage_and_a_given_threshold(trained_tiny_dir, tmp_path):
     out = tmp_path / "patience"
     config = EarlyExitConfig(
-        model=str(trained_tiny_dir), output_dir=str(out), criterion="patience", exit_threshold=1, eval_samples=20
+        model=str(trained_tiny_dir), output_dir=str(out), criterion="patience", exit_threshold=1, validation_samples=20
     )
     record = early_exit(config).record
     assert record["rule"] == {"criterion": "patience", "threshold": 1.0}
@@ -341,7 +341,7 @@ def test_cli_writes_the_folder(trained_tiny_dir, tmp_path, capsys):
         (["--max-drop", "-1"], "max_drop must be a number of accuracy points >= 0"),
         (["--criterion", "patience", "--exit-threshold", "0.5"], "a patience threshold is a number of layers"),
         (["--exit-threshold", "-0.2"], "exit thresholds must be numbers >= 0"),
-        (["--eval-samples", "0"], "eval_samples must be an integer >= 1"),
+        (["--eval-samples", "0"], "validation_samples must be an integer >= 1"),
         (["--data", "/no/such/data"], "/no/such/data"),
     ],
 )

@@ -206,7 +206,7 @@ def test_pruned_folder_exports_with_parity(trained_tiny_dir, toy_data_dir, tmp_p
             ffn_fraction=0.5,
             data=DataConfig(str(toy_data_dir), validation_size=40),
             importance_samples=64,
-            eval_samples=40,
+            validation_samples=40,
             device="cpu",
         )
     ).output_dir

@@ -51,8 +51,8 @@ def factorized(trained_tiny_dir, tmp_path_factory):
         rank=4,
         weighting="activation",
         calibration_samples=32,
-        train_samples=64,
-        eval_samples=40,
+        recovery_samples=64,
+        validation_samples=40,
     )
     return factorize(config)
 
@@ -261,7 +261,7 @@ def test_int8_quantization_keeps_the_factorized_shape(factorized, tmp_path):
     from bertsent.compression.quantize import quantize
     from bertsent.config import QuantizeConfig
 
-    config = QuantizeConfig(model=str(factorized.output_dir), output_dir=str(tmp_path / "int8"), eval_samples=40)
+    config = QuantizeConfig(model=str(factorized.output_dir), output_dir=str(tmp_path / "int8"), validation_samples=40)
     result = quantize(config)
     assert result.record["validation"]["agreement"] >= 0.9
     torch_int8 = QuantizeConfig(
@@ -293,8 +293,7 @@ def test_cli_factorizes_and_prints_what_it_did(trained_tiny_dir, tmp_path, capsy
         (["--rank", "0"], "rank must be an integer >= 1"),
         (["--energy", "0"], "energy must be a share in (0, 1]"),
         (["--energy", "1.5"], "energy must be a share in (0, 1]"),
-        (["--rank", "4", "--energy", "0.9"], "exactly one of rank"),
-        ([], "exactly one of rank"),
+        (["--rank", "4", "--energy", "0.9"], "not both"),
         (["--rank", "4", "--targets", "ffn,embeddings"], "unknown target 'embeddings'"),
         (["--rank", "64"], "no layer would get fewer weights"),
         (["--energy", "1"], "no layer would get fewer weights"),  # full rank everywhere saves nothing
@@ -320,8 +319,8 @@ def test_without_data_recovery_and_weighting_say_what_they_need(tiny_model_dir, 
 def test_settings_normalise_targets_and_need_validation_for_recovery():
     config = FactorizeConfig(model="m", output_dir="o", rank=2, targets="Attention, ffn")
     assert config.targets == "ffn,attention" and config.target_list == ["ffn", "attention"]
-    with pytest.raises(SettingsError, match="eval_samples must be >= 1"):
-        FactorizeConfig(model="m", output_dir="o", rank=2, eval_samples=0, recovery_epochs=1)
+    with pytest.raises(SettingsError, match="validation_samples must be >= 1"):
+        FactorizeConfig(model="m", output_dir="o", rank=2, validation_samples=0, recovery_epochs=1)
     with pytest.raises(SettingsError, match="no target given"):
         FactorizeConfig(model="m", output_dir="o", rank=2, targets=" , ")
 
@@ -337,7 +336,7 @@ def test_a_killed_recovery_continues_from_its_checkpoint(trained_tiny_dir, tmp_p
 
     def config(name: str) -> FactorizeConfig:
         return FactorizeConfig(
-            model=str(trained_tiny_dir), output_dir=str(tmp_path / name), rank=4, train_samples=64, eval_samples=40
+            model=str(trained_tiny_dir), output_dir=str(tmp_path / name), rank=4, recovery_samples=64, validation_samples=40
         )
 
     factorize(config("whole"))

@@ -95,7 +95,7 @@ def test_openvino_int8_quantization_writes_a_folder_that_predicts(trained_tiny_d
         output_dir=str(tmp_path / "int8"),
         method="openvino-int8",
         calibration_samples=32,
-        eval_samples=40,
+        validation_samples=40,
     )
     result = quantize(config)
     record = result.record
@@ -127,7 +127,7 @@ def test_openvino_int8_refuses_a_collapse(trained_tiny_dir, tmp_path, monkeypatc
         output_dir=str(tmp_path / "int8"),
         method="openvino-int8",
         calibration_samples=8,
-        eval_samples=40,
+        validation_samples=40,
     )
     with pytest.raises(QuantizationCollapseError):
         quantize(config)

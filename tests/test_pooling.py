@@ -126,7 +126,7 @@ def test_pruning_a_mean_pooled_model_keeps_the_pooling_layer_whole_and_last(pool
     from bertsent.errors import PruneError
     from bertsent.predict import Predictor
 
-    common = dict(model=str(pooled_run), data=DataConfig(str(toy_data_dir), validation_size=40), eval_samples=0)
+    common = dict(model=str(pooled_run), data=DataConfig(str(toy_data_dir), validation_size=40), validation_samples=0)
     # Each of the pooling layer's heads carries one slice of the mean: none of them is a candidate. Its
     # near-zero feed-forward goes down to the one neuron a layer keeps.
     result = prune(PruneConfig(output_dir=str(tmp_path / "heads"), heads_fraction=0.5, ffn_fraction=0.5, **common))
@@ -169,7 +169,7 @@ def test_early_exit_on_a_mean_pooled_model_counts_the_encoder_s_own_layers(poole
     from bertsent.folder import EARLY_EXIT_KEY
     from bertsent.predict import Predictor
 
-    out = early_exit(EarlyExitConfig(model=str(pooled_run), output_dir=str(tmp_path / "exit"), eval_samples=40))
+    out = early_exit(EarlyExitConfig(model=str(pooled_run), output_dir=str(tmp_path / "exit"), validation_samples=40))
     config = json.loads((out.output_dir / "config.json").read_text())
     assert config[EARLY_EXIT_KEY]["layers"] == 2  # two encoder layers; the pooling layer is the head's
     record = json.loads((out.output_dir / "compression.json").read_text())

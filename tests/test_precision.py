@@ -166,17 +166,17 @@ def folder_kinds(trained_tiny_dir, toy_data_dir, tmp_path_factory) -> dict[str, 
         ffn_fraction=0.5,
         data=data,
         importance_samples=64,
-        eval_samples=40,
+        validation_samples=40,
         device="cpu",
     )
     factorize_config = FactorizeConfig(
-        source, str(root / "factorized"), rank=4, calibration_samples=32, train_samples=64, eval_samples=40
+        source, str(root / "factorized"), rank=4, calibration_samples=32, recovery_samples=64, validation_samples=40
     )
     results = {
         "fine-tuned": root / "fine-tuned",
         "pruned": prune(prune_config),
         "factorized": factorize(factorize_config),
-        "early exit": early_exit(EarlyExitConfig(source, str(root / "exit"), eval_samples=40, head_epochs=5)),
+        "early exit": early_exit(EarlyExitConfig(source, str(root / "exit"), validation_samples=40, head_epochs=5)),
         "trimmed vocabulary": trim_vocab(TrimVocabConfig(source, str(root / "trimmed"))),
         "torch-dynamic INT8": quantize(QuantizeConfig(source, str(root / "int8"), method="torch-dynamic")),
     }

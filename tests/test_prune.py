@@ -59,7 +59,7 @@ def pruned(trained_tiny_dir, toy_data_dir, tmp_path_factory):
         ffn_fraction=0.25,
         data=DataConfig(str(toy_data_dir), validation_size=40),
         importance_samples=64,
-        eval_samples=40,
+        validation_samples=40,
     )
     return prune(config)
 
@@ -192,7 +192,7 @@ def test_pruned_folder_is_self_describing_and_reloads_with_identical_logits(prun
     assert (out / "training_args.json").read_text() == (trained_tiny_dir / "training_args.json").read_text()
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
-    assert config[PRUNING_KEY] == pruned.compression["layout"] == pruning_layout(pruned.model)
+    assert config[PRUNING_KEY] == pruned.record["layout"] == pruning_layout(pruned.model)
     assert sum(len(h) for h in config[PRUNING_KEY]["heads"].values()) == LAYERS * HEADS // 2
     assert set(config[PRUNING_KEY]["intermediate"].values()) == {FFN - FFN // 4}
 
@@ -200,7 +200,7 @@ def test_pruned_folder_is_self_describing_and_reloads_with_identical_logits(prun
     assert not reloaded.training
     batch = batch_of(out)
     torch.testing.assert_close(logits(reloaded, batch), logits(pruned.model, batch), atol=0, rtol=0)
-    c = pruned.compression
+    c = pruned.record
     assert c["parameters"]["after"] == n_params(reloaded) < c["parameters"]["before"]
     assert c["heads"] == {"before": LAYERS * HEADS, "after": LAYERS * HEADS // 2}
     assert c["ffn_neurons"] == {"before": LAYERS * FFN, "after": LAYERS * (FFN - FFN // 4)}
@@ -242,15 +242,15 @@ def test_pruning_a_pruned_model_composes(pruned, toy_data_dir, tmp_path):
         heads_fraction=0.5,
         data=DataConfig(str(toy_data_dir), validation_size=40),
         importance_samples=32,
-        eval_samples=0,
+        validation_samples=0,
     )
     again = prune(config)
-    first, second = pruned.compression["layout"], again.compression["layout"]
-    assert again.compression["heads"] == {"before": LAYERS * HEADS // 2, "after": LAYERS * HEADS // 4}
+    first, second = pruned.record["layout"], again.record["layout"]
+    assert again.record["heads"] == {"before": LAYERS * HEADS // 2, "after": LAYERS * HEADS // 4}
     for li, heads in second["heads"].items():
         assert heads and set(heads) <= set(first["heads"][li])  # original head ids carry through
     assert second["intermediate"] == first["intermediate"]
-    importance = np.asarray(again.compression["head_importance"], dtype=float)
+    importance = np.asarray(again.record["head_importance"], dtype=float)
     assert np.isnan(importance).sum() == LAYERS * HEADS // 2  # heads already gone have no importance
     batch = batch_of(again.output_dir)
     torch.testing.assert_close(logits(load_classifier(again.output_dir), batch), logits(again.model, batch))
@@ -261,10 +261,10 @@ def test_magnitude_sparsity_is_reached_and_baked_into_the_saved_weights(source_d
     from transformers import AutoModelForSequenceClassification
 
     result = prune(
-        PruneConfig(model=str(source_dir), output_dir=str(tmp_path / "sparse"), sparsity=0.5, eval_samples=0)
+        PruneConfig(model=str(source_dir), output_dir=str(tmp_path / "sparse"), sparsity=0.5, validation_samples=0)
     )
-    achieved = result.compression["sparsity"]["encoder_linear_after"]
-    assert abs(achieved - 0.5) < 0.01 and result.compression["sparsity"]["encoder_linear_before"] == 0
+    achieved = result.record["sparsity"]["encoder_linear_after"]
+    assert abs(achieved - 0.5) < 0.01 and result.record["sparsity"]["encoder_linear_before"] == 0
     saved = load_file(tmp_path / "sparse" / "model.safetensors")
     assert not [k for k in saved if k.endswith(("_orig", "_mask"))]
     linear_weights = [k for k in saved if ".encoder." in k and k.endswith(".weight") and "LayerNorm" not in k]
@@ -275,7 +275,7 @@ def test_magnitude_sparsity_is_reached_and_baked_into_the_saved_weights(source_d
     reloaded = load_classifier(tmp_path / "sparse")
     assert encoder_sparsity(reloaded) == pytest.approx(achieved)
     # Shapes are untouched, so stock from_pretrained (and pipeline) load it, as the card says.
-    assert result.compression["stock_loadable"] and "pipeline` and stock" in (tmp_path / "sparse/README.md").read_text()
+    assert result.record["stock_loadable"] and "pipeline` and stock" in (tmp_path / "sparse/README.md").read_text()
     stock = AutoModelForSequenceClassification.from_pretrained(tmp_path / "sparse")
     batch = batch_of(source_dir)
     torch.testing.assert_close(logits(stock, batch), logits(reloaded, batch))
@@ -289,28 +289,28 @@ def test_recovery_fine_tuning_keeps_pruned_shapes_and_zeros(source_dir, toy_data
         sparsity=0.3,
         data=DataConfig(str(toy_data_dir), validation_size=40, train_samples=64),
         importance_samples=32,
-        eval_samples=40,
-        recover_lr=1e-3,
+        validation_samples=40,
+        recovery_lr=1e-3,
     )
     plain = prune(PruneConfig(output_dir=str(tmp_path / "plain"), **settings))
-    recovered = prune(PruneConfig(output_dir=str(tmp_path / "recovered"), recover_epochs=1, **settings))
-    c = recovered.compression
-    assert c["layout"] == plain.compression["layout"]  # same importance, same heads removed
+    recovered = prune(PruneConfig(output_dir=str(tmp_path / "recovered"), recovery_epochs=1, **settings))
+    c = recovered.record
+    assert c["layout"] == plain.record["layout"]  # same importance, same heads removed
     assert c["recovery"]["steps"] == 4 and c["recovery"]["train_reviews"] == 64
     assert "pruned" in c["validation"] and "after" in c["validation"]
-    assert c["validation"]["pruned"]["accuracy"] == pytest.approx(plain.compression["validation"]["after"]["accuracy"])
+    assert c["validation"]["pruned"]["accuracy"] == pytest.approx(plain.record["validation"]["after"]["accuracy"])
 
     out = tmp_path / "recovered"
     assert json.loads((out / "training_args.json").read_text())["training"]["max_length"] == MAX_LENGTH
     reloaded = load_classifier(out)
-    assert pruning_layout(reloaded) == c["layout"] and n_params(reloaded) == plain.compression["parameters"]["after"]
+    assert pruning_layout(reloaded) == c["layout"] and n_params(reloaded) == plain.record["parameters"]["after"]
     trained_state, plain_state = reloaded.state_dict(), load_classifier(tmp_path / "plain").state_dict()
     changed = [k for k in plain_state if not torch.equal(plain_state[k], trained_state[k])]
     assert changed  # recovery did train
     for key, weight in plain_state.items():
         if ".encoder." in key and key.endswith("weight") and "LayerNorm" not in key:
             assert torch.equal(trained_state[key][weight == 0], weight[weight == 0])  # zeros held at zero
-    assert c["sparsity"]["encoder_linear_after"] == pytest.approx(plain.compression["sparsity"]["encoder_linear_after"])
+    assert c["sparsity"]["encoder_linear_after"] == pytest.approx(plain.record["sparsity"]["encoder_linear_after"])
     assert json.loads((out / "metrics.json").read_text())["validation_accuracy_pruned"] == pytest.approx(
         c["validation"]["pruned"]["accuracy"]
     )
@@ -378,7 +378,7 @@ def test_missing_model_folder_and_bad_output_folder(source_dir, tmp_path, capsys
     )
     assert rc == 2 and error == f"{tmp_path / 'nope'}: no such model folder"
     with pytest.raises(PruneError, match="is the source model folder"):
-        prune(PruneConfig(model=str(source_dir), output_dir=str(source_dir), sparsity=0.5, eval_samples=0))
+        prune(PruneConfig(model=str(source_dir), output_dir=str(source_dir), sparsity=0.5, validation_samples=0))
     with pytest.raises(ValueError, match="data: ranking heads"):
         PruneConfig(model=str(source_dir), output_dir=str(tmp_path), heads_fraction=0.5)
 

@@ -244,7 +244,7 @@ def test_bad_inputs_give_one_line_errors(trained_tiny_dir, tmp_path):
     base = {"model": str(trained_tiny_dir), "output_dir": str(tmp_path / "q")}
     bad_settings = [
         ({"method": "int4"}, "method must be one of onnx-dynamic, onnx-static, torch-dynamic"),
-        ({"eval_samples": 0}, "eval_samples must be an integer >= 1"),
+        ({"validation_samples": 0}, "validation_samples must be an integer >= 1"),
         ({"calibration_samples": -5}, "calibration_samples must be an integer >= 1"),
         ({"max_drop": -1}, "max_drop"),
         ({"opset": 99}, "opset"),

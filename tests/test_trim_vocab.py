@@ -121,7 +121,7 @@ def test_coverage_keeps_the_most_frequent_pieces_and_min_count_the_common_ones()
         ({"coverage": True}, "coverage"),
         ({"min_count": 0}, "min_count"),
         ({"train_samples": 0}, "train_samples"),
-        ({"eval_samples": -1}, "eval_samples"),
+        ({"validation_samples": -1}, "validation_samples"),
         ({"output_dir": ""}, "output_dir"),
     ],
 )
@@ -269,9 +269,9 @@ def test_a_pruned_folder_trims_and_loads_back(trained_tiny_dir, tmp_path, toy_te
     from bertsent.config import PruneConfig
     from bertsent.predict import Predictor
 
-    pruned = prune(PruneConfig(str(trained_tiny_dir), str(tmp_path / "pruned"), drop_layers=[0], eval_samples=0))
+    pruned = prune(PruneConfig(str(trained_tiny_dir), str(tmp_path / "pruned"), drop_layers=[0], validation_samples=0))
     out = tmp_path / "trimmed"
-    trim_vocab(TrimVocabConfig(model=str(pruned.output_dir), output_dir=str(out), eval_samples=20))
+    trim_vocab(TrimVocabConfig(model=str(pruned.output_dir), output_dir=str(out), validation_samples=20))
     config = json.loads((out / "config.json").read_text())
     assert "bertsent_pruning" in config and config["vocab_size"] < 30522
     before, after = Predictor(pruned.output_dir), Predictor(out)
@@ -381,7 +381,7 @@ def test_recovery_fine_tunes_the_trimmed_model_on_its_own_tokenizer(trained_tiny
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [({"recovery_lr": 0}, "recovery_lr must be > 0"), ({"recovery_epochs": 1, "eval_samples": 0}, "eval_samples")],
+    [({"recovery_lr": 0}, "recovery_lr must be > 0"), ({"recovery_epochs": 1, "validation_samples": 0}, "validation_samples")],
 )
 def test_bad_recovery_settings_are_settings_errors(change, message, tmp_path):
     with pytest.raises(SettingsError, match=message):

@@ -1,11 +1,13 @@
 """Command-line options from the settings dataclasses, and back.
 
 ``transformers.HfArgumentParser`` turns each dataclass field into a flag (``--max-length``, with its type,
-default and choices; booleans take ``--flag`` / ``--no-flag``). bertsent adds three things around it:
-the help text comes from the attribute docstrings in :mod:`bertsent.config`; a field that is itself a
-settings dataclass (``data: DataConfig``) is filled from that dataclass's own flags; and when two
-dataclasses of one command share a field name, the flag belongs to the later one, except the names in
-:data:`SHARED`, which every dataclass of the command receives.
+default and choices; booleans take ``--flag`` / ``--no-flag``). bertsent adds around it: the help text
+from the attribute docstrings in :mod:`bertsent.config`; a field that is itself a settings dataclass
+(``data: DataConfig``) filled from that dataclass's own flags; old flag names kept as deprecated aliases
+(field metadata ``deprecated``, a warning the first time one is used); and one meaning per flag: two
+dataclasses of one command may declare the same field only when it is in :data:`SHARED` (one flag sets it
+in both), or when the command skips one of them (``skip={"CompareConfig.batch_size"}``); any other
+clash is an error when the parser is built.
 """
 
 from __future__ import annotations
@@ -15,13 +17,18 @@ import ast
 import dataclasses
 import inspect
 import itertools
+import logging
 import textwrap
 import types
 import typing
 from functools import cache
 
-SHARED = frozenset({"seed", "threads"})
-"""Fields that mean the same in every dataclass of a command: one flag sets them all."""
+log = logging.getLogger(__name__)
+
+SHARED = frozenset({"seed", "threads", "train_samples", "validation_samples"})
+"""Fields that mean the same in every settings dataclass that declares them, so one flag sets them all: the
+seed, the CPU threads, and the training and validation reviews used (a stage's count of validation reviews is
+the data's)."""
 SETTINGS_KEY = "_bertsent_settings"
 """Namespace attribute: which fields of which dataclass the command's flags fill."""
 
@@ -49,34 +56,93 @@ def nested_type(hint) -> type | None:
     return next((c for c in candidates if dataclasses.is_dataclass(c)), None)
 
 
+class SettingsClash(TypeError):
+    """Two settings dataclasses of one command declare the same field without sharing its meaning: a bug in
+    the command table, raised when the parser is built."""
+
+
+def skipped(cls: type, name: str, skip: frozenset[str]) -> bool:
+    """Whether the command leaves ``cls.name`` without a flag: ``skip`` holds ``name`` (every class) or
+    ``ClassName.name`` (that class only)."""
+    return name in skip or f"{cls.__name__}.{name}" in skip
+
+
+def flag_fields(cls: type, skip: frozenset[str] = frozenset()) -> list[dataclasses.Field]:
+    """The fields of ``cls`` that get a flag: init fields that are not nested settings nor skipped."""
+    hints = typing.get_type_hints(cls)
+    return [
+        f
+        for f in dataclasses.fields(cls)
+        if f.init and not nested_type(hints[f.name]) and not skipped(cls, f.name, skip)
+    ]
+
+
 def flat_view(cls: type, skip: frozenset[str], defaults: dict) -> type:
     """A copy of ``cls`` without its nested-dataclass and ``skip`` fields, with the command's ``defaults``
     and the docstrings as help: what HfArgumentParser is given."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     fields = []
-    for f in dataclasses.fields(cls):
-        if not f.init or f.name in skip or nested_type(hints[f.name]):
-            continue
+    for f in flag_fields(cls, skip):
         default, factory = f.default, f.default_factory
         if f.name in defaults:
             default, factory = defaults[f.name], dataclasses.MISSING
         # argparse %-formats help text: a literal "99.3%" in a docstring would crash --help.
-        metadata = dict(f.metadata) | {"help": docs.get(f.name, "").replace("%", "%%")}
+        metadata = {k: v for k, v in f.metadata.items() if k != "deprecated"}
+        metadata["help"] = docs.get(f.name, "").replace("%", "%%")
         fields.append(
             (f.name, hints[f.name], dataclasses.field(default=default, default_factory=factory, metadata=metadata))
         )
     return dataclasses.make_dataclass(cls.__name__, fields)
 
 
-def owned_fields(classes: tuple[type, ...]) -> dict[type, tuple[str, ...]]:
-    """Which fields each dataclass takes from the namespace: a shared name goes to the last class that
-    declares it, except :data:`SHARED` names, which go to all."""
-    owner = {f.name: cls for cls in classes for f in dataclasses.fields(cls) if f.init}
-    return {
-        cls: tuple(f.name for f in dataclasses.fields(cls) if f.init and (owner[f.name] is cls or f.name in SHARED))
-        for cls in classes
-    }
+def owned_fields(classes: tuple[type, ...], skip: frozenset[str] = frozenset()) -> dict[type, tuple[str, ...]]:
+    """Which fields each dataclass takes from the namespace: its flag fields. Raises :class:`SettingsClash`
+    when two classes declare a flag field that is not in :data:`SHARED`."""
+    declared: dict[str, list[str]] = {}
+    for cls in classes:
+        for f in flag_fields(cls, skip):
+            declared.setdefault(f.name, []).append(cls.__name__)
+    if clashes := {name: owners for name, owners in declared.items() if len(owners) > 1 and name not in SHARED}:
+        detail = "; ".join(f"{name!r} in {' and '.join(owners)}" for name, owners in clashes.items())
+        raise SettingsClash(f"one flag, two meanings: {detail} (rename one, skip one, or declare it SHARED)")
+    return {cls: tuple(f.name for f in flag_fields(cls, skip)) for cls in classes}
+
+
+_warned: set[str] = set()
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old flag name: stores into the new field's ``dest`` and warns, once per process, that it is renamed."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if option_string not in _warned:
+            _warned.add(option_string)
+            log.warning("%s is deprecated: use %s", option_string, self.new)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_aliases(parser: argparse.ArgumentParser, classes: tuple[type, ...], skip: frozenset[str]) -> None:
+    """Each flag field's ``deprecated`` names as hidden flags of the same type, storing into the field."""
+    actions = {action.dest: action for action in parser._actions}
+    for cls in classes:
+        for f in flag_fields(cls, skip):
+            if old := f.metadata.get("deprecated"):
+                new = actions[f.name]
+                parser.add_argument(
+                    *old,
+                    *(name.replace("-", "_").replace("__", "--", 1) for name in old),
+                    dest=f.name,
+                    type=new.type,
+                    nargs=new.nargs,
+                    action=DeprecatedAlias,
+                    new=new.option_strings[0],
+                    help=argparse.SUPPRESS,
+                )
 
 
 def settings_parser(
@@ -86,7 +152,9 @@ def settings_parser(
     HfArgumentParser; the command's namespace also records which dataclass owns which field."""
     from transformers import HfArgumentParser
 
-    views = [flat_view(cls, frozenset(skip), defaults or {}) for cls in classes]
+    skip = frozenset(skip)
+    owned = owned_fields(classes, skip)  # raises on a clash before any flag is made
+    views = [flat_view(cls, skip, defaults or {}) for cls in classes]
     parser = HfArgumentParser(views, add_help=False, conflict_handler="resolve")
     nargs = {
         name: f.metadata["nargs"] for v in views for name, f in v.__dataclass_fields__.items() if "nargs" in f.metadata
@@ -95,7 +163,8 @@ def settings_parser(
         action.nargs = nargs.get(action.dest, action.nargs)  # HfArgumentParser sets "+" for lists; "*" may be asked
         # --max-length before --max_length, an alias such as --data before the field's own --source.
         action.option_strings.sort(key=lambda s: ("_" in s, s == f"--{action.dest}"))
-    parser.set_defaults(**{SETTINGS_KEY: owned_fields(classes)})
+    add_deprecated_aliases(parser, classes, skip)
+    parser.set_defaults(**{SETTINGS_KEY: owned})
     return parser
 
 

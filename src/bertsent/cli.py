@@ -172,7 +172,7 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     from bertsent.compression.prune import prune
 
     result = prune(prune_config(ns))
-    c = result.compression
+    c = result.record
     for name, key in (
         ("parameters", "parameters"),
         ("layers", "layers"),
@@ -353,7 +353,8 @@ class Command:
     defaults: dict = field(default_factory=dict)
     """Field defaults of this command (e.g. the shared IMDB copy as ``--data``)."""
     skip: frozenset[str] = frozenset()
-    """Fields that are not flags of this command (positional ones are added by ``extra``)."""
+    """Fields that are not flags of this command: ``name`` in every class, ``Class.name`` in one (positional
+    ones are added by ``extra``)."""
     extra: Callable[[argparse.ArgumentParser], None] | None = None
 
 
@@ -387,6 +388,12 @@ def _ood_sets(p: argparse.ArgumentParser) -> None:
 
 
 IMDB = {"source": DEFAULT_DATA}
+STAGE_DATA = frozenset({"DataConfig.eval_samples"})
+"""A compression stage names its own review counts (``validation_samples`` shared with its data, ``unk_samples``,
+...); the data's test subset is none of its business, and its old ``--eval-samples`` is the validation count."""
+OWN_TRAINING = STAGE_DATA | {"DataConfig.train_samples"}
+"""Factorize and early exit train on their own count of training reviews (``--recovery-samples``,
+``--head-train-samples``; ``--train-samples`` is the old name)."""
 
 COMMANDS: dict[str, Command] = {
     "train": Command(
@@ -422,13 +429,18 @@ COMMANDS: dict[str, Command] = {
         skip=frozenset({"batch_size"}),
     ),
     "prune": Command(
-        cmd_prune, "structured pruning: remove attention heads, FFN neurons or layers", (DataConfig, PruneConfig), IMDB
+        cmd_prune,
+        "structured pruning: remove attention heads, FFN neurons or layers",
+        (DataConfig, PruneConfig),
+        IMDB,
+        STAGE_DATA,
     ),
     "quantize": Command(
         cmd_quantize,
         "INT8 post-training quantization, checked against fp32",
         (DataConfig, QuantizeConfig),
         {"source": None},
+        STAGE_DATA,
     ),
     "calibrate": Command(
         cmd_calibrate,
@@ -441,18 +453,21 @@ COMMANDS: dict[str, Command] = {
         "vocabulary trimming: keep the WordPieces of the training texts, slice the embedding matrix",
         (DataConfig, TrimVocabConfig),
         {"source": None},
+        STAGE_DATA,
     ),
     "factorize": Command(
         cmd_factorize,
         "low-rank factorization: FFN/attention Linears as two thinner ones from a truncated SVD, then recovery",
         (DataConfig, FactorizeConfig),
         {"source": None},
+        OWN_TRAINING,
     ),
     "early-exit": Command(
         cmd_early_exit,
         "early exit: a classifier on every layer's [CLS]; reviews stop at the first confident layer",
         (DataConfig, EarlyExitConfig),
         {"source": None},
+        OWN_TRAINING,
     ),
     "export": Command(
         cmd_export,
@@ -464,7 +479,7 @@ COMMANDS: dict[str, Command] = {
         "trade-off table: size, accuracy and speed of model folders",
         (DataConfig, InferenceSettings, CompareConfig),
         IMDB,
-        frozenset({"models"}),
+        frozenset({"models", "CompareConfig.batch_size"}),  # --batch-size is the inference settings'
         _models,
     ),
     "compress": Command(

@@ -35,7 +35,11 @@ FACTORIZE_TARGETS = ("ffn", "attention")
 """Linear layers ``bertsent factorize`` may replace: the FFN's intermediate and output dense layers, and the
 attention's query, key, value and output projections."""
 FACTORIZE_WEIGHTINGS = ("none", "activation", "fisher")
+DEFAULT_ENERGY = 0.9
+"""Share of each spectrum ``bertsent factorize`` keeps when neither a rank nor an energy is given, as the recipe."""
 FAST = {"train_samples": 400, "validation_samples": 200, "eval_samples": 400, "epochs": 1, "latency_samples": 20}
+DEFAULT_STRIDE = 128
+"""Longest default overlap of ``long_text="chunk"``'s windows (:func:`default_stride`)."""
 DEFAULT_HOST = "127.0.0.1"
 """Loopback only by default: exposing the API is an explicit choice (``--host``, best with ``--api-key``)."""
 DEFAULT_OPSET = 17
@@ -70,8 +74,9 @@ class InferenceSettings:
     """``head``, ``tail`` or ``head+tail`` (default: as trained)."""
     long_text: str = field(default="truncate", metadata={"choices": LONG_TEXT})
     """``chunk``: average the scores of overlapping ``max_length`` windows covering the whole text."""
-    stride: int = 128
-    """Tokens shared by consecutive windows (``long_text="chunk"``)."""
+    stride: int | None = None
+    """Tokens shared by consecutive windows (``long_text="chunk"``); default: half of the folder's max length,
+    at most 128."""
     precision: str = field(default="auto", metadata={"choices": PRECISIONS})
     """``auto``: PyTorch runs bf16 autocast where the CPU has AMX (or on a CUDA GPU with bf16), once the
     folder's validation reviews show it agrees with fp32 (checked once per machine, cached in
@@ -81,10 +86,12 @@ class InferenceSettings:
     """``auto`` picks by what the folder holds (``openvino_model.xml``: OpenVINO, ``model.onnx``: ONNX
     Runtime, else PyTorch); ``torch``, ``onnx`` or ``openvino`` insist on one."""
     batch_size: int = 32
+    """Reviews per forward pass."""
     threads: int | None = None
     """CPU threads (PyTorch intra-op; ONNX Runtime's session; OpenVINO's ``INFERENCE_NUM_THREADS``); None:
     ``BERTSENT_THREADS``, else the default."""
     device: str = "auto"
+    """PyTorch folders: ``auto`` (a GPU when there is one, else the CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
     compile: bool = False
     """``torch.compile`` a PyTorch folder first (~30 s once; same fp32 results, faster on large inputs)."""
     cls_only: bool = True
@@ -108,9 +115,15 @@ class InferenceSettings:
             if getattr(self, name) not in allowed:
                 raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         minimum = {"max_length": 8, "stride": 0, "batch_size": 1, "threads": 1}
-        _check_counts(self, minimum, unset=("max_length", "threads"))
-        if self.max_length is not None and self.long_text == "chunk" and self.stride >= self.max_length - 2:
+        _check_counts(self, minimum, unset=("max_length", "threads", "stride"))
+        if self.max_length is not None and self.stride is not None and self.stride >= self.max_length - 2:
             raise SettingsError(f"stride ({self.stride}) must be smaller than max_length - 2 ({self.max_length - 2})")
+
+
+def default_stride(max_length: int) -> int:
+    """Windows of ``max_length`` tokens overlap by half a window, at most :data:`DEFAULT_STRIDE`: valid for any
+    max length (it must stay below ``max_length - 2``), the usual overlap for long ones."""
+    return min(DEFAULT_STRIDE, max_length // 2)
 
 
 @dataclass
@@ -126,34 +139,43 @@ class TrainingArguments:
     truncation: str = field(default="head", metadata={"choices": TRUNCATION_STRATEGIES})
     """Which part of a long review to keep: ``head``, ``tail`` or ``head+tail`` (Sun et al., 2019)."""
     epochs: int = 1
+    """Passes over the training reviews (ignored with ``time_budget``)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides ``epochs``; the schedule spans these steps)."""
     batch_size: int = 16
+    """Reviews per training step (per process)."""
     eval_batch_size: int = 64
+    """Reviews per forward pass when validating and testing."""
     gradient_accumulation_steps: int = 1
+    """Steps whose gradients are summed before each optimizer update (effective batch: batch_size x this)."""
     lr: float | str | None = None
     """Peak learning rate. Unset: chosen from the encoder's width and the number of optimizer steps
     (5e-5 for BERT-base, 1e-4 for MiniLM, higher for runs of a few dozen steps); ``auto``: a short
     learning-rate range test picks it (plot in the output folder). Both are recorded in training_args.json
     (``bertsent.training.lr_choice`` documents the rule)."""
     weight_decay: float = 0.01
+    """AdamW's decoupled weight decay (L2 for ``adam``); biases and LayerNorm weights are exempt."""
     warmup_ratio: float = 0.1
     """Share of the optimizer steps spent warming the learning rate up linearly (then linear decay)."""
     optimizer: str = field(default="adamw", metadata={"choices": ("adam", "adamw")})
     """``adamw`` (decoupled weight decay) or ``adam`` (as the original system used)."""
     max_grad_norm: float = 1.0
+    """Gradients are clipped to this global norm before each update."""
     attention_dropout: float | None = 0.0
     """Attention-probability dropout during training. 0 lets PyTorch run its fused attention kernel
-    (1.55x faster training steps on CPU: benchmarks/step_profile.py); None keeps the model's own
-    setting (0.1 for BERT)."""
+    (faster steps: ``benchmarks/step_profile.py`` measures it); None keeps the model's own setting (0.1 for
+    BERT)."""
     seed: int = 42
+    """Drives initialisation, shuffling and dropout: a rerun with the same seed gives the same metrics."""
     precision: str = field(default="auto", metadata={"choices": ("auto", "fp32", "bf16", "fp16")})
-    """``auto``: bf16 autocast on a GPU that supports it and on a CPU with AMX (1.23x fp32's steps there),
-    else fp32; ``fp32``, ``bf16`` (any device) or ``fp16`` (GPU only)."""
+    """``auto``: bf16 autocast on a GPU that supports it and on a CPU with AMX, else fp32; ``fp32``, ``bf16``
+    (any device) or ``fp16`` (GPU only)."""
     device: str = "auto"
+    """``auto`` (a GPU when there is one, else the CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
     threads: int | None = None
     """CPU threads for PyTorch; None leaves PyTorch's default (one per core)."""
     logging_steps: int = 10
+    """Log the running loss every N optimizer steps."""
     eval_steps: int | None = None
     """Also validate every N optimizer steps (validation always runs at the end of each epoch)."""
     save_steps: int | None = 200
@@ -163,6 +185,7 @@ class TrainingArguments:
     keep_checkpoints: bool = False
     """Keep the checkpoints folder after a successful run (it holds optimizer state: large)."""
     metric_for_best_model: str = field(default="accuracy", metadata={"choices": BEST_METRICS})
+    """Validation metric that picks the best checkpoint and drives early stopping."""
     early_stopping_patience: int | None = None
     """Stop after this many validations without improvement of ``metric_for_best_model``."""
     time_budget: str | None = None
@@ -171,9 +194,9 @@ class TrainingArguments:
     budget (Li et al., 2020). ``epochs`` is then ignored; ``max_steps`` still caps. Test scoring is extra."""
     short_length: int | None = None
     """Sequence-length warm-up: train the first ``short_share`` of the run on the reviews cut to this many
-    tokens (same truncation), the rest at ``max_length``. A step at 128 tokens costs about 0.6 of one at
-    256 on IMDB, so a short first phase sees more reviews in the same time (BERT's pre-training ran 90%
-    of its steps at 128 tokens). Validation and test always use ``max_length``."""
+    tokens (same truncation), the rest at ``max_length``. A short step costs less than a full one, so a short
+    first phase sees more reviews in the same time (BERT's pre-training ran most of its steps at 128 tokens).
+    Validation and test always use ``max_length``."""
     short_share: float = 0.5
     """Share of the run at ``short_length``: of its optimizer steps, or of its time with ``time_budget``."""
     pooling: str = field(default="auto", metadata={"choices": POOLINGS})
@@ -314,6 +337,7 @@ class DistillationArguments(TrainingArguments):
     alpha: float = 0.5
     """Weight of the cross-entropy on the true labels; 1 - alpha goes to the teacher's soft labels."""
     temperature: float = 2.0
+    """Softmax temperature of the teacher's and student's logits in the soft-label loss (Hinton et al., 2015)."""
     hidden_weight: float = 0.0
     """Weight of the hidden-state MSE (needs equal hidden sizes; runs the teacher at every step)."""
 
@@ -358,7 +382,8 @@ class DataConfig:
     eval_samples: int | None = None
     """Stratified, seeded subset of the test reviews."""
     validation_samples: int | None = None
-    """Cap on validation reviews (stratified, seeded)."""
+    """Validation reviews used (stratified, seeded); None: all. Compression stages score this many before
+    and after (0: they skip the measurement); training needs at least one."""
     test_size: float = 0.2
     """Share carved off as test when the source has no test split."""
     seed: int = 42
@@ -389,7 +414,7 @@ class DataConfig:
         if not (count or fraction):
             raise DataError(f"validation_size must be a fraction in (0, 1) or a count >= 1, got {size!r}")
         caps = ("train_samples", "eval_samples", "validation_samples")
-        _check_counts(self, dict.fromkeys(caps, 1), unset=caps, error=DataError, what="a count >= 1 (or unset)")
+        _check_counts(self, dict.fromkeys(caps, 1) | {"validation_samples": 0}, unset=caps, error=DataError)
         if not (isinstance(self.test_size, float) and 0 < self.test_size < 1):
             raise DataError(f"test_size must be a fraction between 0 and 1, got {self.test_size!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
@@ -444,6 +469,7 @@ class PruneConfig:
     model: str
     """Fine-tuned model folder (as written by ``bertsent train``, or an earlier ``bertsent prune``)."""
     output_dir: str
+    """Folder for the pruned model, ``compression.json``, ``metrics.json`` and model card."""
     heads_fraction: float = 0.0
     """Share of the model's attention heads to remove, in [0, 1); every layer keeps at least one."""
     ffn_fraction: float = 0.0
@@ -458,22 +484,26 @@ class PruneConfig:
     """Reviews whose gradients rank heads and neurons."""
     importance_split: str = field(default="train", metadata={"choices": IMPORTANCE_SPLITS})
     """Where those reviews come from: ``train`` (default: keeps validation unseen) or ``validation``."""
-    eval_samples: int = 500
+    validation_samples: int = field(default=500, metadata={"deprecated": ["--eval-samples"]})
     """Validation reviews scored before and after pruning (0 skips the measurement)."""
     batch_size: int = 16
     """Batch size of the importance pass and of recovery fine-tuning."""
     eval_batch_size: int = 64
-    recover_epochs: int = 0
+    """Batch size of the validation scoring."""
+    recovery_epochs: int = field(default=0, metadata={"deprecated": ["--recover-epochs"]})
     """Epochs of recovery fine-tuning of the pruned model (0: none)."""
-    recover_lr: float = 2e-5
+    recovery_lr: float = field(default=2e-5, metadata={"deprecated": ["--recover-lr"]})
     """Peak learning rate of recovery: low, as the model is already fine-tuned."""
     data: DataConfig | str | None = None
     """Labelled reviews, needed for importance, evaluation and recovery (a source string is read with
     the default settings). Its ``train_samples`` caps the recovery reviews; with the training source and
     seed, validation is the split held out in training."""
     seed: int = 42
+    """Drives the review subsets and recovery's shuffling."""
     device: str = "auto"
+    """``auto`` (a GPU when there is one, else the CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
     threads: int | None = None
+    """CPU threads for PyTorch; None: ``BERTSENT_THREADS``, else the default."""
 
     def __post_init__(self) -> None:
         _check_folder_paths(self, SettingsError)
@@ -487,19 +517,19 @@ class PruneConfig:
         minimum = {
             "keep_layers": 1,
             "importance_samples": 1,
-            "eval_samples": 0,
+            "validation_samples": 0,
             "batch_size": 1,
             "eval_batch_size": 1,
-            "recover_epochs": 0,
+            "recovery_epochs": 0,
             "threads": 1,
         }
         _check_counts(self, minimum, unset=("keep_layers", "threads"))
-        if not self.recover_lr > 0:
-            raise SettingsError(f"recover_lr must be > 0, got {self.recover_lr!r}")
+        if not self.recovery_lr > 0:
+            raise SettingsError(f"recovery_lr must be > 0, got {self.recovery_lr!r}")
         if self.importance_split not in IMPORTANCE_SPLITS:
             raise SettingsError(f"importance_split must be one of {', '.join(IMPORTANCE_SPLITS)}")
         self.data = as_data_config(self.data)
-        if self.data is None and (self.heads_fraction or self.ffn_fraction or self.recover_epochs):
+        if self.data is None and (self.heads_fraction or self.ffn_fraction or self.recovery_epochs):
             raise SettingsError("data: ranking heads/FFN neurons and recovery fine-tuning need labelled reviews")
         if not any((self.heads_fraction, self.ffn_fraction, self.sparsity, self.drop_layers, self.keep_layers)):
             raise SettingsError(
@@ -531,16 +561,20 @@ class QuantizeConfig:
     model: str
     """Source folder: a fp32 PyTorch classifier (fine-tuned or pruned)."""
     output_dir: str
+    """Folder for the quantized model, ``compression.json`` and model card."""
     method: str = field(default="onnx-dynamic", metadata={"choices": METHODS})
+    """``onnx-dynamic`` (weights INT8, activations quantized on the fly), ``onnx-static`` (activation ranges
+    calibrated on training reviews), ``torch-dynamic`` (PyTorch's dynamic INT8 Linear) or ``openvino-int8``
+    (NNCF post-training quantization to an OpenVINO IR; needs ``bertsent[openvino]``)."""
     per_channel: bool = True
-    """One INT8 scale per output channel: per-tensor lost ~2 accuracy points on IMDB, per-channel kept them
-    (MiniLM, 300 validation reviews, onnx-dynamic: agreement with fp32 99.3% per-channel, 96.7% per-tensor)."""
+    """One INT8 scale per output channel instead of one per tensor (per-tensor loses accuracy on BERT's
+    outlier channels: ``benchmarks/compression.py`` measures both)."""
     quantize_embeddings: bool = False
     """ONNX methods: also store the embedding tables in 8 bits (most of a small model's bytes). ONNX Runtime
     quantizes Gather data like an activation: uint8, one scale per table."""
     calibration_samples: int = 200
     """onnx-static, openvino-int8: training reviews whose activations set the INT8 ranges."""
-    eval_samples: int = 500
+    validation_samples: int = field(default=500, metadata={"deprecated": ["--eval-samples"]})
     """Validation reviews on which the quantized model is checked against fp32."""
     max_drop: float = 1.0
     """Accuracy points the quantized model may lose before a loud warning."""
@@ -549,15 +583,18 @@ class QuantizeConfig:
     data: DataConfig | str | None = None
     """Reviews for the check and the calibration; None: the data recorded in the source's training_args.json."""
     opset: int = DEFAULT_OPSET
+    """ONNX opset of the exported graph (ONNX methods)."""
     batch_size: int = 32
+    """Batch size of the calibration and of the check."""
     seed: int = 42
+    """Drives the review subsets."""
 
     def __post_init__(self) -> None:
         _check_folder_paths(self, QuantizeSettingsError)
         self.data = as_data_config(self.data)
         if self.method not in METHODS:
             raise QuantizeSettingsError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        counts = ("calibration_samples", "eval_samples", "batch_size")
+        counts = ("calibration_samples", "validation_samples", "batch_size")
         _check_counts(self, dict.fromkeys(counts, 1), error=QuantizeSettingsError)
         if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, int | float) or not self.max_drop >= 0:
             raise QuantizeSettingsError(f"max_drop must be a number of accuracy points >= 0, got {self.max_drop!r}")
@@ -566,13 +603,15 @@ class QuantizeConfig:
             raise QuantizeSettingsError("quantize_embeddings applies to onnx-dynamic and onnx-static only")
 
 
-def _check_recovery(epochs: int, lr: float, eval_samples: int) -> None:
+def _check_recovery(epochs: int, lr: float, validation_samples: int) -> None:
     """A stage's recovery fine-tuning settings (factorize, trim-vocab): a positive rate, and validation
     reviews to keep its best epoch by."""
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
         raise SettingsError(f"recovery_lr must be > 0, got {lr!r}")
-    if epochs and not eval_samples:
-        raise SettingsError("recovery keeps its best epoch by validation: eval_samples must be >= 1 with recovery")
+    if epochs and not validation_samples:
+        raise SettingsError(
+            "recovery keeps its best epoch by validation: validation_samples must be >= 1 with recovery"
+        )
 
 
 @dataclass
@@ -590,7 +629,7 @@ class TrimVocabConfig:
     """Keep only WordPieces that occur at least this many times in the training texts."""
     train_samples: int | None = None
     """Training reviews whose WordPieces are counted (stratified, seeded); None: every training review."""
-    eval_samples: int = 500
+    validation_samples: int = field(default=500, metadata={"deprecated": ["--eval-samples"]})
     """Validation reviews classified by the source and the trimmed model (0 skips the measurement)."""
     unk_samples: int | None = None
     """Test reviews on which the share of tokens that became [UNK] is measured (tokenization only);
@@ -610,8 +649,11 @@ class TrimVocabConfig:
     eval_batch_size: int = 32
     """Batch size of the validation measurement (and of recovery's validation)."""
     seed: int = 42
+    """Drives the review subsets and the stage's shuffling."""
     device: str = "auto"
+    """``auto`` (a GPU when there is one, else the CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
     threads: int | None = None
+    """CPU threads for PyTorch; None: ``BERTSENT_THREADS``, else the default."""
 
     def __post_init__(self) -> None:
         _check_folder_paths(self, SettingsError)
@@ -621,7 +663,7 @@ class TrimVocabConfig:
         minimum = {
             "min_count": 1,
             "train_samples": 1,
-            "eval_samples": 0,
+            "validation_samples": 0,
             "unk_samples": 1,
             "recovery_epochs": 0,
             "recovery_samples": 1,
@@ -630,7 +672,7 @@ class TrimVocabConfig:
             "threads": 1,
         }
         _check_counts(self, minimum, unset=("train_samples", "unk_samples", "recovery_samples", "threads"))
-        _check_recovery(self.recovery_epochs, self.recovery_lr, self.eval_samples)
+        _check_recovery(self.recovery_epochs, self.recovery_lr, self.validation_samples)
         self.data = as_data_config(self.data)
 
 
@@ -646,7 +688,7 @@ class FactorizeConfig:
     """Rank of every factorized layer (capped at min(in, out)); exclusive with ``energy``."""
     energy: float | None = None
     """Per layer, the smallest rank keeping this share of the squared singular values, in (0, 1]; exclusive
-    with ``rank``."""
+    with ``rank``. Neither given: energy ``DEFAULT_ENERGY`` (the recipe's choice)."""
     targets: str = "ffn,attention"
     """Comma-separated layers to factorize: ``ffn`` (intermediate and output dense), ``attention`` (query,
     key, value and output projections)."""
@@ -655,9 +697,9 @@ class FactorizeConfig:
     reviews, as ASVD), or ``fisher`` (rows scaled by the root of their summed squared gradients, as FWSVD)."""
     calibration_samples: int = 128
     """Training reviews whose activations (``activation``) or gradients (``fisher``) weight the SVD."""
-    train_samples: int | None = 2000
+    recovery_samples: int | None = field(default=2000, metadata={"deprecated": ["--train-samples"]})
     """Training reviews of the recovery fine-tuning (stratified, seeded); None: every training review."""
-    eval_samples: int = 500
+    validation_samples: int = field(default=500, metadata={"deprecated": ["--eval-samples"]})
     """Validation reviews scored before and after (and by recovery, to keep its best epoch); 0 skips them."""
     recovery_epochs: int = 1
     """Epochs of recovery fine-tuning of the factorized model (0: none)."""
@@ -668,14 +710,20 @@ class FactorizeConfig:
     batch_size: int = 16
     """Batch size of the weighting pass and of recovery fine-tuning."""
     eval_batch_size: int = 64
+    """Batch size of the validation scoring."""
     seed: int = 42
+    """Drives the review subsets and the stage's shuffling."""
     device: str = "auto"
+    """``auto`` (a GPU when there is one, else the CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
     threads: int | None = None
+    """CPU threads for PyTorch; None: ``BERTSENT_THREADS``, else the default."""
 
     def __post_init__(self) -> None:
         _check_folder_paths(self, SettingsError)
-        if (self.rank is None) == (self.energy is None):
-            raise SettingsError("give exactly one of rank (--rank R) and energy (--energy 0.9)")
+        if self.rank is not None and self.energy is not None:
+            raise SettingsError("give one of rank (--rank R) and energy (--energy 0.9), not both")
+        if self.rank is None and self.energy is None:
+            self.energy = DEFAULT_ENERGY
         if self.rank is not None and (_not_int(self.rank) or self.rank < 1):
             raise SettingsError(f"rank must be an integer >= 1, got {self.rank!r}")
         energy = self.energy
@@ -688,15 +736,15 @@ class FactorizeConfig:
             raise SettingsError(f"weighting must be one of {', '.join(FACTORIZE_WEIGHTINGS)}, got {self.weighting!r}")
         minimum = {
             "calibration_samples": 1,
-            "train_samples": 1,
-            "eval_samples": 0,
+            "recovery_samples": 1,
+            "validation_samples": 0,
             "recovery_epochs": 0,
             "batch_size": 1,
             "eval_batch_size": 1,
             "threads": 1,
         }
-        _check_counts(self, minimum, unset=("train_samples", "threads"))
-        _check_recovery(self.recovery_epochs, self.recovery_lr, self.eval_samples)
+        _check_counts(self, minimum, unset=("recovery_samples", "threads"))
+        _check_recovery(self.recovery_epochs, self.recovery_lr, self.validation_samples)
         self.data = as_data_config(self.data)
 
     @property
@@ -731,9 +779,9 @@ class EarlyExitConfig:
     max_drop: float = 0.5
     """Accuracy points below its own full-depth accuracy (on validation) the chosen threshold may lose: the
     threshold with the fewest mean layers within it is chosen."""
-    train_samples: int | None = 2000
-    """Training reviews the exit heads learn from (stratified, seeded); None (Python API): every training review."""
-    eval_samples: int = 500
+    head_train_samples: int | None = field(default=2000, metadata={"deprecated": ["--train-samples"]})
+    """Training reviews the exit heads learn from (stratified, seeded); None: every training review."""
+    validation_samples: int = field(default=500, metadata={"deprecated": ["--eval-samples"]})
     """Validation reviews of the sweep: accuracy, mean layers and reviews/s for every threshold."""
     head_epochs: int = 10
     """Epochs of head training over the training reviews' cached [CLS] vectors (the backbone runs once)."""
@@ -745,14 +793,17 @@ class EarlyExitConfig:
     """Labelled reviews (heads learn from train, the threshold is chosen on validation); None: the data
     recorded in the source's training_args.json, split as in training."""
     seed: int = 42
+    """Drives the review subsets and the stage's shuffling."""
     device: str = "auto"
+    """``auto`` (a GPU when there is one, else the CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
     threads: int | None = None
+    """CPU threads for PyTorch; None: ``BERTSENT_THREADS``, else the default."""
 
     def __post_init__(self) -> None:
         _check_folder_paths(self, SettingsError)
         check_exit_rule(self.criterion, 0)
-        minimum = {"train_samples": 1, "eval_samples": 1, "head_epochs": 1, "batch_size": 1, "threads": 1}
-        _check_counts(self, minimum, unset=("train_samples", "threads"))
+        minimum = {"head_train_samples": 1, "validation_samples": 1, "head_epochs": 1, "batch_size": 1, "threads": 1}
+        _check_counts(self, minimum, unset=("head_train_samples", "threads"))
         drop, lr = self.max_drop, self.head_lr
         if isinstance(drop, bool) or not isinstance(drop, int | float) or not 0 <= drop < math.inf:
             raise SettingsError(f"max_drop must be a number of accuracy points >= 0, got {drop!r}")
@@ -795,7 +846,9 @@ class CalibrateConfig:
     evaluate_test: bool = True
     """Also score the test split (the recorded ``eval_samples``) to report ECE and log-loss before and after."""
     batch_size: int = 64
+    """Batch size of the scoring passes."""
     threads: int | None = None
+    """CPU threads for PyTorch; None: ``BERTSENT_THREADS``, else the default."""
 
     def __post_init__(self) -> None:
         if isinstance(self.model, os.PathLike):
@@ -813,8 +866,10 @@ class CompareConfig:
     """What to compare and how to measure it."""
 
     models: list[str]
+    """Model folders to compare (PyTorch, ONNX, OpenVINO: any folder bertsent wrote)."""
     data: DataConfig
     split: str = field(default="test", metadata={"choices": ("test", "validation")})
+    """Split whose reviews give the accuracy column."""
     batch_size: int | None = None
     """Batch size of the accuracy and throughput runs; None: ``inference.batch_size`` (32 by default)."""
     latency_samples: int = 100
@@ -822,6 +877,7 @@ class CompareConfig:
     threads: int | None = None
     """CPU threads for every folder (both backends); None: ``inference.threads``."""
     output_dir: str | None = None
+    """Where ``compare.json``, ``compare.md`` and the plot go (default: no files, the table is printed)."""
     names: list[str] = field(default_factory=list)
     """Display names (default: folder names)."""
     inference: InferenceSettings = field(default_factory=InferenceSettings)
@@ -853,18 +909,26 @@ class CompressConfig:
     the comparison on test and trimming's [UNK] share."""
 
     teacher: str
+    """Fine-tuned PyTorch teacher folder every variant is made from."""
     output_dir: str
+    """Folder for every variant (one sub-folder each) and ``compare/``; rerun to continue."""
     data: DataConfig
     student_layers: int | None = None
     """Layers of the student; None: half of the teacher's."""
     distill_epochs: int = 2
+    """Epochs of distillation."""
     distill_lr: float = 1e-4
+    """Peak learning rate of distillation."""
     batch_size: int = 16
+    """Batch size of every training stage (distillation, recoveries)."""
     heads_fraction: float = 0.25
     """Share of the student's attention heads pruned (0 with ffn_fraction 0 skips pruning)."""
     ffn_fraction: float = 0.25
-    recover_epochs: int = 1
-    recover_lr: float = 5e-5
+    """Share of the student's FFN neurons pruned."""
+    recovery_epochs: int = field(default=1, metadata={"deprecated": ["--recover-epochs"]})
+    """Epochs of recovery fine-tuning after pruning and the covering vocabulary trim."""
+    recovery_lr: float = field(default=5e-5, metadata={"deprecated": ["--recover-lr"]})
+    """Peak learning rate of those recoveries."""
     quantize_embeddings: bool = True
     """Also store embedding tables as INT8 (most of a small model's bytes): the student's, and a
     teacher variant."""
@@ -873,16 +937,18 @@ class CompressConfig:
     tables are most of a small model's bytes)."""
     trim_coverage: float | None = 0.95
     """With ``trim_vocab``, also a smaller trim: only the most frequent pieces, covering this share of the
-    training texts' token occurrences (``trim-vocab --coverage``), recovery fine-tuned for ``recover_epochs``
+    training texts' token occurrences (``trim-vocab --coverage``), recovery fine-tuned for ``recovery_epochs``
     (the words of the dropped pieces are re-split into kept ones), then INT8. 0.95 keeps about 7,000 of
     MiniLM's 30,522 on IMDB, which with the pruned 3-layer student is what fits in 8 MB; None or 1 skips it."""
-    factorize_energy: float | None = 0.9
+    factorize_energy: float | None = DEFAULT_ENERGY
     """Factorize the teacher's linears keeping this share of each spectrum (``bertsent factorize --energy``),
     with a recovery epoch; 0 or None skips it."""
     early_exit: bool = True
     """Add the teacher with a classifier on every layer, exiting early (``bertsent early-exit``)."""
     latency_samples: int = 100
+    """Reviews timed one at a time for the batch-1 latency percentiles of the table."""
     threads: int | None = None
+    """CPU threads for every stage and measurement; None: ``BERTSENT_THREADS``, else the default."""
     remeasure: bool = False
     """Measure the table again even when every stage was complete and ``compare/`` already holds it
     (e.g. on a quieter machine); otherwise a complete recipe is skipped whole."""
@@ -892,8 +958,8 @@ class CompressConfig:
             raise ModelError(f"{self.teacher}: not a model folder (no config.json)")
         if self.student_layers is not None and self.student_layers < 1:
             raise SettingsError(f"student_layers must be >= 1, got {self.student_layers}")
-        if self.distill_epochs < 1 or self.recover_epochs < 0:
-            raise SettingsError("distill_epochs must be >= 1 and recover_epochs >= 0")
+        if self.distill_epochs < 1 or self.recovery_epochs < 0:
+            raise SettingsError("distill_epochs must be >= 1 and recovery_epochs >= 0")
         for name in ("heads_fraction", "ffn_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -913,6 +979,7 @@ class ReproduceConfig:
     """The reviews; a source string reads them with validation capped at 2,000 reviews (enough to pick
     checkpoints, cheap to score every epoch). ``eval_samples`` None scores all test reviews."""
     output_dir: str
+    """Folder for the teacher, every variant and the comparison; rerun to continue from finished stages."""
     model: str | None = None
     """Teacher's starting weights (None: the embedded all-MiniLM-L6-v2)."""
     teacher: str | None = None
@@ -921,23 +988,30 @@ class ReproduceConfig:
     it already is, and described on the page by its own training_args.json. The teacher settings below
     (model, time budget, epochs, lr, lengths) then go unused."""
     fast: bool = False
+    """Small slices and one epoch (``FAST``): the whole recipe in minutes, to check it runs."""
     time_budget: str | None = "60m"
     """The teacher's training time (``train --time-budget``: steps planned to end on time, the learning rate
     decayed to zero at the deadline), so the recipe has a known length; ``none`` trains ``epochs`` epochs.
     Fast mode trains epochs."""
     epochs: int = 2
+    """The teacher's epochs when it has no time budget."""
     lr: float = 1e-4
+    """The teacher's peak learning rate."""
     batch_size: int = 16
+    """Batch size of the teacher and of every later training stage."""
     max_length: int = 256
+    """Tokens per review, special tokens included, for the teacher and every variant."""
     truncation: str = field(default="head+tail", metadata={"choices": TRUNCATION_STRATEGIES})
+    """Which part of a long review to keep: ``head``, ``tail`` or ``head+tail``."""
     short_length: int | None = None
     """The teacher's sequence-length warm-up (``train --short-length``): the first half of its time at this
-    many tokens (the best 10-minute variant of ``benchmarks/time_budget.py``). Default: half of
+    many tokens (``benchmarks/time_budget.py`` compares it with none). Default: half of
     ``max_length`` with a time budget, none without one; 0: off."""
     calibrate: bool = True
     """Fit the teacher's temperature on validation and fold it in (``train --calibrate``); the page reports
     its test ECE and log-loss before and after. ``--no-calibrate``: keep the raw scores."""
     latency_samples: int = 100
+    """Reviews timed one at a time for the batch-1 latency percentiles of the table."""
     doc: str | None = None
     """Also write the results page here (e.g. docs/results.md), its two plots beside it as SVG."""
     ood: list[str] = field(default_factory=lambda: ["amazon-snippets", "rotten-tomatoes"], metadata={"nargs": "*"})
@@ -945,6 +1019,7 @@ class ReproduceConfig:
     missing from ``ood_dir``, and skipped with a warning when that fails (offline). ``--ood`` with no
     names: none."""
     ood_dir: str = "~/.cache/bertsent/ood"
+    """Where the out-of-domain sets are kept."""
     accuracy_budget: float = 1.5
     """Accuracy points a compressed variant may lose: the page names the fastest variant within it."""
 
@@ -991,6 +1066,7 @@ class ServeSettings:
     """Settings of ``bertsent serve``: where to listen, how to batch, what to refuse. Validated on creation."""
 
     host: str = DEFAULT_HOST
+    """Address to listen on: loopback by default; ``0.0.0.0`` exposes the API (best with ``--api-key``)."""
     port: int = 8000
     """0 picks a free port."""
     max_batch_size: int = 32
@@ -1092,6 +1168,8 @@ class ExportConfig:
     atol: float = DEFAULT_ATOL
     """Largest logit difference from PyTorch the export may have."""
     exporter: str = field(default="torchscript", metadata={"choices": EXPORTERS})
+    """ONNX: ``torchscript`` (``torch.onnx.export``'s tracer) or ``dynamo`` (the torch.export-based exporter; needs
+    onnxscript)."""
 
     def __post_init__(self) -> None:
         if self.format not in EXPORT_FORMATS or self.exporter not in EXPORTERS:
@@ -1204,5 +1282,6 @@ class OodArguments:
     """Where ``bertsent ood`` keeps the out-of-domain sets."""
 
     output_dir: str = "~/.cache/bertsent/ood"
+    """Where the sets are written (one folder each)."""
     archive: str | None = None
     """A local copy of the set's package archive (offline)."""

@@ -5,14 +5,14 @@ first layer that is confident enough (:mod:`bertsent.modeling.early_exit` has th
 and the batching rule). In order:
 
 1. **Heads, backbone frozen** (DeeBERT's second stage, Xin et al., 2020): the source model runs once over
-   ``train_samples`` training reviews and every layer's [CLS] vector is cached; a head per layer but the
+   ``head_train_samples`` training reviews and every layer's [CLS] vector is cached; a head per layer but the
    last (:class:`~bertsent.modeling.early_exit.ExitHead`: the vector standardised with the training
    reviews' statistics, then pooler-shaped) is trained on them with cross-entropy for ``head_epochs``
    epochs. The backbone and the last layer's head are untouched, so full depth *is* the source model,
    bit for bit, and epochs cost seconds, not backbone passes.
    Joint training (PABEE's weighted sum of every layer's loss) would change the backbone and so the
    full-depth accuracy the threshold is measured against, at the cost of a full fine-tune: not done.
-2. **Sweep** on ``eval_samples`` validation reviews: for each threshold, the exit loop runs through
+2. **Sweep** on ``validation_samples`` validation reviews: for each threshold, the exit loop runs through
    :func:`bertsent.inference.run` (the one batched loop) and is timed; accuracy, mean layers per review,
    the share of reviews leaving at each layer and reviews/s are recorded, next to the plain full-depth
    model timed in the same run.
@@ -216,8 +216,8 @@ def _reviews(config: EarlyExitConfig, source: Path, labels: dict[int, str]):
         source,
         labels,
         config.data,
-        validation_samples=config.eval_samples,
-        train_samples=config.train_samples,
+        validation_samples=config.validation_samples,
+        train_samples=config.head_train_samples,
         splits=("train", "validation"),
     )
     if reviews is None or len(reviews.train) == 0:

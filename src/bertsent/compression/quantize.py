@@ -84,7 +84,7 @@ def resolve_data(config: QuantizeConfig, source: Path):
     from bertsent.data.recorded import recorded_data
 
     return recorded_data(
-        source, config.data, validation_samples=config.eval_samples, train_samples=config.calibration_samples
+        source, config.data, validation_samples=config.validation_samples, train_samples=config.calibration_samples
     )
 
 
@@ -100,7 +100,7 @@ def load_reviews(config: QuantizeConfig, source: Path, model_labels: dict[int, s
         source,
         model_labels,
         config.data,
-        validation_samples=config.eval_samples,
+        validation_samples=config.validation_samples,
         train_samples=config.calibration_samples,
         splits=("train", "validation") if config.method in CALIBRATED_METHODS else ("validation",),
     )

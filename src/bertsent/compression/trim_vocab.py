@@ -379,7 +379,7 @@ def _recover(config: TrimVocabConfig, model, out: Path, tokenizer, reviews) -> t
     from bertsent.training.loop import recovery_args, recovery_record, train
 
     data, _ = recorded_data(
-        out, config.data, validation_samples=config.eval_samples, train_samples=config.recovery_samples
+        out, config.data, validation_samples=config.validation_samples, train_samples=config.recovery_samples
     )
     max_length, truncation = inference_settings(out, tokenizer)
     args = recovery_args(config, out, config.recovery_epochs, config.recovery_lr, max_length, truncation)
@@ -419,7 +419,7 @@ def _load_splits(config: TrimVocabConfig, source: Path):
         source,
         read_id2label(source),
         config.data,
-        validation_samples=max(config.eval_samples, 1),
+        validation_samples=max(config.validation_samples, 1),
         train_samples=config.train_samples,
         splits=("train", "validation", "test"),
     )
@@ -449,7 +449,7 @@ def trim_vocab(config: TrimVocabConfig) -> TrimResult:
     )  # fmt: skip
     before = _sizes(model, source)
     trimmed = _write_trimmed(source, out, model, tokenizer, state, keep)
-    held_out = {"test": splits.test, "validation": splits.validation if config.eval_samples else None}
+    held_out = {"test": splits.test, "validation": splits.validation if config.validation_samples else None}
     tokens = {
         split: token_changes(tokenizer, trimmed, keep, frame["text"].tolist())
         for split, frame in held_out.items()
@@ -462,7 +462,7 @@ def trim_vocab(config: TrimVocabConfig) -> TrimResult:
             100 * summary["unchanged_reviews"], summary["reviews"],
         )  # fmt: skip
     validation, recovery = {"reviews": 0}, None
-    if config.eval_samples and len(splits.validation):
+    if config.validation_samples and len(splits.validation):
         validation = _validation(source, out, splits.validation, id_map(keep, rows), config)
     if config.recovery_epochs:
         recovery, recovered = _recover(config, model, out, trimmed, splits.validation)

@@ -27,11 +27,16 @@ def recorded_data(
     eval_samples: int | None = None,
 ) -> tuple[DataConfig | None, str]:
     """The ``DataConfig`` for a check of ``source`` and where it came from (``data`` when given, else the
-    data in its training_args.json), capped at ``validation_samples`` validation reviews (and
-    ``eval_samples`` test reviews; None: all); ``(None, reason)`` when there is none."""
+    data in its training_args.json), with a stage's counts: ``validation_samples`` validation reviews,
+    ``train_samples`` training and ``eval_samples`` test reviews (None: all). Given ``data`` is a slice the
+    stage stays within: its own subsets cap the stage's counts. ``(None, reason)`` when there is no data."""
     fields = {f.name for f in dataclasses.fields(DataConfig)}
     if data:
         origin = "--data"
+        train_samples, eval_samples = (
+            _within(train_samples, data.train_samples),
+            _within(eval_samples, data.eval_samples),
+        )
     else:
         recorded = _recorded_data(source)
         if not recorded or not recorded.get("source"):
@@ -40,16 +45,20 @@ def recorded_data(
         origin = f"recorded in {source / ARGS_FILE}"
     # Same labels, and the validation split the source was trained with when it is the same data.
     data = data_config_for(source, data)
-    cap = data.validation_samples
     return (
         dataclasses.replace(
             data,
-            validation_samples=min(validation_samples, cap) if cap else validation_samples,
+            validation_samples=_within(validation_samples, data.validation_samples),
             train_samples=train_samples,
             eval_samples=eval_samples,
         ),
         origin,
     )
+
+
+def _within(count: int | None, cap: int | None) -> int | None:
+    """A stage's count of reviews, at most the data's own subset of that split (None: no limit)."""
+    return count if cap is None else cap if count is None else min(count, cap)
 
 
 def recorded_reviews(

@@ -180,8 +180,8 @@ def _student_variants(config: CompressConfig, out: Path, stages: _Stages) -> Pat
             output_dir=str(smallest),
             heads_fraction=config.heads_fraction,
             ffn_fraction=config.ffn_fraction,
-            recover_epochs=config.recover_epochs,
-            recover_lr=config.recover_lr,
+            recovery_epochs=config.recovery_epochs,
+            recovery_lr=config.recovery_lr,
             data=config.data,
             seed=config.data.seed,
             batch_size=config.batch_size,
@@ -202,7 +202,7 @@ def _survey_variants(config: CompressConfig, out: Path, stages: _Stages, smalles
         from bertsent.compression.trim_vocab import trim_vocab
 
         trimmed = out / "student-trimmed"
-        trim = TrimVocabConfig(model=str(smallest), output_dir=str(trimmed), **_trim_slices(config), **common)
+        trim = TrimVocabConfig(model=str(smallest), output_dir=str(trimmed), **common)
         stages.run("student trimmed vocab", trimmed, lambda: trim_vocab(trim))
         int8 = out / "student-trimmed-int8"
         stages.run("student trimmed INT8", int8, _quantized(config, trimmed, int8, True))
@@ -216,7 +216,6 @@ def _survey_variants(config: CompressConfig, out: Path, stages: _Stages, smalles
             model=teacher,
             output_dir=str(folder),
             energy=config.factorize_energy,
-            train_samples=_capped(config, FactorizeConfig.train_samples),
             threads=config.threads,
             **common,
         )
@@ -236,28 +235,15 @@ def _survey_variants(config: CompressConfig, out: Path, stages: _Stages, smalles
         exits = EarlyExitConfig(
             model=teacher,
             output_dir=str(folder),
-            train_samples=_capped(config, EarlyExitConfig.train_samples),
             threads=config.threads,
             **common,
         )
         stages.run("teacher early exit", folder, lambda: early_exit(exits))
 
 
-def _capped(config: CompressConfig, stage_default: int | None) -> int | None:
-    """A stage's own number of training reviews (its short recovery or head training), never more than the
-    recipe's ``train_samples``: a recipe run on a slice stays on that slice."""
-    return min(filter(None, (config.data.train_samples, stage_default)), default=None)
-
-
-def _trim_slices(config: CompressConfig) -> dict:
-    """Trimming counts the pieces of the recipe's training reviews and reports [UNK]s on its test reviews
-    (the stage's own defaults are the whole splits)."""
-    return {"train_samples": config.data.train_samples, "unk_samples": config.data.eval_samples}
-
-
 def _covering_trim(config: CompressConfig, out: Path, stages: _Stages, smallest: Path) -> None:
     """The size lever pushed further: the smallest student keeping only the pieces that cover
-    ``trim_coverage`` of the training texts' tokens, recovery fine-tuned (``recover_epochs``), and its INT8
+    ``trim_coverage`` of the training texts' tokens, recovery fine-tuned (``recovery_epochs``), and its INT8
     (embeddings included)."""
     from bertsent.compression.trim_vocab import trim_vocab
     from bertsent.config import TrimVocabConfig
@@ -270,11 +256,8 @@ def _covering_trim(config: CompressConfig, out: Path, stages: _Stages, smallest:
         output_dir=str(trimmed),
         coverage=config.trim_coverage,
         data=config.data,
-        recovery_epochs=config.recover_epochs,
-        recovery_lr=config.recover_lr,
-        # A short recovery, as factorize's: the stage's default, or fewer when the recipe trains on fewer.
-        recovery_samples=_capped(config, TrimVocabConfig.recovery_samples),
-        **_trim_slices(config),
+        recovery_epochs=config.recovery_epochs,
+        recovery_lr=config.recovery_lr,
         batch_size=config.batch_size,
         threads=config.threads,
     )
