@@ -1,7 +1,18 @@
 import numpy as np
 import pytest
 
-from bertsent.encoding import collate, encode, length_grouped_batches, shorten, sorted_batches, truncate
+from bertsent.encoding import (
+    collate,
+    encode,
+    encode_with_offsets,
+    length_grouped_batches,
+    pad_rows,
+    shorten,
+    sorted_batches,
+    token_budget_batches,
+    truncate,
+)
+from bertsent.errors import ModelError, SettingsError
 from bertsent.modeling.loading import load_tokenizer
 
 
@@ -73,3 +84,52 @@ def test_sorted_batches_and_collate(tokenizer):
     assert batch["input_ids"].shape == (2, 7)
     assert batch["attention_mask"].sum(1).tolist() == [7, 5]
     assert batch["input_ids"][1, 5:].tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("strategy", ["head", "tail", "head+tail"])
+def test_encode_with_offsets_is_encode_with_the_map_back_to_characters(tokenizer, strategy):
+    texts = ["A wonderful, moving film!", "", "start " + "word " * 40 + "finale", "unexpectedly grieving"]
+    encoded, where = encode_with_offsets(tokenizer, texts, 16, strategy)
+    plain = encode(tokenizer, texts, 16, strategy)
+    for ours, theirs in zip(encoded.ids, plain.ids, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+        assert ours.dtype == theirs.dtype
+    np.testing.assert_array_equal(encoded.full_lengths, plain.full_lengths)
+    for text, ids, tokens in zip(texts, encoded.ids, where, strict=True):
+        assert len(tokens.kept) == len(ids) - 2  # [CLS] and [SEP] around the kept tokens
+        assert len(tokens.offsets) == len(tokenizer.tokenize(text))  # every token of the whole text
+        for position, token in zip(tokens.kept, ids[1:-1], strict=True):
+            start, end = tokens.offsets[position]
+            piece = tokenizer.convert_ids_to_tokens(int(token)).removeprefix("##")
+            assert text[start:end].lower() == piece or piece == "[UNK]"
+    assert where[2].kept[-1] == len(where[2].offsets) - 1 if strategy != "head" else where[2].kept[0] == 0
+
+
+def test_encode_with_offsets_refuses_what_encode_refuses(tokenizer):
+    with pytest.raises(SettingsError, match="truncation must be one of"):
+        encode_with_offsets(tokenizer, ["a"], 16, "middle")
+    with pytest.raises(SettingsError, match="leaves no room"):
+        encode_with_offsets(tokenizer, ["a"], 2)
+    slow = type("SlowTokenizer", (), {"is_fast": False})()  # a Python tokenizer gives no character offsets
+    with pytest.raises(ModelError, match="fast tokenizer, not a SlowTokenizer"):
+        encode_with_offsets(slow, ["a"], 16)
+
+
+def test_token_budget_batches_keep_each_batch_within_its_budget():
+    lengths = np.array([5, 30, 12, 12, 7, 30, 1])
+    batches = token_budget_batches(lengths, budget=100, copies=2)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))  # every row once
+    order = np.concatenate(batches)
+    assert list(lengths[order]) == sorted(lengths, reverse=True)  # longest first
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * 2 * lengths[batch].max() <= 100
+    assert [len(b) for b in token_budget_batches(np.array([300, 2]), budget=10)] == [1, 1]  # alone, over budget
+    assert token_budget_batches(np.array([], dtype=np.int64), budget=10) == []
+
+
+def test_pad_rows():
+    padded = pad_rows([np.array([1, 2, 3]), np.array([4])], -1, np.int64)
+    np.testing.assert_array_equal(padded, [[1, 2, 3], [4, -1, -1]])
+    assert padded.dtype == np.int64
+    flags = pad_rows([np.array([True]), np.array([False, True])], False, bool)
+    np.testing.assert_array_equal(flags, [[True, False], [False, True]])

@@ -1,7 +1,10 @@
-"""Tokenization, truncation strategies and length-aware batching.
+"""Tokenization, truncation strategies, length-aware batching and padding.
 
 Token ids are kept unpadded as one small int32 array per text, so memory grows with the number of
 real tokens, not with ``rows x max_length``; batches are padded only to their own longest text.
+:func:`encode_with_offsets` is :func:`encode` with the map from kept tokens back to characters (what
+explanations need); batches come by count (:func:`sorted_batches`) or by token budget
+(:func:`token_budget_batches`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import numpy as np
 import torch
 
 from bertsent.config import TRUNCATION_STRATEGIES
-from bertsent.errors import SettingsError
+from bertsent.errors import ModelError, SettingsError
 
 HEAD_FRACTION = 0.25
 """Share of the budget kept from the start in ``head+tail`` (Sun et al., 2019: 128 of 510 tokens)."""
@@ -67,10 +70,14 @@ def text_room(tokenizer, max_length: int) -> tuple[list[int], list[int], int]:
     return prefix, suffix, budget
 
 
-def encode(tokenizer, texts: Sequence[str], max_length: int, truncation: str = "head") -> Encoded:
-    """Tokenize ``texts`` in fast batch mode and truncate each to ``max_length`` (special tokens included)."""
+def _check_truncation(truncation: str) -> None:
     if truncation not in TRUNCATION_STRATEGIES:
         raise SettingsError(f"truncation must be one of {', '.join(TRUNCATION_STRATEGIES)}, got {truncation!r}")
+
+
+def encode(tokenizer, texts: Sequence[str], max_length: int, truncation: str = "head") -> Encoded:
+    """Tokenize ``texts`` in fast batch mode and truncate each to ``max_length`` (special tokens included)."""
+    _check_truncation(truncation)
     prefix, suffix, budget = text_room(tokenizer, max_length)
     ids: list[np.ndarray] = []
     full: list[int] = []
@@ -78,6 +85,36 @@ def encode(tokenizer, texts: Sequence[str], max_length: int, truncation: str = "
         full.append(len(row) + len(prefix) + len(suffix))
         ids.append(np.asarray([*prefix, *truncate(row, budget, truncation), *suffix], dtype=np.int32))
     return Encoded(ids=ids, full_lengths=np.asarray(full, dtype=np.int64))
+
+
+@dataclass
+class TokenOffsets:
+    """Where one encoded text's tokens come from: ``kept``, the position in the text's untruncated token
+    sequence of each token kept between the special tokens; ``offsets``, the character span of every
+    token of the untruncated text."""
+
+    kept: np.ndarray
+    offsets: list[tuple[int, int]]
+
+
+def encode_with_offsets(
+    tokenizer, texts: Sequence[str], max_length: int, truncation: str = "head"
+) -> tuple[Encoded, list[TokenOffsets]]:
+    """:func:`encode` (the same ids, the same errors), and each text's :class:`TokenOffsets`. Character
+    offsets need a fast tokenizer: a :class:`ModelError` otherwise."""
+    _check_truncation(truncation)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"character offsets need a fast tokenizer, not a {type(tokenizer).__name__}")
+    prefix, suffix, budget = text_room(tokenizer, max_length)
+    ids: list[np.ndarray] = []
+    full: list[int] = []
+    where: list[TokenOffsets] = []
+    for row, offsets in _tokenized(tokenizer, texts, offsets=True):
+        kept = np.asarray(truncate(range(len(row)), budget, truncation), dtype=np.int64)
+        full.append(len(row) + len(prefix) + len(suffix))
+        ids.append(np.asarray([*prefix, *np.asarray(row, dtype=np.int64)[kept], *suffix], dtype=np.int32))
+        where.append(TokenOffsets(kept=kept, offsets=[(int(a), int(b)) for a, b in offsets]))
+    return Encoded(ids=ids, full_lengths=np.asarray(full, dtype=np.int64)), where
 
 
 def shorten(encoded: Encoded, tokenizer, max_length: int, truncation: str) -> Encoded:
@@ -98,15 +135,24 @@ def token_ids(tokenizer, texts: Sequence[str], chunk: int = 4096) -> Iterator[li
 
     Chunks bound the tokenizer's temporary memory on large inputs.
     """
+    for ids, _ in _tokenized(tokenizer, texts, chunk):
+        yield ids
+
+
+def _tokenized(tokenizer, texts: Sequence[str], chunk: int = 4096, offsets: bool = False) -> Iterator[tuple]:
+    """``(ids, offsets)`` of each text (offsets None unless asked), ``chunk`` texts per tokenizer call."""
     for start in range(0, len(texts), chunk):
-        yield from tokenizer(
+        batch = tokenizer(
             list(texts[start : start + chunk]),
             add_special_tokens=False,
             truncation=False,
             return_attention_mask=False,
             return_token_type_ids=False,
+            return_offsets_mapping=offsets,
             verbose=False,
-        )["input_ids"]
+        )
+        ids = batch["input_ids"]
+        yield from zip(ids, batch["offset_mapping"] if offsets else [None] * len(ids), strict=True)
 
 
 def encode_windows(tokenizer, texts: Sequence[str], max_length: int, stride: int) -> tuple[Encoded, np.ndarray]:
@@ -137,6 +183,21 @@ def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def token_budget_batches(lengths: np.ndarray, budget: int, copies: int = 1) -> list[np.ndarray]:
+    """Batches of indices, longest first, each as many texts as keep texts x ``copies`` x its longest
+    text's length within ``budget`` tokens (a text alone may exceed it): for passes whose cost grows with
+    the padded tokens, e.g. Integrated Gradients' ``copies`` = steps per text."""
+    batches: list[np.ndarray] = []
+    current: list[int] = []
+    lengths = np.asarray(lengths)
+    for i in np.argsort(-lengths, kind="stable"):
+        if current and (len(current) + 1) * copies * lengths[current[0]] > budget:
+            batches.append(np.asarray(current))
+            current = []
+        current.append(int(i))
+    return [*batches, np.asarray(current)] if current else batches
+
+
 def length_grouped_batches(
     lengths: np.ndarray, batch_size: int, seed: int, mega_batch_factor: int = 50
 ) -> list[np.ndarray]:
@@ -159,15 +220,21 @@ def length_grouped_batches(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def pad_rows(rows: Sequence[np.ndarray], fill, dtype) -> np.ndarray:
+    """``rows`` (1-D, of any lengths) as one ``(len(rows), longest)`` array of ``dtype``, ``fill`` after each."""
+    width = max(len(r) for r in rows)
+    out = np.full((len(rows), width), fill, dtype=dtype)
+    for j, row in enumerate(rows):
+        out[j, : len(row)] = row
+    return out
+
+
 def collate(encoded: Encoded, indices: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
     """Pad the texts at ``indices`` to their longest member."""
     rows = [encoded.ids[i] for i in indices]
-    width = max(len(r) for r in rows)
-    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for j, row in enumerate(rows):
-        input_ids[j, : len(row)] = row
-        mask[j, : len(row)] = 1
+    input_ids = pad_rows(rows, pad_id, np.int64)
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    mask = (np.arange(input_ids.shape[1]) < lengths[:, None]).astype(np.int64)
     return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
 
 

@@ -16,9 +16,11 @@ adds is what a reader of the output needs:
   tokenizer's character offsets. Pieces whose spans touch make one word (``don't``, ``film:``): a word
   is a whitespace-separated run, ``text[start:end] == word``, and its score is the sum of its pieces'.
   Scores are divided by the text's largest absolute word score, so they lie in [-1, 1].
-- **Truncation**: the explainer sees exactly what the model sees, the text truncated to ``max_length``
-  as :func:`bertsent.encoding.encode` does it (``head``, ``tail`` or ``head+tail``). Words truncated away
-  get **no entry**; a word cut in part keeps its whole span and the score of its kept pieces.
+- **Truncation**: the explainer sees exactly what the model sees: :func:`bertsent.encoding.encode_with_offsets`
+  is :func:`~bertsent.encoding.encode` (``head``, ``tail`` or ``head+tail`` to ``max_length``) with each
+  kept token's place in the text. Words truncated away get **no entry**; a word cut in part keeps its
+  whole span and the score of its kept pieces. Batches (by token budget) and padding are
+  :mod:`bertsent.encoding`'s; gradients are on through :func:`~bertsent.modeling.passes.model_pass`.
 - **Precision and forward**: attribution runs in fp32 (no autocast) on the plain forward: the [CLS]-only
   last layer (:class:`~bertsent.modeling.cls_only.ClsOnlyLastLayer`) is swapped back for the stock one.
 
@@ -36,10 +38,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bertsent.config import EXPLAIN_METHODS, TRUNCATION_STRATEGIES, ExplainSettings
-from bertsent.encoding import special_token_layout, truncate
+from bertsent.config import EXPLAIN_METHODS, ExplainSettings
+from bertsent.encoding import Encoded, collate, encode_with_offsets, pad_rows, text_room, token_budget_batches
 from bertsent.errors import ModelError, SettingsError
 from bertsent.modeling.cls_only import ClsOnlyLastLayer
+from bertsent.modeling.passes import model_pass
 
 __all__ = ["EXPLAIN_METHODS", "Explainer", "TokenAttributions", "attribution_model", "log_odds", "word_scores"]
 
@@ -119,34 +122,22 @@ def encode_words(tokenizer, texts: Sequence[str], max_length: int, truncation: s
 
     Rows come back with zero scores and target -1, to be filled by :meth:`Explainer.attribute`.
     """
-    if truncation not in TRUNCATION_STRATEGIES:
-        raise SettingsError(f"truncation must be one of {', '.join(TRUNCATION_STRATEGIES)}, got {truncation!r}")
+    return _encoded_words(tokenizer, texts, max_length, truncation)[1]
+
+
+def _encoded_words(tokenizer, texts, max_length: int, truncation: str) -> tuple[Encoded, list[TokenAttributions]]:
+    """:func:`~bertsent.encoding.encode_with_offsets`, and each row's tokens mapped to the words of its text."""
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError("explanations need a fast tokenizer (its character offsets map pieces back to words)")
-    prefix, suffix = special_token_layout(tokenizer)
-    budget = max_length - len(prefix) - len(suffix)
-    if budget < 1:
-        raise SettingsError(f"max_length {max_length} leaves no room for text after the special tokens")
-    if not len(texts):
-        return []
-    batch = tokenizer(
-        list(texts),
-        add_special_tokens=False,
-        truncation=False,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-        return_offsets_mapping=True,
-        verbose=False,
-    )
+    encoded, where = encode_with_offsets(tokenizer, texts, max_length, truncation)
+    prefix, _, _ = text_room(tokenizer, max_length)
     rows = []
-    for ids, offsets in zip(batch["input_ids"], batch["offset_mapping"], strict=True):
-        word_of, spans = group_words(offsets)
-        kept = np.asarray(list(truncate(range(len(ids)), budget, truncation)), dtype=np.int64)
-        specials = np.full(len(prefix), -1), np.full(len(suffix), -1)
-        row_ids = np.asarray([*prefix, *np.asarray(ids, dtype=np.int64)[kept], *suffix], dtype=np.int64)
-        row_words = np.concatenate([specials[0], word_of[kept], specials[1]]).astype(np.int64)
-        rows.append(TokenAttributions(row_ids, np.zeros(len(row_ids)), row_words, spans, target=-1))
-    return rows
+    for ids, tokens in zip(encoded.ids, where, strict=True):
+        word_of, spans = group_words(tokens.offsets)
+        row_words = np.full(len(ids), -1, dtype=np.int64)  # special tokens are no word
+        row_words[len(prefix) : len(prefix) + len(tokens.kept)] = word_of[tokens.kept]
+        rows.append(TokenAttributions(ids.astype(np.int64), np.zeros(len(ids)), row_words, spans, target=-1))
+    return encoded, rows
 
 
 def word_scores(text: str, row: TokenAttributions, digits: int = 4) -> list[dict]:
@@ -163,19 +154,6 @@ def word_scores(text: str, row: TokenAttributions, digits: int = 4) -> list[dict
         score = round(float(total) / scale, digits)
         out.append({"word": text[start:end], "start": int(start), "end": int(end), "score": score})
     return out
-
-
-def token_batches(lengths: np.ndarray, steps: int, budget: int) -> list[np.ndarray]:
-    """Text indices, longest first, grouped so that texts x ``steps`` x the longest one's length stays within
-    ``budget`` tokens (a text alone may exceed it): one Captum call each, padded to its longest text."""
-    batches: list[np.ndarray] = []
-    current: list[int] = []
-    for i in np.argsort(-lengths, kind="stable"):
-        if current and (len(current) + 1) * steps * lengths[current[0]] > budget:
-            batches.append(np.asarray(current))
-            current = []
-        current.append(int(i))
-    return [*batches, np.asarray(current)] if current else batches
 
 
 class Explainer:
@@ -213,14 +191,15 @@ class Explainer:
         method = self.settings.explain_method if method is None else method
         if method not in EXPLAIN_METHODS:
             raise SettingsError(f"explain method must be one of {', '.join(EXPLAIN_METHODS)}, got {method!r}")
-        rows = encode_words(self.tokenizer, texts, self.max_length, self.truncation)
+        encoded, rows = _encoded_words(self.tokenizer, texts, self.max_length, self.truncation)
         if targets is not None and len(targets) != len(rows):
             raise ValueError(f"{len(targets)} targets for {len(rows)} texts")
         steps = self.settings.explain_steps if method == "integrated-gradients" else 1
-        lengths = np.asarray([len(r.input_ids) for r in rows], dtype=np.int64)
-        with self._lock, torch.inference_mode(False), torch.enable_grad():
-            for idx in token_batches(lengths, steps, self.settings.explain_batch_tokens):
-                ids, mask, text = self._collate([rows[i] for i in idx])
+        # One Captum call per batch: texts x steps x the longest one's length within the token budget.
+        batches = token_budget_batches(encoded.lengths, self.settings.explain_batch_tokens, copies=steps)
+        with self._lock, model_pass(self.model, grad=True):
+            for idx in batches:
+                ids, mask, text = self._collate(encoded, rows, idx)
                 given = None if targets is None else torch.as_tensor([int(targets[i]) for i in idx])
                 chosen = self._targets(ids, mask) if given is None else given.to(self.device)
                 scores, deltas = self._run(method, ids, mask, text, chosen)
@@ -231,17 +210,12 @@ class Explainer:
                     rows[i].delta = None if deltas is None else float(deltas[j])
         return rows
 
-    def _collate(self, rows: list[TokenAttributions]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Padded ids, the attention mask, and where the text tokens are (what the baseline replaces)."""
-        width = max(len(r.input_ids) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        text = torch.zeros((len(rows), width), dtype=torch.bool)
-        for j, r in enumerate(rows):
-            ids[j, : len(r.input_ids)] = torch.from_numpy(r.input_ids)
-            mask[j, : len(r.input_ids)] = 1
-            text[j, : len(r.input_ids)] = torch.from_numpy(r.word_of >= 0)
-        return ids.to(self.device), mask.to(self.device), text.to(self.device)
+    def _collate(self, encoded: Encoded, rows: list[TokenAttributions], idx: np.ndarray):
+        """Padded ids and the attention mask (:func:`~bertsent.encoding.collate`), and where the text tokens
+        are (what the baseline replaces), on the model's device."""
+        batch = collate(encoded, idx, self.pad_id)
+        text = torch.from_numpy(pad_rows([rows[i].word_of >= 0 for i in idx], False, bool))
+        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device), text.to(self.device)
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """What Captum differentiates: every label's log-odds, in fp32."""
