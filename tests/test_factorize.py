@@ -351,7 +351,7 @@ def test_a_killed_recovery_continues_from_its_checkpoint(trained_tiny_dir, tmp_p
         factorize(config("resumed"))
     assert [p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["step-2"]
     monkeypatch.setattr(loop, "save_checkpoint", save)
-    with caplog.at_level(logging.INFO, logger="bertsent.train"):
+    with caplog.at_level(logging.INFO, logger="bertsent.training"):
         factorize(config("resumed"))
     assert "resumed from" in caplog.text and "(epoch 0, step 2)" in caplog.text
     assert not (tmp_path / "resumed" / "checkpoints").exists()  # gone once the stage ends

@@ -46,7 +46,7 @@ from bertsent.config import (
 from bertsent.errors import BertsentError
 from bertsent.serve import cmd_serve  # the server's own loop; light to import (no torch)
 
-log = logging.getLogger("bertsent")
+log = logging.getLogger(__name__)
 
 DEFAULT_DATA = str(Path("..") / "shared" / "data" / "imdb")
 

@@ -37,7 +37,7 @@ import pandas as pd
 
 from bertsent.errors import DataError
 
-log = logging.getLogger("bertsent.ood")
+log = logging.getLogger(__name__)
 
 NEUTRAL_BAND = 1.0
 """Amazon snippets with a mean score in (-1, 1) on the -4..+4 scale are too mild to call either way."""

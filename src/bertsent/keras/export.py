@@ -30,7 +30,7 @@ from bertsent.folder import (
 from bertsent.keras.model import KerasTokenizer, keras_from_torch, keras_logits, require_keras
 from bertsent.modeling.parity import judge, max_abs_diff, parity_check, reference_logits
 
-log = logging.getLogger("bertsent.export")
+log = logging.getLogger(__name__)
 
 FORMATS = ("tf-savedmodel", "keras")
 KERAS_FILE = "model.keras"

@@ -23,7 +23,7 @@ from bertsent.config import DEFAULT_ATOL
 from bertsent.errors import ModelError
 from bertsent.modeling.parity import PARITY_SHAPES, parity_check
 
-log = logging.getLogger("bertsent.keras")
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'pip install "bertsent[keras]"'
 EXACT_GELU = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True, "gelu_fast": True}

@@ -22,7 +22,7 @@ from bertsent.data.loading import load_data
 from bertsent.folder import git_revision, weight_files, weights_bytes, write_json_whole
 from bertsent.runtime import cpu_summary
 
-log = logging.getLogger("bertsent.compare")
+log = logging.getLogger(__name__)
 
 
 def count_parameters(folder: Path) -> int:
@@ -67,23 +67,21 @@ def measure(folder: Path, texts: list[str], labels: np.ndarray, config: CompareC
     predictor = Predictor(folder, config.resolved_inference())
     predictor.predict_proba(texts[: predictor.batch_size])  # warm-up: first-call allocations, lazy inits
     probs: np.ndarray | None = None
-    early_exit = hasattr(predictor.backend, "reset_exit_counts")
-    if early_exit:
-        predictor.backend.reset_exit_counts()  # count the timed run's layers only
+    predictor.backend.reset_exit_counts()  # early exit: count the timed run's layers only
 
     def run() -> None:
         nonlocal probs
-        probs = predictor.predict_proba(texts)
+        probs = predictor.predict_proba(texts, progress=None)  # a bar on a terminal: the long measurement
 
     seconds = _timed(run)
-    mean_layers = predictor.backend.mean_layers if early_exit else None
+    mean_layers = predictor.backend.mean_layers
     metrics = classification_metrics(labels, probs, predictor.id2label)
     latencies = [_timed(lambda t=t: predictor.predict_proba([t])) for t in texts[: config.latency_samples]]
     return {
         "model": str(folder),
         "backend": predictor.backend.name,
         # What the backend actually ran: precision "auto" may pick bf16 (AMX, and accepted against fp32).
-        "precision": getattr(predictor.backend, "precision", None),
+        "precision": predictor.backend.precision,
         "parameters": count_parameters(folder),
         "size_mb": round(weights_bytes(folder) / 1e6, 2),
         "accuracy": round(metrics["accuracy"], 4),

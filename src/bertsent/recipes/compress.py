@@ -41,7 +41,7 @@ from pathlib import Path
 from bertsent.config import CompressConfig, SettingsError
 from bertsent.folder import read_training_args, write_json_whole
 
-log = logging.getLogger("bertsent.compress")
+log = logging.getLogger(__name__)
 
 
 def _complete(folder: Path) -> bool:

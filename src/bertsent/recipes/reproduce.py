@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bertsent.config import DataConfig, ReproduceConfig
 
-log = logging.getLogger("bertsent.reproduce")
+log = logging.getLogger(__name__)
 
 # Published results, quoted for context only: not measured by bertsent.
 ANCHORS = (

@@ -28,7 +28,7 @@ from bertsent.training.distributed import is_main_process
 from bertsent.training.loop import train
 from bertsent.training.tracking import TrainResult
 
-log = logging.getLogger("bertsent.distill")
+log = logging.getLogger(__name__)
 
 TEACHER_LOGITS = "teacher_logits.npy"
 TEACHER_BATCH_SIZE = 64
@@ -72,7 +72,8 @@ def teacher_logits(teacher, encoded: Encoded, pad_id: int, device: torch.device,
         return np.load(cache)
     log.info("computing the teacher's logits for %d training reviews (once)", len(encoded))
     teacher.eval().to(device)
-    out = run(TorchBackend.from_model(teacher, device), encoded, TEACHER_BATCH_SIZE, pad_id)
+    progress = None if is_main_process() else False  # one bar, on a terminal, from the main process
+    out = run(TorchBackend.from_model(teacher, device), encoded, TEACHER_BATCH_SIZE, pad_id, progress)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, out)
     meta.write_text(json.dumps({"key": key, "rows": len(encoded)}))

@@ -23,7 +23,7 @@ import torch
 from bertsent.encoding import Encoded
 from bertsent.runtime import precision_name
 
-log = logging.getLogger("bertsent.train")
+log = logging.getLogger(__name__)
 
 
 def is_main_process() -> bool:

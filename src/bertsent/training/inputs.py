@@ -17,7 +17,7 @@ from bertsent.data.loading import Splits, load_data
 from bertsent.encoding import Encoded, encode
 from bertsent.modeling.loading import load_tokenizer
 
-log = logging.getLogger("bertsent.train")
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:

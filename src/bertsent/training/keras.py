@@ -26,7 +26,7 @@ from bertsent.training.lr_choice import choose_lr
 from bertsent.training.output import finish
 from bertsent.training.tracking import BEST, CHECKPOINTS, TrainResult, TrainState, record_validation
 
-log = logging.getLogger("bertsent.train")
+log = logging.getLogger(__name__)
 
 ADAM_EPSILON = 1e-8
 """torch's (and HF's) default; Keras defaults to 1e-7."""

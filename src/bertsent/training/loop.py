@@ -43,7 +43,7 @@ from bertsent.training.tracking import BEST, CHECKPOINTS, TrainResult, TrainStat
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-log = logging.getLogger("bertsent.train")
+log = logging.getLogger(__name__)
 
 LossFn = Callable[["PreTrainedModel", dict[str, torch.Tensor], torch.Tensor, np.ndarray], torch.Tensor]
 """``loss(model, batch, labels, row_indices)``: runs the forward pass and returns the mean loss."""

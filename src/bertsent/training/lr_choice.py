@@ -30,7 +30,7 @@ import torch
 
 from bertsent.encoding import Encoded, collate, length_grouped_batches
 
-log = logging.getLogger("bertsent.train")
+log = logging.getLogger(__name__)
 
 BASE_LR, BASE_WIDTH, STEPS_AT_BASE = 1e-4, 384, 160
 RANGE = (1e-7, 1e-2)

@@ -19,7 +19,7 @@ from bertsent.modeling.pooling import pooling_layer
 from bertsent.runtime import precision_name
 from bertsent.training.tracking import BEST, CHECKPOINTS, TrainResult, TrainState
 
-log = logging.getLogger("bertsent.train")
+log = logging.getLogger(__name__)
 
 
 def run_metrics(args, splits: Splits, model, state: TrainState) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bertsent.config import TrainingArguments
 
-log = logging.getLogger("bertsent.train")
+log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
