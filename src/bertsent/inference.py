@@ -1,9 +1,12 @@
 """The one inference path: backends that turn token batches into logits, and the batched loop over them.
 
-A backend is anything with ``name``, ``id2label`` and ``logits(batch) -> np.ndarray`` (:class:`Backend`):
-:class:`TorchBackend` runs a PyTorch folder or an in-memory model, :class:`OnnxBackend` a folder's
-``model.onnx``, :class:`OpenVinoBackend` its ``openvino_model.xml``; :func:`load_backend` picks by what
-the folder holds (or what ``backend=`` insists on).
+:class:`Backend` declares every member a caller uses (``name``, ``id2label``, ``precision``, ``threads``,
+``mean_layers``, ``reset_exit_counts()``, ``running()``, ``logits(batch)``), and every backend has them all:
+:class:`TorchBackend` runs a PyTorch folder or an in-memory model, :class:`EarlyExitBackend` an early-exit
+folder, :class:`OnnxBackend` a folder's ``model.onnx`` (or any ONNX file: :meth:`OnnxBackend.from_file`),
+:class:`OpenVinoBackend` its ``openvino_model.xml``. :func:`load_backend` picks one by what the folder holds
+(or what ``settings.backend`` insists on) and runs it as its :class:`~bertsent.config.InferenceSettings`
+say; :func:`as_candidate` hands a backend to the parity check.
 
 ``precision="auto"`` lets a backend run a reduced precision (bf16) where the hardware runs it fast, but
 only once :func:`precision_verdict` has found it agrees with fp32 on the folder's validation reviews
