@@ -133,3 +133,22 @@ def test_run_shows_no_bar_by_default(monkeypatch):
     monkeypatch.setattr(sys, "stderr", FakeTerminal())
     run(Constant(), encoded, 2, 0)  # internal passes and a server's batches: quiet even on a terminal
     assert sys.stderr.getvalue() == ""
+
+
+def test_evaluate_and_calibrate_show_their_bar_on_a_terminal(trained_tiny_dir, toy_data_dir, tmp_path, monkeypatch):
+    """Both pass ``progress=None`` (on a terminal), which ``run`` used to read as off."""
+    from bertsent.calibration import calibrate
+    from bertsent.config import CalibrateConfig, DataConfig
+    from bertsent.evaluate import evaluate
+
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    evaluate(trained_tiny_dir, DataConfig(str(toy_data_dir)), output_dir=tmp_path / "eval")
+    assert "predicting" in terminal.getvalue()
+    terminal.seek(0)
+    terminal.truncate()
+    calibrate(CalibrateConfig(model=str(trained_tiny_dir), output_dir=str(tmp_path / "cal"), evaluate_test=False))
+    assert "predicting" in terminal.getvalue()
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: no bar
+    evaluate(trained_tiny_dir, DataConfig(str(toy_data_dir)), output_dir=tmp_path / "eval")
+    assert "predicting" not in sys.stderr.getvalue()
