@@ -25,7 +25,7 @@ by two thinner ones from a truncated SVD, ``Linear(in, r, bias=False)`` then ``L
    weights (``r·(in + out) ≥ in·out``) is kept dense, logged and recorded as such; when no layer is left
    to factorize the run stops with a SettingsError instead of writing a copy of the source.
 3. **Recovery** (``recovery_epochs``, 0 skips): ``bertsent.training.loop.train`` fine-tunes the factorized
-   model (both factors of every layer) on ``train_samples`` training reviews, keeping its best epoch by
+   model (both factors of every layer) on ``recovery_samples`` training reviews, keeping its best epoch by
    validation, as pruning's recovery does.
 
 The ranks are recorded in ``config.json`` (``bertsent_factorization``), so ``load_classifier`` — and with
@@ -37,11 +37,10 @@ after factorizing (before recovery) and after recovery.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,18 +48,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from bertsent.compression.stage import (
+    Source,
+    StageResult,
+    copy_source_files,
+    finish,
+    open_source,
+    recover,
+    recovery_data,
+    score_folder,
+    score_model,
+    stage_reviews,
+    validation_pair,
+)
 from bertsent.config import FactorizeConfig
 from bertsent.errors import DataError, SettingsError
-from bertsent.folder import (
-    COMPRESSION_FILE,
-    METRICS_FILE,
-    clear_weights,
-    copy_model_files,
-    inference_settings,
-    read_id2label,
-    source_and_output,
-    weights_bytes,
-)
+from bertsent.folder import COMPRESSION_FILE, clear_weights, weights_bytes
 from bertsent.modeling.factorized import (
     factorization_ranks,
     factorize_module,
@@ -69,14 +72,12 @@ from bertsent.modeling.factorized import (
     target_linears,
     weighted_svd,
 )
+from bertsent.modeling.passes import model_pass, pass_batches
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
-
-    from bertsent.config import DataConfig
     from bertsent.encoding import Encoded
 
-log = logging.getLogger("bertsent.factorize")
+log = logging.getLogger(__name__)
 
 WEIGHTING_RULES = {
     "none": "plain truncated SVD (closest in Frobenius norm)",
@@ -87,27 +88,17 @@ WEIGHTING_RULES = {
 }
 
 
-@dataclass
-class FactorizeResult:
-    output_dir: Path
-    record: dict
-    """What ``compression.json`` holds."""
-    metrics: dict
-    model: PreTrainedModel
-    """The factorized model in memory (what the folder holds)."""
+FactorizeResult = StageResult
+"""The name factorize's result had before every stage returned a :class:`StageResult`."""
 
 
 # --- weighting ---------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def activation_scales(
     model: nn.Module, encoded: Encoded, paths: list[str], batch_size: int = 16, pad_id: int = 0
 ) -> dict[str, torch.Tensor]:
     """RMS of every input feature of the Linears at ``paths`` over the real (non-padding) tokens of ``encoded``."""
-    from bertsent.encoding import iter_batches
-
-    device = next(model.parameters()).device
     sums = {path: torch.zeros(model.get_submodule(path).in_features, dtype=torch.float64) for path in paths}
     current: dict[str, torch.Tensor] = {}
     tokens = 0
@@ -122,18 +113,15 @@ def activation_scales(
         return record
 
     handles = [model.get_submodule(path).register_forward_pre_hook(hook(path)) for path in paths]
-    was_training = model.training
-    model.eval()
     try:
-        for _, batch in iter_batches(encoded, batch_size, pad_id):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            current["mask"] = batch["attention_mask"].bool()
-            tokens += int(current["mask"].sum())
-            model(**batch)
+        with model_pass(model):
+            for _, batch in pass_batches(model, encoded, batch_size, pad_id, desc="activation statistics"):
+                current["mask"] = batch["attention_mask"].bool()
+                tokens += int(current["mask"].sum())
+                model(**batch)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return {path: (total / max(tokens, 1)).sqrt() for path, total in sums.items()}
 
 
@@ -142,22 +130,15 @@ def fisher_scales(
 ) -> dict[str, torch.Tensor]:
     """Per output row of the Linears at ``paths``: the root of the summed squared gradients of its weights
     (cross-entropy with the true ``labels``, summed over each mini-batch)."""
-    from bertsent.encoding import iter_batches
-
     device = next(model.parameters()).device
     weights = [model.get_submodule(path).weight for path in paths]
     totals = [torch.zeros(w.shape[0], dtype=torch.float64) for w in weights]
-    was_training = model.training
-    model.eval()  # no dropout: the weighting should not depend on random masks
-    try:
-        for idx, batch in iter_batches(encoded, batch_size, pad_id):
-            batch = {k: v.to(device) for k, v in batch.items()}
+    with model_pass(model, grad=True):  # no dropout: the weighting should not depend on random masks
+        for idx, batch in pass_batches(model, encoded, batch_size, pad_id, desc="Fisher weighting"):
             target = torch.as_tensor(labels[idx], dtype=torch.long, device=device)
             loss = nn.functional.cross_entropy(model(**batch).logits.float(), target, reduction="sum")
             for total, grad in zip(totals, torch.autograd.grad(loss, weights), strict=True):
                 total += grad.detach().double().square().sum(1).cpu()
-    finally:
-        model.train(was_training)
     return {path: total.sqrt() for path, total in zip(paths, totals, strict=True)}
 
 
@@ -205,15 +186,12 @@ def factorize_layers(
     return decisions
 
 
-def _scales(config: FactorizeConfig, model, tokenizer, reviews, paths: list[str], max_length: int, truncation: str):
+def _scales(config: FactorizeConfig, src: Source, reviews, paths: list[str]):
     """``(rows, cols)`` scales of the weighting (both None for ``none``), from the calibration reviews."""
-    from bertsent.encoding import encode
-
     if config.weighting == "none":
         return None, None
     tick = time.perf_counter()
-    encoded = encode(tokenizer, reviews["text"].tolist(), max_length, truncation)
-    pad_id = tokenizer.pad_token_id or 0
+    model, encoded, pad_id = src.model, src.encode(reviews["text"].tolist()), src.pad_id
     if config.weighting == "activation":
         rows, cols = None, activation_scales(model, encoded, paths, config.batch_size, pad_id)
     else:
@@ -228,33 +206,16 @@ def _scales(config: FactorizeConfig, model, tokenizer, reviews, paths: list[str]
 # --- the stage ---------------------------------------------------------------------------------------
 
 
-def _load_source(config: FactorizeConfig):
-    """The checked source and output folders, the model (eval mode, on the run's device) and its tokenizer."""
-    from bertsent.modeling.loading import load_classifier, load_tokenizer
-    from bertsent.runtime import pick_device, quiet_transformers
-
-    source, out = source_and_output(config.model, config.output_dir, SettingsError)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    quiet_transformers()
-    model = load_classifier(source).float().eval().to(pick_device(config.device))
-    return source, out.expanduser(), model, load_tokenizer(source)
-
-
 def _load_reviews(config: FactorizeConfig, source: Path):
-    """``(splits, recovery data, reason)``: the calibration (train) and validation reviews, and the
-    ``DataConfig`` recovery trains on; Nones and the reason when no data is needed or there is none."""
-    from bertsent.data.recorded import recorded_data, recorded_reviews
-
+    """``(splits, reason)``: the calibration (train) and validation reviews; None and the reason when no data
+    is needed or there is none."""
     need_train = config.weighting != "none"
-    if not (need_train or config.eval_samples or config.recovery_epochs):
-        return None, None, "nothing to measure (weighting none, eval_samples 0, no recovery)"
-    splits, reason = recorded_reviews(
+    if not (need_train or config.validation_samples or config.recovery_epochs):
+        return None, "nothing to measure (weighting none, validation_samples 0, no recovery)"
+    splits, reason = stage_reviews(
         source,
-        read_id2label(source),
         config.data,
-        validation_samples=max(config.eval_samples, 1),
+        validation_samples=max(config.validation_samples, 1),
         train_samples=config.calibration_samples,
         splits=("train", "validation") if need_train else ("validation",),
     )
@@ -267,35 +228,33 @@ def _load_reviews(config: FactorizeConfig, source: Path):
         raise DataError(f"labelled reviews are needed for {' and '.join(needs)}: {reason}; pass --data")
     if need_train and len(splits.train) == 0:
         raise DataError(f"{splits.report['source']}: no training reviews to measure the weighting on")
-    recovery_data = None
-    if config.recovery_epochs:
-        recovery_data, _ = recorded_data(
-            source, config.data, validation_samples=config.eval_samples, train_samples=config.train_samples
-        )
-    return splits, recovery_data, reason
+    return splits, reason
 
 
-def factorize(config: FactorizeConfig) -> FactorizeResult:
-    """Factorize ``config.model``'s chosen Linears, recover, and write a self-describing, measured folder."""
-    started = time.perf_counter()
-    source, out, model, tokenizer = _load_source(config)
-    max_length, truncation = inference_settings(source, tokenizer)
-    linears = target_linears(model, config.target_list)  # the layout is checked before any slow step
+def _check_request(config: FactorizeConfig, linears: Mapping[str, nn.Linear]) -> None:
+    """A fixed rank that saves no layer's weights is refused before any slow step."""
     if config.rank is not None and not any(
         saves_parameters(m.in_features, m.out_features, min(config.rank, m.in_features, m.out_features))
         for m in linears.values()
     ):
         raise SettingsError(_nothing_saved(config))
-    splits, recovery_data, reason = _load_reviews(config, source)
-    evaluation = splits.validation if splits is not None and config.eval_samples else None
-    validation: dict = {"reviews": 0 if evaluation is None else len(evaluation)}
-    if evaluation is None:
-        validation["skipped"] = reason or "eval_samples is 0"
-    else:
-        validation["before"] = _validation_metrics(source, evaluation, config)
+
+
+def factorize(config: FactorizeConfig) -> StageResult:
+    """Factorize ``config.model``'s chosen Linears, recover, and write a self-describing, measured folder."""
+    started = time.perf_counter()
+    src = open_source(config, SettingsError)
+    model, out = src.model, src.output_dir
+    linears = target_linears(model, config.target_list)  # the layout is checked before any slow step
+    _check_request(config, linears)
+    splits, reason = _load_reviews(config, src.folder)
+    evaluation = splits.validation if splits is not None and config.validation_samples else None
+    texts, labels = ([], None) if evaluation is None else (evaluation["text"].tolist(), evaluation["label"].to_numpy())
+    before = None if evaluation is None else score_folder(src.folder, texts, labels, config).metrics
+    validation = validation_pair(before, reason, len(texts))
     parameters_before = sum(p.numel() for p in model.parameters())
     calibration = splits.train if config.weighting != "none" else None
-    rows, cols = _scales(config, model, tokenizer, calibration, list(linears), max_length, truncation)
+    rows, cols = _scales(config, src, calibration, list(linears))
     layers = factorize_layers(model, linears, config.rank, config.energy, rows, cols)
     if not any(layer["factorized"] for layer in layers):
         raise SettingsError(_nothing_saved(config))
@@ -305,18 +264,19 @@ def factorize(config: FactorizeConfig) -> FactorizeResult:
     recovery = None
     if config.recovery_epochs:
         if evaluation is not None:
-            validation["factorized"] = _in_memory_metrics(model, tokenizer, evaluation, config, max_length, truncation)
-        recovery = _recover(config, model, source, recovery_data, max_length, truncation)
+            validation["factorized"] = score_model(src, model, texts, labels, config)
+        data = recovery_data(src.folder, config, config.recovery_samples)
+        recovery = recover(config, model, src.folder, data, (src.max_length, src.truncation))
         if recovery is None:  # under a launcher the recovery ran on every rank; the main one writes the folder
-            return FactorizeResult(output_dir=out, record={}, metrics={}, model=model)
+            return StageResult(output_dir=out, record={}, metrics={}, model=model)
     else:
-        copy_model_files(source, out)
+        copy_source_files(src)
     model.save_pretrained(out)  # config.json with the ranks, over the copied one
     if evaluation is not None:
-        validation["after"] = _validation_metrics(out, evaluation, config)
-    record = _record(config, source, out, model, layers, parameters_before, (max_length, truncation), splits)
+        validation["after"] = score_folder(out, texts, labels, config).metrics
+    record = _record(config, src, model, layers, parameters_before, splits)
     record |= {"validation": validation, "recovery": recovery, "seconds": round(time.perf_counter() - started, 1)}
-    return _write_record(out, record, model)
+    return finish(out, record, _flat_metrics, write_factorize_card, model)
 
 
 def _nothing_saved(config: FactorizeConfig) -> str:
@@ -327,50 +287,13 @@ def _nothing_saved(config: FactorizeConfig) -> str:
     )
 
 
-def _validation_metrics(folder: Path, reviews, config: FactorizeConfig) -> dict:
-    """Metrics of a saved folder on the validation reviews, through ``Predictor`` in fp32 (as users run it,
-    without a reduced precision making source and result differ for another reason)."""
-    from bertsent.metrics import classification_metrics
-    from bertsent.predict import Predictor
-
-    predictor = Predictor(folder, batch_size=config.eval_batch_size, device=config.device, precision="fp32")
-    texts, labels = reviews["text"].tolist(), reviews["label"].to_numpy()
-    started = time.perf_counter()
-    probs = predictor.predict_proba(texts)
-    metrics = classification_metrics(labels, probs, predictor.id2label)
-    return metrics | {"backend": predictor.backend.name, "seconds": round(time.perf_counter() - started, 2)}
-
-
-def _in_memory_metrics(model, tokenizer, reviews, config: FactorizeConfig, max_length: int, truncation: str) -> dict:
-    """Metrics of the factorized model before recovery (never saved on its own, so scored in memory)."""
-    from bertsent.encoding import encode
-    from bertsent.inference import predict_probs
-    from bertsent.metrics import classification_metrics
-
-    encoded = encode(tokenizer, reviews["text"].tolist(), max_length, truncation)
-    device = next(model.parameters()).device
-    probs = predict_probs(model, encoded, config.eval_batch_size, tokenizer.pad_token_id or 0, device)
-    return classification_metrics(reviews["label"].to_numpy(), probs, model.config.id2label)
-
-
-def _recover(config: FactorizeConfig, model, source: Path, data: DataConfig, max_length, truncation) -> dict | None:
-    """Fine-tune the factorized model with ``train`` (it writes the folder); None on a launcher's other ranks."""
-    from bertsent.training.distributed import is_main_process
-    from bertsent.training.loop import recovery_args, recovery_record, train
-
-    epochs, lr = config.recovery_epochs, config.recovery_lr
-    result = train(recovery_args(config, source, epochs, lr, max_length, truncation), data, model=model)
-    return recovery_record(result, epochs, lr) if is_main_process() else None
-
-
-def _record(config, source: Path, out: Path, model, layers: list[dict], parameters_before: int, inference, splits):
+def _record(config, src: Source, model, layers: list[dict], parameters_before: int, splits):
     """``compression.json`` but for the measurements (validation, recovery, seconds), which come last."""
-    max_length, truncation = inference
     factorized = [layer for layer in layers if layer["factorized"]]
     report = splits.report if splits is not None else {}
     return {
         "method": "factorize",
-        "source": str(source),
+        "source": str(src.folder),
         "arguments": asdict(config),
         "data": {"source": report.get("source"), "origin": report.get("origin")},
         "resolved": {
@@ -381,8 +304,8 @@ def _record(config, source: Path, out: Path, model, layers: list[dict], paramete
             "weighting": WEIGHTING_RULES[config.weighting],
             "calibration_reviews": 0 if config.weighting == "none" else len(splits.train),
             "skip_rule": "a layer is kept dense when r·(in+out) >= in·out (no weights saved)",
-            "max_length": max_length,
-            "truncation": truncation,
+            "max_length": src.max_length,
+            "truncation": src.truncation,
         },
         "layers": layers,
         "ranks": factorization_ranks(model),
@@ -392,7 +315,7 @@ def _record(config, source: Path, out: Path, model, layers: list[dict], paramete
             "before": sum(layer["weights_before"] for layer in factorized),
             "after": sum(layer["weights_after"] for layer in factorized),
         },
-        "weights_bytes": {"before": weights_bytes(source), "after": weights_bytes(out)},
+        "weights_bytes": {"before": weights_bytes(src.folder), "after": weights_bytes(src.output_dir)},
     }
 
 
@@ -408,16 +331,6 @@ def _flat_metrics(record: dict) -> dict:
             "weights_bytes_before": record["weights_bytes"]["before"],
         }
     )
-
-
-def _write_record(out: Path, record: dict, model) -> FactorizeResult:
-    """``compression.json``, ``metrics.json`` and the card beside the saved model."""
-    metrics = _flat_metrics(record)
-    (out / COMPRESSION_FILE).write_text(json.dumps(record, indent=2, default=str))
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    write_factorize_card(out, record)
-    log.info("factorized model saved to %s", out)
-    return FactorizeResult(output_dir=out, record=record, metrics=metrics, model=model)
 
 
 # --- the card ----------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ it makes no size or speed claim. Decisions, in the order ``prune`` applies them:
 5. **Sparsity**: the smallest-magnitude ``sparsity`` share of the weights of *each* encoder Linear is
    zeroed (per matrix, not global, so no matrix is hollowed out; biases, embeddings, pooler and
    classifier are untouched). The zeros are written into the weights: no reparametrisation.
-6. **Recovery** (``recover_epochs``): ``bertsent.train.train`` fine-tunes the pruned model; the zeroed
+6. **Recovery** (``recovery_epochs``): ``bertsent.train.train`` fine-tunes the pruned model; the zeroed
    weights get zero gradients, so they stay zero (Adam moves a weight whose gradients were all zero
    by exactly 0).
 
@@ -40,10 +40,8 @@ the model from the config, shrinks it to that layout and loads the safetensors w
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -55,28 +53,35 @@ import numpy as np
 import torch
 from torch import nn
 
+from bertsent.compression.stage import (
+    Source,
+    StageResult,
+    copy_source_files,
+    finish,
+    open_source,
+    recover,
+    recovery_data,
+    score_folder,
+    score_model,
+    stage_reviews,
+)
 from bertsent.config import PruneConfig
+from bertsent.data.loading import stratified_subset
 from bertsent.errors import ModelError, PruneError
 from bertsent.folder import COMPRESSION_FILE, WEIGHTS_FILE, model_folder, weights_bytes
+from bertsent.modeling.passes import model_pass, pass_batches
 from bertsent.modeling.pooling import own_layers, pooling_layer
 from bertsent.modeling.pruned import encoder_layers, prune_ffn, prune_heads, pruning_layout, retain_layers
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
-
-    from bertsent.config import DataConfig
     from bertsent.encoding import Encoded
 
-log = logging.getLogger("bertsent.prune")
+log = logging.getLogger(__name__)
 
 
-@dataclass
-class PruneResult:
-    output_dir: Path
-    metrics: dict
-    compression: dict
-    model: PreTrainedModel
-    """The pruned model in memory (what the folder holds)."""
+PruneResult = StageResult
+"""The name prune's result had before every stage returned a :class:`StageResult` (``record`` is what
+``compression.json`` holds; it was ``compression`` here)."""
 
 
 @dataclass
@@ -213,17 +218,13 @@ def compute_importance(
     model: nn.Module, encoded: Encoded, labels: np.ndarray, batch_size: int = 16, pad_id: int = 0
 ) -> Importance:
     """Accumulated |d loss / d gate| of every head and FFN neuron over ``encoded`` (true ``labels``)."""
-    from bertsent.encoding import iter_batches
-
-    was_training = model.training
-    model.eval()  # no dropout: the ranking should not depend on the random masks
     device = next(model.parameters()).device
     layout = pruning_layout(model)
-    with gated(model, requires_grad=True) as gates:
+    # Eval mode (no dropout): the ranking should not depend on the random masks.
+    with model_pass(model, grad=True), gated(model, requires_grad=True) as gates:
         leaves = gates.heads + gates.ffn
         totals = [torch.zeros_like(g, dtype=torch.float64) for g in leaves]
-        for idx, batch in iter_batches(encoded, batch_size, pad_id):
-            batch = {k: v.to(device) for k, v in batch.items()}
+        for idx, batch in pass_batches(model, encoded, batch_size, pad_id, desc="head and neuron importance"):
             target = torch.as_tensor(labels[idx], dtype=torch.long, device=device)
             logits = model(**batch).logits
             # Summed, so every review weighs the same whatever the batch sizes.
@@ -231,7 +232,6 @@ def compute_importance(
             # autograd.grad walks only the paths to the gates: no weight gradients are computed.
             for total, grad in zip(totals, torch.autograd.grad(loss, leaves), strict=True):
                 total += grad.detach().abs().double()
-    model.train(was_training)
     n_layers = len(gates.heads)
     heads = np.full((n_layers, model.config.num_attention_heads), np.nan)
     for li in range(n_layers):
@@ -326,112 +326,72 @@ def _check_source(config: PruneConfig) -> Path:
     return source
 
 
-def _copy_tokenizer_and_args(source: Path, out: Path, tokenizer) -> None:
-    from bertsent.folder import TOKENIZER_PATTERNS
-
-    copied = sorted({p.name for pattern in TOKENIZER_PATTERNS for p in source.glob(pattern) if p.is_file()})
-    for name in copied:
-        shutil.copy2(source / name, out / name)
-    if "tokenizer_config.json" not in copied:
-        tokenizer.save_pretrained(out)  # a folder without tokenizer files (hub-style): write them
-    if (source / "training_args.json").is_file():
-        shutil.copy2(source / "training_args.json", out / "training_args.json")  # max_length/truncation travel
-
-
-def _validation_metrics(model_dir: Path, texts: list[str], labels: np.ndarray, config: PruneConfig) -> dict:
-    """Metrics of a saved folder on the evaluation reviews, through ``Predictor`` (as users run it)."""
-    from bertsent.metrics import classification_metrics
-    from bertsent.predict import Predictor
-
-    predictor = Predictor(model_dir, batch_size=config.eval_batch_size, device=config.device)
-    started = time.perf_counter()
-    probs = predictor.predict_proba(texts)
-    metrics = classification_metrics(labels, probs, predictor.id2label)
-    return metrics | {"backend": predictor.backend.name, "seconds": round(time.perf_counter() - started, 2)}
-
-
-def _load_reviews(config: PruneConfig, source: Path, id2label: dict[int, str]):
-    """Importance reviews and evaluation reviews (validation: the split held out when training)."""
-    from bertsent.data.loading import load_data, stratified_subset
-    from bertsent.folder import data_config_for
-
-    # Validation is carved as in training (data_config_for); subsets are drawn here, from the whole of it.
-    data = data_config_for(source, dataclasses.replace(config.data, train_samples=None))
-    data = dataclasses.replace(data, validation_samples=None)
+def _load_reviews(config: PruneConfig, source: Path):
+    """The importance reviews and the evaluation reviews (validation: the split held out when training);
+    None where not needed."""
     need_importance = bool(config.heads_fraction or config.ffn_fraction)
+    if not (need_importance or config.recovery_epochs or config.validation_samples):
+        return None, None
     from_train = need_importance and config.importance_split == "train"
-    wanted = ("train", "validation") if from_train else ("validation",)
-    splits = load_data(dataclasses.replace(data, train_samples=config.importance_samples), splits=wanted)
-    if {int(k): v for k, v in splits.id2label.items()} != id2label:
-        raise PruneError(f"labels of {data.source} {splits.id2label} differ from the model's {id2label}")
+    splits, reason = stage_reviews(
+        source,
+        config.data,
+        validation_samples=max(config.validation_samples, 1),
+        train_samples=config.importance_samples,
+        splits=("train", "validation") if from_train else ("validation",),
+    )
+    if splits is None:
+        raise PruneError(f"no data: {reason}; pass data (--data) or set validation_samples to 0")
     pool = splits.train if from_train else splits.validation
-    importance = stratified_subset(pool, config.importance_samples, data.seed) if need_importance else None
-    evaluation = stratified_subset(splits.validation, config.eval_samples, data.seed) if config.eval_samples else None
-    if evaluation is not None and len(evaluation) == 0:
-        raise PruneError(f"{data.source}: no validation reviews to evaluate on")
-    return data, importance, evaluation
+    seed = splits.report.get("seed", config.seed)
+    importance = stratified_subset(pool, config.importance_samples, seed) if need_importance else None
+    evaluation = splits.validation if config.validation_samples else None
+    return importance, evaluation
 
 
-def prune(config: PruneConfig) -> PruneResult:
+def prune(config: PruneConfig) -> StageResult:
     """Prune ``config.model`` as configured and write a self-describing output folder."""
-    from bertsent.folder import inference_settings
-    from bertsent.training.distributed import is_main_process
-
     started = time.perf_counter()
-    source = _check_source(config)
-    out = Path(config.output_dir).expanduser()
-    model, tokenizer, device = _load_source(config, source)
-    max_length, truncation = inference_settings(source, tokenizer)
+    _check_source(config)
+    src = open_source(config, PruneError)
+    model, out = src.model, src.output_dir
     before = model_stats(model)
     keep = _check_request(config, model, before["layers"])
-
-    data, importance_reviews, evaluation = _reviews_if_needed(config, source, model)
-    validation: dict = {"reviews": 0 if evaluation is None else len(evaluation[0])}
+    importance_reviews, evaluation = _load_reviews(config, src.folder)
+    texts, labels = ([], None) if evaluation is None else (evaluation["text"].tolist(), evaluation["label"].to_numpy())
+    validation: dict = {"reviews": len(texts)}
     if evaluation is not None:
-        validation["before"] = _validation_metrics(source, *evaluation, config)
+        validation["before"] = score_folder(src.folder, texts, labels, config).metrics
 
     retain_layers(model, keep)
-    model.to(device)
+    model.to(src.device)
     importance = None
     removed_heads: dict[str, list[int]] = {}
     if config.heads_fraction or config.ffn_fraction:
-        importance = _importance(config, model, tokenizer, importance_reviews, max_length, truncation)
+        importance = _importance(config, src, importance_reviews)
         removed_heads = _remove_heads_and_neurons(config, model, importance)
     masks = magnitude_prune(model, config.sparsity) if config.sparsity else {}
 
     out.mkdir(parents=True, exist_ok=True)
     recovery = None
-    if config.recover_epochs:
+    if config.recovery_epochs:
         if evaluation is not None:
-            validation["pruned"] = _in_memory_metrics(model, tokenizer, *evaluation, config)
-        recovery = _recover(config, model, source, data, masks, max_length, truncation)
-        if not is_main_process():  # under a launcher the recovery ran on every rank; one writes the folder
-            return PruneResult(output_dir=out, metrics={}, compression={}, model=model)
-        model.save_pretrained(out)  # the re-applied masks (a no-op unless a zero regrew) and the layout
+            validation["pruned"] = score_model(src, model, texts, labels, config)
+        data = recovery_data(src.folder, config, None)
+        recovery = recover(config, model, src.folder, data, (src.max_length, src.truncation), _held_zero(masks))
+        if recovery is None:  # under a launcher the recovery ran on every rank; one writes the folder
+            return StageResult(output_dir=out, record={}, metrics={}, model=model)
     else:
-        model.save_pretrained(out)
-        _copy_tokenizer_and_args(source, out, tokenizer)
+        copy_source_files(src)
+    model.save_pretrained(out)  # the layout (and, after recovery, the re-applied masks)
     if evaluation is not None:
-        validation["after"] = _validation_metrics(out, *evaluation, config)
+        validation["after"] = score_folder(out, texts, labels, config).metrics
 
     pooled = pooling_layer(model.config) is not None and bool(config.ffn_fraction)
-    resolved = _resolved(config, before["layers"], keep, removed_heads, max_length, truncation, pooled=pooled)
-    compression = _compression_record(config, source, out, model, resolved, before, importance)
+    resolved = _resolved(config, before["layers"], keep, removed_heads, src, pooled=pooled)
+    compression = _compression_record(config, src.folder, out, model, resolved, before, importance)
     compression |= {"validation": validation, "recovery": recovery, "seconds": round(time.perf_counter() - started, 1)}
-    return _write_record(out, compression, model)
-
-
-def _load_source(config: PruneConfig, source: Path) -> tuple[PreTrainedModel, object, torch.device]:
-    """The source model (eval mode), its tokenizer and the run's device; threads and seed are set first."""
-    from bertsent.modeling.loading import load_classifier, load_tokenizer
-    from bertsent.runtime import pick_device, quiet_transformers
-
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    quiet_transformers()
-    device = pick_device(config.device)
-    return load_classifier(source).eval(), load_tokenizer(source), device
+    return finish(out, compression, _flat_metrics, write_prune_card, model)
 
 
 def _check_request(config: PruneConfig, model: nn.Module, n_layers: int) -> list[int]:
@@ -444,24 +404,12 @@ def _check_request(config: PruneConfig, model: nn.Module, n_layers: int) -> list
     return keep
 
 
-def _reviews_if_needed(config: PruneConfig, source: Path, model: nn.Module):
-    """The data, the importance reviews and the evaluation ``(texts, labels)``; None where not needed."""
-    if not (config.heads_fraction or config.ffn_fraction or config.recover_epochs or config.eval_samples):
-        return None, None, None
-    if config.data is None:
-        raise PruneError("no data: pass data (--data) or set eval_samples to 0")
-    id2label = {int(k): v for k, v in model.config.id2label.items()}
-    data, importance_reviews, eval_reviews = _load_reviews(config, source, id2label)
-    if eval_reviews is None:
-        return data, importance_reviews, None
-    return data, importance_reviews, (eval_reviews["text"].tolist(), eval_reviews["label"].to_numpy())
-
-
-def _importance(config: PruneConfig, model, tokenizer, reviews, max_length: int, truncation: str) -> Importance:
+def _importance(config: PruneConfig, src: Source, reviews) -> Importance:
     tick = time.perf_counter()
-    encoded = _encode(tokenizer, reviews["text"].tolist(), max_length, truncation)
     labels = reviews["label"].to_numpy()
-    importance = compute_importance(model, encoded, labels, config.batch_size, tokenizer.pad_token_id or 0)
+    importance = compute_importance(
+        src.model, src.encode(reviews["text"].tolist()), labels, config.batch_size, src.pad_id
+    )
     log.info("importance of heads and FFN neurons from %d reviews in %.1fs", len(labels), time.perf_counter() - tick)
     return importance
 
@@ -489,16 +437,14 @@ def _remove_heads_and_neurons(config: PruneConfig, model: nn.Module, importance:
     return removed_heads
 
 
-def _resolved(
-    config: PruneConfig, n_layers: int, keep, removed_heads, max_length: int, truncation: str, *, pooled: bool
-) -> dict:
+def _resolved(config: PruneConfig, n_layers: int, keep, removed_heads, src: Source, *, pooled: bool) -> dict:
     """What the request resolved to on this model, and how each choice was made."""
     return {
         "kept_layers": keep,
         "dropped_layers": [i for i in range(n_layers) if i not in keep],
         "removed_heads": removed_heads,
-        "max_length": max_length,
-        "truncation": truncation,
+        "max_length": src.max_length,
+        "truncation": src.truncation,
         "importance": "gradient of the loss w.r.t. per-head / per-neuron gates (Michel et al., 2019)",
         "head_selection": "global, after L2 normalisation per layer; every layer keeps a head",
         "ffn_selection": "per layer, least important by the same gradient gate"
@@ -543,62 +489,25 @@ def _compression_record(
     }
 
 
-def _write_record(out: Path, compression: dict, model: PreTrainedModel) -> PruneResult:
-    """``compression.json``, ``metrics.json`` and the card beside the saved model."""
-    metrics = _flat_metrics(compression)
-    (out / COMPRESSION_FILE).write_text(json.dumps(compression, indent=2))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    write_prune_card(out, compression)
-    log.info("pruned model saved to %s", out)
-    return PruneResult(output_dir=out, metrics=metrics, compression=compression, model=model)
+def _held_zero(masks: dict[str, torch.Tensor]):
+    """Around recovery: the zeroed weights get zero gradients (so they stay zero), and are re-applied after."""
 
+    def hold(model: nn.Module):
+        handles = [
+            model.get_parameter(name).register_hook(lambda grad, mask=mask: grad * mask.to(grad.device))
+            for name, mask in masks.items()
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+        with torch.no_grad():
+            for name, mask in masks.items():
+                param = model.get_parameter(name)
+                param.mul_(mask.to(param.device))
 
-def _encode(tokenizer, texts: list[str], max_length: int, truncation: str) -> Encoded:
-    from bertsent.encoding import encode
-
-    return encode(tokenizer, texts, max_length, truncation)
-
-
-def _in_memory_metrics(model, tokenizer, texts, labels, config: PruneConfig) -> dict:
-    """Metrics of the pruned model before recovery (not saved on its own, so scored in memory)."""
-    from bertsent.folder import inference_settings
-    from bertsent.inference import predict_probs
-    from bertsent.metrics import classification_metrics
-
-    max_length, truncation = inference_settings(Path(config.model).expanduser(), tokenizer)
-    device = next(model.parameters()).device
-    probs = predict_probs(
-        model,
-        _encode(tokenizer, texts, max_length, truncation),
-        config.eval_batch_size,
-        tokenizer.pad_token_id or 0,
-        device,
-    )
-    return classification_metrics(labels, probs, model.config.id2label)
-
-
-def _recover(config: PruneConfig, model, source: Path, data: DataConfig, masks, max_length, truncation) -> dict:
-    """Fine-tune the pruned model with ``train``; zeroed weights are held at zero through their gradients."""
-    from bertsent.training.loop import recovery_args, recovery_record, train
-
-    args = recovery_args(config, source, config.recover_epochs, config.recover_lr, max_length, truncation)
-    recovery_data = dataclasses.replace(
-        data, train_samples=config.data.train_samples, validation_samples=config.eval_samples or None
-    )
-    handles = [
-        model.get_parameter(name).register_hook(lambda grad, mask=mask: grad * mask.to(grad.device))
-        for name, mask in masks.items()
-    ]
-    try:
-        result = train(args, recovery_data, model=model)
-    finally:
-        for handle in handles:
-            handle.remove()
-    with torch.no_grad():
-        for name, mask in masks.items():
-            param = model.get_parameter(name)
-            param.mul_(mask.to(param.device))
-    return recovery_record(result, config.recover_epochs, config.recover_lr)
+    return contextmanager(hold)
 
 
 def _uniform(model: nn.Module) -> bool:
