@@ -46,29 +46,36 @@ import logging
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bertsent.compression.stage import (
+    Source,
+    StageResult,
+    finish,
+    open_source,
+    recover,
+    recovery_data,
+    score_folder,
+    stage_reviews,
+)
 from bertsent.config import TrimVocabConfig
 from bertsent.errors import DataError, ModelError, SettingsError
 from bertsent.folder import (
     ARGS_FILE,
     COMPRESSION_FILE,
-    METRICS_FILE,
     TOKENIZER_PATTERNS,
     clear_weights,
-    read_id2label,
-    source_and_output,
     weights_bytes,
 )
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-log = logging.getLogger("bertsent.trim_vocab")
+log = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer.json"
 VOCAB_FILE = "vocab.txt"
@@ -76,12 +83,8 @@ EXAMPLES = 10
 """Most frequent words that became [UNK] / were re-split, listed in the record."""
 
 
-@dataclass
-class TrimResult:
-    output_dir: Path
-    record: dict
-    """What ``compression.json`` holds."""
-    metrics: dict
+TrimResult = StageResult
+"""The name trim-vocab's result had before every stage returned a :class:`StageResult`."""
 
 
 # --- choosing the pieces ------------------------------------------------------------------------------
@@ -340,84 +343,60 @@ def _token_summary(n_texts: int, counts: Counter, unk_words: Counter, resplit_wo
 
 
 def _validation(source: Path, out: Path, reviews, remap: np.ndarray, config: TrimVocabConfig) -> dict:
-    """The source and the trimmed folder on the same validation reviews (fp32, through ``Predictor``)."""
+    """The source and the trimmed folder on the same validation reviews (the scaffold's fp32 scoring)."""
     texts, labels = reviews["text"].tolist(), reviews["label"].to_numpy()
     result: dict = {"reviews": len(texts)}
-    probs, ids = {}, {}
-    for name, folder in (("before", source), ("after", out)):
-        result[name], probs[name], ids[name] = _scored(folder, texts, labels, config)
+    scores = {
+        name: score_folder(folder, texts, labels, config) for name, folder in (("before", source), ("after", out))
+    }
+    result |= {name: score.metrics for name, score in scores.items()}
+    before, after = scores["before"], scores["after"]
     # Reviews whose (truncated) ids are the source's renumbered: their scores must be the source's.
-    pairs = enumerate(zip(ids["before"], ids["after"], strict=True))
+    pairs = enumerate(zip(before.ids, after.ids, strict=True))
     same = [i for i, (o, t) in pairs if len(o) == len(t) and np.array_equal(remap[o], t)]
-    result["agreement"] = float(np.mean(probs["before"].argmax(-1) == probs["after"].argmax(-1)))
+    result["agreement"] = float(np.mean(before.probs.argmax(-1) == after.probs.argmax(-1)))
     result["unchanged_reviews"] = len(same)
-    diff = np.abs(probs["before"][same] - probs["after"][same])
+    diff = np.abs(before.probs[same] - after.probs[same])
     result["max_abs_prob_diff_unchanged"] = float(diff.max()) if same else 0.0
     return result
 
 
-def _scored(folder: Path, texts: list[str], labels: np.ndarray, config: TrimVocabConfig):
-    """``(metrics, probabilities, token ids)`` of ``folder`` on the reviews."""
-    from bertsent.metrics import classification_metrics
-    from bertsent.predict import Predictor
-
-    predictor = Predictor(folder, batch_size=config.eval_batch_size, device=config.device, precision="fp32")
-    encoded = predictor.encode(texts)
-    started = time.perf_counter()
-    probs = predictor.predict_proba(encoded)
-    metrics = classification_metrics(labels, probs, predictor.id2label)
-    metrics["seconds"] = round(time.perf_counter() - started, 2)
-    return metrics, probs, encoded.ids
-
-
-def _recover(config: TrimVocabConfig, model, out: Path, tokenizer, reviews) -> tuple[dict, dict]:
+def _recover(config: TrimVocabConfig, src: Source, reviews) -> tuple[dict | None, dict | None]:
     """Fine-tune the trimmed model (in memory, its tokenizer the trimmed one in ``out``) into ``out``;
     ``(recovery record, its validation metrics)``. The trimmed model's own scores, the ones the [UNK]
     rule is checked on, stay in the record as ``trimmed``."""
-    from bertsent.data.recorded import recorded_data
-    from bertsent.folder import inference_settings
-    from bertsent.training.loop import recovery_args, recovery_record, train
-
-    data, _ = recorded_data(
-        out, config.data, validation_samples=config.validation_samples, train_samples=config.recovery_samples
-    )
-    max_length, truncation = inference_settings(out, tokenizer)
-    args = recovery_args(config, out, config.recovery_epochs, config.recovery_lr, max_length, truncation)
-    result = train(args, data, model=model.train())
-    metrics, _, _ = _scored(out, reviews["text"].tolist(), reviews["label"].to_numpy(), config)
-    return recovery_record(result, config.recovery_epochs, config.recovery_lr), metrics
+    out = src.output_dir
+    data = recovery_data(out, config, config.recovery_samples)
+    recovery = recover(config, src.model, out, data, (src.max_length, src.truncation))
+    if recovery is None:  # a launcher's other rank: the main one scores and writes
+        return None, None
+    return recovery, score_folder(out, reviews["text"].tolist(), reviews["label"].to_numpy(), config).metrics
 
 
 # --- the stage ---------------------------------------------------------------------------------------
 
 
-def _load_source(config: TrimVocabConfig):
-    """The checked source folder, the output folder, the model (eval mode) and its tokenizer."""
-    from bertsent.modeling.loading import load_classifier, load_tokenizer
-    from bertsent.runtime import quiet_transformers
-
-    source, out = source_and_output(config.model, config.output_dir, SettingsError)
-    out = out.expanduser()
-    quiet_transformers()
-    tokenizer = load_tokenizer(source)
-    state = tokenizer_state(tokenizer)
+def _load_source(config: TrimVocabConfig) -> tuple[Source, dict]:
+    """The scaffold's source (checked to have a WordPiece tokenizer that fits its embedding table) and
+    the tokenizer's ``tokenizer.json`` state."""
+    src = open_source(config, SettingsError)
+    state = tokenizer_state(src.tokenizer)
     if (kind := state["model"].get("type")) != "WordPiece":
-        raise ModelError(f"{source}: trim-vocab needs a WordPiece tokenizer (BERT family), not {kind}")
-    model = load_classifier(source).eval()
-    rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
-        raise ModelError(f"{source}: the tokenizer has {len(tokenizer)} tokens but the embedding table {rows} rows")
-    return source, out, model, tokenizer, state
+        raise ModelError(f"{src.folder}: trim-vocab needs a WordPiece tokenizer (BERT family), not {kind}")
+    rows = src.model.get_input_embeddings().weight.shape[0]
+    if len(src.tokenizer) > rows:
+        raise ModelError(
+            f"{src.folder}: the tokenizer has {len(src.tokenizer)} tokens but the embedding table {rows} rows"
+        )
+    return src, state
 
 
 def _load_splits(config: TrimVocabConfig, source: Path):
     """Train (counted), validation (scored) and test (token statistics) reviews of the recorded or given data."""
     from bertsent.data.loading import stratified_subset
-    from bertsent.data.recorded import recorded_reviews
 
-    splits, reason = recorded_reviews(
+    splits, reason = stage_reviews(
         source,
-        read_id2label(source),
         config.data,
         validation_samples=max(config.validation_samples, 1),
         train_samples=config.train_samples,
@@ -432,10 +411,11 @@ def _load_splits(config: TrimVocabConfig, source: Path):
     return splits
 
 
-def trim_vocab(config: TrimVocabConfig) -> TrimResult:
+def trim_vocab(config: TrimVocabConfig) -> StageResult:
     """Trim ``config.model``'s vocabulary to the pieces of its training texts and write a measured folder."""
     started = time.perf_counter()
-    source, out, model, tokenizer, state = _load_source(config)
+    src, state = _load_source(config)
+    source, out, model, tokenizer = src.folder, src.output_dir, src.model, src.tokenizer
     splits = _load_splits(config, source)
     train_texts = splits.train["text"].tolist()
     rows = model.get_input_embeddings().weight.shape[0]
@@ -449,23 +429,14 @@ def trim_vocab(config: TrimVocabConfig) -> TrimResult:
     )  # fmt: skip
     before = _sizes(model, source)
     trimmed = _write_trimmed(source, out, model, tokenizer, state, keep)
-    held_out = {"test": splits.test, "validation": splits.validation if config.validation_samples else None}
-    tokens = {
-        split: token_changes(tokenizer, trimmed, keep, frame["text"].tolist())
-        for split, frame in held_out.items()
-        if frame is not None and len(frame)
-    }
-    for split, summary in tokens.items():
-        log.info(
-            "%s: %.4f%% of %d tokens became [UNK], %.4f%% were re-split; %.2f%% of %d reviews tokenize as before",
-            split, 100 * summary["unk_token_share"], summary["tokens"], 100 * summary["resplit_token_share"],
-            100 * summary["unchanged_reviews"], summary["reviews"],
-        )  # fmt: skip
+    tokens = _token_changes(config, splits, tokenizer, trimmed, keep)
     validation, recovery = {"reviews": 0}, None
     if config.validation_samples and len(splits.validation):
         validation = _validation(source, out, splits.validation, id_map(keep, rows), config)
     if config.recovery_epochs:
-        recovery, recovered = _recover(config, model, out, trimmed, splits.validation)
+        recovery, recovered = _recover(config, src, splits.validation)
+        if recovery is None:  # under a launcher the recovery ran on every rank; the main one writes the folder
+            return StageResult(output_dir=out, record={}, metrics={}, model=model)
         validation |= {"trimmed": validation.pop("after", None), "after": recovered}
     after = _sizes(model, out)
     record = {
@@ -483,7 +454,24 @@ def trim_vocab(config: TrimVocabConfig) -> TrimResult:
         "unk_rule": UNK_RULE,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    return _write_record(out, record)
+    return finish(out, record, _flat_metrics, write_trim_card, model)
+
+
+def _token_changes(config: TrimVocabConfig, splits, tokenizer, trimmed, keep: np.ndarray) -> dict:
+    """:func:`token_changes` on the held-out splits (test, and validation when it is scored), logged."""
+    held_out = {"test": splits.test, "validation": splits.validation if config.validation_samples else None}
+    tokens = {
+        split: token_changes(tokenizer, trimmed, keep, frame["text"].tolist())
+        for split, frame in held_out.items()
+        if frame is not None and len(frame)
+    }
+    for split, summary in tokens.items():
+        log.info(
+            "%s: %.4f%% of %d tokens became [UNK], %.4f%% were re-split; %.2f%% of %d reviews tokenize as before",
+            split, 100 * summary["unk_token_share"], summary["tokens"], 100 * summary["resplit_token_share"],
+            100 * summary["unchanged_reviews"], summary["reviews"],
+        )  # fmt: skip
+    return tokens
 
 
 def _write_trimmed(source: Path, out: Path, model, tokenizer, state: dict, keep: np.ndarray):
@@ -531,15 +519,6 @@ def _flat_metrics(record: dict) -> dict:
     if "agreement" in validation:
         metrics["validation_agreement"] = validation["agreement"]
     return metrics
-
-
-def _write_record(out: Path, record: dict) -> TrimResult:
-    metrics = _flat_metrics(record)
-    (out / COMPRESSION_FILE).write_text(json.dumps(record, indent=2, default=str))
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    write_trim_card(out, record)
-    log.info("vocabulary-trimmed model saved to %s", out)
-    return TrimResult(output_dir=out, record=record, metrics=metrics)
 
 
 def write_trim_card(out: Path, record: dict) -> Path:
