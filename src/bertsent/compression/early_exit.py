@@ -31,24 +31,22 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from bertsent.compression.stage import StageResult, apply_run_policy, finish, folders, stage_reviews
 from bertsent.config import ENTROPY_THRESHOLDS, EarlyExitConfig
 from bertsent.errors import EarlyExitError
 from bertsent.folder import (
     COMPRESSION_FILE,
     EARLY_EXIT_FILE,
     EARLY_EXIT_KEY,
-    METRICS_FILE,
     clear_weights,
     copy_model_files,
-    read_id2label,
-    source_and_output,
     weights_bytes,
 )
 from bertsent.inference import EarlyExitBackend, TorchBackend, run
@@ -59,18 +57,16 @@ from bertsent.modeling.early_exit import (
     check_supported,
     save_heads,
 )
+from bertsent.modeling.passes import model_pass, pass_batches
 from bertsent.modeling.pooling import own_layers
 
-log = logging.getLogger("bertsent.early_exit")
+log = logging.getLogger(__name__)
 
 CURVE_PLOT = "early_exit_curve.png"
 
 
-@dataclass
-class EarlyExitResult:
-    output_dir: Path
-    record: dict
-    """What ``compression.json`` holds."""
+EarlyExitResult = StageResult
+"""The name early exit's result had before every stage returned a :class:`StageResult`."""
 
 
 def default_thresholds(criterion: str, layers: int) -> list[float]:
@@ -84,18 +80,13 @@ def default_thresholds(criterion: str, layers: int) -> list[float]:
 # --- 1. heads ----------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def cls_states(exit_model: EarlyExitModel, encoded, batch_size: int, pad_id: int) -> torch.Tensor:
     """Every layer's exit features (``EarlyExitModel.cls_states``) of every encoded review, ``(reviews, layers,
-    hidden)``, in input order."""
-    from bertsent.encoding import iter_batches
-
-    device = next(exit_model.parameters()).device
+    hidden)``, in input order; the model's mode is restored after (``model_pass``)."""
     out = torch.empty((len(encoded), exit_model.num_layers, exit_model.model.config.hidden_size))
-    exit_model.eval()
-    for idx, batch in iter_batches(encoded, batch_size, pad_id):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out[torch.as_tensor(idx)] = exit_model.cls_states(**batch).float().cpu()
+    with model_pass(exit_model):
+        for idx, batch in pass_batches(exit_model, encoded, batch_size, pad_id, desc="exit features"):
+            out[torch.as_tensor(idx)] = exit_model.cls_states(**batch).float().cpu()
     return out
 
 
@@ -129,12 +120,11 @@ def train_heads(exit_model: EarlyExitModel, states: torch.Tensor, labels: np.nda
     return {"loss_by_epoch": losses, "train_accuracy_by_layer": layer_accuracy(exit_model, states, labels)}
 
 
-@torch.no_grad()
 def layer_accuracy(exit_model: EarlyExitModel, states: torch.Tensor, labels: np.ndarray) -> list[float]:
     """Accuracy of every layer's head on cached ``states`` (the last: the model's own head)."""
     device = next(exit_model.parameters()).device
-    exit_model.eval()
-    predicted = torch.cat([exit_model.layer_logits(s.to(device)).argmax(-1).cpu() for s in states.split(256)])
+    with model_pass(exit_model):
+        predicted = torch.cat([exit_model.layer_logits(s.to(device)).argmax(-1).cpu() for s in states.split(256)])
     return [round(float(np.mean(predicted[:, i].numpy() == labels)), 5) for i in range(exit_model.num_layers)]
 
 
@@ -209,12 +199,9 @@ def choose(points: list[dict], max_drop: float, criterion: str, given: float | N
 # --- the stage --------------------------------------------------------------------------------------
 
 
-def _reviews(config: EarlyExitConfig, source: Path, labels: dict[int, str]):
-    from bertsent.data.recorded import recorded_reviews
-
-    reviews, reason = recorded_reviews(
+def _reviews(config: EarlyExitConfig, source: Path):
+    reviews, reason = stage_reviews(
         source,
-        labels,
         config.data,
         validation_samples=config.validation_samples,
         train_samples=config.head_train_samples,
@@ -232,13 +219,13 @@ def _load(config: EarlyExitConfig, source: Path):
     """The source model with fresh heads on ``config.device`` (last layer [CLS]-only), and its tokenizer."""
     from bertsent.modeling.cls_only import cls_only_last_layer
     from bertsent.modeling.loading import load_classifier, load_tokenizer
-    from bertsent.runtime import pick_device, torch_threads
+    from bertsent.runtime import pick_device
 
-    torch_threads(config.threads)
+    apply_run_policy(config)
     model = load_classifier(source).to(pick_device(config.device)).eval()
     check_supported(model)
     cls_only_last_layer(model)  # only the last layer's [CLS] is ever read, in training and in the sweep
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the heads' initialisation, whatever loading drew
     heads = nn.ModuleList([ExitHead.like(model) for _ in range(own_layers(model.config) - 1)])
     return EarlyExitModel(model, heads), load_tokenizer(source)
 
@@ -295,8 +282,8 @@ def early_exit(config: EarlyExitConfig) -> EarlyExitResult:
     from bertsent.encoding import encode
     from bertsent.folder import inference_settings
 
-    source, out = source_and_output(config.model, config.output_dir, EarlyExitError)
-    reviews = _reviews(config, source, read_id2label(source))
+    source, out = folders(config, EarlyExitError)
+    reviews = _reviews(config, source)
     exit_model, tokenizer = _load(config, source)
     max_length, truncation = inference_settings(source, tokenizer)
     pad_id = tokenizer.pad_token_id or 0
@@ -329,6 +316,7 @@ def early_exit(config: EarlyExitConfig) -> EarlyExitResult:
         "seconds": round(time.perf_counter() - started, 2),
     }
     _write(out, source, exit_model, record)
+    result = finish(out, record, flat_metrics, write_early_exit_card, exit_model)
     log.info(
         "early exit (%s %g): %.2f of %d layers, accuracy %.4f vs %.4f at full depth; folder %s",
         config.criterion,
@@ -339,7 +327,7 @@ def early_exit(config: EarlyExitConfig) -> EarlyExitResult:
         validation["full_depth"]["accuracy"],
         out,
     )
-    return EarlyExitResult(output_dir=out, record=record)
+    return result
 
 
 def _versions() -> dict[str, str]:
@@ -351,7 +339,8 @@ def _versions() -> dict[str, str]:
 
 
 def _write(out: Path, source: Path, exit_model: EarlyExitModel, record: dict) -> None:
-    """The source's files and weights, the heads, the rule in config.json, the records, the curve, the card."""
+    """The source's files and weights, the heads, the rule in config.json and the curve (the scaffold's
+    :func:`~bertsent.compression.stage.finish` writes the records and the card)."""
     out.mkdir(parents=True, exist_ok=True)
     clear_weights(out)
     copy_model_files(source, out, weights=True)
@@ -366,10 +355,7 @@ def _write(out: Path, source: Path, exit_model: EarlyExitModel, record: dict) ->
     }
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     record["weights_bytes"] = {"model": weights_bytes(source), "heads": (out / EARLY_EXIT_FILE).stat().st_size}
-    (out / COMPRESSION_FILE).write_text(json.dumps(record, indent=2, default=str))
-    (out / METRICS_FILE).write_text(json.dumps(flat_metrics(record), indent=2))
     plot_curve(validation, record["rule"]["criterion"], out / CURVE_PLOT)
-    write_early_exit_card(out, record)
 
 
 def flat_metrics(record: dict) -> dict:
