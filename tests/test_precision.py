@@ -75,7 +75,7 @@ def bf16_candidate(trained_tiny_dir, tmp_path, monkeypatch):
 
 def test_a_failed_check_falls_back_to_fp32_once_per_machine(bf16_candidate, monkeypatch, caplog):
     monkeypatch.setattr(inference, "PRECISION_MIN_AGREEMENT", 1.01)  # a tolerance nothing meets
-    with caplog.at_level(logging.WARNING, logger="bertsent.predict"):
+    with caplog.at_level(logging.WARNING, logger="bertsent.inference"):
         predictor = Predictor(bf16_candidate, device="cpu")
     assert predictor.backend.precision == "fp32"
     assert "falling back to fp32" in caplog.text
@@ -98,7 +98,7 @@ def test_no_recorded_data_means_fp32_with_a_warning(tiny_model_dir, tmp_path, mo
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)  # no training_args.json: nothing to check against
     monkeypatch.setattr(inference, "auto_precision", lambda device: "bf16")
-    with caplog.at_level(logging.WARNING, logger="bertsent.predict"):
+    with caplog.at_level(logging.WARNING, logger="bertsent.inference"):
         assert Predictor(folder, device="cpu").backend.precision == "fp32"
     assert "no validation reviews to check it" in caplog.text and "records no data" in caplog.text
     assert not (folder / PRECISION_CHECK_FILE).exists()

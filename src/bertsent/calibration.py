@@ -37,7 +37,7 @@ from bertsent.folder import (
     set_card_section,
 )
 
-log = logging.getLogger("bertsent.calibrate")
+log = logging.getLogger(__name__)
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 """The search range for T: far wider than fine-tuned BERTs need (about 1-3) yet bounded, so one-class

@@ -16,7 +16,7 @@ from bertsent.encoding import Encoded
 from bertsent.errors import DataError
 from bertsent.folder import CARD_FILE, METRICS_FILE, data_config_for, read_training_args, set_card_section
 
-log = logging.getLogger("bertsent.evaluate")
+log = logging.getLogger(__name__)
 
 EVAL_BATCH_SIZE = 64
 """``evaluate``'s batch size when no settings are given."""

@@ -62,7 +62,7 @@ from bertsent.runtime import (
     torch_threads,
 )
 
-log = logging.getLogger("bertsent.predict")
+log = logging.getLogger(__name__)
 
 __all__ = [
     "LONG_TEXT",

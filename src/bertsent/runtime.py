@@ -18,7 +18,7 @@ from bertsent.errors import BertsentError, ModelError, SettingsError
 if TYPE_CHECKING:
     import torch
 
-log = logging.getLogger("bertsent.runtime")
+log = logging.getLogger(__name__)
 THREADS_ENV = "BERTSENT_THREADS"
 
 

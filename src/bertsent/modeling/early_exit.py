@@ -39,7 +39,7 @@ from bertsent.errors import ModelError, SettingsError, first_line
 from bertsent.folder import EARLY_EXIT_FILE, EARLY_EXIT_KEY
 from bertsent.modeling.pooling import own_layers, pooling_layer
 
-log = logging.getLogger("bertsent.modeling")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

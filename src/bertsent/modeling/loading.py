@@ -19,7 +19,7 @@ from bertsent.runtime import quiet_transformers
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-log = logging.getLogger("bertsent.modeling")
+log = logging.getLogger(__name__)
 
 EMBEDDED_MODEL = "all-MiniLM-L6-v2"
 """Name that selects the embedded model (also used when no model is given)."""

@@ -38,7 +38,7 @@ from pathlib import Path
 from bertsent.config import POOLINGS
 from bertsent.errors import ModelError
 
-log = logging.getLogger("bertsent.modeling")
+log = logging.getLogger(__name__)
 
 POOLING_KEY = "bertsent_mean_pooling"
 SCALE = 50.0
