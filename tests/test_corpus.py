@@ -263,3 +263,23 @@ def test_explain_is_refused_on_ray(trained_tiny_dir, tmp_path, capsys):
     argv = ["predict", "--engine", "ray", "--model", str(trained_tiny_dir), "--input", "a.csv"]
     assert main([*argv, "--output", str(tmp_path / "out"), "--explain"]) == 2
     assert "--explain runs with --engine local" in capsys.readouterr().err
+
+
+def test_the_scorer_breaks_ties_as_local_predict(tmp_path):
+    import pyarrow as pa
+    from test_predict import make_tied_bert, tied_order
+
+    tied = make_tied_bert(tmp_path / "tied")
+    texts = ["a tie", "another text entirely"]
+    everything = corpus.Scorer(str(tied), SETTINGS, top_k=0)(pa.table({"text": texts}))
+    assert everything.column_names == ["text", "label", "score", "scores"]
+    assert everything.column("label").to_pylist() == [tied_order()[0]] * 2
+    assert [[s["label"] for s in row] for row in everything.column("scores").to_pylist()] == [tied_order()] * 2
+    local = Predictor(tied, SETTINGS)(texts, top_k=None)
+    for got, want in zip(everything.column("scores").to_pylist(), local, strict=True):
+        assert [s["score"] for s in got] == pytest.approx([w["score"] for w in want])
+    best_three = corpus.Scorer(str(tied), SETTINGS, top_k=3)(pa.table({"text": texts}))
+    assert [[s["label"] for s in row] for row in best_three.column("scores").to_pylist()] == [tied_order()[:3]] * 2
+    only_best = corpus.Scorer(str(tied), SETTINGS)(pa.table({"text": texts}))
+    assert only_best.column_names == ["text", "label", "score"]
+    assert only_best.column("score").to_pylist() == pytest.approx([local[0][0]["score"]] * 2)

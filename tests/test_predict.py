@@ -215,8 +215,10 @@ def test_settings_and_keywords_give_the_same_predictor(trained_tiny_dir, toy_tex
     assert (plain.settings.max_length, plain.settings.truncation, plain.batch_size) == (32, "head", 32)
     with pytest.raises(TypeError, match="unknown inference settings"):
         Predictor(trained_tiny_dir, max_len=16)
-    with pytest.raises(ValueError, match="stride"):  # checked against the length the folder records
-        Predictor(trained_tiny_dir, long_text="chunk")
+    with pytest.raises(ValueError, match="stride"):  # checked against the length the folder records (32)
+        Predictor(trained_tiny_dir, long_text="chunk", stride=30)
+    chunked = Predictor(trained_tiny_dir, long_text="chunk")  # the default stride fits the folder's length
+    assert chunked.stride < chunked.max_length - 2 == 30
 
 
 def test_forcing_a_backend_the_folder_lacks_is_a_clean_error(trained_tiny_dir, tmp_path):
@@ -480,3 +482,56 @@ def test_broken_gzip_and_gzipped_parquet_names_are_clear_errors(predictor, tmp_p
     with pytest.raises(DataError, match="is the input file too"):
         predict_file(predictor, tmp_path / "same.csv", tmp_path / "same.csv")
     assert (tmp_path / "same.csv").read_text() == "text\ngreat film\n"
+
+
+# ---------------------------------------------------------------------------------------------- ties
+
+
+TIED_LOGITS = [1.0, 3.0, 3.0, 1.0, 2.0] * 4
+"""Twenty labels in three tied groups: enough that numpy's default (unstable) sort reorders ties."""
+
+
+def make_tied_bert(root):
+    """A tiny BERT whose classifier ignores the text (zero weights): every text gets softmax(TIED_LOGITS),
+    exact ties included; labels ``L0`` .. ``L19``."""
+    import torch
+    from conftest import make_tiny_bert
+    from transformers import BertForSequenceClassification
+
+    labels = {i: f"L{i}" for i in range(len(TIED_LOGITS))}
+    make_tiny_bert(root, num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()})
+    model = BertForSequenceClassification.from_pretrained(root)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor(TIED_LOGITS))
+    model.save_pretrained(root)
+    return root
+
+
+def tied_order() -> list[str]:
+    """The one tie rule, stated on the logits: the higher score first, then the lower label id."""
+    return [f"L{i}" for i in sorted(range(len(TIED_LOGITS)), key=lambda i: (-TIED_LOGITS[i], i))]
+
+
+@pytest.fixture(scope="module")
+def tied_dir(tmp_path_factory):
+    return make_tied_bert(tmp_path_factory.mktemp("tied_bert"))
+
+
+def test_ties_go_to_the_lower_label_id_in_calls_and_files(tied_dir, tmp_path):
+    predictor = Predictor(tied_dir)
+    texts = ["a tie", "another text entirely"]
+    ranked = predictor(texts, top_k=None)
+    assert ranked[0][0]["score"] == ranked[0][1]["score"], "the fixture's ties are exact"
+    assert [[s["label"] for s in row] for row in ranked] == [tied_order()] * 2
+    assert [s["label"] for s in predictor(texts, top_k=0)[1]] == tied_order()
+    assert [s["label"] for s in predictor(texts, top_k=6)[0]] == tied_order()[:6]
+    assert [s["label"] for s in predictor(texts, top_k=50)[0]] == tied_order()  # more than there are: all
+    assert [p["label"] for p in predictor(texts)] == [tied_order()[0]] * 2
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(texts) + "\n")
+    for out in (tmp_path / "out.jsonl", tmp_path / "out.csv"):
+        assert predict_file(predictor, source, out) == 2
+        header, rows = read_output(out)
+        assert header == ["text", "label", "score"]
+        assert [row[1] for row in rows] == [tied_order()[0]] * 2

@@ -1,17 +1,18 @@
 """Scoring a corpus on Ray Data: ``bertsent predict --engine ray`` (the ``bertsent[ray]`` extra).
 
 One pipeline, streamed end to end so no stage holds the corpus: Ray tasks read the input files (one
-task per file, in chunks of :data:`~bertsent.predict.CHUNK` rows), a fixed pool of actors scores them
+task per file, in chunks of :data:`~bertsent.tabular.CHUNK` rows), a fixed pool of actors scores them
 (each actor builds one :class:`~bertsent.predict.Predictor` when it starts, with the same
 :class:`~bertsent.config.InferenceSettings` as local ``predict``), and Ray tasks write Parquet shards.
 
-Files are parsed by :func:`bertsent.predict.open_input`, the reader of local ``predict``, not by
+Files are parsed by :func:`bertsent.tabular.open_input`, the reader of local ``predict``, not by
 ``ray.data.read_csv``/``read_json``/``read_parquet``: those infer column types (a CSV id ``007`` comes
 back as the integer 7) and do not say where in its file a row was, so neither the ids nor a row id of
 file + row number would survive. Every output row carries ``row_id`` (``<file>:<row>``: the file's path
 relative to the input folder, the row's 0-based place among the file's data rows), the input columns
 local ``predict`` would write (``keep_columns``), ``label`` and ``score`` (and ``scores``, the best
-``top_k`` labels, unless ``top_k`` is 1).
+``top_k`` labels, unless ``top_k`` is 1), ranked as local ``predict`` ranks them
+(:func:`~bertsent.tabular.rank_labels`).
 
 Ray is imported inside functions only: without it, ``bertsent`` works as before and ``--engine ray``
 is a one-line error naming the install command.
@@ -32,15 +33,14 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from bertsent.config import InferenceSettings
 from bertsent.errors import BertsentError, DataError, ModelError, SettingsError, first_line
 from bertsent.modeling.loading import load_tokenizer
-from bertsent.predict import CHUNK, Predictor, input_format, open_input, resolve_settings
+from bertsent.predict import Predictor, resolve_settings
 from bertsent.runtime import THREADS_ENV, physical_cores, resolve_threads
+from bertsent.tabular import CHUNK, input_format, open_input, rank_labels
 
-log = logging.getLogger("bertsent.corpus")
+log = logging.getLogger(__name__)
 
 RAY_INSTALL = 'pip install "bertsent[ray]"'
 ROW_ID = "row_id"
@@ -48,7 +48,7 @@ SCORES = "scores"
 CORPUS_COLUMNS = (ROW_ID, SCORES)
 """Output columns of this engine only; an input column of that name is written as ``input_<name>``."""
 BLOCK_ROWS = 512
-"""Rows of a block the actors score (one ``Scorer`` call). Small against :data:`~bertsent.predict.CHUNK`: a
+"""Rows of a block the actors score (one ``Scorer`` call). Small against :data:`~bertsent.tabular.CHUNK`: a
 block goes to one actor, so a corpus of fewer blocks than actors leaves actors idle (4,000 rows in blocks
 of 4,096 ran on one of two actors, measured); 512 rows still keep the per-call cost negligible."""
 SPARE_CPUS = 1
@@ -222,31 +222,19 @@ class Scorer:
         # The actor owns `threads` CPUs: a tokenizer thread pool sized to the whole node would take others'.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.predictor = Predictor(model_dir, settings)
-        id2label = self.predictor.id2label
-        self.labels = np.asarray([id2label[i] for i in range(len(id2label))], dtype=object)
         self.top_k = top_k
 
     def __call__(self, batch):
         import pyarrow as pa
 
         probs = self.predictor.predict_proba(batch.column("text").to_pylist())
-        best = probs.argmax(-1)
-        batch = batch.append_column("label", pa.array(self.labels[best].tolist(), pa.string()))
-        batch = batch.append_column("score", pa.array(probs[np.arange(len(probs)), best], pa.float32()))
+        ranked = rank_labels(probs, self.predictor.id2label, self.top_k)
+        batch = batch.append_column("label", pa.array([r[0]["label"] for r in ranked], pa.string()))
+        batch = batch.append_column("score", pa.array([r[0]["score"] for r in ranked], pa.float32()))
         if self.top_k != 1:
-            batch = batch.append_column(SCORES, self.top_scores(probs))
+            entry = pa.struct([("label", pa.string()), ("score", pa.float32())])
+            batch = batch.append_column(SCORES, pa.array(ranked, pa.list_(entry)))
         return batch
-
-    def top_scores(self, probs: np.ndarray):
-        """Each row's ``top_k`` best labels (all with 0) as ``[{"label", "score"}, ...]``, best first."""
-        import pyarrow as pa
-
-        order = np.argsort(-probs, axis=-1)[:, : self.top_k or probs.shape[1]]
-        entry = pa.struct([("label", pa.string()), ("score", pa.float32())])
-        rows = [
-            [{"label": self.labels[i], "score": float(p[i])} for i in row] for row, p in zip(order, probs, strict=True)
-        ]
-        return pa.array(rows, pa.list_(entry))
 
 
 # --- the cluster ----------------------------------------------------------------------------------------

@@ -1,35 +1,66 @@
 """Prediction with a fine-tuned model folder: texts in, ``{"label", "score"}`` out, like the pipeline.
 
 :class:`Predictor` is the one object that ``predict``, ``evaluate``, ``compare`` and ``serve`` share; files of any size
-are streamed through it by :func:`predict_file`.
+are streamed through it by :func:`predict_file` (with resume). The file formats (readers, writers, gzip)
+and the ``{"label", "score"}`` formatter are :mod:`bertsent.tabular`'s, importable from here too.
 """
 
 from __future__ import annotations
 
-import codecs
-import csv
 import dataclasses
-import gzip
-import io
 import itertools
 import json
 import logging
 import os
 import threading
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
-from bertsent.config import ExplainSettings, InferenceSettings
+from bertsent.config import ExplainSettings, InferenceSettings, default_stride
 from bertsent.encoding import Encoded, encode, encode_windows
 from bertsent.errors import DataError, ModelError
 from bertsent.explain import Explainer
 from bertsent.folder import inference_settings
 from bertsent.inference import TorchBackend, load_backend, run, softmax
 from bertsent.modeling.loading import load_tokenizer
+from bertsent.tabular import (
+    CHUNK,
+    GZIP_FORMATS,
+    GZIP_MAGIC,
+    INPUT_FORMATS,
+    OUTPUT_FORMATS,
+    PREDICTION_COLUMNS,
+    InputRows,
+    format_predictions,
+    input_format,
+    iter_texts,
+    open_input,
+    rank_labels,
+    read_texts,
+)
+
+__all__ = [
+    "CHUNK",
+    "GZIP_FORMATS",
+    "GZIP_MAGIC",
+    "INPUT_FORMATS",
+    "OUTPUT_FORMATS",
+    "PREDICTION_COLUMNS",
+    "InputRows",
+    "Predictor",
+    "format_predictions",
+    "input_format",
+    "iter_texts",
+    "open_input",
+    "predict_file",
+    "rank_labels",
+    "read_texts",
+    "resolve_settings",
+]
+
+log = logging.getLogger(__name__)
 
 SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(InferenceSettings))
 
@@ -45,10 +76,12 @@ def resolve_settings(
     base = settings if settings is not None else InferenceSettings()
     resolved = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     trained_length, trained_truncation = inference_settings(model_dir, tokenizer)
+    max_length = resolved.max_length or trained_length
     return dataclasses.replace(
         resolved,
-        max_length=resolved.max_length or trained_length,
+        max_length=max_length,
         truncation=resolved.truncation or trained_truncation,
+        stride=default_stride(max_length) if resolved.stride is None else resolved.stride,
     )
 
 
@@ -124,10 +157,7 @@ class Predictor:
             raise TypeError(f"settings must be an InferenceSettings, got {type(settings).__name__}")
         self.tokenizer = load_tokenizer(self.model_dir)
         self.settings = resolve_settings(self.model_dir, self.tokenizer, settings, **overrides)
-        s = self.settings
-        self.backend = load_backend(
-            self.model_dir, s.device, s.threads, s.precision, s.compile, s.cls_only, s.backend, s.exit_threshold
-        )
+        self.backend = load_backend(self.model_dir, self.settings)
         self.id2label = self.backend.id2label
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.explain_settings = _explain_settings(explain)
@@ -229,270 +259,11 @@ class Predictor:
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         probs = self.predict_proba(texts)
-        explained = self.explain(texts, targets=probs.argmax(-1)) if self.explain_settings.explain else None
-        results = []
-        for n, row in enumerate(probs):
-            order = np.argsort(-row)[: top_k or len(row)]
-            scored = [{"label": self.id2label[int(i)], "score": float(row[i])} for i in order]
-            if explained is not None:
-                scored[0]["explanation"] = explained[n]
-            results.append(scored[0] if top_k == 1 else scored)
-        return results
-
-
-INPUT_FORMATS = (".csv", ".jsonl", ".json", ".txt", ".parquet")
-
-
-GZIP_FORMATS = (".csv", ".jsonl", ".json", ".txt")
-"""Input formats also read gzip-compressed: ``reviews.csv.gz`` (a gzip file named plain ``.csv`` is read too)."""
-
-
-GZIP_MAGIC = b"\x1f\x8b"
-
-
-OUTPUT_FORMATS = (".csv", ".jsonl", ".json")
-
-
-PREDICTION_COLUMNS = ("label", "score")
-"""What each output row ends with; a kept input column of that name is written as ``input_<name>``."""
-
-
-CHUNK = 4096
-"""Texts read, predicted and written at a time: memory stays flat whatever the file's size."""
-
-log = logging.getLogger("bertsent.predict")
-
-
-@dataclasses.dataclass
-class InputRows:
-    """An input file opened for streaming: the output's columns from the input, and its rows, lazily.
-
-    Each row holds one value per column; ``row[text_index]`` is the text (a str). The text column is
-    always among the columns and is named ``text`` whatever it is called in the input.
-    """
-
-    columns: list[str]
-    text_index: int
-    rows: Iterator[list]
-
-
-def input_format(path: Path) -> str:
-    """The format of an input file by its name (``.csv``; ``reviews.csv.gz`` -> ``.csv``)."""
-    name = path.name.lower()
-    compressed = name.endswith(".gz")
-    suffix = Path(name.removesuffix(".gz")).suffix
-    if suffix not in (GZIP_FORMATS if compressed else INPUT_FORMATS):
-        known = ", ".join([*INPUT_FORMATS, *(f"{s}.gz" for s in GZIP_FORMATS)])
-        raise DataError(f"{path}: unknown input format '{suffix}{'.gz' if compressed else ''}' (use {known})")
-    return suffix
-
-
-def open_input(
-    path: Path, text_column: str = "text", encoding: str = "utf-8", keep_columns: Sequence[str] | None = None
-) -> InputRows:
-    """Open a CSV/JSONL/Parquet/TXT file (CSV/JSONL/TXT may be gzip-compressed) for streaming.
-
-    ``keep_columns``: the input columns to carry into the output besides the text (None: all, in input
-    order; ``[]``: none). A JSONL file's columns are the keys of all its records, so keeping them reads
-    the file once more up front. Bad input (missing file or column) is a :class:`DataError` here,
-    before any row is read; a bad row is one when it is reached.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    suffix = input_format(path)
-    keep = None if keep_columns is None else list(keep_columns)
-    if suffix == ".parquet":
-        return _parquet_input(path, text_column, keep)
-    if suffix == ".txt":
-        if keep:
-            raise DataError(f"{path}: a TXT file has one text a line and no columns to keep; drop --keep-columns")
-        return InputRows(["text"], 0, ([line] for _, line in _records(path, suffix, encoding)))
-    if suffix == ".csv":
-        records = _records(path, suffix, encoding)
-        header = next(records, (0, []))[1]
-        picked, columns, text_index = _select_columns(path, header, text_column, keep)
-        rows = ([r[i] if i < len(r) else "" for i in picked] for _, r in records)
-        return InputRows(columns, text_index, rows)
-    return _jsonl_input(path, suffix, text_column, encoding, keep)
-
-
-def _select_columns(
-    path: Path, names: list[str], text_column: str, keep: list[str] | None
-) -> tuple[list[int], list[str], int]:
-    """Positions in ``names`` of the columns to write (input order), their output names, and the text's place.
-
-    The text column is written as ``text``; another kept column named ``text``, ``label`` or ``score``
-    (or one repeating an earlier name) is renamed ``input_<name>``, with a warning, never overwritten.
-    """
-    found = ", ".join(names) or "none"
-    if text_column not in names:
-        raise DataError(f"{path}: no column '{text_column}' (found: {found}); pass --text-column")
-    missing = [name for name in keep or [] if name not in names]
-    if missing:
-        raise DataError(
-            f"{path}: no column {', '.join(map(repr, missing))} to keep (found: {found}); fix --keep-columns"
-        )
-    text_at = names.index(text_column)
-    picked = [i for i, name in enumerate(names) if i == text_at or keep is None or name in keep]
-    taken, columns, renamed = {"text", *PREDICTION_COLUMNS}, [], []
-    for i in picked:
-        name = new = "text" if i == text_at else names[i]
-        for k in itertools.count(1):
-            if i == text_at or new not in taken:
-                break
-            new = f"input_{name}" if k == 1 else f"input_{name}_{k}"
-        if new != name:
-            renamed.append(f"{name!r} as {new!r}")
-        taken.add(new)
-        columns.append(new)
-    if renamed:
-        log.warning("%s: writing column %s (text, label and score are the output's own)", path, ", ".join(renamed))
-    return picked, columns, picked.index(text_at)
-
-
-def _parquet_input(path: Path, text_column: str, keep: list[str] | None) -> InputRows:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())[:200]})") from None
-    names = parquet.schema_arrow.names
-    picked, columns, text_index = _select_columns(path, names, text_column, keep)
-    fields = [names[i] for i in picked]
-
-    def rows() -> Iterator[list]:
-        for batch in parquet.iter_batches(batch_size=CHUNK, columns=fields):
-            for row in zip(*(batch.column(f).to_pylist() for f in fields), strict=True):
-                row = list(row)
-                row[text_index] = "" if row[text_index] is None else str(row[text_index])
-                yield row
-
-    return InputRows(columns, text_index, rows())
-
-
-def _jsonl_input(path: Path, suffix: str, text_column: str, encoding: str, keep: list[str] | None) -> InputRows:
-    names: dict[str, None] = {}
-    if keep != []:  # the columns are every record's keys, in order of first appearance
-        for line_no, line in _records(path, suffix, encoding):
-            record = _json_record(line, path, line_no)
-            if isinstance(record, dict):
-                names.update(dict.fromkeys(record))
-    names = list(names) if text_column in names else [text_column, *names]  # a record lacking it fails on its line
-    picked, columns, text_index = _select_columns(path, names, text_column, keep)
-    fields = [names[i] for i in picked]
-
-    def rows() -> Iterator[list]:
-        for line_no, line in _records(path, suffix, encoding):
-            record = _json_record(line, path, line_no)
-            text = _json_text(record, path, line_no, text_column)
-            row = [record.get(f) for f in fields] if isinstance(record, dict) else [None] * len(fields)
-            row[text_index] = text
-            yield row
-
-    return InputRows(columns, text_index, rows())
-
-
-def _records(path: Path, suffix: str, encoding: str) -> Iterator[tuple[int, str | list[str]]]:
-    """``(line number, record)`` of a text input, gzip or not: CSV rows (the header first), or the
-    non-blank lines of other formats without their newline."""
-    line_no = 0
-    try:
-        with _open_text(path, encoding, newline="" if suffix == ".csv" else None) as f:
-            if suffix == ".csv":
-                reader = csv.reader(f)
-                for row in reader:
-                    line_no = reader.line_num
-                    if row:  # a blank line, as csv.DictReader skips it
-                        yield line_no, row
-            else:
-                for line_no, line in enumerate(f, 1):
-                    if line.strip():
-                        yield line_no, line.rstrip("\n")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} after line {line_no}: not valid {encoding} ({e.reason}); pass --encoding") from e
-    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise DataError(f"{path} after line {line_no}: not a readable gzip file ({e})") from e
-    except csv.Error as e:
-        raise DataError(f"{path} after line {line_no}: malformed CSV ({e})") from e
-
-
-def _open_text(path: Path, encoding: str, newline: str | None) -> IO[str]:
-    """``path`` opened as text, decompressed when its bytes are gzip whatever its name; a UTF-8 BOM is dropped."""
-    if codecs.lookup(encoding).name == "utf-8":
-        encoding = "utf-8-sig"
-    with path.open("rb") as f:
-        compressed = f.read(2) == GZIP_MAGIC
-    if not compressed:
-        return path.open(encoding=encoding, newline=newline)
-    if not path.name.lower().endswith(".gz"):
-        log.info("%s is gzip-compressed: reading it decompressed", path)
-    return gzip.open(path, "rt", encoding=encoding, newline=newline)
-
-
-def _json_record(line: str, path: Path, line_no: int):
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} line {line_no}: invalid JSON ({e.msg})") from e
-
-
-def _json_text(record, path: Path, line_no: int, text_column: str) -> str:
-    if isinstance(record, str):
-        return record
-    if isinstance(record, dict) and text_column in record:
-        return "" if record[text_column] is None else str(record[text_column])
-    raise DataError(f"{path} line {line_no}: no field '{text_column}'; pass --text-column")
-
-
-def iter_texts(path: Path, text_column: str = "text", encoding: str = "utf-8") -> Iterator[str]:
-    """Stream the texts of a CSV/JSONL/Parquet/TXT file (TXT: one text a line, blank lines skipped)."""
-    table = open_input(path, text_column, encoding, keep_columns=[])
-    yield from (row[table.text_index] for row in table.rows)
-
-
-def read_texts(path: Path, text_column: str = "text", encoding: str = "utf-8") -> list[str]:
-    """All texts of a file (see :func:`iter_texts`)."""
-    return list(iter_texts(path, text_column, encoding))
-
-
-def _csv_value(value):
-    if value is None:
-        return ""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False, default=_json_value)
-    return value
-
-
-def _json_value(value):
-    """What JSON cannot hold as it is (Parquet dates, decimals, bytes): its ISO or plain text form."""
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
-def format_predictions(
-    suffix: str, columns: list[str], rows: list[list], predictions: list[dict], header: bool, extra: Sequence[str] = ()
-) -> str:
-    """Predictions as CSV or JSONL text: per input row, its ``columns`` values, then label and score (and the
-    ``extra`` keys of each prediction, e.g. ``explanation``: a list in JSONL, a JSON string in CSV)."""
-    names = [*columns, *PREDICTION_COLUMNS, *extra]
-    records = ([*row, p["label"], p["score"], *(p[k] for k in extra)] for row, p in zip(rows, predictions, strict=True))
-    if suffix == ".csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        if header:
-            writer.writerow(names)
-        writer.writerows([_csv_value(v) for v in record] for record in records)
-        return buffer.getvalue()
-    return "".join(
-        json.dumps(dict(zip(names, record, strict=True)), ensure_ascii=False, default=_json_value) + "\n"
-        for record in records
-    )
+        ranked = rank_labels(probs, self.id2label, top_k)
+        if self.explain_settings.explain:
+            for scored, words in zip(ranked, self.explain(texts, targets=probs.argmax(-1)), strict=True):
+                scored[0]["explanation"] = words
+        return [scored[0] for scored in ranked] if top_k == 1 else ranked
 
 
 def _batched(items: Iterator[list], size: int) -> Iterator[list[list]]:
@@ -555,7 +326,7 @@ def _explanation_column(predictor: Predictor, table: InputRows) -> tuple[str, ..
 def _predict_rows(predictor: Predictor, texts: list[str], explain: bool) -> list[dict]:
     """One ``{"label", "score"}`` per text, with ``"explanation"`` (of that label) when ``explain``."""
     probs = predictor.predict_proba(texts)
-    rows = [{"label": predictor.id2label[int(r.argmax())], "score": float(r.max())} for r in probs]
+    rows = [ranked[0] for ranked in rank_labels(probs, predictor.id2label)]
     if explain:
         for row, words in zip(rows, predictor.explain(texts, targets=probs.argmax(-1)), strict=True):
             row["explanation"] = words
