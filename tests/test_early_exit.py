@@ -270,7 +270,7 @@ def test_derived_folders_do_not_claim_the_heads(exit_dir, tmp_path, caplog):
     from bertsent.compression.export import export
 
     with caplog.at_level(logging.WARNING, logger="bertsent.export"):
-        onnx_dir = export(ExportConfig(model=str(exit_dir), output_dir=str(tmp_path / "onnx")))
+        onnx_dir = export(ExportConfig(model=str(exit_dir), output_dir=str(tmp_path / "onnx"))).output_dir
     assert "full-depth model" in caplog.text
     assert EARLY_EXIT_KEY not in json.loads((onnx_dir / "config.json").read_text())
     assert not (onnx_dir / EARLY_EXIT_FILE).exists() and export_onnx  # the graph is the full-depth model

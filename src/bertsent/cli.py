@@ -292,8 +292,8 @@ def cmd_export(ns: argparse.Namespace) -> int:
     from bertsent.compression.export import export
 
     config = settings(ns, ExportConfig)
-    out = export(config)
-    record = json.loads((out / "compression.json").read_text())
+    result = export(config)
+    out, record = result.output_dir, result.record
     print(f"{'parity max |diff|':>24}: {record['parity']['max_abs_diff']:.3g}")
     if config.format == "onnx":
         print(f"{'onnx size':>24}: {_mb(record['onnx_bytes'])}")

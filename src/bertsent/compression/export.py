@@ -34,6 +34,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bertsent.compression.stage import StageResult, finish
 from bertsent.config import DEFAULT_ATOL, DEFAULT_OPSET, EXPORTERS, ExportConfig, check_opset
 from bertsent.errors import ExportError, SettingsError, first_line
 from bertsent.folder import (
@@ -50,12 +51,12 @@ from bertsent.folder import (
     weights_bytes,
 )
 from bertsent.modeling.parity import PARITY_SHAPES, Candidate, parity_check, random_batch
-from bertsent.runtime import THREADS_ENV, require_onnxruntime, require_openvino, session_options
+from bertsent.runtime import THREADS_ENV, require_onnxruntime, require_openvino
 
 if TYPE_CHECKING:
     import torch
 
-log = logging.getLogger("bertsent.export")
+log = logging.getLogger(__name__)
 
 EXAMPLE_SHAPE = (2, 16)
 """(batch, sequence) of the traced example; the parity check (``PARITY_SHAPES``) uses other shapes."""
@@ -122,11 +123,12 @@ def _torch_export(model: torch.nn.Module, example: dict[str, torch.Tensor], path
             )
 
 
-def _onnx_logits(onnx_path: Path) -> Candidate:
-    """ONNX Runtime on the CPU as the parity check's candidate: ``(input_ids, attention_mask) -> logits``."""
-    ort = require_onnxruntime()
-    session = ort.InferenceSession(str(onnx_path), session_options(), providers=["CPUExecutionProvider"])
-    return lambda ids, mask: session.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, (ids, mask), strict=True)))[0]
+def _onnx_logits(onnx_path: Path, id2label: dict) -> Candidate:
+    """The graph being written, run by :class:`~bertsent.inference.OnnxBackend` (as ``Predictor`` will run the
+    folder) as the parity check's candidate."""
+    from bertsent.inference import OnnxBackend, as_candidate
+
+    return as_candidate(OnnxBackend.from_file(onnx_path, id2label))
 
 
 def op_counts(onnx_path: Path) -> dict[str, int]:
@@ -138,7 +140,13 @@ def op_counts(onnx_path: Path) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def export_onnx(
+def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, **options) -> Path:
+    """Export ``model_dir`` to ``output_dir/model.onnx`` plus a loadable folder; returns ``output_dir``
+    (:func:`export_onnx_stage` with its :class:`~bertsent.compression.stage.StageResult`)."""
+    return export_onnx_stage(model_dir, output_dir, **options).output_dir
+
+
+def export_onnx_stage(
     model_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     *,
@@ -147,47 +155,53 @@ def export_onnx(
     exporter: str = "torchscript",
     parity_shapes: tuple[tuple[int, int], ...] = PARITY_SHAPES,
     write_card: bool = True,
-) -> Path:
-    """Export ``model_dir`` to ``output_dir/model.onnx`` plus a loadable folder; returns ``output_dir``.
-
-    Nothing is written unless ONNX Runtime matches PyTorch within ``atol`` on ``parity_shapes``.
-    """
+) -> StageResult:
+    """The ONNX export as a stage: nothing is written unless ONNX Runtime matches PyTorch within ``atol`` on
+    ``parity_shapes``; the folder, its record and metrics."""
     _check_request(exporter, opset, atol)
     source, output_dir = source_and_output(model_dir, output_dir, ExportError)
 
     from bertsent.modeling.cls_only import cls_only_last_layer
-    from bertsent.modeling.loading import load_tokenizer
 
     started = time.perf_counter()
-    model = _load_eager(source)
+    model, pad_id = _reference(source)
     # The graph computes the last layer for [CLS] only (all the head reads); parity is checked against
     # the untouched model, so the export is held to the plain forward's logits.
     exported = copy.deepcopy(model)
     cls_only = cls_only_last_layer(exported)
-    pad_id = load_tokenizer(source).pad_token_id or 0
     with tempfile.TemporaryDirectory(prefix="bertsent-export-") as tmp:
-        staged = Path(tmp) / ONNX_FILE
-        _export_to(staged, exported, _example(model.config.vocab_size, pad_id), opset, exporter, source)
+        staged = Path(tmp) / "onnx"
+        staged.mkdir()
+        _export_to(staged / ONNX_FILE, exported, _example(model.config.vocab_size, pad_id), opset, exporter, source)
         export_seconds = time.perf_counter() - started
-        parity = parity_check("ONNX Runtime", _onnx_logits(staged), model, atol, pad_id, parity_shapes)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        clear_weights(output_dir)
-        shutil.move(str(staged), output_dir / ONNX_FILE)
+        candidate = _onnx_logits(staged / ONNX_FILE, model.config.id2label)
+        parity = parity_check("ONNX Runtime", candidate, model, atol, pad_id, parity_shapes)
+        _publish(staged, output_dir)
     copy_model_files(source, output_dir)
     record = _export_record(
         source, output_dir, exporter=exporter, opset=opset, cls_only=cls_only, parity=parity, seconds=export_seconds
     )
-    _write_record(output_dir, record, write_card)
+    result = finish(output_dir, record, _flat_metrics, write_export_card if write_card else None)
     log.info(
         "exported %s to %s (%s, opset %d): parity max |diff| %.2g, %.1f MB",
-        source,
-        output_dir / ONNX_FILE,
-        exporter,
-        opset,
-        parity["max_abs_diff"],
-        record["onnx_bytes"] / 1e6,
-    )
-    return output_dir
+        source, output_dir / ONNX_FILE, exporter, opset, parity["max_abs_diff"], record["onnx_bytes"] / 1e6,
+    )  # fmt: skip
+    return result
+
+
+def _reference(source: Path):
+    """The PyTorch model every export is held to (eager attention, fp32, eval) and the pad id."""
+    from bertsent.modeling.loading import load_tokenizer
+
+    return _load_eager(source), load_tokenizer(source).pad_token_id or 0
+
+
+def _publish(staged: Path, output_dir: Path) -> None:
+    """Move a checked export's files into ``output_dir``, replacing any earlier weights."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    clear_weights(output_dir)
+    for path in staged.iterdir():
+        shutil.move(str(path), output_dir / path.name)
 
 
 def _check_request(exporter: str, opset: int, atol: float) -> None:
@@ -238,18 +252,15 @@ def _export_record(
     }
 
 
-def _write_record(output_dir: Path, record: dict, write_card: bool) -> None:
-    """``compression.json``, the headline ``metrics.json`` and (unless turned off) the card."""
-    (output_dir / COMPRESSION_FILE).write_text(json.dumps(record, indent=2))
-    metrics = {
+def _flat_metrics(record: dict) -> dict:
+    """The headline ``metrics.json`` of an ONNX or OpenVINO export folder."""
+    size = "onnx_bytes" if "onnx_bytes" in record else "openvino_bytes"
+    return {
         "parity_max_abs_diff": record["parity"]["max_abs_diff"],
-        "onnx_bytes": record["onnx_bytes"],
+        size: record[size],
         "source_weights_bytes": record["source_weights_bytes"],
         "nodes": record["nodes"],
     }
-    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    if write_card:
-        write_export_card(output_dir, record)
 
 
 def onnx_versions() -> dict[str, str]:
@@ -338,14 +349,18 @@ def save_openvino(model, folder: Path) -> Path:
 
 def _openvino_logits(folder: Path) -> Candidate:
     """OpenVINO on the CPU, f32 inference hint, as the parity check's candidate."""
-    from bertsent.inference import OpenVinoBackend
+    from bertsent.inference import OpenVinoBackend, as_candidate
 
-    backend = OpenVinoBackend(folder, precision="fp32")
-    request = backend.compiled.create_infer_request()
-    return lambda ids, mask: request.infer(dict(zip(INPUT_NAMES, (ids, mask), strict=True)))[backend.output]
+    return as_candidate(OpenVinoBackend(folder, precision="fp32"))
 
 
-def export_openvino(
+def export_openvino(model_dir: str | os.PathLike, output_dir: str | os.PathLike, **options) -> Path:
+    """Export ``model_dir`` to an OpenVINO IR folder; returns ``output_dir`` (:func:`export_openvino_stage`
+    with its :class:`~bertsent.compression.stage.StageResult`)."""
+    return export_openvino_stage(model_dir, output_dir, **options).output_dir
+
+
+def export_openvino_stage(
     model_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     *,
@@ -354,46 +369,41 @@ def export_openvino(
     exporter: str = "torchscript",
     parity_shapes: tuple[tuple[int, int], ...] = PARITY_SHAPES,
     write_card: bool = True,
-) -> Path:
-    """Export ``model_dir`` to an OpenVINO IR folder (``openvino_model.xml``/``.bin`` plus config and
-    tokenizer files); returns ``output_dir``. Converted from the parity-checked ONNX export
-    (:func:`export_onnx`), then held to the same check with OpenVINO's f32 inference: nothing is written
-    unless it matches PyTorch within ``atol`` on ``parity_shapes``."""
+) -> StageResult:
+    """An OpenVINO IR folder (``openvino_model.xml``/``.bin`` plus config and tokenizer files), converted from
+    the parity-checked ONNX export (:func:`export_onnx_stage`), then held to the same check with OpenVINO's
+    f32 inference: nothing is written unless it matches PyTorch within ``atol`` on ``parity_shapes``."""
     ov = require_openvino_export()
     _check_request(exporter, opset, atol)
     source, output_dir = source_and_output(model_dir, output_dir, ExportError)
-
-    from bertsent.modeling.loading import load_tokenizer
-
     started = time.perf_counter()
-    model = _load_eager(source)
-    pad_id = load_tokenizer(source).pad_token_id or 0
+    model, pad_id = _reference(source)
     with tempfile.TemporaryDirectory(prefix="bertsent-openvino-") as tmp:
-        onnx_dir = export_onnx(
-            source,
-            Path(tmp) / "onnx",
-            opset=opset,
-            atol=atol,
-            exporter=exporter,
-            parity_shapes=parity_shapes,
-            write_card=False,
-        )
-        onnx_record = json.loads((onnx_dir / COMPRESSION_FILE).read_text())
+        options = {"opset": opset, "atol": atol, "exporter": exporter, "parity_shapes": parity_shapes}
+        onnx = export_onnx_stage(source, Path(tmp) / "onnx", write_card=False, **options)
         staged = Path(tmp) / "openvino"
         try:
-            converted = ov.convert_model(str(onnx_dir / ONNX_FILE))
+            converted = ov.convert_model(str(onnx.output_dir / ONNX_FILE))
         except Exception as e:  # the converter raises its own OpConversionFailure and RuntimeErrors
             raise ExportError(f"openvino.convert_model failed for {source}: {first_line(e)}") from e
         save_openvino(converted, staged)
         copy_model_files(source, staged)
         export_seconds = time.perf_counter() - started
         parity = parity_check("OpenVINO", _openvino_logits(staged), model, atol, pad_id, parity_shapes)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        clear_weights(output_dir)
-        for path in staged.iterdir():
-            shutil.move(str(path), output_dir / path.name)
+        _publish(staged, output_dir)
+    record = _openvino_record(source, output_dir, onnx.record, parity, export_seconds, ov.__version__)
+    result = finish(output_dir, record, _flat_metrics, write_openvino_card if write_card else None)
+    log.info(
+        "exported %s to %s (OpenVINO IR): parity max |diff| %.2g, %.1f MB",
+        source, output_dir / OPENVINO_XML, parity["max_abs_diff"], record["openvino_bytes"] / 1e6,
+    )  # fmt: skip
+    return result
+
+
+def _openvino_record(source: Path, output_dir: Path, onnx_record: dict, parity: dict, seconds: float, version):
+    """``compression.json`` of an OpenVINO export folder: the ONNX export it came from, parity, sizes, graph."""
     counts = openvino_ops(output_dir / OPENVINO_XML)
-    record = {
+    return {
         "method": "openvino-export",
         "source": str(source),
         "via": {k: onnx_record[k] for k in ("method", "exporter", "opset", "last_layer", "parity")},
@@ -406,27 +416,9 @@ def export_openvino(
         "openvino_bytes": (output_dir / OPENVINO_BIN).stat().st_size,
         "nodes": sum(counts.values()),
         "op_counts": counts,
-        "export_seconds": round(export_seconds, 2),
-        "versions": onnx_versions() | {"openvino": ov.__version__},
+        "export_seconds": round(seconds, 2),
+        "versions": onnx_versions() | {"openvino": version},
     }
-    (output_dir / COMPRESSION_FILE).write_text(json.dumps(record, indent=2))
-    metrics = {
-        "parity_max_abs_diff": parity["max_abs_diff"],
-        "openvino_bytes": record["openvino_bytes"],
-        "source_weights_bytes": record["source_weights_bytes"],
-        "nodes": record["nodes"],
-    }
-    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    if write_card:
-        write_openvino_card(output_dir, record)
-    log.info(
-        "exported %s to %s (OpenVINO IR): parity max |diff| %.2g, %.1f MB",
-        source,
-        output_dir / OPENVINO_XML,
-        parity["max_abs_diff"],
-        record["openvino_bytes"] / 1e6,
-    )
-    return output_dir
 
 
 def write_openvino_card(output_dir: Path, record: dict) -> Path:
@@ -462,9 +454,9 @@ def write_openvino_card(output_dir: Path, record: dict) -> Path:
     )
 
 
-def export(config: ExportConfig) -> Path:
-    """``bertsent export``: ONNX (:func:`export_onnx`), an OpenVINO IR (:func:`export_openvino`, needs the
-    ``openvino`` extra), or a TF SavedModel / ``.keras`` file (needs the ``keras`` extra);
+def export(config: ExportConfig) -> StageResult:
+    """``bertsent export``: ONNX (:func:`export_onnx_stage`), an OpenVINO IR (:func:`export_openvino_stage`,
+    needs the ``openvino`` extra), or a TF SavedModel / ``.keras`` file (needs the ``keras`` extra);
     every format is parity-checked against PyTorch before anything is written. An early-exit folder is
     exported at full depth: the graph is the model without its exit heads (and so is its config)."""
     from bertsent.modeling.early_exit import recorded_early_exit
@@ -475,16 +467,17 @@ def export(config: ExportConfig) -> Path:
             config.model,
             config.format,
         )
+    options = {"opset": config.opset, "atol": config.atol, "exporter": config.exporter}
     if config.format == "onnx":
-        return export_onnx(
-            config.model, config.output_dir, opset=config.opset, atol=config.atol, exporter=config.exporter
-        )
+        return export_onnx_stage(config.model, config.output_dir, **options)
     if config.format == "openvino":
-        return export_openvino(
-            config.model, config.output_dir, opset=config.opset, atol=config.atol, exporter=config.exporter
-        )
+        return export_openvino_stage(config.model, config.output_dir, **options)
     from bertsent.keras.export import export_keras_model
 
-    return export_keras_model(
-        config.model, config.output_dir, fmt=config.format, strings=config.strings, atol=config.atol
+    out = Path(
+        export_keras_model(config.model, config.output_dir, fmt=config.format, strings=config.strings, atol=config.atol)
     )
+    folder = out if out.is_dir() else out.parent
+    record = json.loads((folder / COMPRESSION_FILE).read_text()) if (folder / COMPRESSION_FILE).is_file() else {}
+    metrics = json.loads((folder / METRICS_FILE).read_text()) if (folder / METRICS_FILE).is_file() else {}
+    return StageResult(output_dir=out, record=record, metrics=metrics)

@@ -27,23 +27,21 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bertsent.compression.export import export_onnx, onnx_versions, op_counts
+from bertsent.compression.export import export_onnx_stage, onnx_versions, op_counts
+from bertsent.compression.stage import StageResult, finish, folders, score_folder, stage_reviews
 from bertsent.config import QuantizeConfig
 from bertsent.errors import QuantizationCollapseError, QuantizeError, first_line
 from bertsent.folder import (
     COMPRESSION_FILE,
-    METRICS_FILE,
     ONNX_FILE,
     clear_weights,
     copy_model_files,
-    read_id2label,
-    source_and_output,
     weights_bytes,
 )
 from bertsent.modeling.quantized import CONFIG_FLAG, PER_CHANNEL_FLAG
@@ -52,17 +50,14 @@ from bertsent.runtime import require_onnxruntime
 if TYPE_CHECKING:
     pass
 
-log = logging.getLogger("bertsent.quantize")
+log = logging.getLogger(__name__)
 
 COLLAPSE_SHARE = 0.95
 """A model that gives one class to at least this share of reviews (when fp32 does not) has collapsed."""
 
 
-@dataclass
-class QuantizeResult:
-    output_dir: Path
-    record: dict
-    """What ``compression.json`` holds."""
+QuantizeResult = StageResult
+"""The name quantize's result had before every stage returned a :class:`StageResult`."""
 
 
 def quantized_node_counts(counts: dict[str, int]) -> dict[str, int]:
@@ -92,13 +87,10 @@ CALIBRATED_METHODS = ("onnx-static", "openvino-int8")
 """Methods that calibrate activation ranges on training reviews."""
 
 
-def load_reviews(config: QuantizeConfig, source: Path, model_labels: dict[int, str]):
+def load_reviews(config: QuantizeConfig, source: Path):
     """Validation (and, for the calibrated methods, calibration) reviews, or None with the reason to skip the check."""
-    from bertsent.data.recorded import recorded_reviews
-
-    return recorded_reviews(
+    return stage_reviews(
         source,
-        model_labels,
         config.data,
         validation_samples=config.validation_samples,
         train_samples=config.calibration_samples,
@@ -285,13 +277,13 @@ def _require_nncf():
 def _openvino_int8(config: QuantizeConfig, source: Path, staged: Path, tmp: Path, texts: list[str]) -> dict:
     """The OpenVINO fp32 export of ``source``, quantized by NNCF on ``texts`` into ``staged``: the
     record's ``export``, ``quantization``, node counts and sizes."""
-    from bertsent.compression.export import export_openvino, openvino_ops, save_openvino
+    from bertsent.compression.export import export_openvino_stage, openvino_ops, save_openvino
     from bertsent.folder import OPENVINO_XML
     from bertsent.runtime import require_openvino
 
     nncf, ov = _require_nncf(), require_openvino()
-    fp32_dir = export_openvino(source, tmp / "fp32-openvino", opset=config.opset, write_card=False)
-    export_record = json.loads((fp32_dir / COMPRESSION_FILE).read_text())
+    fp32 = export_openvino_stage(source, tmp / "fp32-openvino", opset=config.opset, write_card=False)
+    fp32_dir, export_record = fp32.output_dir, fp32.record
     # One review per calibration item, unpadded: NNCF's subset_size counts items, and padding would
     # only widen the ranges with positions the attention mask ignores.
     items = _calibration_batches(source, texts, 1)
@@ -355,43 +347,33 @@ def compare(labels: np.ndarray, fp32_probs: np.ndarray, int8_probs: np.ndarray, 
     }
 
 
-def check_accuracy(source: Path, staged: Path, validation, batch_size: int) -> dict:
-    """Classify the validation reviews with the fp32 source and the quantized folder (same tokens)."""
-    from bertsent.predict import Predictor
-
-    texts = validation["text"].tolist()
-    # The reference is fp32 whatever this CPU could run (precision "auto" might pick bf16 on AMX).
-    fp32 = Predictor(source, batch_size=batch_size, device="cpu", precision="fp32")
-    encoded = fp32.encode(texts)
-    started = time.perf_counter()
-    fp32_probs = fp32.predict_proba(encoded)
-    fp32_seconds = time.perf_counter() - started
-    int8 = Predictor(staged, batch_size=batch_size, device="cpu")
-    started = time.perf_counter()
-    int8_probs = int8.predict_proba(encoded)
-    int8_seconds = time.perf_counter() - started
+def check_accuracy(source: Path, staged: Path, validation, config: QuantizeConfig) -> dict:
+    """Classify the validation reviews with the fp32 source and the quantized folder (the scaffold's scoring:
+    the reference in fp32 whatever this CPU could run, the INT8 folder as it will be run)."""
+    texts, labels = validation["text"].tolist(), validation["label"].to_numpy()
+    fp32 = score_folder(source, texts, labels, config)
+    int8 = score_folder(staged, texts, labels, config, precision="auto")
     return {
-        "labels": validation["label"].to_numpy(),
-        "fp32_probs": fp32_probs,
-        "int8_probs": int8_probs,
-        "backends": {"fp32": fp32.backend.name, "int8": int8.backend.name},
+        "labels": labels,
+        "fp32_probs": fp32.probs,
+        "int8_probs": int8.probs,
+        "backends": {"fp32": fp32.metrics["backend"], "int8": int8.metrics["backend"]},
         # One pass on a shared machine: a sanity figure, not a benchmark.
-        "seconds": {"fp32": round(fp32_seconds, 2), "int8": round(int8_seconds, 2)},
+        "seconds": {"fp32": fp32.metrics["seconds"], "int8": int8.metrics["seconds"]},
     }
 
 
 # --- the stage --------------------------------------------------------------------------------------
 
 
-def quantize(config: QuantizeConfig) -> QuantizeResult:
+def quantize(config: QuantizeConfig) -> StageResult:
     """Quantize ``config.model`` to INT8 with ``config.method`` and write a loadable, measured folder."""
     if config.method != "torch-dynamic":
         require_onnxruntime()
     if config.method == "openvino-int8":
         _require_nncf()
-    source, output_dir = source_and_output(config.model, config.output_dir, QuantizeError)
-    model_labels = read_id2label(source)
-    reviews, skip_reason = load_reviews(config, source, model_labels)
+    source, output_dir = folders(config, QuantizeError)
+    reviews, skip_reason = load_reviews(config, source)
     if config.method in CALIBRATED_METHODS and reviews is None:
         raise QuantizeError(f"{config.method} needs calibration reviews: pass --data ({skip_reason})")
 
@@ -407,8 +389,8 @@ def quantize(config: QuantizeConfig) -> QuantizeResult:
         elif config.method == "openvino-int8":
             record |= _openvino_int8(config, source, staged, Path(tmp), reviews.train["text"].tolist())
         else:
-            fp32_dir = export_onnx(source, Path(tmp) / "fp32", opset=config.opset, write_card=False)
-            export_record = json.loads((fp32_dir / COMPRESSION_FILE).read_text())
+            fp32 = export_onnx_stage(source, Path(tmp) / "fp32", opset=config.opset, write_card=False)
+            fp32_dir, export_record = fp32.output_dir, fp32.record
             record["export"] = {k: export_record[k] for k in ("exporter", "opset", "parity", "onnx_bytes", "nodes")}
             prepared = Path(tmp) / "prepared.onnx"
             record["preprocess"] = _preprocess(fp32_dir / ONNX_FILE, prepared)
@@ -436,7 +418,7 @@ def quantize(config: QuantizeConfig) -> QuantizeResult:
             record["validation"] = {"skipped": skip_reason}
             record["warnings"].append(message)
         else:
-            check = check_accuracy(source, staged, reviews.validation, config.batch_size)
+            check = check_accuracy(source, staged, reviews.validation, config)
             summary = compare(check["labels"], check["fp32_probs"], check["int8_probs"], config.max_drop)
             record["validation"] = {
                 "data": reviews.report.get("source"),
@@ -446,13 +428,15 @@ def quantize(config: QuantizeConfig) -> QuantizeResult:
                 "seconds": check["seconds"],
             }
             _judge(record, summary, config)
-        _write(staged, record, output_dir)
+        record["versions"] = _versions(record["method"])
+        result = finish(staged, record, _flat_metrics, lambda folder, r: write_quantize_card(folder, r, output_dir))
         output_dir.mkdir(parents=True, exist_ok=True)
         clear_weights(output_dir)
-        for path in staged.iterdir():
+        # compression.json last: the folder is complete once it is there.
+        for path in sorted(staged.iterdir(), key=lambda p: p.name == COMPRESSION_FILE):
             shutil.move(str(path), output_dir / path.name)
     log.info("quantized %s with %s: %s", source, config.method, output_dir)
-    return QuantizeResult(output_dir=output_dir, record=record)
+    return StageResult(output_dir=output_dir, record=result.record, metrics=result.metrics)
 
 
 def _judge(record: dict, summary: dict, config: QuantizeConfig) -> None:
@@ -477,15 +461,19 @@ def _judge(record: dict, summary: dict, config: QuantizeConfig) -> None:
         record["warnings"].append(message)
 
 
-def _write(folder: Path, record: dict, final_dir: Path) -> None:
-    """compression.json, metrics.json and the README.md model card of a quantized folder."""
-    record["versions"] = onnx_versions() if record["method"] != "torch-dynamic" else _torch_versions()
-    if record["method"] == "openvino-int8":
+def _versions(method: str) -> dict[str, str]:
+    """The packages the quantized folder was made with."""
+    versions = onnx_versions() if method != "torch-dynamic" else _torch_versions()
+    if method == "openvino-int8":
         import nncf
         import openvino
 
-        record["versions"] |= {"openvino": openvino.__version__, "nncf": nncf.__version__}
-    (folder / COMPRESSION_FILE).write_text(json.dumps(record, indent=2, default=str))
+        versions |= {"openvino": openvino.__version__, "nncf": nncf.__version__}
+    return versions
+
+
+def _flat_metrics(record: dict) -> dict:
+    """``metrics.json`` of a quantized folder: sizes, and the check against fp32 where it ran."""
     validation = record["validation"]
     metrics = {
         "method": record["method"],
@@ -498,8 +486,7 @@ def _write(folder: Path, record: dict, final_dir: Path) -> None:
             f"validation_{k}": validation[k]
             for k in ("fp32_accuracy", "int8_accuracy", "accuracy_drop_points", "agreement", "reviews")
         }
-    (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    write_quantize_card(folder, record, final_dir)
+    return metrics
 
 
 def _torch_versions() -> dict[str, str]:
