@@ -87,8 +87,9 @@ def test_health_info_and_page(client, trained_tiny_dir, predictor):
     assert (info["max_length"], info["truncation"]) == (predictor.max_length, predictor.truncation) == (32, "head")
     assert (info["precision"], info["threads"]) == (predictor.backend.precision, predictor.backend.threads)
     assert info["mean_layers"] is None  # no early exit: every text runs every layer
-    assert info["batching"] == {"max_batch_size": 8, "max_wait_ms": 2.0}
-    assert info["limits"] == {"max_inputs": 8, "max_chars": 400, "max_body_bytes": 6000}
+    assert info["batching"] == {"max_batch_size": 8, "max_wait_ms": 2.0, "max_batch_tokens": 16_384}
+    limits = {"max_inputs": 8, "max_chars": 400, "max_body_bytes": 6000, "max_concurrent_requests": 512}
+    assert info["limits"] == limits
     assert info["version"] == __version__
     assert set(info["stats"]) == {"requests", "texts", "batches", "largest_batch", "errors", "queued"}
 
@@ -99,12 +100,16 @@ def test_health_info_and_page(client, trained_tiny_dir, predictor):
 
 
 class FakeModel:
-    """Not a Predictor: a model served through the server's protocol (describe, predict_proba, explain).
+    """Not a Predictor: a model served through the server's protocol (describe, prepare, predict_proba, explain).
 
-    A text's row is [0.2, 0.8] when it holds "good", else [0.9, 0.1]; it cannot explain.
+    A text's tokens are its words (1 for "good", 2 otherwise), at most ``max_length``; a row scores
+    [0.2, 0.8] when it holds a "good", else [0.9, 0.1]. It records each batch's row lengths, may wait
+    on ``gate`` before answering, and cannot explain.
     """
 
-    def __init__(self, folder, mean_layers: float | None = 1.5) -> None:
+    def __init__(self, folder, mean_layers: float | None = 1.5, gate: threading.Event | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = gate
         self.description = ModelDescription(
             model_dir=folder,
             labels={0: "neg", 1: "pos"},
@@ -122,8 +127,18 @@ class FakeModel:
     def describe(self) -> ModelDescription:
         return self.description
 
-    def predict_proba(self, texts) -> np.ndarray:
-        return np.array([[0.2, 0.8] if "good" in text else [0.9, 0.1] for text in texts])
+    def prepare(self, texts: list[str]):
+        from bertsent.encoding import Encoded
+
+        words = [text.split() or [""] for text in texts]
+        ids = [np.array([1 if w == "good" else 2 for w in row][: self.description.max_length]) for row in words]
+        return Encoded(ids=ids, full_lengths=np.array([len(row) for row in words])), None
+
+    def predict_proba(self, encoded) -> np.ndarray:
+        self.batches.append([len(row) for row in encoded.ids])
+        if self.gate is not None:
+            self.gate.wait(30)
+        return np.array([[0.2, 0.8] if 1 in row else [0.9, 0.1] for row in encoded.ids])
 
     def explain(self, texts, method=None, targets=None):
         raise ModelError(f"{self.description.model_dir}: this fake model cannot explain")
@@ -608,6 +623,134 @@ def test_stop_with_drain_answers_what_is_queued():
     assert len(model.batches) == 5
 
 
+# ---------------------------------------------------------------------------------------------- token batching
+
+
+def test_batches_are_capped_by_padded_tokens_and_ordered_by_length():
+    """Rows of one round: sorted by length, cut at max_batch_size rows and max_batch_tokens padded tokens
+    (rows x the longest), shortest batches first; each row's answer goes back to its own request."""
+    model = RecordingModel()
+    tokens = [3, 40, 5, 40, 1, 12, 7, 40, 2, 9]
+    texts = ["t" * (i + 1) for i in range(len(tokens))]  # distinct lengths: RecordingModel's rows say which text
+    length_of = dict(zip(texts, tokens, strict=True))
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch_size=4, max_wait_ms=50, max_batch_tokens=64)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit([t], [n]) for t, n in zip(texts, tokens, strict=True)))
+        await batcher.stop()
+        return results, batcher.stats
+
+    results, stats = asyncio.run(asyncio.wait_for(scenario(), 10))
+    for text, rows in zip(texts, results, strict=True):
+        assert rows[:, 0].tolist() == [len(text)]
+    batches = [[length_of[t] for t in batch] for batch in model.batches]
+    assert batches == [[1, 2, 3, 5], [7, 9, 12], [40], [40], [40]]
+    for batch in batches:
+        assert len(batch) <= 4 and len(batch) * max(batch) <= 64 and batch == sorted(batch)
+    assert (stats.requests, stats.texts, stats.batches, stats.largest_batch) == (10, 10, 5, 4)
+
+
+def test_a_long_row_holds_the_others_back_by_its_own_batch_only():
+    """A long row that arrives first is run after the short rows that came with it, in a batch of its own:
+    the short ones are neither padded to it nor kept waiting for it."""
+    model = RecordingModel()
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch_size=8, max_wait_ms=20, max_batch_tokens=64)
+        batcher.start()
+        long = asyncio.create_task(batcher.submit(["long review"], [40]))
+        await asyncio.sleep(0)  # the long one is queued first
+        short = [asyncio.create_task(batcher.submit([f"s{i}"], [2])) for i in range(6)]
+        results = await asyncio.gather(long, *short)
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert model.batches == [[f"s{i}" for i in range(6)], ["long review"]]
+    assert [r[0, 0] for r in results] == [11.0] + [2.0] * 6
+
+
+def test_the_server_batches_encoded_rows_by_tokens(trained_tiny_dir, texts, reference):
+    """Through the app, on the tiny model: the texts reach the model tokenized, each batch within the token
+    cap and ordered by length; the answers are the Predictor's own, and /metrics counts the padded tokens."""
+    served = Predictor(trained_tiny_dir)
+    original, seen = served.predict_proba, []
+
+    def recording(batch):
+        seen.append(batch.lengths.tolist())
+        return original(batch)
+
+    served.predict_proba = recording
+    cap = 64  # two full-length rows at max_length 32
+    settings = dataclasses.replace(SETTINGS, max_batch_tokens=cap)
+    inputs = [texts[0], EXTRA_TEXTS[2], texts[1], "", EXTRA_TEXTS[2], texts[2], "ok", texts[3]]
+    with TestClient(create_app(served, settings)) as client:
+        body = client.post("/predict", json={"inputs": inputs}).json()
+        samples = scrape(client)
+    for text, prediction in zip(inputs, body, strict=True):
+        assert_matches(prediction, reference[text] if text in reference else original([text])[0], served.id2label)
+    assert sum(len(batch) for batch in seen) == len(inputs) and len(seen) > 1
+    for batch in seen:
+        assert batch == sorted(batch) and len(batch) * max(batch) <= cap
+    assert [max(b) for b in seen] == sorted(max(b) for b in seen)  # shortest batches first
+    assert metric(samples, "bertsent_batch_tokens_sum") == sum(len(b) * max(b) for b in seen)
+    assert metric(samples, "bertsent_texts_scored_total") == len(inputs)
+
+
+def test_a_token_cap_below_the_max_length_is_a_settings_error(trained_tiny_dir):
+    from bertsent.errors import SettingsError
+
+    with pytest.raises(SettingsError, match=r"max_batch_tokens \(16\) is below the model's max_length \(32\)"):
+        create_app(trained_tiny_dir, dataclasses.replace(SETTINGS, max_batch_tokens=16))
+
+
+# ---------------------------------------------------------------------------------------------- back-pressure
+
+
+def test_past_max_concurrent_requests_the_answer_is_429_at_once(tmp_path):
+    """Two requests held (the model gated), the third is refused at once: 429, Retry-After, a JSON error;
+    /metrics counts the refusal; the held ones are answered once the model goes on."""
+    gate = threading.Event()
+    model = FakeModel(tmp_path / "fake", gate=gate)
+    app = create_app(model, dataclasses.replace(SETTINGS, max_concurrent_requests=2, max_wait_ms=0))
+    with background_server(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        with ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(httpx.post, f"{url}/predict", json={"inputs": f"good {i}"}, timeout=30) for i in (1, 2)]
+            deadline = time.monotonic() + 20
+            while metric(scrape(http), "bertsent_requests_in_flight") < 2:
+                assert time.monotonic() < deadline, "the two requests were never held"
+                time.sleep(0.02)
+            started = time.monotonic()
+            refused = http.post("/predict", json={"inputs": "good"})
+            waited = time.monotonic() - started
+            assert http.get("/health").json() == {"status": "ok"}  # only /predict is limited
+            gate.set()
+            answers = [f.result() for f in held]
+        samples = scrape(http)
+        spec = http.get("/openapi.json").json()
+    assert refused.status_code == 429 and waited < 5
+    assert refused.headers["retry-after"] == "1" and refused.headers["content-type"] == "application/json"
+    assert refused.json() == {
+        "error": "the server is at its limit of 2 requests at once (--max-concurrent-requests); retry after 1 s"
+    }
+    assert [a.status_code for a in answers] == [200, 200]
+    assert all(a.json() == [{"label": "pos", "score": 0.8}] for a in answers)
+    assert metric(samples, "bertsent_requests_refused_total") == 1
+    assert metric(samples, "bertsent_http_requests_total", path="/predict", status="429") == 1
+    assert metric(samples, "bertsent_requests_in_flight") == 0
+    documented = spec["paths"]["/predict"]["post"]["responses"]["429"]
+    assert "Retry-After" in documented["headers"] and documented["content"]["application/json"]["schema"]
+
+
+def test_batching_and_back_pressure_flags():
+    ns = parse(["serve", "--model", "m", "--max-batch-tokens", "512", "--max-concurrent-requests", "3"])
+    settings = settings_from_args(ns)
+    assert (settings.max_batch_tokens, settings.max_concurrent_requests) == (512, 3)
+    defaults = settings_from_args(parse(["serve", "--model", "m"]))
+    assert (defaults.max_batch_tokens, defaults.max_concurrent_requests) == (16_384, 512)
+
+
 # ---------------------------------------------------------------------------------------------- settings and CLI
 
 
@@ -628,6 +771,9 @@ def test_stop_with_drain_answers_what_is_queued():
         ("api_key", "clé"),
         ("graceful_timeout", -1),
         ("graceful_timeout", float("inf")),
+        ("max_batch_tokens", 0),
+        ("max_concurrent_requests", 0),
+        ("max_concurrent_requests", 1.5),
     ],
 )
 def test_settings_validate_themselves(field, value):
@@ -912,9 +1058,10 @@ def test_one_bad_request_never_fails_another(trained_tiny_dir, texts, reference,
     model raises on (500 for its own request only); every good request is answered, exactly."""
     served = Predictor(trained_tiny_dir)
     original, shared = served.predict_proba, []
+    poison = served.encode([POISON]).ids[0].tolist()  # the server hands the model encoded rows
 
-    def poisoned(batch: list[str]) -> np.ndarray:
-        if POISON in batch:
+    def poisoned(batch) -> np.ndarray:
+        if any(row.tolist() == poison for row in batch.ids):
             shared.append(len(batch))
             raise ValueError("poisoned text")
         return original(batch)

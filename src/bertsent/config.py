@@ -1086,13 +1086,27 @@ class ServeSettings:
     and the docs stay open. Default: $BERTSENT_API_KEY (better than the flag, which ps shows)."""
     graceful_timeout: float = 30.0
     """On SIGTERM or Ctrl-C, seconds the requests already accepted get to be answered before they are cut."""
+    max_batch_tokens: int = 16_384
+    """Most padded tokens the model runs at once: a batch's rows times its longest row (as
+    text-embeddings-inference counts them), so long texts go in smaller batches and short ones are not
+    padded to them. At least the model's max length."""
+    max_concurrent_requests: int = 512
+    """Most /predict requests held at once (queued or running); past it a request gets 429 with a
+    Retry-After header at once, instead of a longer queue."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
             raise SettingsError("host must be a host name or address, e.g. 127.0.0.1")
         if _not_int(self.port) or not 0 <= self.port <= 65535:
             raise SettingsError(f"port must be an integer in [0, 65535] (0: any free port), got {self.port!r}")
-        limits = ("max_batch_size", "max_inputs", "max_chars", "max_body_bytes")
+        limits = (
+            "max_batch_size",
+            "max_inputs",
+            "max_chars",
+            "max_body_bytes",
+            "max_batch_tokens",
+            "max_concurrent_requests",
+        )
         _check_counts(self, dict.fromkeys(limits, 1), what="a positive integer")
         wait = self.max_wait_ms
         if isinstance(wait, bool) or not isinstance(wait, int | float) or not math.isfinite(wait) or wait < 0:

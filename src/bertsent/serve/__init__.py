@@ -11,28 +11,34 @@ API (OpenAPI docs at ``/docs``):
 - ``GET /`` → a one-file web page (``bertsent/static/index.html``) that calls the API.
 - ``GET /metrics`` → Prometheus metrics (:class:`ServeMetrics`), out of the OpenAPI document.
 
-Micro-batching: the Predictor belongs to one background worker (an asyncio task started in the app's
-lifespan). A request puts each of its texts on a queue with a future; the worker takes the first
-waiting text, then keeps taking texts until it holds ``max_batch_size`` or ``max_wait_ms`` have passed
-since that first text arrived, and runs ``Predictor.predict_proba`` on the batch in a dedicated
-inference thread. The event loop therefore keeps accepting requests while the model runs, and the
-texts that arrive meanwhile make up the next batch: under concurrent load the model sees batches,
-not single texts. Each text's probability row goes back to its own future, so a request's texts may
-be split over two batches. One bad request never fails another: when the model raises on a batch
-holding texts of several requests, the worker runs the two halves of those requests apart (and so on),
-so only the requests whose texts fail get the error.
+Micro-batching: a request's texts are tokenized with the model's own encoding in a thread of their
+own (not the event loop, not the inference thread), and each encoded row goes on a queue with a
+future. The worker (an asyncio task of the app's lifespan) takes the first waiting row, then the rows
+arriving within ``max_wait_ms`` (until a batch is full), then what else is waiting, up to a few
+batches: that round is ordered by length and cut into batches of at most ``max_batch_size`` rows and
+``max_batch_tokens`` padded tokens (rows x the longest), run shortest first on one dedicated
+inference thread. Short texts are never padded to a long one, and a long one holds the others back
+by no more than its own batch. The event loop keeps accepting requests while the model runs, and
+the rows that arrive meanwhile make up the next round. Each row's probabilities go back to its own
+future (a long text's windows are averaged back into one). One bad request never fails another:
+when the model raises on a batch holding rows of several requests, the worker runs the two halves
+of those requests apart (and so on), so only the requests whose rows fail get the error.
+
+Back-pressure: past ``max_concurrent_requests`` requests held at once, ``/predict`` answers 429 with
+``Retry-After`` at once, unread, instead of queueing without bound; ``/metrics`` counts refusals.
 
 Errors are JSON ``{"error": "<one line>"}`` (422 adds ``detail``): 401 without the API key (when
 ``--api-key`` is set), 413 for a body, list or text over the limits, 422 for a body that is not JSON
-or not the expected shape (text that is not valid Unicode included), 500 when inference fails on a
-request's own texts (the worker goes on), 503 while the worker is not running.
+or not the expected shape (text that is not valid Unicode included), 429 past the concurrency limit,
+500 when inference fails on a request's own texts (the worker goes on), 503 while the worker is not
+running.
 
 The package, one module per concern, each importing only from those below it: ``server`` (the
 command, socket, uvicorn, signals, banner) → ``app`` (create_app, lifespan, error handlers) →
-``routes`` → ``batcher`` | ``middleware`` | ``schemas`` → ``metrics`` | ``answers`` | ``model`` (the
-protocol a served model meets: ``describe()``, whose one description ``/info``, the metrics and the
-banner show). Importing ``bertsent.serve`` itself imports none of them (nor FastAPI): each name
-below is imported on first use.
+``routes`` → ``scoring`` (texts to encoded rows to probabilities) → ``batcher`` | ``middleware`` |
+``schemas`` → ``metrics`` | ``answers`` | ``model`` (the protocol a served model meets, with the
+``describe()`` whose one description ``/info``, the metrics and the banner show). Importing
+``bertsent.serve`` itself imports none of them (nor FastAPI): each name below is imported on first use.
 """
 
 import importlib
@@ -50,8 +56,16 @@ _HOMES = {
     ),
     "app": ("PAGE", "create_app", "load_page", "load_predictor"),
     "routes": ("explain_refusal", "explained_answer", "over_limits"),
-    "batcher": ("SHUTTING_DOWN", "BatchStats", "MicroBatcher"),
-    "middleware": ("API_KEY_ENV", "ApiKeyMiddleware", "BodyLimitMiddleware", "MetricsMiddleware"),
+    "scoring": ("EncodedRow", "Scorer", "mean_by_text"),
+    "batcher": ("ROUND_BATCHES", "SHUTTING_DOWN", "BatchStats", "MicroBatcher", "plan_batches"),
+    "middleware": (
+        "API_KEY_ENV",
+        "RETRY_AFTER_S",
+        "AdmissionMiddleware",
+        "ApiKeyMiddleware",
+        "BodyLimitMiddleware",
+        "MetricsMiddleware",
+    ),
     "schemas": (
         "BODY_EXAMPLE",
         "OWN_MESSAGES",

@@ -15,11 +15,17 @@ from bertsent.config import InferenceSettings, ServeSettings
 from bertsent.errors import SettingsError, first_line
 from bertsent.serve import routes
 from bertsent.serve.answers import error, json_error
-from bertsent.serve.batcher import MicroBatcher
 from bertsent.serve.metrics import ServeMetrics
-from bertsent.serve.middleware import API_KEY_ENV, ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from bertsent.serve.middleware import (
+    API_KEY_ENV,
+    AdmissionMiddleware,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+)
 from bertsent.serve.model import ServedModel
 from bertsent.serve.schemas import ErrorResponse, document_limits, validation_message
+from bertsent.serve.scoring import Scorer
 
 if TYPE_CHECKING:
     from bertsent.predict import ModelDescription
@@ -98,13 +104,18 @@ def create_app(
     app.state.predictor = predictor
     app.state.settings = settings
     app.state.description = description = predictor.describe()
+    _check_token_cap(description, settings)
     app.state.metrics = _new_metrics(description, settings)
+    app.state.scorer = Scorer(predictor)
     # Counters before the first lifespan (and after a restart) read from a batcher that never ran.
-    app.state.batcher = _new_batcher(predictor, settings, app.state.metrics)
+    app.state.batcher = app.state.scorer.batcher(settings, app.state.metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Outside the body limit (a refused body is never read), inside the API key (no key, no place taken).
+    limit = settings.max_concurrent_requests
+    app.add_middleware(AdmissionMiddleware, limit=limit, paths=frozenset({"/predict"}), metrics=app.state.metrics)
     if settings.api_key is not None:  # outside the body limit: a request without the key is never read
         app.add_middleware(ApiKeyMiddleware, key=settings.api_key, open_paths=_open_paths(app))
-    # Added last: outermost, so the 401s and 413s are counted too.
+    # Added last: outermost, so the 401s, 413s and 429s are counted too.
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, routes=app.router.routes)
     _add_error_handlers(app)
     protected = _protected(settings)
@@ -116,8 +127,13 @@ def create_app(
     return app
 
 
-def _new_batcher(predictor, settings: ServeSettings, metrics: ServeMetrics | None = None) -> MicroBatcher:
-    return MicroBatcher(predictor.predict_proba, settings.max_batch_size, settings.max_wait_ms, metrics)
+def _check_token_cap(description: "ModelDescription", settings: ServeSettings) -> None:
+    """A full-length text must fit in a batch (text-embeddings-inference refuses to start otherwise, too)."""
+    if settings.max_batch_tokens < description.max_length:
+        raise SettingsError(
+            f"max_batch_tokens ({settings.max_batch_tokens:,}) is below the model's max_length "
+            f"({description.max_length}): give --max-batch-tokens at least {description.max_length}"
+        )
 
 
 def _new_metrics(description: "ModelDescription", settings: ServeSettings) -> ServeMetrics:
@@ -131,13 +147,14 @@ def _new_metrics(description: "ModelDescription", settings: ServeSettings) -> Se
         "long_text": description.long_text,
     }
     # The folder's name, as /info gives it: not its path on the server's disk.
-    return ServeMetrics(description.model_dir.name, description.backend, settings.max_batch_size, info)
+    batching = {"max_batch_size": settings.max_batch_size, "max_batch_tokens": settings.max_batch_tokens}
+    return ServeMetrics(description.model_dir.name, description.backend, info=info, **batching)
 
 
 @contextlib.asynccontextmanager
 async def _lifespan(app):
     settings: ServeSettings = app.state.settings
-    batcher = _new_batcher(app.state.predictor, settings, app.state.metrics)
+    batcher = app.state.scorer.batcher(settings, app.state.metrics)
     app.state.batcher = batcher
     batcher.start()
     try:

@@ -1,8 +1,9 @@
-"""The server's pure-ASGI middleware: body size limit, API key, request metrics.
+"""The server's pure-ASGI middleware: body size limit, API key, back-pressure, request metrics.
 
 They see each request before FastAPI parses anything: a body over the limit is refused on its
 Content-Length header (or while it is read), a request without the key is refused before its body is
-read, and every answer, these refusals included, is counted and timed for ``/metrics``.
+read, a request past ``--max-concurrent-requests`` gets 429 at once, and every answer, these
+refusals included, is counted and timed for ``/metrics``.
 """
 
 import hmac
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RETRY_AFTER_S = 1
+"""The ``Retry-After`` of a 429: seconds a refused client should wait before it tries again."""
 API_KEY_ENV = "BERTSENT_API_KEY"
 """The environment variable ``bertsent serve`` reads its API key from when ``--api-key`` is not given."""
 
@@ -102,6 +105,43 @@ class ApiKeyMiddleware:
         if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
             return "wrong API key (send the header Authorization: Bearer KEY)"
         return None
+
+
+class AdmissionMiddleware:
+    """Back-pressure: at most ``limit`` requests to ``paths`` held at once (from their first byte to their
+    answer); past it a request gets 429 with ``Retry-After`` at once, unread, and is counted as refused.
+
+    One event loop runs every request, so the count needs no lock. Inside the API-key check (a request
+    without the key takes no place) and outside the body limit (a refused body is never read).
+    """
+
+    def __init__(self, app, limit: int, paths: frozenset[str], metrics: "ServeMetrics | None" = None) -> None:
+        self.app = app
+        self.limit = limit
+        self.paths = paths
+        self.metrics = metrics
+        self.held = 0
+        if metrics is not None:
+            metrics.in_flight.set_function(lambda: self.held)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or route_path(scope) not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        if self.held >= self.limit:
+            if self.metrics is not None:
+                self.metrics.refused.inc()
+            message = (
+                f"the server is at its limit of {self.limit:,} requests at once (--max-concurrent-requests); "
+                f"retry after {RETRY_AFTER_S} s"
+            )
+            await send_json(send, 429, {"error": message}, {"retry-after": str(RETRY_AFTER_S)})
+            return
+        self.held += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.held -= 1
 
 
 def route_path(scope) -> str:

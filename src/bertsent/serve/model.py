@@ -2,7 +2,7 @@
 
 The server reads everything it shows about the model (``/info``, the metrics' ``bertsent_model_info``,
 the start banner) from one :class:`~bertsent.predict.ModelDescription`, never from attributes probed
-one by one; tests serve fakes that implement the same three methods.
+one by one; tests serve fakes that implement the same four methods.
 """
 
 import logging
@@ -26,8 +26,13 @@ class ServedModel(Protocol):
         """What the model is and how it runs, now."""
         ...
 
+    def prepare(self, texts: list[str]) -> "tuple[Encoded, np.ndarray | None]":
+        """Texts tokenized as the model's settings say: one row each (and None), or windows and the text
+        each window belongs to. The server tokenizes with it, then scores the rows in batches."""
+        ...
+
     def predict_proba(self, texts: "list[str] | Encoded") -> np.ndarray:
-        """Probabilities, one row per text (or per encoded row), in input order."""
+        """Probabilities, one row per text (or per encoded row, as they are), in input order."""
         ...
 
     def explain(

@@ -50,11 +50,16 @@ def add_info(app, predictor: ServedModel, settings: ServeSettings, protected: di
     from bertsent.runtime import cpu_summary
 
     fixed = {
-        "batching": {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms},
+        "batching": {
+            "max_batch_size": settings.max_batch_size,
+            "max_wait_ms": settings.max_wait_ms,
+            "max_batch_tokens": settings.max_batch_tokens,
+        },
         "limits": {
             "max_inputs": settings.max_inputs,
             "max_chars": settings.max_chars,
             "max_body_bytes": settings.max_body_bytes,
+            "max_concurrent_requests": settings.max_concurrent_requests,
         },
         "version": __version__,
         "cpu": cpu_summary(),
@@ -110,6 +115,11 @@ def add_predict(
         500: {"model": m.ErrorResponse, "description": "inference failed on this request's texts (others go on)"},
         503: {"model": m.ErrorResponse, "description": "the batching worker is not running"},
         400: {"model": m.ErrorResponse, "description": "explain asked of a model that cannot explain (not PyTorch)"},
+        429: {
+            "model": m.ErrorResponse,
+            "description": "the server holds --max-concurrent-requests requests already: try again later",
+            "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+        },
     }
     # One thread for explanations, off the event loop and out of the shared thread pool (see explained_answer).
     explaining = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertsent-explain")
@@ -140,7 +150,7 @@ def add_predict(
         if refusal is not None:
             return error(400, refusal)
         try:
-            probs = await request.app.state.batcher.submit(texts)
+            probs = await request.app.state.scorer.score(request.app.state.batcher, texts)
         except InferenceError as e:
             return error(500, f"inference failed: {first_line(e)}")
         except ServeError as e:

@@ -149,21 +149,23 @@ class Health(BaseModel):
 class Batching(BaseModel):
     max_batch_size: int
     max_wait_ms: float
+    max_batch_tokens: int = Field(description="most padded tokens per model call (rows x the longest row)")
 
 
 class Limits(BaseModel):
     max_inputs: int
     max_chars: int
     max_body_bytes: int
+    max_concurrent_requests: int = Field(description="most /predict requests held at once (more: 429)")
 
 
 class Stats(BaseModel):
     requests: int = Field(description="/predict requests queued since start")
-    texts: int = Field(description="texts run through the model")
+    texts: int = Field(description="texts run through the model (windows not counted)")
     batches: int = Field(description="model calls (fewer than requests when batching merged them)")
-    largest_batch: int
+    largest_batch: int = Field(description="most rows in one model call")
     errors: int = Field(description="model calls that failed (a failed batch is retried in halves)")
-    queued: int = Field(description="texts waiting now")
+    queued: int = Field(description="rows waiting now (a text each; a window each with long_text chunk)")
 
 
 class Info(BaseModel):

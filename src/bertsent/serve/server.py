@@ -160,9 +160,10 @@ def print_banner(app, url: str, key_from_env: bool = False) -> None:
     print(f"web page: {url}/   API docs: {url}/docs   metrics: {url}/metrics")
     print(f"predict: POST {url}/predict {BODY_EXAMPLE}")
     print(
-        f"micro-batching: up to {settings.max_batch_size} texts, waiting at most {settings.max_wait_ms:g} ms; "
-        f"limits: {settings.max_inputs} texts, {settings.max_chars:,} characters, "
-        f"{settings.max_body_bytes:,} bytes per request"
+        f"micro-batching: up to {settings.max_batch_size} texts, waiting at most {settings.max_wait_ms:g} ms, "
+        f"{settings.max_batch_tokens:,} padded tokens per batch; limits: {settings.max_inputs} texts, "
+        f"{settings.max_chars:,} characters, {settings.max_body_bytes:,} bytes per request, "
+        f"{settings.max_concurrent_requests:,} requests at once (more: 429)"
     )
     if settings.api_key is not None:
         source = f"${API_KEY_ENV}" if key_from_env else "--api-key"
