@@ -277,7 +277,7 @@ def _validate(exit_model: EarlyExitModel, encode, reviews, config: EarlyExitConf
     }
 
 
-def early_exit(config: EarlyExitConfig) -> EarlyExitResult:
+def early_exit(config: EarlyExitConfig) -> StageResult:
     """Train exit heads on ``config.model``, sweep thresholds on validation, and write the early-exit folder."""
     from bertsent.encoding import encode
     from bertsent.folder import inference_settings

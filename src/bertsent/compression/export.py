@@ -141,8 +141,7 @@ def op_counts(onnx_path: Path) -> dict[str, int]:
 
 
 def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, **options) -> Path:
-    """Export ``model_dir`` to ``output_dir/model.onnx`` plus a loadable folder; returns ``output_dir``
-    (:func:`export_onnx_stage` with its :class:`~bertsent.compression.stage.StageResult`)."""
+    """Export ``model_dir`` to ``output_dir/model.onnx`` plus a loadable folder; returns ``output_dir``."""
     return export_onnx_stage(model_dir, output_dir, **options).output_dir
 
 
@@ -355,31 +354,24 @@ def _openvino_logits(folder: Path) -> Candidate:
 
 
 def export_openvino(model_dir: str | os.PathLike, output_dir: str | os.PathLike, **options) -> Path:
-    """Export ``model_dir`` to an OpenVINO IR folder; returns ``output_dir`` (:func:`export_openvino_stage`
-    with its :class:`~bertsent.compression.stage.StageResult`)."""
+    """:func:`export_openvino_stage`'s folder (the path API, as :func:`export_onnx`)."""
     return export_openvino_stage(model_dir, output_dir, **options).output_dir
 
 
 def export_openvino_stage(
-    model_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    *,
-    opset: int = DEFAULT_OPSET,
-    atol: float = DEFAULT_ATOL,
-    exporter: str = "torchscript",
-    parity_shapes: tuple[tuple[int, int], ...] = PARITY_SHAPES,
-    write_card: bool = True,
+    model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, write_card: bool = True, **options
 ) -> StageResult:
     """An OpenVINO IR folder (``openvino_model.xml``/``.bin`` plus config and tokenizer files), converted from
-    the parity-checked ONNX export (:func:`export_onnx_stage`), then held to the same check with OpenVINO's
-    f32 inference: nothing is written unless it matches PyTorch within ``atol`` on ``parity_shapes``."""
+    the parity-checked ONNX export (:func:`export_onnx_stage`, which takes ``options``: opset, atol, exporter,
+    parity_shapes), then held to the same check with OpenVINO's f32 inference: nothing is written unless it
+    matches PyTorch within ``atol`` on ``parity_shapes``."""
     ov = require_openvino_export()
-    _check_request(exporter, opset, atol)
+    atol, parity_shapes = options.get("atol", DEFAULT_ATOL), options.get("parity_shapes", PARITY_SHAPES)
+    _check_request(options.get("exporter", "torchscript"), options.get("opset", DEFAULT_OPSET), atol)
     source, output_dir = source_and_output(model_dir, output_dir, ExportError)
     started = time.perf_counter()
     model, pad_id = _reference(source)
     with tempfile.TemporaryDirectory(prefix="bertsent-openvino-") as tmp:
-        options = {"opset": opset, "atol": atol, "exporter": exporter, "parity_shapes": parity_shapes}
         onnx = export_onnx_stage(source, Path(tmp) / "onnx", write_card=False, **options)
         staged = Path(tmp) / "openvino"
         try:

@@ -48,19 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bertsent.compression.stage import (
-    Source,
-    StageResult,
-    copy_source_files,
-    finish,
-    open_source,
-    recover,
-    recovery_data,
-    score_folder,
-    score_model,
-    stage_reviews,
-    validation_pair,
-)
+from bertsent.compression import stage
 from bertsent.config import FactorizeConfig
 from bertsent.errors import DataError, SettingsError
 from bertsent.folder import COMPRESSION_FILE, clear_weights, weights_bytes
@@ -79,6 +67,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CARD_METRICS = (("accuracy", "Validation accuracy"), ("f1", "Validation F1"))
+
 WEIGHTING_RULES = {
     "none": "plain truncated SVD (closest in Frobenius norm)",
     "activation": "columns scaled by the RMS of each input feature over the calibration reviews' tokens "
@@ -88,8 +78,8 @@ WEIGHTING_RULES = {
 }
 
 
-FactorizeResult = StageResult
-"""The name factorize's result had before every stage returned a :class:`StageResult`."""
+FactorizeResult = stage.StageResult
+"""The name factorize's result had before every stage returned a :class:`~bertsent.compression.stage.StageResult`."""
 
 
 # --- weighting ---------------------------------------------------------------------------------------
@@ -186,7 +176,7 @@ def factorize_layers(
     return decisions
 
 
-def _scales(config: FactorizeConfig, src: Source, reviews, paths: list[str]):
+def _scales(config: FactorizeConfig, src: stage.Source, reviews, paths: list[str]):
     """``(rows, cols)`` scales of the weighting (both None for ``none``), from the calibration reviews."""
     if config.weighting == "none":
         return None, None
@@ -212,7 +202,7 @@ def _load_reviews(config: FactorizeConfig, source: Path):
     need_train = config.weighting != "none"
     if not (need_train or config.validation_samples or config.recovery_epochs):
         return None, "nothing to measure (weighting none, validation_samples 0, no recovery)"
-    splits, reason = stage_reviews(
+    splits, reason = stage.stage_reviews(
         source,
         config.data,
         validation_samples=max(config.validation_samples, 1),
@@ -240,18 +230,18 @@ def _check_request(config: FactorizeConfig, linears: Mapping[str, nn.Linear]) ->
         raise SettingsError(_nothing_saved(config))
 
 
-def factorize(config: FactorizeConfig) -> StageResult:
-    """Factorize ``config.model``'s chosen Linears, recover, and write a self-describing, measured folder."""
+def factorize(config: FactorizeConfig) -> stage.StageResult:
+    """Factorize ``config.model``'s chosen Linears, stage.recover, and write a self-describing, measured folder."""
     started = time.perf_counter()
-    src = open_source(config, SettingsError)
+    src = stage.open_source(config, SettingsError)
     model, out = src.model, src.output_dir
     linears = target_linears(model, config.target_list)  # the layout is checked before any slow step
     _check_request(config, linears)
     splits, reason = _load_reviews(config, src.folder)
     evaluation = splits.validation if splits is not None and config.validation_samples else None
     texts, labels = ([], None) if evaluation is None else (evaluation["text"].tolist(), evaluation["label"].to_numpy())
-    before = None if evaluation is None else score_folder(src.folder, texts, labels, config).metrics
-    validation = validation_pair(before, reason, len(texts))
+    before = None if evaluation is None else stage.score_folder(src.folder, texts, labels, config).metrics
+    validation = stage.validation_pair(before, reason, len(texts))
     parameters_before = sum(p.numel() for p in model.parameters())
     calibration = splits.train if config.weighting != "none" else None
     rows, cols = _scales(config, src, calibration, list(linears))
@@ -264,19 +254,19 @@ def factorize(config: FactorizeConfig) -> StageResult:
     recovery = None
     if config.recovery_epochs:
         if evaluation is not None:
-            validation["factorized"] = score_model(src, model, texts, labels, config)
-        data = recovery_data(src.folder, config, config.recovery_samples)
-        recovery = recover(config, model, src.folder, data, (src.max_length, src.truncation))
+            validation["factorized"] = stage.score_model(src, model, texts, labels, config)
+        data = stage.recovery_data(src.folder, config, config.recovery_samples)
+        recovery = stage.recover(config, model, src.folder, data, (src.max_length, src.truncation))
         if recovery is None:  # under a launcher the recovery ran on every rank; the main one writes the folder
-            return StageResult(output_dir=out, record={}, metrics={}, model=model)
+            return stage.StageResult(output_dir=out, record={}, metrics={}, model=model)
     else:
-        copy_source_files(src)
+        stage.copy_source_files(src)
     model.save_pretrained(out)  # config.json with the ranks, over the copied one
     if evaluation is not None:
-        validation["after"] = score_folder(out, texts, labels, config).metrics
+        validation["after"] = stage.score_folder(out, texts, labels, config).metrics
     record = _record(config, src, model, layers, parameters_before, splits)
     record |= {"validation": validation, "recovery": recovery, "seconds": round(time.perf_counter() - started, 1)}
-    return finish(out, record, _flat_metrics, write_factorize_card, model)
+    return stage.finish(out, record, _flat_metrics, write_factorize_card, model)
 
 
 def _nothing_saved(config: FactorizeConfig) -> str:
@@ -287,7 +277,7 @@ def _nothing_saved(config: FactorizeConfig) -> str:
     )
 
 
-def _record(config, src: Source, model, layers: list[dict], parameters_before: int, splits):
+def _record(config, src: stage.Source, model, layers: list[dict], parameters_before: int, splits):
     """``compression.json`` but for the measurements (validation, recovery, seconds), which come last."""
     factorized = [layer for layer in layers if layer["factorized"]]
     report = splits.report if splits is not None else {}
@@ -336,25 +326,6 @@ def _flat_metrics(record: dict) -> dict:
 # --- the card ----------------------------------------------------------------------------------------
 
 
-def _card_rows(record: dict) -> list[str]:
-    """The card's before/after table rows."""
-    rows = [
-        f"| {name} | {record[key]['before']:,} | {record[key]['after']:,} |"
-        for name, key in (
-            ("Parameters", "parameters"),
-            ("Weights of the factorized layers", "factorized_weights"),
-            ("Weights file (bytes)", "weights_bytes"),
-        )
-    ]
-    validation = record["validation"]
-    if "after" in validation:
-        for key, name in (("accuracy", "Validation accuracy"), ("f1", "Validation F1")):
-            before_recovery = validation.get("factorized", {}).get(key)
-            note = f" (factorized, before recovery: {before_recovery:.4f})" if before_recovery is not None else ""
-            rows.append(f"| {name} | {validation['before'][key]:.4f} | {validation['after'][key]:.4f}{note} |")
-    return rows
-
-
 def _card_done(record: dict) -> str:
     """The card's "What was done" text."""
     resolved, ranks = record["resolved"], record["ranks"]
@@ -366,31 +337,24 @@ def _card_done(record: dict) -> str:
     ]
     if record["kept_dense"]:
         lines.append(f"- kept dense ({resolved['skip_rule']}): {len(record['kept_dense'])} layers")
-    recovery = record["recovery"]
-    if recovery:
-        lines.append(
-            f"- recovery fine-tuning: {recovery['epochs']} epoch(s) at lr {recovery['lr']} "
-            f"({recovery.get('steps')} steps, {recovery.get('train_seconds')} s); {recovery['note']}"
-        )
+    if record["recovery"]:
+        lines.append(f"- {stage.recovery_text(record['recovery'])}")
     return "\n".join(lines)
 
 
 def write_factorize_card(out: Path, record: dict) -> Path:
     """The README.md of a factorized folder: what was replaced, at which ranks, and what was measured."""
-    from bertsent.folder import card_base_model, write_card
-
-    validation = record["validation"]
-    measured = (
-        f"Validation metrics on {validation['reviews']} validation reviews (held out from training when the data "
-        "and seed match the training run), through `bertsent.predict.Predictor` in fp32."
-        if validation["reviews"]
-        else f"Accuracy was not measured ({validation.get('skipped')})."
+    names = (
+        ("Parameters", "parameters"),
+        ("Weights of the factorized layers", "factorized_weights"),
+        ("Weights file (bytes)", "weights_bytes"),
     )
+    rows = stage.pair_rows(record, names) + stage.validation_rows(record["validation"], "factorized", CARD_METRICS)
     sections = {
         "What was done": _card_done(record),
         "What was measured": "| | Before | After |\n|---|---|---|\n"
-        + "\n".join(_card_rows(record))
-        + f"\n\n{measured} "
+        + "\n".join(rows)
+        + f"\n\n{stage.measured_text(record['validation'])} "
         "This stage measures no latency: fewer multiply-adds do not always mean a faster model (two thin "
         "matrix products instead of one); `benchmarks/factorize.py` and `bertsent compare` measure it.",
         "Use": "The factorized layers are not stock BERT modules (`bertsent_factorization` in `config.json`):\n"
@@ -401,13 +365,12 @@ def write_factorize_card(out: Path, record: dict) -> Path:
         f"The full record (arguments, every layer's rank and kept energy) is in `{COMPRESSION_FILE}`.",
     }
     data = record["arguments"].get("data")
-    return write_card(
+    return stage.stage_card(
         out,
+        record,
         title="Low-rank factorized sentiment classifier (bertsent factorize)",
         summary=f"Factorized from `{record['source']}`.",
         sections=sections,
-        results={"validation": validation["after"]} if "after" in validation else None,
         dataset=record["data"].get("source") or (data.get("source") if isinstance(data, dict) else data),
-        base_model=card_base_model(Path(record["source"])),
         tags=["factorized", "low-rank"],
     )

@@ -53,18 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bertsent.compression.stage import (
-    Source,
-    StageResult,
-    copy_source_files,
-    finish,
-    open_source,
-    recover,
-    recovery_data,
-    score_folder,
-    score_model,
-    stage_reviews,
-)
+from bertsent.compression import stage
 from bertsent.config import PruneConfig
 from bertsent.data.loading import stratified_subset
 from bertsent.errors import ModelError, PruneError
@@ -79,9 +68,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-PruneResult = StageResult
-"""The name prune's result had before every stage returned a :class:`StageResult` (``record`` is what
-``compression.json`` holds; it was ``compression`` here)."""
+PruneResult = stage.StageResult
+"""The name prune's result had before every stage returned a :class:`~bertsent.compression.stage.StageResult`
+(``record`` is what ``compression.json`` holds; it was ``compression`` here)."""
 
 
 @dataclass
@@ -333,7 +322,7 @@ def _load_reviews(config: PruneConfig, source: Path):
     if not (need_importance or config.recovery_epochs or config.validation_samples):
         return None, None
     from_train = need_importance and config.importance_split == "train"
-    splits, reason = stage_reviews(
+    splits, reason = stage.stage_reviews(
         source,
         config.data,
         validation_samples=max(config.validation_samples, 1),
@@ -349,11 +338,11 @@ def _load_reviews(config: PruneConfig, source: Path):
     return importance, evaluation
 
 
-def prune(config: PruneConfig) -> StageResult:
+def prune(config: PruneConfig) -> stage.StageResult:
     """Prune ``config.model`` as configured and write a self-describing output folder."""
     started = time.perf_counter()
     _check_source(config)
-    src = open_source(config, PruneError)
+    src = stage.open_source(config, PruneError)
     model, out = src.model, src.output_dir
     before = model_stats(model)
     keep = _check_request(config, model, before["layers"])
@@ -361,7 +350,7 @@ def prune(config: PruneConfig) -> StageResult:
     texts, labels = ([], None) if evaluation is None else (evaluation["text"].tolist(), evaluation["label"].to_numpy())
     validation: dict = {"reviews": len(texts)}
     if evaluation is not None:
-        validation["before"] = score_folder(src.folder, texts, labels, config).metrics
+        validation["before"] = stage.score_folder(src.folder, texts, labels, config).metrics
 
     retain_layers(model, keep)
     model.to(src.device)
@@ -376,22 +365,22 @@ def prune(config: PruneConfig) -> StageResult:
     recovery = None
     if config.recovery_epochs:
         if evaluation is not None:
-            validation["pruned"] = score_model(src, model, texts, labels, config)
-        data = recovery_data(src.folder, config, None)
-        recovery = recover(config, model, src.folder, data, (src.max_length, src.truncation), _held_zero(masks))
+            validation["pruned"] = stage.score_model(src, model, texts, labels, config)
+        data = stage.recovery_data(src.folder, config, None)
+        recovery = stage.recover(config, model, src.folder, data, (src.max_length, src.truncation), _held_zero(masks))
         if recovery is None:  # under a launcher the recovery ran on every rank; one writes the folder
-            return StageResult(output_dir=out, record={}, metrics={}, model=model)
+            return stage.StageResult(output_dir=out, record={}, metrics={}, model=model)
     else:
-        copy_source_files(src)
+        stage.copy_source_files(src)
     model.save_pretrained(out)  # the layout (and, after recovery, the re-applied masks)
     if evaluation is not None:
-        validation["after"] = score_folder(out, texts, labels, config).metrics
+        validation["after"] = stage.score_folder(out, texts, labels, config).metrics
 
     pooled = pooling_layer(model.config) is not None and bool(config.ffn_fraction)
     resolved = _resolved(config, before["layers"], keep, removed_heads, src, pooled=pooled)
     compression = _compression_record(config, src.folder, out, model, resolved, before, importance)
     compression |= {"validation": validation, "recovery": recovery, "seconds": round(time.perf_counter() - started, 1)}
-    return finish(out, compression, _flat_metrics, write_prune_card, model)
+    return stage.finish(out, compression, _flat_metrics, write_prune_card, model)
 
 
 def _check_request(config: PruneConfig, model: nn.Module, n_layers: int) -> list[int]:
@@ -404,7 +393,7 @@ def _check_request(config: PruneConfig, model: nn.Module, n_layers: int) -> list
     return keep
 
 
-def _importance(config: PruneConfig, src: Source, reviews) -> Importance:
+def _importance(config: PruneConfig, src: stage.Source, reviews) -> Importance:
     tick = time.perf_counter()
     labels = reviews["label"].to_numpy()
     importance = compute_importance(
@@ -437,7 +426,7 @@ def _remove_heads_and_neurons(config: PruneConfig, model: nn.Module, importance:
     return removed_heads
 
 
-def _resolved(config: PruneConfig, n_layers: int, keep, removed_heads, src: Source, *, pooled: bool) -> dict:
+def _resolved(config: PruneConfig, n_layers: int, keep, removed_heads, src: stage.Source, *, pooled: bool) -> dict:
     """What the request resolved to on this model, and how each choice was made."""
     return {
         "kept_layers": keep,
@@ -540,15 +529,7 @@ def _flat_metrics(compression: dict) -> dict:
 
 def write_prune_card(output_dir: Path, compression: dict) -> Path:
     """The README.md of a pruned folder: what was removed and what was measured."""
-    from bertsent.folder import card_base_model, write_card
-
-    validation = compression["validation"]
-    measured = (
-        f"Validation metrics on {validation['reviews']} validation reviews (held out from training when the data "
-        "and seed match the training run), through `bertsent.predict.Predictor`."
-        if validation["reviews"]
-        else "Accuracy was not measured (no evaluation reviews)."
-    )
+    measured = stage.measured_text(compression["validation"])
     if compression["stock_loadable"]:
         loading = (
             "Every layer keeps all its heads and FFN neurons, so `transformers.pipeline` and stock\n"
@@ -578,14 +559,13 @@ Predictor("{output_dir}")(["A wonderful, moving film."])
 The full record (arguments, layout, head importance) is in `{COMPRESSION_FILE}`.""",
     }
     data = compression["arguments"].get("data")
-    return write_card(
+    return stage.stage_card(
         output_dir,
+        compression,
         title="Pruned sentiment classifier (bertsent prune)",
         summary=f"Pruned from `{compression['source']}`.",
         sections=sections,
-        results={"validation": validation["after"]} if "after" in validation else None,
         dataset=data.get("source") if isinstance(data, dict) else data,
-        base_model=card_base_model(Path(compression["source"])),
         tags=["pruned"],
     )
 
@@ -614,39 +594,26 @@ def _prune_steps(compression: dict) -> list[str]:
             f"- zeroed the {args['sparsity']:.0%} smallest-magnitude weights {resolved['sparsity_scope']}: "
             "**no speed or size claim**, the weights are stored densely"
         )
-    recovery = compression["recovery"]
-    if recovery:
-        done.append(
-            f"- recovery fine-tuning: {recovery['epochs']} epoch(s) at lr {recovery['lr']} "
-            f"({recovery.get('steps')} steps, {recovery.get('train_seconds')} s); {recovery['note']}"
-        )
+    if compression["recovery"]:
+        done.append(f"- {stage.recovery_text(compression['recovery'])}")
     return done
 
 
 def _prune_rows(compression: dict) -> list[str]:
     """The card's before/after table rows."""
-
-    def row(name: str, key: str, fmt: str = ",") -> str:
-        pair = compression[key]
-        return f"| {name} | {pair['before']:{fmt}} | {pair['after']:{fmt}} |"
-
+    names = (
+        ("Parameters", "parameters"),
+        ("Encoder layers", "layers"),
+        ("Attention heads", "heads"),
+        ("FFN neurons", "ffn_neurons"),
+        ("Weights file (bytes)", "weights_bytes"),
+    )
     sparsity = compression["sparsity"]
-    rows = [
-        row("Parameters", "parameters"),
-        row("Encoder layers", "layers"),
-        row("Attention heads", "heads"),
-        row("FFN neurons", "ffn_neurons"),
-        row("Weights file (bytes)", "weights_bytes"),
-        f"| Encoder Linear sparsity | {sparsity['encoder_linear_before']:.4f} "
-        f"| {sparsity['encoder_linear_after']:.4f} |",
+    before, after = sparsity["encoder_linear_before"], sparsity["encoder_linear_after"]
+    sparse_row = f"| Encoder Linear sparsity | {before:.4f} | {after:.4f} |"
+    metrics = (("accuracy", "Validation accuracy"), ("f1", "Validation F1"), ("log_loss", "Validation log-loss"))
+    return [
+        *stage.pair_rows(compression, names),
+        sparse_row,
+        *stage.validation_rows(compression["validation"], "pruned", metrics),
     ]
-    validation = compression["validation"]
-    for key, name in (
-        ("accuracy", "Validation accuracy"),
-        ("f1", "Validation F1"),
-        ("log_loss", "Validation log-loss"),
-    ):
-        if "after" in validation:
-            pruned = f" (pruned, before recovery: {validation['pruned'][key]:.4f})" if "pruned" in validation else ""
-            rows.append(f"| {name} | {validation['before'][key]:.4f} | {validation['after'][key]:.4f}{pruned} |")
-    return rows

@@ -243,3 +243,58 @@ def validation_pair(before: dict | None, reason: str | None, reviews: int) -> di
     else:
         validation["before"] = before
     return validation
+
+
+# --- the card's shared parts ----------------------------------------------------------------------------
+
+
+def pair_rows(record: dict, names: tuple[tuple[str, str], ...]) -> list[str]:
+    """Before/after table rows ``| name | before | after |`` of the record's ``{"before", "after"}`` counts."""
+    return [f"| {name} | {record[key]['before']:,} | {record[key]['after']:,} |" for name, key in names]
+
+
+def validation_rows(validation: dict, changed: str, keys: tuple[tuple[str, str], ...]) -> list[str]:
+    """Before/after rows of validation metrics, noting the ``changed`` model's score before recovery."""
+    if "after" not in validation:
+        return []
+    rows = []
+    for key, name in keys:
+        score = (validation.get(changed) or {}).get(key)
+        note = f" ({changed}, before recovery: {score:.4f})" if score is not None else ""
+        rows.append(f"| {name} | {validation['before'][key]:.4f} | {validation['after'][key]:.4f}{note} |")
+    return rows
+
+
+def measured_text(validation: dict) -> str:
+    """The card's sentence on what the before/after scores are (the scaffold's fp32 ``Predictor`` scoring)."""
+    if not validation["reviews"]:
+        return f"Accuracy was not measured ({validation.get('skipped', 'no evaluation reviews')})."
+    return (
+        f"Validation metrics on {validation['reviews']} validation reviews (held out from training when the data "
+        f"and seed match the training run), through `bertsent.predict.Predictor` in {SCORING_PRECISION}."
+    )
+
+
+def recovery_text(recovery: dict | None) -> str:
+    """The card's line on the recovery fine-tuning ('' when there was none)."""
+    if not recovery:
+        return ""
+    return (
+        f"recovery fine-tuning: {recovery['epochs']} epoch(s) at lr {recovery['lr']} "
+        f"({recovery.get('train_reviews', '?')} training reviews, {recovery.get('steps')} steps, "
+        f"{recovery.get('train_seconds')} s); {recovery['note']}"
+    )
+
+
+def stage_card(out: Path, record: dict, *, dataset, **card) -> Path:
+    """The stage's README.md: ``write_card`` with the validation results and the source as base model."""
+    from bertsent.folder import card_base_model, write_card
+
+    validation = record["validation"]
+    return write_card(
+        out,
+        results={"validation": validation["after"]} if "after" in validation else None,
+        dataset=dataset,
+        base_model=card_base_model(Path(record["source"])),
+        **card,
+    )

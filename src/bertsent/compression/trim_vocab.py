@@ -52,16 +52,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bertsent.compression.stage import (
-    Source,
-    StageResult,
-    finish,
-    open_source,
-    recover,
-    recovery_data,
-    score_folder,
-    stage_reviews,
-)
+from bertsent.compression import stage
 from bertsent.config import TrimVocabConfig
 from bertsent.errors import DataError, ModelError, SettingsError
 from bertsent.folder import (
@@ -77,14 +68,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CARD_METRICS = (("accuracy", "Validation accuracy"), ("f1", "Validation F1"))
+
 TOKENIZER_FILE = "tokenizer.json"
 VOCAB_FILE = "vocab.txt"
 EXAMPLES = 10
 """Most frequent words that became [UNK] / were re-split, listed in the record."""
 
 
-TrimResult = StageResult
-"""The name trim-vocab's result had before every stage returned a :class:`StageResult`."""
+TrimResult = stage.StageResult
+"""The name trim-vocab's result had before every stage returned a :class:`~bertsent.compression.stage.StageResult`."""
 
 
 # --- choosing the pieces ------------------------------------------------------------------------------
@@ -347,7 +340,7 @@ def _validation(source: Path, out: Path, reviews, remap: np.ndarray, config: Tri
     texts, labels = reviews["text"].tolist(), reviews["label"].to_numpy()
     result: dict = {"reviews": len(texts)}
     scores = {
-        name: score_folder(folder, texts, labels, config) for name, folder in (("before", source), ("after", out))
+        name: stage.score_folder(folder, texts, labels, config) for name, folder in (("before", source), ("after", out))
     }
     result |= {name: score.metrics for name, score in scores.items()}
     before, after = scores["before"], scores["after"]
@@ -361,25 +354,25 @@ def _validation(source: Path, out: Path, reviews, remap: np.ndarray, config: Tri
     return result
 
 
-def _recover(config: TrimVocabConfig, src: Source, reviews) -> tuple[dict | None, dict | None]:
+def _recover(config: TrimVocabConfig, src: stage.Source, reviews) -> tuple[dict | None, dict | None]:
     """Fine-tune the trimmed model (in memory, its tokenizer the trimmed one in ``out``) into ``out``;
     ``(recovery record, its validation metrics)``. The trimmed model's own scores, the ones the [UNK]
     rule is checked on, stay in the record as ``trimmed``."""
     out = src.output_dir
-    data = recovery_data(out, config, config.recovery_samples)
-    recovery = recover(config, src.model, out, data, (src.max_length, src.truncation))
+    data = stage.recovery_data(out, config, config.recovery_samples)
+    recovery = stage.recover(config, src.model, out, data, (src.max_length, src.truncation))
     if recovery is None:  # a launcher's other rank: the main one scores and writes
         return None, None
-    return recovery, score_folder(out, reviews["text"].tolist(), reviews["label"].to_numpy(), config).metrics
+    return recovery, stage.score_folder(out, reviews["text"].tolist(), reviews["label"].to_numpy(), config).metrics
 
 
 # --- the stage ---------------------------------------------------------------------------------------
 
 
-def _load_source(config: TrimVocabConfig) -> tuple[Source, dict]:
+def _load_source(config: TrimVocabConfig) -> tuple[stage.Source, dict]:
     """The scaffold's source (checked to have a WordPiece tokenizer that fits its embedding table) and
     the tokenizer's ``tokenizer.json`` state."""
-    src = open_source(config, SettingsError)
+    src = stage.open_source(config, SettingsError)
     state = tokenizer_state(src.tokenizer)
     if (kind := state["model"].get("type")) != "WordPiece":
         raise ModelError(f"{src.folder}: trim-vocab needs a WordPiece tokenizer (BERT family), not {kind}")
@@ -395,7 +388,7 @@ def _load_splits(config: TrimVocabConfig, source: Path):
     """Train (counted), validation (scored) and test (token statistics) reviews of the recorded or given data."""
     from bertsent.data.loading import stratified_subset
 
-    splits, reason = stage_reviews(
+    splits, reason = stage.stage_reviews(
         source,
         config.data,
         validation_samples=max(config.validation_samples, 1),
@@ -411,7 +404,7 @@ def _load_splits(config: TrimVocabConfig, source: Path):
     return splits
 
 
-def trim_vocab(config: TrimVocabConfig) -> StageResult:
+def trim_vocab(config: TrimVocabConfig) -> stage.StageResult:
     """Trim ``config.model``'s vocabulary to the pieces of its training texts and write a measured folder."""
     started = time.perf_counter()
     src, state = _load_source(config)
@@ -436,7 +429,7 @@ def trim_vocab(config: TrimVocabConfig) -> StageResult:
     if config.recovery_epochs:
         recovery, recovered = _recover(config, src, splits.validation)
         if recovery is None:  # under a launcher the recovery ran on every rank; the main one writes the folder
-            return StageResult(output_dir=out, record={}, metrics={}, model=model)
+            return stage.StageResult(output_dir=out, record={}, metrics={}, model=model)
         validation |= {"trimmed": validation.pop("after", None), "after": recovered}
     after = _sizes(model, out)
     record = {
@@ -454,7 +447,7 @@ def trim_vocab(config: TrimVocabConfig) -> StageResult:
         "unk_rule": UNK_RULE,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    return finish(out, record, _flat_metrics, write_trim_card, model)
+    return stage.finish(out, record, _flat_metrics, write_trim_card, model)
 
 
 def _token_changes(config: TrimVocabConfig, splits, tokenizer, trimmed, keep: np.ndarray) -> dict:
@@ -523,32 +516,17 @@ def _flat_metrics(record: dict) -> dict:
 
 def write_trim_card(out: Path, record: dict) -> Path:
     """The README.md of a trimmed folder: what was kept, the [UNK] rule, what was measured."""
-    from bertsent.folder import card_base_model, write_card
-
     validation = record["validation"]
-    rows = [
-        f"| {name} | {record[key]['before']:,} | {record[key]['after']:,} |"
-        for name, key in (
-            ("Vocabulary (embedding rows)", "vocab_size"),
-            ("Parameters", "parameters"),
-            ("Embedding parameters", "embedding_parameters"),
-            ("Weights file (bytes)", "weights_bytes"),
-        )
-    ]
-    if "after" in validation:
-        for key, name in (("accuracy", "Validation accuracy"), ("f1", "Validation F1")):
-            trimmed = validation.get("trimmed")
-            note = f" (trimmed, before recovery: {trimmed[key]:.4f})" if trimmed else ""
-            rows.append(f"| {name} ({validation['reviews']} reviews) | {validation['before'][key]:.4f} | "
-                        f"{validation['after'][key]:.4f}{note} |")  # fmt: skip
-    recovery = record.get("recovery")
-    recovery_line = (
-        f"\n\nRecovery fine-tuning: {recovery['epochs']} epoch(s) at lr {recovery['lr']} on "
-        f"{recovery.get('train_reviews')} training reviews ({recovery.get('steps')} steps, "
-        f"{recovery.get('train_seconds')} s); {recovery['note']}."
-        if recovery
-        else ""
+    names = (
+        ("Vocabulary (embedding rows)", "vocab_size"),
+        ("Parameters", "parameters"),
+        ("Embedding parameters", "embedding_parameters"),
+        ("Weights file (bytes)", "weights_bytes"),
     )
+    metrics = tuple((key, f"{name} ({validation['reviews']} reviews)") for key, name in CARD_METRICS)
+    rows = stage.pair_rows(record, names) + stage.validation_rows(validation, "trimmed", metrics)
+    recovery = record.get("recovery")
+    recovery_line = f"\n\n{stage.recovery_text(recovery).capitalize()}." if recovery else ""
     token_lines = [
         f"- {split} ({s['reviews']} reviews, {s['tokens']:,} tokens): {100 * s['unk_token_share']:.3f}% of the "
         f"tokens became [UNK], {100 * s['resplit_token_share']:.3f}% stand in re-split words; "
@@ -572,13 +550,12 @@ def write_trim_card(out: Path, record: dict) -> Path:
         "Use": f"{loading} `bertsent quantize --model {out}` composes with INT8. "
         f"The full record is in `{COMPRESSION_FILE}`.",
     }
-    return write_card(
+    return stage.stage_card(
         out,
+        record,
         title="Vocabulary-trimmed sentiment classifier (bertsent trim-vocab)",
         summary=f"Vocabulary trimmed from `{record['source']}`.",
         sections=sections,
-        results={"validation": validation["after"]} if "after" in validation else None,
         dataset=record["data"]["source"],
-        base_model=card_base_model(Path(record["source"])),
         tags=["vocabulary-trimming"],
     )
