@@ -414,7 +414,10 @@ class DataConfig:
         if not (count or fraction):
             raise DataError(f"validation_size must be a fraction in (0, 1) or a count >= 1, got {size!r}")
         caps = ("train_samples", "eval_samples", "validation_samples")
-        _check_counts(self, dict.fromkeys(caps, 1) | {"validation_samples": 0}, unset=caps, error=DataError)
+        _check_counts(
+            self, {"train_samples": 1, "eval_samples": 1}, unset=caps, error=DataError, what="a count >= 1 (or unset)"
+        )
+        _check_counts(self, {"validation_samples": 0}, unset=caps, error=DataError, what="a count >= 0 (or unset)")
         if not (isinstance(self.test_size, float) and 0 < self.test_size < 1):
             raise DataError(f"test_size must be a fraction between 0 and 1, got {self.test_size!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
