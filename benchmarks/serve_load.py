@@ -13,14 +13,24 @@
    mean batch size the server formed; the server's RSS is read at the start and the end (and its peak).
 4. Optionally (``--rss-requests``), the server's RSS from /proc before, every 1,000 requests and after
    that many more requests of short texts.
+5. Optionally (``--mix SHARE``), long reviews beside one-line ones: the same clients for
+   ``--mix-seconds``, first with one-line reviews only (each review's first sentence, at most
+   ``--short-words`` words), then with a share SHARE of ``--long-words``-word reviews (the test
+   reviews' words run together) among them; the one-line reviews' p50/p99 in each phase, and their
+   p99 with the long ones against without.
 
-Goals: server throughput >= 75% of offline batch throughput, 0 errors. The server is stopped at the
-end (SIGINT, then terminate/kill if it does not exit), on errors too.
+Every phase counts 429 answers (``--max-concurrent-requests`` reached) apart from errors, so an
+overload run (e.g. 256 clients against ``--max-concurrent-requests 32``) shows 200s and 429s only.
+Goals: server throughput >= 75% of offline batch throughput, 0 errors; with ``--mix``, the one-line
+reviews' p99 with the long ones <= 2x their p99 without. The server is stopped at the end (SIGINT,
+then terminate/kill if it does not exit), on errors too.
 
     python benchmarks/serve_load.py --model runs/demo --data ../shared/data/imdb --n 2000 --clients 16 \\
         --rss-requests 10000 --json serve_load.json
     python benchmarks/serve_load.py --model runs/demo --data ../shared/data/imdb --n 2000 --clients 64 \\
         --duration 60 --json serve_load_64x60.json
+    python benchmarks/serve_load.py --model runs/demo --data ../shared/data/imdb --n 2000 --clients 64 \\
+        --duration 60 --mix 0.1 --json serve_load_mix.json
 """
 
 from __future__ import annotations
@@ -58,6 +68,8 @@ REQUEST_TIMEOUT = 120.0
 """Seconds one request may take before it counts as an error (a stalled server must not hang the run)."""
 GOAL_RATIO = 0.75
 """Server throughput under load against offline batch throughput (issue 15: with the fastest backend)."""
+GOAL_MIX_P99 = 2.0
+"""One-line reviews' p99 beside long reviews against their p99 alone (issue 35)."""
 
 
 class LoadError(BertsentError):
@@ -185,6 +197,48 @@ class Server:
 # Load generation
 
 
+class _Tally:
+    """What the client threads of one load phase saw, under one lock."""
+
+    def __init__(self, texts: list[str], expected: list[str] | None, kinds: list[str] | None) -> None:
+        self.texts, self.expected, self.kinds = texts, expected, kinds
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.by_kind: dict[str, list[float]] = {}
+        self.errors: list[str] = []
+        self.refused = self.mismatches = self.done = 0
+
+    def add(self, i: int, status: int | None, label: str | None, elapsed: float, error: str | None) -> int:
+        """Record request ``i`` (of ``texts[i % len]``); returns how many requests are done."""
+        n = i % len(self.texts)
+        with self.lock:
+            self.done += 1
+            if status == 200:
+                self.latencies.append(elapsed)
+                if self.kinds is not None:
+                    self.by_kind.setdefault(self.kinds[n], []).append(elapsed)
+                if self.expected is not None and label != self.expected[n]:
+                    self.mismatches += 1
+            elif status == 429:  # refused at once by --max-concurrent-requests: back-pressure, not an error
+                self.refused += 1
+            else:
+                self.errors.append((error or "")[:200])
+            return self.done
+
+
+def _post(client, url: str, text: str) -> tuple[int | None, str | None, float, str | None]:
+    """One request: its status (None: no answer), label, seconds and error."""
+    started = time.perf_counter()
+    try:
+        response = client.post(f"{url}/predict", json={"inputs": text})
+        elapsed = time.perf_counter() - started
+        if response.status_code != 200:
+            return response.status_code, None, elapsed, f"HTTP {response.status_code}: {response.text}"
+        return 200, response.json()[0]["label"], elapsed, None
+    except Exception as e:  # connection refused/reset, timeout, bad JSON: all count as errors
+        return None, None, time.perf_counter() - started, f"{type(e).__name__}: {e}"
+
+
 def send_load(
     url: str,
     texts: list[str],
@@ -194,19 +248,17 @@ def send_load(
     server: Server,
     expected: list[str] | None = None,
     on_done=None,
+    kinds: list[str] | None = None,
 ) -> dict:
     """``clients`` threads post one text per request, cycling through ``texts``, ``total`` requests at most.
 
-    Returns latencies (s) of successful requests, error and mismatch counts, and wall time.
+    Returns latencies (s) of successful requests (and by ``kinds[i]``, the kind of ``texts[i]``, when
+    given), error, refusal (429) and mismatch counts, and wall time.
     """
     import httpx
 
     counter = itertools.count()
-    lock = threading.Lock()
-    latencies: list[float] = []
-    errors: list[str] = []
-    mismatches = [0]
-    done = [0]
+    tally = _Tally(texts, expected, kinds)
     deadline = time.monotonic() + max_seconds
 
     def worker() -> None:
@@ -216,24 +268,7 @@ def send_load(
                 i = next(counter)  # itertools.count is atomic under the GIL
                 if i >= total:
                     return
-                text = texts[i % len(texts)]
-                started = time.perf_counter()
-                try:
-                    response = client.post(f"{url}/predict", json={"inputs": text})
-                    elapsed = time.perf_counter() - started
-                    error = None if response.status_code == 200 else f"HTTP {response.status_code}: {response.text}"
-                    label = response.json()[0]["label"] if error is None else None
-                except Exception as e:  # connection refused/reset, timeout, bad JSON: all count as errors
-                    error, label, elapsed = f"{type(e).__name__}: {e}", None, time.perf_counter() - started
-                with lock:
-                    done[0] += 1
-                    if error is None:
-                        latencies.append(elapsed)
-                        if expected is not None and label != expected[i % len(texts)]:
-                            mismatches[0] += 1
-                    else:
-                        errors.append(error[:200])
-                    count = done[0]
+                count = tally.add(i, *_post(client, url, texts[i % len(texts)]))
                 if on_done is not None:
                     on_done(count)
 
@@ -246,14 +281,16 @@ def send_load(
         t.join(max_seconds + 2 * REQUEST_TIMEOUT)
     wall = time.perf_counter() - started
     return {
-        "requests": done[0],
-        "ok": len(latencies),
-        "errors": len(errors),
-        "error_examples": sorted(set(errors))[:5],
-        "mismatches": mismatches[0],
+        "requests": tally.done,
+        "ok": len(tally.latencies),
+        "refused": tally.refused,
+        "errors": len(tally.errors),
+        "error_examples": sorted(set(tally.errors))[:5],
+        "mismatches": tally.mismatches,
         "wall_seconds": wall,
-        "latencies": latencies,
-        "stopped_by_time": time.monotonic() >= deadline and done[0] < total,
+        "latencies": tally.latencies,
+        "latencies_by_kind": tally.by_kind,
+        "stopped_by_time": time.monotonic() >= deadline and tally.done < total,
     }
 
 
@@ -264,7 +301,7 @@ def latency_summary(latencies: list[float]) -> dict:
     return {
         f"{name}_ms": round(float(np.percentile(ms, q)), 1)
         for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
-    } | {"mean_ms": round(float(ms.mean()), 1)}
+    } | {"mean_ms": round(float(ms.mean()), 1), "n": len(latencies)}
 
 
 def batch_counters(client, url: str) -> dict:
@@ -300,6 +337,7 @@ def measure_load(
         "requests": load["requests"],
         "ok": load["ok"],
         "errors": load["errors"],
+        "refused": load["refused"],
         "error_examples": load["error_examples"],
         "mismatches": load["mismatches"],
         "stopped_by_time": load["stopped_by_time"],
@@ -351,6 +389,62 @@ def rss_phase(url: str, texts: list[str], ns: argparse.Namespace, server: Server
     }
 
 
+def one_liners(texts: list[str], max_words: int) -> list[str]:
+    """Each review's first sentence (its HTML line breaks dropped), at most ``max_words`` words."""
+    lines = []
+    for text in texts:
+        first = re.split(r"(?<=[.!?])\s+", text.replace("<br />", " ").strip(), maxsplit=1)[0]
+        lines.append(" ".join(first.split()[:max_words]) or text[:80])
+    return lines
+
+
+def long_reviews(texts: list[str], words: int, count: int) -> list[str]:
+    """``count`` reviews of exactly ``words`` words: the test reviews' words run together, in turn."""
+    pool = " ".join(t.replace("<br />", " ") for t in texts).split()
+    if not pool:
+        raise LoadError("no words in the reviews to build long ones from")
+    return [" ".join(pool[(k * words + j) % len(pool)] for j in range(words)) for k in range(count)]
+
+
+def mixed_texts(short: list[str], long: list[str], share: float) -> tuple[list[str], list[str]]:
+    """``short`` with every ``round(1 / share)``-th text a long one instead, and each text's kind."""
+    every = max(1, round(1 / share))
+    texts, kinds, used = [], [], itertools.cycle(long)
+    for i, text in enumerate(short):
+        is_long = i % every == every - 1
+        texts.append(next(used) if is_long else text)
+        kinds.append("long" if is_long else "short")
+    return texts, kinds
+
+
+def mix_phase(url: str, texts: list[str], ns: argparse.Namespace, server: Server) -> dict:
+    """The one-line reviews' latency alone, then beside a share ``--mix`` of ``--long-words``-word reviews."""
+    short = one_liners(texts, ns.short_words)
+    mixed, kinds = mixed_texts(short, long_reviews(texts, ns.long_words, max(1, len(texts) // 10)), ns.mix)
+    seconds = ns.mix_seconds
+    print(f"mix     : one-line reviews only, {ns.clients} clients for {seconds:g} s ...", flush=True)
+    alone = send_load(url, short, sys.maxsize, ns.clients, seconds, server)
+    print(f"mix     : {ns.mix:.0%} {ns.long_words}-word reviews among them, {seconds:g} s ...", flush=True)
+    beside = send_load(url, mixed, sys.maxsize, ns.clients, seconds, server, kinds=kinds)
+    alone_lat = latency_summary(alone["latencies"])
+    beside_short = latency_summary(beside["latencies_by_kind"].get("short", []))
+    ratio = beside_short.get("p99_ms", float("nan")) / alone_lat.get("p99_ms", float("nan"))
+    return {
+        "long_share": ns.mix,
+        "long_words": ns.long_words,
+        "short_words": ns.short_words,
+        "seconds": seconds,
+        "alone": {k: alone[k] for k in ("requests", "ok", "refused", "errors")} | {"short_latency": alone_lat},
+        "beside": {k: beside[k] for k in ("requests", "ok", "refused", "errors")}
+        | {
+            "short_latency": beside_short,
+            "long_latency": latency_summary(beside["latencies_by_kind"].get("long", [])),
+        },
+        "short_p99_ratio": round(ratio, 3),
+        "error_examples": (alone["error_examples"] + beside["error_examples"])[:5],
+    }
+
+
 def _rss_mb(pid: int) -> float | None:
     rss = proc_status(pid).get("VmRSS")
     return round(rss / 1024, 1) if rss else None
@@ -374,6 +468,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=32, help="offline batch size and server --max-batch-size")
     parser.add_argument("--max-wait-ms", type=float, help="server micro-batching wait (default: the server's)")
+    parser.add_argument("--max-batch-tokens", type=int, help="server --max-batch-tokens (default: the server's)")
+    parser.add_argument(
+        "--max-concurrent-requests", type=int, help="server --max-concurrent-requests (default: the server's)"
+    )
     parser.add_argument("--threads", type=int, help=f"intra-op threads (default: ${THREADS_ENV} or cores)")
     parser.add_argument("--warmup", type=int, default=32, help="texts classified before timing")
     parser.add_argument("--startup-timeout", type=float, default=180)
@@ -382,9 +480,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--rss-requests", type=int, default=0, help="short-text requests while sampling RSS (0: skip)")
     g.add_argument("--rss-every", type=int, default=1000, help="sample every this many requests")
     g.add_argument("--rss-chars", type=int, default=120, help="characters kept of each review (short texts)")
+    g = parser.add_argument_group("long reviews beside one-line ones")
+    g.add_argument("--mix", type=float, help="share of long reviews (e.g. 0.1) in the mix phase (default: skip it)")
+    g.add_argument("--mix-seconds", type=float, help="seconds of each mix phase (default: --duration, else 60)")
+    g.add_argument("--long-words", type=int, default=2000, help="words of each long review")
+    g.add_argument("--short-words", type=int, default=25, help="most words of a one-line review")
     parser.add_argument("--json", help="also write every figure and setting here")
     ns = parser.parse_args(argv)
-    for name in ("n", "clients", "batch_size", "warmup", "rss_every", "rss_chars"):
+    for name in ("n", "clients", "batch_size", "warmup", "rss_every", "rss_chars", "long_words", "short_words"):
         if getattr(ns, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if ns.requests is not None and ns.requests < 1:
@@ -393,6 +496,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--rss-requests must be >= 0 and --max-seconds > 0")
     if ns.duration is not None and not ns.duration > 0:
         parser.error("--duration must be > 0 seconds")
+    if ns.mix is not None and not 0 < ns.mix < 1:
+        parser.error("--mix must be a share in (0, 1), e.g. 0.1")
+    ns.mix_seconds = ns.mix_seconds or ns.duration or 60.0
+    if not ns.mix_seconds > 0:
+        parser.error("--mix-seconds must be > 0")
     ns.requests = ns.requests or 2 * ns.n
     return ns
 
@@ -432,8 +540,11 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     extra = ["--max-batch-size", str(ns.batch_size)]
-    if ns.max_wait_ms is not None:
-        extra += ["--max-wait-ms", str(ns.max_wait_ms)]
+    for flag in ("max_wait_ms", "max_batch_tokens", "max_concurrent_requests"):
+        if getattr(ns, flag) is not None:
+            extra += [f"--{flag.replace('_', '-')}", str(getattr(ns, flag))]
+    if ns.mix is not None:
+        extra += ["--max-chars", str(max(20_000, 20 * ns.long_words))]  # a long review must fit
     with tempfile.TemporaryDirectory(prefix="bertsent-serve-") as tmp:
         server = Server(ns.model, threads, extra, Path(tmp) / "server.log")
         try:
@@ -448,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
                 if ns.rss_requests:
                     print(f"memory  : {ns.rss_requests} requests of {ns.rss_chars}-character texts ...", flush=True)
                     results["server_memory"] = rss_phase(url, texts, ns, server)
+                if ns.mix is not None:
+                    results["mix"] = mix_phase(url, texts, ns, server)
         finally:
             code = server.stop()
             log_lines = server.log.read_text(errors="replace").splitlines()
@@ -457,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
             }
 
     print_report(results)
+    if "mix" in results:
+        print_mix(results["mix"])
     results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     if ns.json:
         Path(ns.json).write_text(json.dumps(results, indent=2))
@@ -497,6 +612,8 @@ def print_report(results: dict) -> None:
         f"the end (peak {s['server_peak_rss_mb']} MB); latency p50 {lat.get('p50_ms')} ms, p99 {lat.get('p99_ms')} ms, "
         f"max {lat.get('max_ms')} ms; {s['errors']} errors"
     )
+    if s["refused"]:
+        print(f"refused: {s['refused']} requests answered 429 (--max-concurrent-requests reached)")
     if s["error_examples"]:
         print(f"errors, e.g.: {s['error_examples'][0]}")
     met = s["ratio_to_offline"] >= GOAL_RATIO and s["errors"] == 0
@@ -514,6 +631,32 @@ def print_report(results: dict) -> None:
             f"(growth {mem['growth_mb']} MB, peak {mem['peak_rss_mb']} MB, {mem['errors']} errors)"
         )
     print(f"server exit: {results['server_exit']}")
+
+
+def print_mix(mix: dict) -> None:
+    """The one-line reviews' latency without and beside the long reviews, and the goal."""
+    alone, beside = mix["alone"], mix["beside"]
+    print(f"\none-line reviews ({mix['short_words']} words at most), {mix['seconds']:g} s per phase:")
+    print(f"{'':<34} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8} {'429':>5} {'errors':>7}")
+    rows = (
+        ("alone", alone, alone["short_latency"]),
+        (f"beside {mix['long_share']:.0%} of {mix['long_words']} words", beside, beside["short_latency"]),
+        ("  (the long reviews)", beside, beside["long_latency"]),
+    )
+    for name, phase, lat in rows:  # requests: the answered ones of that kind
+        print(
+            f"{name:<34} {lat.get('n', 0):>9} {lat.get('p50_ms', float('nan')):>8.1f} "
+            f"{lat.get('p99_ms', float('nan')):>8.1f} {phase['refused']:>5} {phase['errors']:>7}"
+        )
+    if mix["error_examples"]:
+        print(f"errors, e.g.: {mix['error_examples'][0]}")
+    ratio = mix["short_p99_ratio"]
+    met = ratio <= GOAL_MIX_P99 and alone["errors"] == beside["errors"] == 0
+    print(
+        f"goal  : one-line p99 beside the long reviews {ratio:.2f}x their p99 alone "
+        f"(goal <= {GOAL_MIX_P99:g}x, 0 errors): {'met' if met else 'NOT met'}"
+    )
+    mix["goal_met"] = met
 
 
 if __name__ == "__main__":
