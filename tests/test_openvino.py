@@ -22,7 +22,7 @@ from bertsent.predict import Predictor
 @pytest.fixture(scope="module")
 def openvino_dir(trained_tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("openvino")
-    return export(ExportConfig(model=str(trained_tiny_dir), output_dir=str(out), format="openvino"))
+    return export(ExportConfig(model=str(trained_tiny_dir), output_dir=str(out), format="openvino")).output_dir
 
 
 def test_export_writes_a_parity_checked_ir_folder(openvino_dir, trained_tiny_dir):
