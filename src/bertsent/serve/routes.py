@@ -1,8 +1,8 @@
 """The server's routes: ``GET /`` (the page), ``/health``, ``/info``, ``/metrics`` and ``POST /predict``.
 
 Each ``add_*`` function puts its routes on an app made by :func:`bertsent.serve.app.create_app`;
-``/predict`` checks the limits, hands the texts to the batcher (explanations to a thread of their
-own) and formats the answer with :mod:`bertsent.serve.answers`.
+``/predict`` checks the limits, hands the texts to the scorer (tokenized, then batched by tokens;
+explanations go to a thread of their own) and formats the answer with :mod:`bertsent.serve.answers`.
 """
 
 import asyncio
