@@ -8,6 +8,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from bertsent.tabular import rank_labels
+
 log = logging.getLogger(__name__)
 
 
@@ -27,14 +29,10 @@ def error(status: int, message: str, **extra):
 
 def predictions(probs: np.ndarray, id2label: dict[int, str]) -> list[dict]:
     """The ``/predict`` answer without ``top_k``: one ``{"label", "score"}`` per row of ``probs``."""
-    return [{"label": id2label[int(row.argmax())], "score": float(row.max())} for row in probs]
+    return [ranked[0] for ranked in rank_labels(probs, id2label)]
 
 
 def ranked_predictions(probs: np.ndarray, id2label: dict[int, str], top_k: int | None) -> list[list[dict]]:
-    """The ``/predict`` answer with ``top_k``: the ``top_k`` best labels of each row, best first (None: all)."""
-    k = min(top_k or len(id2label), len(id2label))
-    # Stable sort: ties go to the lower class id, as argmax does.
-    return [
-        [{"label": id2label[int(i)], "score": float(row[i])} for i in np.argsort(-row, kind="stable")[:k]]
-        for row in probs
-    ]
+    """The ``/predict`` answer with ``top_k``: the ``top_k`` best labels of each row, best first (None: all),
+    ranked as everywhere else (:func:`bertsent.tabular.rank_labels`: a tie goes to the lower label id)."""
+    return rank_labels(probs, id2label, top_k)
