@@ -200,13 +200,7 @@ def choose(points: list[dict], max_drop: float, criterion: str, given: float | N
 
 
 def _reviews(config: EarlyExitConfig, source: Path):
-    reviews, reason = stage_reviews(
-        source,
-        config.data,
-        validation_samples=config.validation_samples,
-        train_samples=config.head_train_samples,
-        splits=("train", "validation"),
-    )
+    reviews, reason = stage_reviews(source, config, train_samples=config.head_train_samples, train=True)
     if reviews is None or len(reviews.train) == 0:
         raise EarlyExitError(
             f"early exit trains its heads on training reviews and picks the threshold on validation: pass --data "

@@ -283,6 +283,15 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _parity_rows(parity: dict, how: str) -> str:
+    """The head of an export card's table: the parity check's largest difference and the one per shape."""
+    shapes = ", ".join(f"{s['shape'][0]}x{s['shape'][1]}: {s['max_abs_diff']:.2g}" for s in parity["shapes"])
+    return f"""| | |
+|---|---|
+| Max abs logit difference vs PyTorch{how} | {parity["max_abs_diff"]:.3g} (tolerance {parity["atol"]:g}) |
+| Per shape (batch x tokens) | {shapes} |"""
+
+
 CLS_ONLY_NOTE = "The last layer is computed for the [CLS] position only (all the classifier reads)."
 
 
@@ -290,12 +299,7 @@ def write_export_card(output_dir: Path, record: dict) -> Path:
     """README.md of an export folder: what was done and what was measured."""
     from bertsent.folder import card_base_model, write_card
 
-    parity = record["parity"]
-    shapes = ", ".join(f"{s['shape'][0]}x{s['shape'][1]}: {s['max_abs_diff']:.2g}" for s in record["parity"]["shapes"])
-    measured = f"""| | |
-|---|---|
-| Max abs logit difference vs PyTorch | {parity["max_abs_diff"]:.3g} (tolerance {parity["atol"]:g}) |
-| Per shape (batch x tokens) | {shapes} |
+    measured = f"""{_parity_rows(record["parity"], "")}
 | ONNX file | {_mb(record["onnx_bytes"])} (source weights {_mb(record["source_weights_bytes"])}) |
 | Graph nodes | {record["nodes"]} |"""
     return write_card(
@@ -417,13 +421,7 @@ def write_openvino_card(output_dir: Path, record: dict) -> Path:
     """README.md of an OpenVINO export folder."""
     from bertsent.folder import card_base_model, write_card
 
-    parity = record["parity"]
-    shapes = ", ".join(f"{s['shape'][0]}x{s['shape'][1]}: {s['max_abs_diff']:.2g}" for s in parity["shapes"])
-    measured = f"""| | |
-|---|---|
-| Max abs logit difference vs PyTorch (OpenVINO f32 inference) | {parity["max_abs_diff"]:.3g} (tolerance \
-{parity["atol"]:g}) |
-| Per shape (batch x tokens) | {shapes} |
+    measured = f"""{_parity_rows(record["parity"], " (OpenVINO f32 inference)")}
 | OpenVINO weights | {_mb(record["openvino_bytes"])} (source weights {_mb(record["source_weights_bytes"])}) |
 | Graph ops | {record["nodes"]} |"""
     return write_card(

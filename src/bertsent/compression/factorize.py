@@ -67,8 +67,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CARD_METRICS = (("accuracy", "Validation accuracy"), ("f1", "Validation F1"))
-
 WEIGHTING_RULES = {
     "none": "plain truncated SVD (closest in Frobenius norm)",
     "activation": "columns scaled by the RMS of each input feature over the calibration reviews' tokens "
@@ -202,13 +200,7 @@ def _load_reviews(config: FactorizeConfig, source: Path):
     need_train = config.weighting != "none"
     if not (need_train or config.validation_samples or config.recovery_epochs):
         return None, "nothing to measure (weighting none, validation_samples 0, no recovery)"
-    splits, reason = stage.stage_reviews(
-        source,
-        config.data,
-        validation_samples=max(config.validation_samples, 1),
-        train_samples=config.calibration_samples,
-        splits=("train", "validation") if need_train else ("validation",),
-    )
+    splits, reason = stage.stage_reviews(source, config, train_samples=config.calibration_samples, train=need_train)
     if splits is None and (need_train or config.recovery_epochs):
         needs = [
             what
@@ -349,7 +341,9 @@ def write_factorize_card(out: Path, record: dict) -> Path:
         ("Weights of the factorized layers", "factorized_weights"),
         ("Weights file (bytes)", "weights_bytes"),
     )
-    rows = stage.pair_rows(record, names) + stage.validation_rows(record["validation"], "factorized", CARD_METRICS)
+    rows = stage.pair_rows(record, names) + stage.validation_rows(
+        record["validation"], "factorized", stage.CARD_METRICS
+    )
     sections = {
         "What was done": _card_done(record),
         "What was measured": "| | Before | After |\n|---|---|---|\n"
@@ -364,13 +358,6 @@ def write_factorize_card(out: Path, record: dict) -> Path:
         f'```python\nfrom bertsent.predict import Predictor\nPredictor("{out}")(["A wonderful, moving film."])\n```\n\n'
         f"The full record (arguments, every layer's rank and kept energy) is in `{COMPRESSION_FILE}`.",
     }
-    data = record["arguments"].get("data")
-    return stage.stage_card(
-        out,
-        record,
-        title="Low-rank factorized sentiment classifier (bertsent factorize)",
-        summary=f"Factorized from `{record['source']}`.",
-        sections=sections,
-        dataset=record["data"].get("source") or (data.get("source") if isinstance(data, dict) else data),
-        tags=["factorized", "low-rank"],
-    )
+    title = "Low-rank factorized sentiment classifier (bertsent factorize)"
+    summary = f"Factorized from `{record['source']}`."
+    return stage.stage_card(out, record, sections, title=title, summary=summary, tags=["factorized", "low-rank"])

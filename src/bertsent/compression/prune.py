@@ -322,13 +322,7 @@ def _load_reviews(config: PruneConfig, source: Path):
     if not (need_importance or config.recovery_epochs or config.validation_samples):
         return None, None
     from_train = need_importance and config.importance_split == "train"
-    splits, reason = stage.stage_reviews(
-        source,
-        config.data,
-        validation_samples=max(config.validation_samples, 1),
-        train_samples=config.importance_samples,
-        splits=("train", "validation") if from_train else ("validation",),
-    )
+    splits, reason = stage.stage_reviews(source, config, train_samples=config.importance_samples, train=from_train)
     if splits is None:
         raise PruneError(f"no data: {reason}; pass data (--data) or set validation_samples to 0")
     pool = splits.train if from_train else splits.validation
@@ -558,16 +552,8 @@ Predictor("{output_dir}")(["A wonderful, moving film."])
 
 The full record (arguments, layout, head importance) is in `{COMPRESSION_FILE}`.""",
     }
-    data = compression["arguments"].get("data")
-    return stage.stage_card(
-        output_dir,
-        compression,
-        title="Pruned sentiment classifier (bertsent prune)",
-        summary=f"Pruned from `{compression['source']}`.",
-        sections=sections,
-        dataset=data.get("source") if isinstance(data, dict) else data,
-        tags=["pruned"],
-    )
+    title, summary = "Pruned sentiment classifier (bertsent prune)", f"Pruned from `{compression['source']}`."
+    return stage.stage_card(output_dir, compression, sections, title=title, summary=summary, tags=["pruned"])
 
 
 def _prune_steps(compression: dict) -> list[str]:

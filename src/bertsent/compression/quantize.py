@@ -89,12 +89,13 @@ CALIBRATED_METHODS = ("onnx-static", "openvino-int8")
 
 def load_reviews(config: QuantizeConfig, source: Path):
     """Validation (and, for the calibrated methods, calibration) reviews, or None with the reason to skip the check."""
+    calibrated = config.method in CALIBRATED_METHODS
     return stage_reviews(
         source,
-        config.data,
-        validation_samples=config.validation_samples,
+        config,
         train_samples=config.calibration_samples,
-        splits=("train", "validation") if config.method in CALIBRATED_METHODS else ("validation",),
+        train=calibrated,
+        validation_samples=config.validation_samples,
     )
 
 

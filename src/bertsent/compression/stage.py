@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CARD_METRICS = (("accuracy", "Validation accuracy"), ("f1", "Validation F1"))
+"""The validation metrics a stage's card shows before and after."""
+
 SCORING_PRECISION = "fp32"
 """The precision every stage's before/after scores run in (see the module docstring)."""
 
@@ -113,24 +116,29 @@ def open_source(config, error: type[Exception]) -> Source:
 
 def stage_reviews(
     source: Path,
-    data: DataConfig | None,
+    config,
     *,
-    validation_samples: int,
     train_samples: int | None = None,
-    splits: tuple[str, ...] = ("validation",),
+    train: bool = False,
+    extra: tuple[str, ...] = (),
+    validation_samples: int | None = None,
 ):
-    """``(splits, None)`` of the given or recorded data, or ``(None, reason)`` when there is none to read
-    (:func:`bertsent.data.recorded.recorded_reviews`, labels checked against the source's)."""
+    """``(splits, None)`` of the given or recorded data (``config.data``), or ``(None, reason)`` when there is
+    none to read (:func:`bertsent.data.recorded.recorded_reviews`, labels checked against the source's).
+    Validation always (``validation_samples``, by default the stage's own and at least one), training
+    reviews when ``train``, and the ``extra`` splits."""
     from bertsent.data.recorded import recorded_reviews
     from bertsent.folder import read_id2label
 
+    if validation_samples is None:
+        validation_samples = max(config.validation_samples, 1)
     return recorded_reviews(
         source,
         read_id2label(source),
-        data,
+        config.data,
         validation_samples=validation_samples,
         train_samples=train_samples,
-        splits=splits,
+        splits=(*(("train",) if train else ()), "validation", *extra),
     )
 
 
@@ -277,22 +285,24 @@ def measured_text(validation: dict) -> str:
 
 def recovery_text(recovery: dict | None) -> str:
     """The card's line on the recovery fine-tuning ('' when there was none)."""
-    if not recovery:
-        return ""
-    return (
-        f"recovery fine-tuning: {recovery['epochs']} epoch(s) at lr {recovery['lr']} "
-        f"({recovery.get('train_reviews', '?')} training reviews, {recovery.get('steps')} steps, "
-        f"{recovery.get('train_seconds')} s); {recovery['note']}"
-    )
+    if recovery:
+        run = f"{recovery.get('train_reviews', '?')} training reviews, {recovery.get('steps')} steps"
+        run += f", {recovery.get('train_seconds')} s"
+        return f"recovery fine-tuning: {recovery['epochs']} epoch(s) at lr {recovery['lr']} ({run}); {recovery['note']}"
+    return ""
 
 
-def stage_card(out: Path, record: dict, *, dataset, **card) -> Path:
-    """The stage's README.md: ``write_card`` with the validation results and the source as base model."""
+def stage_card(out: Path, record: dict, sections: dict, **card) -> Path:
+    """The stage's README.md: ``write_card`` with the validation results, the data the stage read (the
+    record's, else its arguments') and the source as base model."""
     from bertsent.folder import card_base_model, write_card
 
     validation = record["validation"]
+    data = record["arguments"].get("data")
+    dataset = (record.get("data") or {}).get("source") or (data.get("source") if isinstance(data, dict) else data)
     return write_card(
         out,
+        sections=sections,
         results={"validation": validation["after"]} if "after" in validation else None,
         dataset=dataset,
         base_model=card_base_model(Path(record["source"])),

@@ -68,8 +68,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CARD_METRICS = (("accuracy", "Validation accuracy"), ("f1", "Validation F1"))
-
 TOKENIZER_FILE = "tokenizer.json"
 VOCAB_FILE = "vocab.txt"
 EXAMPLES = 10
@@ -389,11 +387,7 @@ def _load_splits(config: TrimVocabConfig, source: Path):
     from bertsent.data.loading import stratified_subset
 
     splits, reason = stage.stage_reviews(
-        source,
-        config.data,
-        validation_samples=max(config.validation_samples, 1),
-        train_samples=config.train_samples,
-        splits=("train", "validation", "test"),
+        source, config, train_samples=config.train_samples, train=True, extra=("test",)
     )
     if splits is None:
         raise DataError(f"trim-vocab counts the WordPieces of training reviews: {reason}; pass --data")
@@ -523,7 +517,7 @@ def write_trim_card(out: Path, record: dict) -> Path:
         ("Embedding parameters", "embedding_parameters"),
         ("Weights file (bytes)", "weights_bytes"),
     )
-    metrics = tuple((key, f"{name} ({validation['reviews']} reviews)") for key, name in CARD_METRICS)
+    metrics = tuple((key, f"{name} ({validation['reviews']} reviews)") for key, name in stage.CARD_METRICS)
     rows = stage.pair_rows(record, names) + stage.validation_rows(validation, "trimmed", metrics)
     recovery = record.get("recovery")
     recovery_line = f"\n\n{stage.recovery_text(recovery).capitalize()}." if recovery else ""
@@ -550,12 +544,6 @@ def write_trim_card(out: Path, record: dict) -> Path:
         "Use": f"{loading} `bertsent quantize --model {out}` composes with INT8. "
         f"The full record is in `{COMPRESSION_FILE}`.",
     }
-    return stage.stage_card(
-        out,
-        record,
-        title="Vocabulary-trimmed sentiment classifier (bertsent trim-vocab)",
-        summary=f"Vocabulary trimmed from `{record['source']}`.",
-        sections=sections,
-        dataset=record["data"]["source"],
-        tags=["vocabulary-trimming"],
-    )
+    title = "Vocabulary-trimmed sentiment classifier (bertsent trim-vocab)"
+    summary = f"Vocabulary trimmed from `{record['source']}`."
+    return stage.stage_card(out, record, sections, title=title, summary=summary, tags=["vocabulary-trimming"])
