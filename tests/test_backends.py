@@ -18,6 +18,7 @@ from bertsent.errors import ModelError
 from bertsent.inference import (
     Backend,
     EarlyExitBackend,
+    FullDepth,
     OnnxBackend,
     TorchBackend,
     as_candidate,
@@ -104,8 +105,8 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-class Constant:
-    """The least a backend for ``run`` is: ``id2label`` and ``logits``."""
+class Constant(FullDepth):
+    """The least a backend for ``run`` is: ``id2label`` and ``logits``, with ``FullDepth``'s defaults for the rest."""
 
     name, id2label = "constant", {0: "a", 1: "b"}
 

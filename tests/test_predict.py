@@ -10,6 +10,7 @@ import pytest
 
 from bertsent.encoding import encode_windows
 from bertsent.errors import DataError
+from bertsent.inference import FullDepth
 from bertsent.modeling.loading import load_tokenizer
 from bertsent.predict import Predictor, predict_file
 
@@ -253,8 +254,8 @@ def test_threads_apply_to_the_torch_backend_as_to_onnx_runtime(trained_tiny_dir,
         torch.set_num_threads(before)
 
 
-class LengthBackend:
-    """A duck-typed backend: each row's logits are [its length, batch number]; records the batch widths."""
+class LengthBackend(FullDepth):
+    """A backend whose logits are each row's [its length, batch number]; records the batch widths."""
 
     name, id2label = "lengths", {0: "a", 1: "b"}
 

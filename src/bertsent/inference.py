@@ -134,9 +134,7 @@ def run(backend: Backend, encoded: Encoded, batch_size: int, pad_id: int, progre
     terminal, True always, False (the default: short internal passes, a server's batches) never.
     """
     out = np.zeros((len(encoded), len(backend.id2label)), dtype=np.float32)
-    # The one probe left: run also takes a bare object with id2label and logits (tests' fakes, user code).
-    running = getattr(backend, "running", contextlib.nullcontext)
-    with running(), progress_bar(progress, total=len(encoded), desc="predicting", unit="review") as bar:
+    with backend.running(), progress_bar(progress, total=len(encoded), desc="predicting", unit="review") as bar:
         for idx, batch in iter_batches(encoded, batch_size, pad_id):
             out[idx] = backend.logits(batch)
             bar.update(len(idx))
