@@ -205,15 +205,15 @@ def test_settings_and_keywords_give_the_same_predictor(trained_tiny_dir, toy_tex
     settings = InferenceSettings(max_length=16, long_text="chunk", stride=4, batch_size=5, cls_only=False)
     by_settings = Predictor(trained_tiny_dir, settings=settings)
     by_keywords = Predictor(trained_tiny_dir, max_length=16, long_text="chunk", stride=4, batch_size=5, cls_only=False)
-    assert by_settings.settings == by_keywords.settings == dataclasses.replace(settings, truncation="head")
+    assert by_settings.settings == by_keywords.settings == dataclasses.replace(settings, truncation="head+tail")
     assert not by_settings.backend.cls_only
     np.testing.assert_array_equal(by_settings.predict_proba(texts), by_keywords.predict_proba(texts))
     # Keywords override the settings; None means "not given"; unset length/truncation come from the folder.
     assert Predictor(trained_tiny_dir, settings, batch_size=7, max_length=None).settings == dataclasses.replace(
-        settings, batch_size=7, truncation="head"
+        settings, batch_size=7, truncation="head+tail"
     )
     plain = Predictor(trained_tiny_dir)
-    assert (plain.settings.max_length, plain.settings.truncation, plain.batch_size) == (32, "head", 32)
+    assert (plain.settings.max_length, plain.settings.truncation, plain.batch_size) == (32, "head+tail", 32)
     with pytest.raises(TypeError, match="unknown inference settings"):
         Predictor(trained_tiny_dir, max_len=16)
     with pytest.raises(ValueError, match="stride"):  # checked against the length the folder records (32)

@@ -136,7 +136,7 @@ class TrainingArguments:
     """Starting weights: a local ``save_pretrained`` folder, a hub name, or None for the embedded MiniLM."""
     max_length: int = 256
     """Tokens per review, special tokens included."""
-    truncation: str = field(default="head", metadata={"choices": TRUNCATION_STRATEGIES})
+    truncation: str = field(default="head+tail", metadata={"choices": TRUNCATION_STRATEGIES})
     """Which part of a long review to keep: ``head``, ``tail`` or ``head+tail`` (Sun et al., 2019)."""
     epochs: int = 1
     """Passes over the training reviews (ignored with ``time_budget``)."""
