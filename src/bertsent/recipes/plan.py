@@ -1,0 +1,116 @@
+"""The recipe's time planner: one wall-clock budget for the whole recipe, shared out among its stages.
+
+Training stages (the teacher, distillation, each recovery) take a ``--time-budget`` of their own; the planner
+gives each its share of what is left when it starts: the budget, less what the finished stages used, less the
+time reserved for what cannot be trained faster (scoring the table, exports, out-of-domain sets), split among the
+training stages still to run in proportion to their weights. A stage that ends early leaves its rest to the ones
+after it; a reserve re-estimated from measured throughput moves the others' shares at once.
+
+The plan is kept in ``plan.json`` after every change, so a recipe killed halfway continues with what its
+finished stages used (their own measured seconds, not the wall clock between sessions).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bertsent.config import SettingsError
+from bertsent.folder import write_json_whole
+
+log = logging.getLogger(__name__)
+
+PLAN_FILE = "plan.json"
+MIN_STAGE_SECONDS = 30.0
+"""The least a training stage is given: below it, steps would be planned from too few measurements."""
+
+
+@dataclass
+class StagePlan:
+    """One stage of the plan: its weight (training stages) or reserve (the rest), and what it got and used."""
+
+    weight: float = 0.0
+    """Share of the training time, relative to the other training stages; 0: not a training stage."""
+    reserve: float = 0.0
+    """Seconds set aside for it before any training stage is given time (estimated, updated when measured)."""
+    planned: float | None = None
+    """Seconds it was given when it started (training stages)."""
+    used: float | None = None
+    """Seconds it took; None until it has finished."""
+
+
+@dataclass
+class RecipePlan:
+    """A budget of ``budget`` seconds over named stages (see the module docstring)."""
+
+    budget: float
+    stages: dict[str, StagePlan] = field(default_factory=dict)
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, path: Path, budget: float, weights: dict[str, float], reserves: dict[str, float]) -> RecipePlan:
+        """The plan in ``path`` when one was saved for the same budget, else a new one; stages named in
+        ``weights`` or ``reserves`` that it lacks are added (a recipe may gain stages between runs)."""
+        if budget <= 0:
+            raise SettingsError(f"a time budget must be > 0 seconds, got {budget}")
+        plan = cls(budget, path=path)
+        if path.is_file() and (saved := json.loads(path.read_text())).get("budget") == budget:
+            plan.stages = {name: StagePlan(**stage) for name, stage in saved["stages"].items()}
+        for name, weight in weights.items():
+            plan.stages.setdefault(name, StagePlan(weight=weight))
+        for name, seconds in reserves.items():
+            plan.stages.setdefault(name, StagePlan(reserve=seconds))
+        plan.save()
+        return plan
+
+    def save(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_whole(
+                self.path, {"budget": self.budget, "stages": {k: asdict(v) for k, v in self.stages.items()}}
+            )
+
+    @property
+    def used(self) -> float:
+        """Seconds the finished stages took."""
+        return sum(stage.used for stage in self.stages.values() if stage.used is not None)
+
+    def reserved(self) -> float:
+        """Seconds still set aside for the stages that are not training stages and have not finished."""
+        return sum(s.reserve for s in self.stages.values() if s.used is None and not s.weight)
+
+    def seconds_for(self, name: str) -> float:
+        """What training stage ``name`` may take now: its weight's share of the time left after the reserves,
+        among the training stages not finished yet (at least :data:`MIN_STAGE_SECONDS`). Recorded as planned."""
+        stage = self.stages[name]
+        if not stage.weight:
+            raise KeyError(f"{name!r} is not a training stage of the plan")
+        waiting = sum(s.weight for s in self.stages.values() if s.weight and s.used is None)
+        left = self.budget - self.used - self.reserved()
+        stage.planned = round(max(MIN_STAGE_SECONDS, left * stage.weight / waiting), 1)
+        log.info("plan: %s gets %.0f s of %.0f s left (%.0f s reserved)", name, stage.planned, left, self.reserved())
+        self.save()
+        return stage.planned
+
+    def estimate(self, name: str, seconds: float) -> None:
+        """Set the reserve of ``name`` to a new estimate (e.g. scoring, once a throughput is measured)."""
+        self.stages.setdefault(name, StagePlan()).reserve = round(seconds, 1)
+        self.save()
+
+    def finished(self, name: str, seconds: float) -> None:
+        """Record what stage ``name`` took."""
+        self.stages.setdefault(name, StagePlan()).used = round(seconds, 1)
+        self.save()
+
+    def done(self, name: str) -> bool:
+        return name in self.stages and self.stages[name].used is not None
+
+    def table(self) -> list[dict]:
+        """Each stage's planned (given or reserved) and used seconds, in plan order, and the total."""
+        rows = [
+            {"stage": name, "planned": s.planned if s.weight else s.reserve, "used": s.used}
+            for name, s in self.stages.items()
+        ]
+        return [*rows, {"stage": "total", "planned": self.budget, "used": self.used}]

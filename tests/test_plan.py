@@ -1,0 +1,67 @@
+"""The recipe's time planner: a budget kept, training stages given time in proportion, a killed run resumed."""
+
+import pytest
+
+from bertsent.config import SettingsError
+from bertsent.recipes.plan import MIN_STAGE_SECONDS, PLAN_FILE, RecipePlan
+
+WEIGHTS = {"teacher": 6.0, "distill": 2.0, "prune recovery": 1.0, "factorize recovery": 1.0}
+RESERVES = {"exports": 300.0, "scoring": 1200.0}
+
+
+def run_stages(plan: RecipePlan, names, overrun: float = 1.0) -> None:
+    """Stages that use what they are given (times ``overrun``); fixed stages take their reserve."""
+    for name in names:
+        if plan.stages[name].weight:
+            plan.finished(name, plan.seconds_for(name) * overrun)
+        else:
+            plan.finished(name, plan.stages[name].reserve)
+
+
+def test_the_budget_is_kept_and_shared_in_proportion(tmp_path):
+    plan = RecipePlan.load(tmp_path / PLAN_FILE, 9000, WEIGHTS, RESERVES)
+    run_stages(plan, ["teacher", "exports", "distill", "prune recovery", "factorize recovery", "scoring"])
+    assert plan.used == pytest.approx(9000, rel=0.01)
+    given = {name: plan.stages[name].planned for name in WEIGHTS}
+    training = 9000 - sum(RESERVES.values())
+    for name, weight in WEIGHTS.items():
+        assert given[name] == pytest.approx(training * weight / sum(WEIGHTS.values()), rel=0.01)
+    rows = plan.table()
+    assert rows[-1] == {"stage": "total", "planned": 9000, "used": plan.used}
+    assert {row["stage"] for row in rows[:-1]} == set(WEIGHTS) | set(RESERVES)
+
+
+def test_an_early_stage_leaves_its_rest_and_a_new_estimate_moves_the_shares(tmp_path):
+    plan = RecipePlan.load(tmp_path / PLAN_FILE, 9000, WEIGHTS, RESERVES)
+    plan.finished("teacher", plan.seconds_for("teacher") / 2)  # ended early (e.g. early stopping)
+    plan.estimate("scoring", 600)  # throughput measured: scoring costs less than reserved
+    run_stages(plan, ["exports", "distill", "prune recovery", "factorize recovery", "scoring"])
+    assert plan.used == pytest.approx(9000, rel=0.01)  # the teacher's rest and the smaller reserve went to later stages
+    assert plan.stages["distill"].planned == pytest.approx(2 * plan.stages["prune recovery"].planned, rel=0.05)
+
+
+def test_a_budget_overrun_stays_within_ten_percent_when_stages_keep_to_theirs(tmp_path):
+    plan = RecipePlan.load(tmp_path / PLAN_FILE, 9000, WEIGHTS, RESERVES)
+    run_stages(plan, ["teacher", "exports", "distill", "prune recovery", "factorize recovery", "scoring"], 1.05)
+    assert plan.used <= 1.1 * 9000
+
+
+def test_a_killed_run_resumes_with_what_its_finished_stages_used(tmp_path):
+    path = tmp_path / PLAN_FILE
+    first = RecipePlan.load(path, 9000, WEIGHTS, RESERVES)
+    run_stages(first, ["teacher", "exports"])
+    teacher = first.stages["teacher"].used
+    again = RecipePlan.load(path, 9000, WEIGHTS, RESERVES)  # the next run of the same recipe
+    assert again.done("teacher") and again.stages["teacher"].used == teacher and not again.done("distill")
+    run_stages(again, ["distill", "prune recovery", "factorize recovery", "scoring"])
+    assert again.used == pytest.approx(9000, rel=0.01)
+    assert RecipePlan.load(path, 6000, WEIGHTS, RESERVES).used == 0  # another budget: a new plan
+
+
+def test_a_stage_gets_a_floor_and_bad_budgets_are_errors(tmp_path):
+    plan = RecipePlan.load(tmp_path / PLAN_FILE, 100, WEIGHTS, RESERVES)  # reserves exceed the budget
+    assert plan.seconds_for("teacher") == MIN_STAGE_SECONDS
+    with pytest.raises(KeyError, match="not a training stage"):
+        plan.seconds_for("scoring")
+    with pytest.raises(SettingsError, match="> 0"):
+        RecipePlan.load(tmp_path / "other.json", 0, WEIGHTS, RESERVES)
