@@ -144,8 +144,9 @@ def test_every_stage_reads_the_data_options(tiny_model_dir, toy_data_dir, tmp_pa
     # The recipe's slices reach the stages that count or train on their own: no stage reads past them.
     trimmed = json.loads((out / "student-trimmed" / "compression.json").read_text())
     assert trimmed["train_reviews"] == 150 and trimmed["tokens"]["test"]["reviews"] == 60
-    exits = json.loads((out / "teacher-early-exit" / "compression.json").read_text())["arguments"]
-    assert exits["train_samples"] == 150
+    exits = json.loads((out / "teacher-early-exit" / "compression.json").read_text())
+    # head_train_samples (formerly train_samples) keeps its default; the data's own slice caps what it reads.
+    assert exits["training"]["train_reviews"] == 150
     recorded = {
         "student": json.loads((out / "student" / "training_args.json").read_text())["data"],
         "student-pruned": json.loads((out / "student-pruned" / "compression.json").read_text())["arguments"]["data"],

@@ -520,7 +520,8 @@ def write_trim_card(out: Path, record: dict) -> Path:
     metrics = tuple((key, f"{name} ({validation['reviews']} reviews)") for key, name in stage.CARD_METRICS)
     rows = stage.pair_rows(record, names) + stage.validation_rows(validation, "trimmed", metrics)
     recovery = record.get("recovery")
-    recovery_line = f"\n\n{stage.recovery_text(recovery).capitalize()}." if recovery else ""
+    line = stage.recovery_text(recovery)
+    recovery_line = f"\n\n{line[:1].upper()}{line[1:]}." if line else ""
     token_lines = [
         f"- {split} ({s['reviews']} reviews, {s['tokens']:,} tokens): {100 * s['unk_token_share']:.3f}% of the "
         f"tokens became [UNK], {100 * s['resplit_token_share']:.3f}% stand in re-split words; "
