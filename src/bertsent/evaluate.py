@@ -107,6 +107,9 @@ def evaluate(
         "truncation": predictor.truncation,
         "long_text": predictor.long_text,
         "reviews_per_second": round(len(frame) / seconds, 2),
+        "backend": predictor.backend.name,
+        "precision": str(predictor.backend.precision),
+        **predictor.route.record(),  # which route ran it and why (--backend auto's verdict)
         "data": splits.report,
     }
     if (mean_layers := predictor.backend.mean_layers) is not None:

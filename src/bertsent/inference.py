@@ -448,18 +448,51 @@ class OpenVinoBackend(FullDepth):
     name = "openvino"
 
     def __init__(self, model_dir: str | os.PathLike, threads: int | None = None, precision: str | None = None) -> None:
-        ov = require_openvino()
-        import openvino.properties as props
-        import openvino.properties.hint as hints
-
         self.model_dir = Path(model_dir)
         path = self.model_dir / OPENVINO_XML
         if not path.is_file():
             raise ModelError(f"{self.model_dir}: no {OPENVINO_XML}")
-        self.id2label = read_id2label(self.model_dir)
+        self._open(path, read_id2label(self.model_dir), threads, precision)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike,
+        id2label: dict,
+        threads: int | None = None,
+        precision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> OpenVinoBackend:
+        """Any OpenVINO IR file (``.xml`` beside its ``.bin``), labelled by ``id2label``: the IR that
+        ``--backend auto`` converted into its cache. ``cache_dir``: OpenVINO's ``CACHE_DIR`` (compiled blobs;
+        the IR is then compiled from its path, so a cached blob loads without reading the graph)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"{path}: no such OpenVINO IR file")
+        backend = cls.__new__(cls)
+        backend.model_dir = path.parent
+        backend._open(path, {int(k): str(v) for k, v in id2label.items()}, threads, precision, cache_dir)
+        return backend
+
+    def _open(
+        self,
+        path: Path,
+        id2label: dict[int, str],
+        threads: int | None,
+        precision: str | None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        """The IR at ``path`` compiled for the CPU by :func:`~bertsent.runtime.openvino_config`."""
+        ov = require_openvino()
+        import openvino.properties as props
+        import openvino.properties.hint as hints
+
+        self.id2label = id2label
+        config = openvino_config(threads, precision, cache_dir)
         try:
             core = ov.Core()
-            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", openvino_config(threads, precision))
+            model = str(path) if cache_dir is not None else core.read_model(str(path))
+            self.compiled = core.compile_model(model, "CPU", config)
         except Exception as e:  # OpenVINO raises RuntimeError and its own types
             raise ModelError(f"cannot load {path} with OpenVINO: {first_line(e)}") from e
         self.threads = int(self.compiled.get_property(props.inference_num_threads))
@@ -520,15 +553,28 @@ def _read_verdicts(path: Path) -> dict:
     return verdicts if isinstance(verdicts, dict) else {}
 
 
-def _measure_precision(model_dir: Path, candidate: Backend, reference) -> tuple[dict | None, str | None]:
-    """Both backends on the folder's recorded validation reviews; (None, reason) when it records none."""
+@dataclasses.dataclass(frozen=True)
+class ValidationSample:
+    """A folder's recorded validation reviews, encoded as it was trained (its max length and truncation):
+    what a reduced precision or another route is checked on against fp32 PyTorch."""
+
+    encoded: Encoded
+    labels: np.ndarray
+    pad_id: int
+    source: str | None
+    """Where the reviews came from (the recorded data's source)."""
+
+
+def validation_sample(model_dir: Path, id2label: dict[int, str]) -> tuple[ValidationSample | None, str | None]:
+    """Up to :data:`PRECISION_CHECK_REVIEWS` of the folder's recorded validation reviews; ``(None, reason)``
+    where it records none that can be read (no evidence either way)."""
     from bertsent.data.recorded import recorded_reviews
     from bertsent.encoding import encode
     from bertsent.folder import inference_settings
     from bertsent.modeling.loading import load_tokenizer
 
     try:
-        reviews, reason = recorded_reviews(model_dir, candidate.id2label, validation_samples=PRECISION_CHECK_REVIEWS)
+        reviews, reason = recorded_reviews(model_dir, id2label, validation_samples=PRECISION_CHECK_REVIEWS)
     except BertsentError as e:  # e.g. labels that differ: no usable reviews, so no evidence either way
         reviews, reason = None, first_line(e)
     if reviews is None:
@@ -537,15 +583,17 @@ def _measure_precision(model_dir: Path, candidate: Backend, reference) -> tuple[
     max_length, truncation = inference_settings(model_dir, tokenizer)
     encoded = encode(tokenizer, reviews.validation["text"].tolist(), max_length, truncation)
     labels = reviews.validation["label"].to_numpy()
-    pad_id = tokenizer.pad_token_id or 0
-    fp32 = run(reference(), encoded, 32, pad_id).argmax(-1)
-    reduced = run(candidate, encoded, 32, pad_id).argmax(-1)
-    fp32_accuracy, accuracy = float(np.mean(fp32 == labels)), float(np.mean(reduced == labels))
-    agreement = float(np.mean(fp32 == reduced))
+    return ValidationSample(encoded, labels, tokenizer.pad_token_id or 0, reviews.report.get("source")), None
+
+
+def agreement_verdict(fp32: np.ndarray, candidate: np.ndarray, labels: np.ndarray) -> dict:
+    """The guard of ``precision="auto"`` and ``backend="auto"``: a candidate's predicted labels against fp32
+    PyTorch's on the same reviews; ``passed`` when they agree on at least :data:`PRECISION_MIN_AGREEMENT`
+    of them and accuracy drops at most :data:`PRECISION_MAX_DROP_POINTS` points."""
+    fp32_accuracy, accuracy = float(np.mean(fp32 == labels)), float(np.mean(candidate == labels))
+    agreement = float(np.mean(fp32 == candidate))
     drop = 100 * (fp32_accuracy - accuracy)
     return {
-        "precision": candidate.precision,
-        "data": reviews.report.get("source"),
         "reviews": len(labels),
         "agreement": round(agreement, 5),
         "fp32_accuracy": round(fp32_accuracy, 5),
@@ -554,7 +602,18 @@ def _measure_precision(model_dir: Path, candidate: Backend, reference) -> tuple[
         "min_agreement": PRECISION_MIN_AGREEMENT,
         "max_drop_points": PRECISION_MAX_DROP_POINTS,
         "passed": agreement >= PRECISION_MIN_AGREEMENT and drop <= PRECISION_MAX_DROP_POINTS,
-    }, None
+    }
+
+
+def _measure_precision(model_dir: Path, candidate: Backend, reference) -> tuple[dict | None, str | None]:
+    """Both backends on the folder's recorded validation reviews; (None, reason) when it records none."""
+    sample, reason = validation_sample(model_dir, candidate.id2label)
+    if sample is None:
+        return None, reason
+    fp32 = run(reference(), sample.encoded, 32, sample.pad_id).argmax(-1)
+    reduced = run(candidate, sample.encoded, 32, sample.pad_id).argmax(-1)
+    verdict = agreement_verdict(fp32, reduced, sample.labels)
+    return {"precision": candidate.precision, "data": sample.source} | verdict, None
 
 
 def precision_verdict(model_dir: Path, candidate: Backend, reference: Callable[[], Backend], key: str) -> bool:

@@ -23,8 +23,9 @@ from bertsent.encoding import Encoded, encode, encode_windows
 from bertsent.errors import DataError, ModelError
 from bertsent.explain import Explainer
 from bertsent.folder import inference_settings
-from bertsent.inference import TorchBackend, load_backend, run, softmax
+from bertsent.inference import TorchBackend, run, softmax
 from bertsent.modeling.loading import load_tokenizer
+from bertsent.route_choice import Route, load_route
 from bertsent.tabular import (
     CHUNK,
     GZIP_FORMATS,
@@ -125,6 +126,10 @@ class ModelDescription:
     batch_size: int
     mean_layers: float | None = None
     """Early exit: mean encoder layers per text since counting began; None where every text runs every layer."""
+    route: str = "torch"
+    """The route: ``torch``, ``onnx`` or ``openvino`` (:mod:`bertsent.route_choice`)."""
+    route_reason: str = ""
+    """Why that route: ``--backend auto``'s verdict, a forced ``--backend``, or the folder's own format."""
 
 
 class Predictor:
@@ -133,9 +138,11 @@ class Predictor:
 
     It runs with ``settings`` (:class:`InferenceSettings`), any field of which a keyword overrides:
     ``Predictor(folder, batch_size=8, long_text="chunk")``. :attr:`settings` holds the resolved ones (max
-    length and truncation filled in from the folder). ``backend="auto"`` picks PyTorch, ONNX Runtime or OpenVINO by
-    what the folder holds. A PyTorch BERT runs its last layer for [CLS] only (:class:`ClsOnlyLastLayer`:
-    same logits to float rounding, fewer FLOPs); ``cls_only=False`` runs the plain forward.
+    length and truncation filled in from the folder). ``backend="auto"`` runs an ONNX or OpenVINO folder as
+    it is, and a PyTorch folder by the route :mod:`bertsent.route_choice` measured fastest on this CPU among
+    those that agree with fp32 PyTorch (:attr:`route` says which and why). A PyTorch BERT runs its last
+    layer for [CLS] only (:class:`ClsOnlyLastLayer`: same logits to float rounding, fewer FLOPs);
+    ``cls_only=False`` runs the plain forward.
 
     ``explain=True`` (or a method name, or an :class:`ExplainSettings`) makes :meth:`__call__` add each
     text's ``"explanation"`` (:meth:`explain`); a folder that cannot be explained (ONNX, OpenVINO, INT8)
@@ -157,7 +164,9 @@ class Predictor:
             raise TypeError(f"settings must be an InferenceSettings, got {type(settings).__name__}")
         self.tokenizer = load_tokenizer(self.model_dir)
         self.settings = resolve_settings(self.model_dir, self.tokenizer, settings, **overrides)
-        self.backend = load_backend(self.model_dir, self.settings)
+        self.backend, route = load_route(self.model_dir, self.settings)
+        self.route: Route = route
+        """Which route runs the folder and why (:class:`~bertsent.route_choice.Route`)."""
         self.id2label = self.backend.id2label
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.explain_settings = _explain_settings(explain)
@@ -176,16 +185,26 @@ class Predictor:
         """
         with self._explainer_lock:
             if self._explainer is None:
-                if not isinstance(self.backend, TorchBackend):
-                    raise ModelError(
-                        f"{self.model_dir}: explanations need the PyTorch backend (they follow gradients), and this "
-                        f"folder runs with {self.backend.name}: explain the PyTorch folder it was made from "
-                        "(or use backend='torch' if it also holds model.safetensors)"
-                    )
                 self._explainer = Explainer(
-                    self.backend.model, self.tokenizer, self.max_length, self.truncation, self.explain_settings
+                    self._explained_model(), self.tokenizer, self.max_length, self.truncation, self.explain_settings
                 )
             return self._explainer
+
+    def _explained_model(self):
+        """The PyTorch model explanations follow: the backend's, or, where ``--backend auto`` runs a PyTorch
+        folder with another route, the folder's model loaded now (explanations only; predictions keep the route)."""
+        if isinstance(self.backend, TorchBackend):
+            return self.backend.model
+        if self.route.auto:
+            from bertsent.modeling.loading import load_classifier
+
+            log.info("explanations run on %s's PyTorch model; predictions with %s", self.model_dir, self.route.name)
+            return load_classifier(self.model_dir).eval()
+        raise ModelError(
+            f"{self.model_dir}: explanations need the PyTorch backend (they follow gradients), and this "
+            f"folder runs with {self.backend.name}: explain the PyTorch folder it was made from "
+            "(or use backend='torch' if it also holds model.safetensors)"
+        )
 
     def explain(
         self, texts: list[str], method: str | None = None, targets: Sequence[int] | None = None
@@ -249,6 +268,8 @@ class Predictor:
             stride=self.stride,
             batch_size=self.batch_size,
             mean_layers=backend.mean_layers,
+            route=self.route.name,
+            route_reason=self.route.reason,
         )
 
     def __call__(self, texts: str | list[str], top_k: int | None = 1) -> list[dict] | list[list[dict]]:

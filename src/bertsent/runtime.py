@@ -43,10 +43,13 @@ def require_openvino():
     return openvino
 
 
-def openvino_config(threads: int | None = None, precision: str | None = None) -> dict:
+def openvino_config(
+    threads: int | None = None, precision: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> dict:
     """OpenVINO CPU compile settings: ``INFERENCE_NUM_THREADS`` by the thread policy of
     :func:`session_options`, and ``INFERENCE_PRECISION_HINT`` only when ``precision`` is ``fp32`` (f32) or
-    ``bf16``; otherwise OpenVINO keeps its own choice for the CPU (bf16 where it has AMX or AVX512-BF16)."""
+    ``bf16``; otherwise OpenVINO keeps its own choice for the CPU (bf16 where it has AMX or AVX512-BF16).
+    ``cache_dir``: OpenVINO's ``CACHE_DIR``, where it keeps compiled blobs so a later compile loads one."""
     ov = require_openvino()
     import openvino.properties as props
     import openvino.properties.hint as hints
@@ -54,6 +57,8 @@ def openvino_config(threads: int | None = None, precision: str | None = None) ->
     config: dict = {props.inference_num_threads: resolve_threads(threads)}
     if precision in ("fp32", "bf16"):
         config[hints.inference_precision] = ov.Type.f32 if precision == "fp32" else ov.Type.bf16
+    if cache_dir is not None:
+        config[props.cache_dir] = str(cache_dir)
     return config
 
 
@@ -198,6 +203,25 @@ def cpu_capabilities() -> dict:
         info = {"vendor": "", "model_name": "", **parse_cpu_flags("")}
     info["model_name"] = info["model_name"] or platform.processor() or platform.machine()
     return info
+
+
+def cpu_fingerprint() -> str:
+    """This CPU as a route cache key: its model name and every flag ``/proc/cpuinfo`` lists for it
+    (sorted; a changed CPU, or a virtual machine that hides a flag, gives another key)."""
+    import platform
+
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        text = ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip() and fields:
+            break
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip().lower(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    return f"{name} | {' '.join(sorted(set(fields.get('flags', '').split())))}"
 
 
 def cpu_summary() -> dict:

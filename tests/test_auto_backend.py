@@ -1,0 +1,178 @@
+"""``--backend auto`` on a PyTorch folder (issue 35): the routes are built and checked for real on the tiny
+models, the winner is cached outside the folder and loaded at once later, a changed folder measures
+again, and the route is recorded where the brief says. Which route wins is injected (``route_choice.pick``),
+so no test depends on timings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+
+import numpy as np
+import pytest
+
+from bertsent import route_choice
+from bertsent.config import DataConfig, InferenceSettings
+from bertsent.errors import SettingsError
+from bertsent.predict import Predictor
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A fresh route cache, and PyTorch plus ONNX Runtime as the routes ``auto`` may try."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv(route_choice.CACHE_ENV, str(root))
+    monkeypatch.setenv(route_choice.ROUTES_ENV, "torch,onnx")
+    return root
+
+
+def choose(monkeypatch, route: str) -> list[list[dict]]:
+    """Make ``route`` win whenever it passed the check; returns the list each measurement's results go to."""
+    seen: list[list[dict]] = []
+
+    def pick(results: list[dict]) -> dict:
+        seen.append(results)
+        return next(r for r in results if r["route"] == route and r["passed"])
+
+    monkeypatch.setattr(route_choice, "pick", pick)
+    return seen
+
+
+def no_measuring(monkeypatch) -> None:
+    def measure(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(route_choice, "measure", measure)
+
+
+def verdicts(cache) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(cache.glob(f"routes/*/{route_choice.VERDICT_FILE}"))]
+
+
+def test_first_use_measures_and_a_second_predictor_loads_the_cached_winner(
+    trained_tiny_dir, toy_texts, cache, monkeypatch
+):
+    seen = choose(monkeypatch, "onnx")
+    first = Predictor(trained_tiny_dir, threads=1)
+    assert [r["route"] for r in seen[0]] == ["torch", "onnx"]
+    assert all(r["passed"] for r in seen[0]) and seen[0][1]["agreement"] >= 0.995
+    assert first.backend.name == "onnxruntime" and first.route.name == "onnx" and first.route.auto
+    assert first.route.measured_seconds is not None
+    [verdict] = verdicts(cache)
+    assert verdict["route"] == "onnx" and verdict["reviews"] > 0 and len(verdict["candidates"]) == 2
+
+    no_measuring(monkeypatch)
+    import bertsent.inference as inference
+
+    def no_torch_model(*args, **kwargs):
+        raise AssertionError("built the PyTorch model for a cached ONNX winner")
+
+    monkeypatch.setattr(inference, "load_classifier", no_torch_model)
+    second = Predictor(trained_tiny_dir, threads=1)
+    assert second.route.name == "onnx" and second.route.measured_seconds is None
+    assert second.describe().route == "onnx" and second.describe().backend == "onnxruntime"
+    monkeypatch.undo()
+    reference = Predictor(trained_tiny_dir, backend="torch", precision="fp32", threads=1).predict_proba(toy_texts)
+    np.testing.assert_allclose(second.predict_proba(toy_texts), reference, atol=1e-5)
+
+
+def test_a_changed_file_of_the_folder_measures_again(trained_tiny_dir, tmp_path, cache, monkeypatch):
+    folder = shutil.copytree(trained_tiny_dir, tmp_path / "model")
+    seen = choose(monkeypatch, "torch")
+    assert Predictor(folder).route.name == "torch" and len(seen) == 1
+    assert Predictor(folder).route.measured_seconds is None and len(seen) == 1  # a hit
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"note": "edited"}))
+    assert Predictor(folder).route.measured_seconds is not None and len(seen) == 2
+    assert len(verdicts(cache)) == 2  # the old key's verdict stays; the new content got its own
+
+
+def test_a_read_only_folder_runs_and_nothing_is_written_into_it(trained_tiny_dir, tmp_path, cache, monkeypatch):
+    folder = shutil.copytree(trained_tiny_dir, tmp_path / "model")
+    before = sorted(p.name for p in folder.rglob("*"))
+    for path in [*folder.rglob("*"), folder]:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        choose(monkeypatch, "onnx")
+        assert Predictor(folder).route.name == "onnx"
+        assert Predictor(folder).route.measured_seconds is None
+        assert sorted(p.name for p in folder.rglob("*")) == before
+    finally:
+        for path in [folder, *folder.rglob("*")]:
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+def test_openvino_route_caches_its_ir_and_compiled_blobs(trained_tiny_dir, toy_texts, cache, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv(route_choice.ROUTES_ENV, "openvino")
+    seen = choose(monkeypatch, "openvino")
+    first = Predictor(trained_tiny_dir, threads=1)
+    assert [r["route"] for r in seen[0]][:2] == ["torch", "openvino"]
+    assert first.backend.name == "openvino" and first.describe().route == "openvino"
+    folder = first.route.cache_dir
+    assert (folder / route_choice.IR_DIR / "openvino_model.xml").is_file()
+    assert not (folder / "model.onnx").exists()  # the losers' and the intermediate artifacts go
+    assert any((folder / route_choice.BLOB_DIR).iterdir())  # OpenVINO's CACHE_DIR got the compiled model
+    no_measuring(monkeypatch)
+    second = Predictor(trained_tiny_dir, threads=1)
+    assert second.backend.name == "openvino" and second.backend.precision == first.backend.precision
+    reference = Predictor(trained_tiny_dir, backend="torch", precision="fp32", threads=1)
+    agree = second.predict_proba(toy_texts).argmax(-1) == reference.predict_proba(toy_texts).argmax(-1)
+    assert agree.mean() >= 0.99
+
+
+def test_a_forced_backend_never_measures(trained_tiny_dir, cache, monkeypatch):
+    no_measuring(monkeypatch)
+    predictor = Predictor(trained_tiny_dir, backend="torch")
+    assert predictor.backend.name == "pytorch" and predictor.route.name == "torch" and not predictor.route.auto
+    assert "--backend torch" in predictor.describe().route_reason
+    assert not cache.exists()
+
+
+def test_a_folder_without_recorded_validation_data_stays_on_pytorch(tiny_model_dir, cache, monkeypatch, caplog):
+    seen = choose(monkeypatch, "onnx")
+    with caplog.at_level("INFO", logger="bertsent.route_choice"):
+        predictor = Predictor(tiny_model_dir)
+    assert predictor.backend.name == "pytorch" and predictor.route.name == "torch" and not seen
+    assert "no guard possible" in predictor.route.reason and "no guard possible" in caplog.text
+    assert verdicts(cache) == []  # nothing cached: recorded data that appears later is used then
+
+
+def test_routes_env_pins_pytorch_and_refuses_unknown_routes(trained_tiny_dir, cache, monkeypatch):
+    no_measuring(monkeypatch)
+    monkeypatch.setenv(route_choice.ROUTES_ENV, "torch")
+    predictor = Predictor(trained_tiny_dir)
+    assert predictor.route.name == "torch" and route_choice.ROUTES_ENV in predictor.route.reason
+    monkeypatch.setenv(route_choice.ROUTES_ENV, "torch,tensorrt")
+    with pytest.raises(SettingsError, match="tensorrt"):
+        Predictor(trained_tiny_dir)
+
+
+def test_pick_takes_the_fastest_route_that_passed_and_beats_pytorch():
+    torch_row = {"route": "torch", "passed": True, "seconds": 1.0}
+    failed = {"route": "openvino", "passed": False, "seconds": 0.2}
+    onnx = {"route": "onnx", "passed": True, "seconds": 0.5}
+    assert route_choice.pick([torch_row, failed, onnx]) is onnx
+    close = {"route": "onnx", "passed": True, "seconds": 1.0 / route_choice.MIN_SPEEDUP + 1e-3}
+    assert route_choice.pick([torch_row, close]) is torch_row
+    broken = {"route": "onnx", "passed": False, "error": "export failed"}
+    assert route_choice.pick([torch_row, broken]) is torch_row
+
+
+def test_explanations_work_when_another_route_predicts(trained_tiny_dir, toy_texts, cache, monkeypatch):
+    choose(monkeypatch, "onnx")
+    predictor = Predictor(trained_tiny_dir, explain=True)
+    assert predictor.route.name == "onnx"
+    [row] = predictor([toy_texts[0]])
+    assert row["explanation"] and all(toy_texts[0][w["start"] : w["end"]] == w["word"] for w in row["explanation"])
+
+
+def test_evaluate_records_the_route(trained_tiny_dir, toy_data_dir, tmp_path, cache, monkeypatch):
+    from bertsent.evaluate import evaluate
+
+    choose(monkeypatch, "onnx")
+    out = tmp_path / "eval"
+    metrics = evaluate(trained_tiny_dir, DataConfig(str(toy_data_dir)), output_dir=out, settings=InferenceSettings())
+    assert metrics["route"] == "onnx" and metrics["backend"] == "onnxruntime" and metrics["route_reason"]
+    assert json.loads((out / "metrics.json").read_text())["route"] == "onnx"
