@@ -176,3 +176,18 @@ def test_evaluate_records_the_route(trained_tiny_dir, toy_data_dir, tmp_path, ca
     metrics = evaluate(trained_tiny_dir, DataConfig(str(toy_data_dir)), output_dir=out, settings=InferenceSettings())
     assert metrics["route"] == "onnx" and metrics["backend"] == "onnxruntime" and metrics["route_reason"]
     assert json.loads((out / "metrics.json").read_text())["route"] == "onnx"
+
+
+def test_pytorch_bf16_is_a_route_held_to_the_guard(trained_tiny_dir, tmp_path, cache, monkeypatch):
+    """On a CPU where ``--precision auto`` would take bf16 (AMX), PyTorch bf16 is one more contender, and
+    one that fails the check against fp32 is not chosen; nothing is written into the folder for it."""
+    import bertsent.inference as inference
+
+    folder = shutil.copytree(trained_tiny_dir, tmp_path / "model")
+    monkeypatch.setattr(route_choice, "auto_precision", lambda device: "bf16")
+    monkeypatch.setattr(inference, "PRECISION_MIN_AGREEMENT", 1.01)  # a tolerance nothing meets
+    seen = choose(monkeypatch, "torch")
+    predictor = Predictor(folder, device="cpu")
+    torch_rows = [r for r in seen[0] if r["route"] == "torch"]
+    assert [r["precision"] for r in torch_rows] == ["fp32", "bf16"] and not torch_rows[1]["passed"]
+    assert predictor.backend.precision == "fp32" and not (folder / "precision_check.json").exists()

@@ -19,6 +19,18 @@ from bertsent.runtime import cpu_summary, parse_cpu_flags, parse_cpuinfo
 
 SAPPHIRE_RAPIDS = "flags : fpu vme sse2 avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8 avx512_fp16"
 ICE_LAKE = "fpu vme sse2 avx avx2 avx512f avx512_vnni"
+
+
+@pytest.fixture(autouse=True)
+def pytorch_route(tmp_path, monkeypatch):
+    """These tests are about PyTorch's precision under ``backend="auto"``: the route choice (test_auto_backend)
+    keeps PyTorch here, and its cache is the test's own."""
+    from bertsent import route_choice
+
+    monkeypatch.setenv(route_choice.ROUTES_ENV, "torch")
+    monkeypatch.setenv(route_choice.CACHE_ENV, str(tmp_path / "route-cache"))
+
+
 CPUINFO = f"""processor	: 0
 vendor_id	: GenuineIntel
 model name	: Intel(R) Xeon(R) Platinum 8480+

@@ -83,8 +83,10 @@ class InferenceSettings:
     ``precision_check.json``; fp32 otherwise, and where the folder records no data); OpenVINO uses its own
     choice for the CPU. ``fp32`` or ``bf16`` force one, unchecked."""
     backend: str = field(default="auto", metadata={"choices": INFERENCE_BACKENDS})
-    """``auto`` picks by what the folder holds (``openvino_model.xml``: OpenVINO, ``model.onnx``: ONNX
-    Runtime, else PyTorch); ``torch``, ``onnx`` or ``openvino`` insist on one."""
+    """``auto`` runs an exported folder as it is (``openvino_model.xml``: OpenVINO, ``model.onnx``: ONNX
+    Runtime) and a PyTorch folder by the route measured fastest on this CPU among those that agree with
+    fp32 PyTorch on its validation reviews, measured on first use and cached outside the folder
+    (:mod:`bertsent.route_choice`); ``torch``, ``onnx`` or ``openvino`` insist on one."""
     batch_size: int = 32
     """Reviews per forward pass."""
     threads: int | None = None
@@ -497,6 +499,9 @@ class PruneConfig:
     """Epochs of recovery fine-tuning of the pruned model (0: none)."""
     recovery_lr: float = field(default=2e-5, metadata={"deprecated": ["--recover-lr"]})
     """Peak learning rate of recovery: low, as the model is already fine-tuned."""
+    recovery_time_budget: str | None = None
+    """With recovery on (``recovery_epochs`` >= 1), fine-tune for this long instead (``train --time-budget``:
+    steps planned from measured step times, the learning rate at zero at the deadline); None: the epochs."""
     data: DataConfig | str | None = None
     """Labelled reviews, needed for importance, evaluation and recovery (a source string is read with
     the default settings). Its ``train_samples`` caps the recovery reviews; with the training source and
@@ -529,6 +534,8 @@ class PruneConfig:
         _check_counts(self, minimum, unset=("keep_layers", "threads"))
         if not self.recovery_lr > 0:
             raise SettingsError(f"recovery_lr must be > 0, got {self.recovery_lr!r}")
+        if self.recovery_time_budget is not None:
+            budget_seconds(self.recovery_time_budget)
         if self.importance_split not in IMPORTANCE_SPLITS:
             raise SettingsError(f"importance_split must be one of {', '.join(IMPORTANCE_SPLITS)}")
         self.data = as_data_config(self.data)
@@ -645,6 +652,9 @@ class TrimVocabConfig:
     """Peak learning rate of recovery: low, as the model is already fine-tuned."""
     recovery_samples: int | None = 4000
     """Training reviews of the recovery (stratified, seeded); None: every training review."""
+    recovery_time_budget: str | None = None
+    """With recovery on (``recovery_epochs`` >= 1), fine-tune for this long instead (``train --time-budget``);
+    None: the epochs."""
     data: DataConfig | str | None = None
     """Reviews whose training split is counted; None: the data recorded in the source's training_args.json."""
     batch_size: int = 16
@@ -676,6 +686,8 @@ class TrimVocabConfig:
         }
         _check_counts(self, minimum, unset=("train_samples", "unk_samples", "recovery_samples", "threads"))
         _check_recovery(self.recovery_epochs, self.recovery_lr, self.validation_samples)
+        if self.recovery_time_budget is not None:
+            budget_seconds(self.recovery_time_budget)
         self.data = as_data_config(self.data)
 
 
@@ -708,6 +720,9 @@ class FactorizeConfig:
     """Epochs of recovery fine-tuning of the factorized model (0: none)."""
     recovery_lr: float = 5e-5
     """Peak learning rate of recovery: low, as the model is already fine-tuned."""
+    recovery_time_budget: str | None = None
+    """With recovery on (``recovery_epochs`` >= 1), fine-tune for this long instead (``train --time-budget``);
+    None: the epochs."""
     data: DataConfig | str | None = None
     """Labelled reviews; None: the data recorded in the source's training_args.json."""
     batch_size: int = 16
@@ -748,6 +763,8 @@ class FactorizeConfig:
         }
         _check_counts(self, minimum, unset=("recovery_samples", "threads"))
         _check_recovery(self.recovery_epochs, self.recovery_lr, self.validation_samples)
+        if self.recovery_time_budget is not None:
+            budget_seconds(self.recovery_time_budget)
         self.data = as_data_config(self.data)
 
     @property

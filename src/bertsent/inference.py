@@ -6,7 +6,9 @@
 folder, :class:`OnnxBackend` a folder's ``model.onnx`` (or any ONNX file: :meth:`OnnxBackend.from_file`),
 :class:`OpenVinoBackend` its ``openvino_model.xml``. :func:`load_backend` picks one by what the folder holds
 (or what ``settings.backend`` insists on) and runs it as its :class:`~bertsent.config.InferenceSettings`
-say; :func:`as_candidate` hands a backend to the parity check.
+say; :func:`as_candidate` hands a backend to the parity check. :func:`validation_sample` and
+:func:`agreement_verdict` are the guard against fp32 that ``precision="auto"`` and ``backend="auto"``
+(:mod:`bertsent.route_choice`) share.
 
 ``precision="auto"`` lets a backend run a reduced precision (bf16) where the hardware runs it fast, but
 only once :func:`precision_verdict` has found it agrees with fp32 on the folder's validation reviews
@@ -326,9 +328,11 @@ def load_backend(model_dir: Path, settings: InferenceSettings | None = None, **o
     override single fields, ``load_backend(folder, settings, threads=1)``).
 
     ``backend="auto"`` picks OpenVINO when the folder holds ``openvino_model.xml``, ONNX Runtime when it
-    holds ``model.onnx``, else PyTorch; ``torch``, ``onnx`` or ``openvino`` insist on one (a
-    :class:`ModelError` when the folder lacks its files). A PyTorch folder that records early exit runs as
-    an :class:`EarlyExitBackend` (``exit_threshold``: instead of its recorded threshold)."""
+    holds ``model.onnx``, else PyTorch (the measured choice of a route for a PyTorch folder, what
+    ``Predictor`` runs, is :func:`bertsent.route_choice.load_route`'s, on top of this function); ``torch``,
+    ``onnx`` or ``openvino`` insist on one (a :class:`ModelError` when the folder lacks its files). A
+    PyTorch folder that records early exit runs as an :class:`EarlyExitBackend` (``exit_threshold``:
+    instead of its recorded threshold)."""
     settings = dataclasses.replace(settings if settings is not None else InferenceSettings(), **overrides)
     backend, precision = settings.backend, settings.precision
     if backend not in INFERENCE_BACKENDS:

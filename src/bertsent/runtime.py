@@ -1,6 +1,6 @@
 """Where and how code runs: CPU threads, the torch device, autocast precision, ONNX Runtime sessions,
-OpenVINO compile settings, what the CPU can do (:func:`cpu_capabilities`, :func:`cpu_summary`), and
-progress bars.
+OpenVINO compile settings (its compiled-blob cache too), what the CPU can do (:func:`cpu_capabilities`,
+:func:`cpu_summary`, and :func:`cpu_fingerprint` for cache keys), and progress bars.
 
 One thread policy for every backend (``BERTSENT_THREADS`` / ``--threads``, else the physical cores), and
 one progress policy for every long pass (:func:`progress_bar`: ``None`` shows a bar on a terminal only).

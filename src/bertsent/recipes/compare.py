@@ -82,6 +82,9 @@ def measure(folder: Path, texts: list[str], labels: np.ndarray, config: CompareC
         "backend": predictor.backend.name,
         # What the backend actually ran: precision "auto" may pick bf16 (AMX, and accepted against fp32).
         "precision": predictor.backend.precision,
+        # The route and why: --backend auto may run a PyTorch folder with ONNX Runtime or OpenVINO.
+        "route": predictor.route.name,
+        "route_reason": predictor.route.reason,
         "parameters": count_parameters(folder),
         "size_mb": round(weights_bytes(folder) / 1e6, 2),
         "accuracy": round(metrics["accuracy"], 4),

@@ -87,6 +87,8 @@ def described(description: "ModelDescription") -> dict:
         "long_text": d.long_text,
         "stride": d.stride,
         "mean_layers": d.mean_layers,
+        "route": d.route,
+        "route_reason": d.route_reason,
     }
 
 

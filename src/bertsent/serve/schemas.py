@@ -186,6 +186,8 @@ class Info(BaseModel):
         description="early exit: mean encoder layers per text so far; null where every text runs every layer"
     )
     cpu: dict = Field(description="the server's CPU: model and the flags that decide the fastest route")
+    route: str = Field(description="the route that runs the model: torch, onnx or openvino")
+    route_reason: str = Field(description="why that route (--backend auto's verdict, a forced --backend, an export)")
 
 
 MODELS = (
