@@ -1,4 +1,6 @@
-"""The ``bertsent`` command: one table of commands, each a plain function over its settings dataclasses.
+"""Fine-tune, evaluate, compress and serve BERT sentiment classifiers: `bertsent COMMAND --help` for each command.
+
+The ``bertsent`` command is one table of commands, each a plain function over its settings dataclasses.
 
 :data:`COMMANDS` is the only list of commands. Each entry names the function that runs it and the
 dataclasses of :mod:`bertsent.config` whose fields are its flags (built by :mod:`bertsent.argparsing`),
