@@ -7,15 +7,17 @@ DATA ?= $(if $(wildcard ../shared/data/imdb/train.parquet),../shared/data/imdb,s
 DEMO_DIR ?= runs/demo
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast lint reproduce clean
+.PHONY: install demo test test-fast lint docs reproduce clean
 
 install: $(BIN)/.installed
 
 # torch is pinned first so pip takes the CPU wheel on this disk instead of a multi-GB CUDA build.
+# The extras: what the demo needs without ../shared (hub: the Hugging Face dataset), the tests (dev, keras,
+# openvino, ray) and the documentation site (docs).
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,keras,openvino,ray]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,docs,hub,keras,openvino,ray]"
 	touch $@
 
 # The main job: fine-tune the embedded all-MiniLM-L6-v2 on 2,000 IMDB reviews, test on 2,000.
@@ -32,9 +34,14 @@ test-fast: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/lint-imports
+	$(BIN)/python scripts/gen_reference.py --check
+
+# The documentation site (MkDocs Material) into build/site; strict: a broken link or anchor fails it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
