@@ -191,3 +191,16 @@ def test_pytorch_bf16_is_a_route_held_to_the_guard(trained_tiny_dir, tmp_path, c
     torch_rows = [r for r in seen[0] if r["route"] == "torch"]
     assert [r["precision"] for r in torch_rows] == ["fp32", "bf16"] and not torch_rows[1]["passed"]
     assert predictor.backend.precision == "fp32" and not (folder / "precision_check.json").exists()
+
+
+def test_the_guard_is_precision_autos_thresholds():
+    from bertsent.inference import PRECISION_MIN_AGREEMENT, agreement_verdict
+
+    labels = np.array([0, 1] * 200)
+    one_off, four_off = labels.copy(), labels.copy()
+    one_off[0] = 1  # 399 of 400 agree (99.75%), accuracy 0.25 points lower
+    four_off[:4] = 1 - four_off[:4]  # 99% agree, 1 point lower
+    assert PRECISION_MIN_AGREEMENT == 0.995
+    assert agreement_verdict(labels, one_off, labels)["passed"]
+    failed = agreement_verdict(labels, four_off, labels)
+    assert not failed["passed"] and failed["agreement"] == 0.99 and failed["accuracy_drop_points"] == 1.0

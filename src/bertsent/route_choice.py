@@ -259,9 +259,12 @@ def content_digest(model_dir: Path) -> str:
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     """An exclusive lock on ``folder`` (processes starting together, Ray actors: one measures, the others
-    wait and then load its verdict)."""
-    import fcntl
-
+    wait and then load its verdict). No lock where ``fcntl`` is missing (Windows): both then measure."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
     with (folder / LOCK_FILE).open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
