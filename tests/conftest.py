@@ -18,17 +18,23 @@ FILLER = ["the", "movie", "film", "plot", "acting", "was", "and", "really", "sto
 
 
 @pytest.fixture(scope="session", autouse=True)
-def fp32_under_auto():
+def fp32_under_auto(tmp_path_factory):
     """``--precision auto`` takes bf16 on a CPU with AMX, for inference and training: pinned to fp32 here
     (in this process, and in the processes tests start, through ``BERTSENT_CPU_BF16``), so every test sees
     the same numbers on every CI machine (most compare against fp32 references: the pipeline, ONNX, one
     row at a time). The bf16 path is tested where a test patches ``auto_precision`` to ``"bf16"`` itself
-    (test_precision) or forces ``precision="bf16"``, which runs on any CPU."""
+    (test_precision) or forces ``precision="bf16"``, which runs on any CPU.
+
+    Likewise ``--backend auto`` runs PyTorch (``BERTSENT_AUTO_ROUTES=torch``: no route is measured, whose
+    winner would depend on the machine's timing) and keeps its cache in a temporary folder, never the user's;
+    the route choice itself is tested where a test sets these (test_auto_backend)."""
     import bertsent.inference as inference
     from bertsent.runtime import CPU_BF16_ENV
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(CPU_BF16_ENV, "0")
+        patch.setenv("BERTSENT_AUTO_ROUTES", "torch")
+        patch.setenv("BERTSENT_CACHE", str(tmp_path_factory.mktemp("route-cache")))
         patch.setattr(inference, "auto_precision", lambda device: "fp32")
         yield
 
