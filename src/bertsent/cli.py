@@ -486,7 +486,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "compress": Command(
         cmd_compress,
-        "recipe: export, quantize, distil, prune a teacher, then compare all",
+        "recipe: every compression family of a teacher (ONNX/INT8, OpenVINO, distillation, pruning, vocabulary "
+        "trimming, factorization, early exit), then compare all",
         (DataConfig, CompressConfig),
         IMDB,
         extra=_fp32_embeddings,
