@@ -37,6 +37,8 @@ attention's query, key, value and output projections."""
 FACTORIZE_WEIGHTINGS = ("none", "activation", "fisher")
 DEFAULT_ENERGY = 0.9
 """Share of each spectrum ``bertsent factorize`` keeps when neither a rank nor an energy is given, as the recipe."""
+TABLES = ("all", "decision")
+"""The recipes' tables: every variant, or the rows a decision needs (``CompressConfig.table``)."""
 FAST = {"train_samples": 400, "validation_samples": 200, "eval_samples": 400, "epochs": 1, "latency_samples": 20}
 DEFAULT_STRIDE = 128
 """Longest default overlap of ``long_text="chunk"``'s windows (:func:`default_stride`)."""
@@ -160,7 +162,7 @@ class TrainingArguments:
     warmup_ratio: float = 0.1
     """Share of the optimizer steps spent warming the learning rate up linearly (then linear decay)."""
     optimizer: str = field(default="adamw", metadata={"choices": ("adam", "adamw")})
-    """``adamw`` (decoupled weight decay) or ``adam`` (as the original system used)."""
+    """``adamw`` (decoupled weight decay) or ``adam`` (plain Adam, L2 weight decay)."""
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global norm before each update."""
     attention_dropout: float | None = 0.0
@@ -703,7 +705,7 @@ class FactorizeConfig:
     """Rank of every factorized layer (capped at min(in, out)); exclusive with ``energy``."""
     energy: float | None = None
     """Per layer, the smallest rank keeping this share of the squared singular values, in (0, 1]; exclusive
-    with ``rank``. Neither given: energy ``DEFAULT_ENERGY`` (the recipe's choice)."""
+    with ``rank``. Neither given: 0.9, the recipe's choice."""
     targets: str = "ffn,attention"
     """Comma-separated layers to factorize: ``ffn`` (intermediate and output dense), ``attention`` (query,
     key, value and output projections)."""
@@ -971,7 +973,20 @@ class CompressConfig:
     """CPU threads for every stage and measurement; None: ``BERTSENT_THREADS``, else the default."""
     remeasure: bool = False
     """Measure the table again even when every stage was complete and ``compare/`` already holds it
-    (e.g. on a quieter machine); otherwise a complete recipe is skipped whole."""
+    (e.g. on a quieter machine); otherwise a complete recipe is skipped whole. Stored predictions are
+    reused (the same folder, route and settings give the same scores): speed and latency are timed again."""
+    time_budget: str | None = None
+    """The recipe's wall-clock time (``2h``, ``90m``), shared by one planner (``recipes.plan``): each training
+    stage (distillation, each recovery) trains for its share (``train --time-budget``) of what is left after
+    the finished stages and the time reserved for scoring, estimated from measured throughput. None: the
+    epochs above."""
+    speed_samples: int | None = 1000
+    """Test reviews (the first ones of the split, the same for every row) whose batch throughput the table
+    times; accuracy is always on every test review. None: time the whole split."""
+    table: str = field(default="all", metadata={"choices": TABLES})
+    """Rows of the table: ``all`` (every variant), or ``decision``: the teacher, each family's deployable
+    (INT8 / OpenVINO) variants, the factorized and early-exit teacher; the fp32 PyTorch intermediates
+    (student, pruned, trimmed) and the ONNX fp32 export are built (later stages need them) but not scored."""
 
     def __post_init__(self) -> None:
         if not (Path(self.teacher) / "config.json").is_file():
@@ -989,6 +1004,7 @@ class CompressConfig:
         share = isinstance(coverage, int | float) and not isinstance(coverage, bool) and 0 < coverage <= 1
         if coverage is not None and not share:
             raise SettingsError(f"trim_coverage must be a share in (0, 1] (1: skip), got {coverage!r}")
+        _check_table(self)
 
 
 @dataclass
@@ -1009,10 +1025,17 @@ class ReproduceConfig:
     (model, time budget, epochs, lr, lengths) then go unused."""
     fast: bool = False
     """Small slices and one epoch (``FAST``): the whole recipe in minutes, to check it runs."""
-    time_budget: str | None = "60m"
-    """The teacher's training time (``train --time-budget``: steps planned to end on time, the learning rate
-    decayed to zero at the deadline), so the recipe has a known length; ``none`` trains ``epochs`` epochs.
-    Fast mode trains epochs."""
+    time_budget: str | None = "150m"
+    """The whole recipe's wall-clock time, from an empty cache to the page. One planner (``recipes.plan``)
+    gives every training stage (the teacher most, then distillation and each recovery) its share of what is
+    left after the finished stages and the scoring time it reserves, estimated from measured throughput;
+    each trains for it (``train --time-budget``). ``none``: no plan, every stage trains its epochs. Fast
+    mode trains epochs. (Until issue 36 this was the teacher's training time: that is
+    ``teacher_time_budget`` now.)"""
+    teacher_time_budget: str | None = None
+    """The teacher's own training time (``train --time-budget``: steps planned to end on time, the learning
+    rate decayed to zero at the deadline) instead of its planned share; with ``--time-budget none``, the
+    teacher alone trains for it and the other stages their epochs."""
     epochs: int = 2
     """The teacher's epochs when it has no time budget."""
     lr: float = 1e-4
@@ -1042,17 +1065,25 @@ class ReproduceConfig:
     """Where the out-of-domain sets are kept."""
     accuracy_budget: float = 1.5
     """Accuracy points a compressed variant may lose: the page names the fastest variant within it."""
+    speed_samples: int | None = 1000
+    """Test reviews (the first ones, the same for every row) whose batch throughput the table times;
+    accuracy is always on every test review. None: time the whole split."""
+    table: str = field(default="decision", metadata={"choices": TABLES})
+    """``decision``: the teacher, each survey family's deployable (INT8 / OpenVINO) variants, the factorized
+    and early-exit teacher (``CompressConfig.table``); ``all``: every variant, intermediates included."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, DataConfig):
             self.data = DataConfig(source=os.fspath(self.data), validation_samples=2000)
         self.ood = list(self.ood)
-        if str(self.time_budget).strip().lower() in ("none", "off", ""):
-            self.time_budget = None  # --time-budget none: train epochs
-        if self.time_budget is not None:
-            budget_seconds(self.time_budget)  # validates now, not hours into the run
+        for name in ("time_budget", "teacher_time_budget"):
+            if str(getattr(self, name)).strip().lower() in ("none", "off", ""):
+                setattr(self, name, None)  # --time-budget none: train epochs
+            elif getattr(self, name) is not None:
+                budget_seconds(getattr(self, name))  # validates now, not hours into the run
+        _check_table(self)
         if self.fast:
-            self.time_budget = None
+            self.time_budget = self.teacher_time_budget = None
             self.epochs = min(self.epochs, FAST["epochs"])
             self.latency_samples = min(self.latency_samples, FAST["latency_samples"])
             caps = {k: min(getattr(self.data, k) or v, v) for k, v in FAST.items() if hasattr(self.data, k)}
@@ -1060,7 +1091,8 @@ class ReproduceConfig:
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
             raise SettingsError("epochs and batch_size must be >= 1 and max_length >= 8")
         if self.short_length is None:
-            self.short_length = self.max_length // 2 if self.time_budget and self.max_length >= 16 else 0
+            budgeted = self.time_budget or self.teacher_time_budget
+            self.short_length = self.max_length // 2 if budgeted and self.max_length >= 16 else 0
         self.short_length = self.short_length or None  # 0: no warm-up
         if self.short_length is not None and not 8 <= self.short_length < self.max_length:
             raise SettingsError(
@@ -1139,6 +1171,15 @@ class ServeSettings:
         grace = self.graceful_timeout
         if isinstance(grace, bool) or not isinstance(grace, int | float) or not math.isfinite(grace) or grace < 0:
             raise SettingsError(f"graceful_timeout must be a number of seconds >= 0, got {grace!r}")
+
+
+def _check_table(settings) -> None:
+    """The recipes' ``table``, ``speed_samples`` and whole-recipe ``time_budget``, checked."""
+    if settings.table not in TABLES:
+        raise SettingsError(f"table must be one of {', '.join(TABLES)}, got {settings.table!r}")
+    _check_counts(settings, {"speed_samples": 1}, unset=("speed_samples",))
+    if settings.time_budget is not None:
+        budget_seconds(settings.time_budget)
 
 
 def _not_int(value: object) -> bool:

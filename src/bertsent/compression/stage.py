@@ -203,16 +203,23 @@ def recovery_data(folder: Path, config, train_samples: int | None) -> DataConfig
 def recover(config, model, tokenizer_from: Path, data: DataConfig, length: tuple[int, str], around=None) -> dict | None:
     """Fine-tune the changed ``model`` in memory into ``config.output_dir`` (``training.loop.train``:
     checkpointed, resumed after a kill, best epoch kept on validation), inside ``around(model)`` when
-    given (prune holds its zeros there). The record of it; None on a launcher's other ranks."""
+    given (prune holds its zeros there). A ``recovery_time_budget`` on ``config`` trains for that long
+    instead of the epochs (the recipe's planner gives each recovery its share). The record of it; None on
+    a launcher's other ranks."""
+    import dataclasses
+
     from bertsent.training.distributed import is_main_process
     from bertsent.training.loop import recovery_args, recovery_record, train
 
     epochs, lr = config.recovery_epochs, config.recovery_lr
     args = recovery_args(config, tokenizer_from, epochs, lr, *length)
+    if budget := getattr(config, "recovery_time_budget", None):
+        args = dataclasses.replace(args, time_budget=budget)
     with around(model) if around is not None else contextlib.nullcontext():
         result = train(args, data, model=model.train())
     model.eval()
-    return recovery_record(result, epochs, lr) if is_main_process() else None
+    record = recovery_record(result, epochs, lr) | ({"time_budget": budget} if budget else {})
+    return record if is_main_process() else None
 
 
 def copy_source_files(src: Source) -> None:

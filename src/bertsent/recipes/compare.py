@@ -59,25 +59,41 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure(folder: Path, texts: list[str], labels: np.ndarray, config: CompareConfig) -> dict:
-    """One row of the table for ``folder``."""
+def measure(
+    folder: Path,
+    texts: list[str],
+    labels: np.ndarray,
+    config: CompareConfig,
+    *,
+    settings=None,
+    speed_samples: int | None = None,
+    store: Path | None = None,
+) -> dict:
+    """One row of the table for ``folder``, run with ``settings`` (default: ``config.resolved_inference()``).
+
+    Accuracy is on every text; with ``speed_samples`` the throughput is timed on the first that many
+    (the same sample for every row), else on the accuracy run itself. With a ``store`` folder the
+    predictions are kept there and reused (:func:`stored_probs`): a folder is scored once per content,
+    route and settings, and only its speed is timed again."""
     from bertsent.metrics import classification_metrics
     from bertsent.predict import Predictor
 
-    predictor = Predictor(folder, config.resolved_inference())
+    predictor = Predictor(folder, settings or config.resolved_inference())
     predictor.predict_proba(texts[: predictor.batch_size])  # warm-up: first-call allocations, lazy inits
-    probs: np.ndarray | None = None
+    probs, mean_layers = stored_probs(predictor, texts, store) if store or speed_samples else (None, None)
+    timed = texts if probs is None else texts[:speed_samples]
     predictor.backend.reset_exit_counts()  # early exit: count the timed run's layers only
 
     def run() -> None:
         nonlocal probs
-        probs = predictor.predict_proba(texts, progress=None)  # a bar on a terminal: the long measurement
+        out = predictor.predict_proba(timed, progress=None)  # a bar on a terminal: the long measurement
+        probs = out if probs is None else probs
 
     seconds = _timed(run)
-    mean_layers = predictor.backend.mean_layers
+    mean_layers = predictor.backend.mean_layers if mean_layers is None else mean_layers
     metrics = classification_metrics(labels, probs, predictor.id2label)
     latencies = [_timed(lambda t=t: predictor.predict_proba([t])) for t in texts[: config.latency_samples]]
-    return {
+    row = {
         "model": str(folder),
         "backend": predictor.backend.name,
         # What the backend actually ran: precision "auto" may pick bf16 (AMX, and accepted against fp32).
@@ -90,12 +106,50 @@ def measure(folder: Path, texts: list[str], labels: np.ndarray, config: CompareC
         "accuracy": round(metrics["accuracy"], 4),
         "f1": round(metrics["f1"], 4),
         "roc_auc": round(metrics.get("roc_auc", float("nan")), 4),
-        "throughput": round(len(texts) / seconds, 2),
+        "throughput": round(len(timed) / seconds, 2),
         "latency_p50_ms": round(1000 * float(np.percentile(latencies, 50)), 2),
         "latency_p95_ms": round(1000 * float(np.percentile(latencies, 95)), 2),
         "max_length": predictor.max_length,
         "reviews": len(texts),
     } | ({"mean_layers": round(mean_layers, 4)} if mean_layers is not None else {})
+    return row | ({"speed_reviews": len(timed)} if len(timed) != len(texts) else {})
+
+
+STORE_DIR = "predictions"
+"""Where a comparison keeps each row's predictions (``<key>.npy`` and ``<key>.json``)."""
+
+
+def store_key(predictor, texts: list[str]) -> str:
+    """What a row's predictions depend on: the folder's files (:func:`_fingerprint`), the route and
+    precision that run it, the resolved inference settings and the texts."""
+    import hashlib
+
+    backend = predictor.backend
+    parts = {
+        "files": _fingerprint(predictor.model_dir),
+        "route": [backend.name, backend.precision],
+        "settings": json.loads(json.dumps(asdict(predictor.settings), default=str)),
+        "texts": hashlib.sha256("\x00".join(texts).encode()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def stored_probs(predictor, texts: list[str], store: Path | None) -> tuple[np.ndarray, float | None]:
+    """``predictor``'s probabilities on ``texts`` and the mean early-exit layers of that run (None: every
+    layer), from ``store`` when it holds them, else computed once (and kept there, when given)."""
+    key = store_key(predictor, texts)
+    npy, meta = (store / f"{key}.npy", store / f"{key}.json") if store else (None, None)
+    if npy is not None and npy.is_file() and meta.is_file():
+        log.info("%s: predictions on %d reviews from %s", predictor.model_dir, len(texts), npy)
+        return np.load(npy), json.loads(meta.read_text()).get("mean_layers")
+    predictor.backend.reset_exit_counts()
+    probs = predictor.predict_proba(texts, progress=None)
+    mean_layers = predictor.backend.mean_layers
+    if store is not None:
+        store.mkdir(parents=True, exist_ok=True)
+        np.save(npy, probs)
+        write_json_whole(meta, {"model": str(predictor.model_dir), "reviews": len(texts), "mean_layers": mean_layers})
+    return probs, mean_layers
 
 
 PARTIAL_FILE = "rows.partial.json"
@@ -103,8 +157,14 @@ PARTIAL_FILE = "rows.partial.json"
 and a run killed halfway keeps them for the next run of the same settings on the same CPU."""
 
 
-def compare(config: CompareConfig) -> list[dict]:
+def compare(
+    config: CompareConfig, *, reference=None, speed_samples: int | None = None, store: bool = False
+) -> list[dict]:
     """Measure every folder; writes ``compare.json``, ``compare.md`` and ``pareto.png`` to ``output_dir``.
+
+    ``reference`` (InferenceSettings) runs the first folder, the ratios' reference, another way (the
+    recipes: PyTorch fp32); ``speed_samples`` and ``store`` (predictions kept in ``output_dir/predictions``
+    and reused) are :func:`measure`'s.
 
     Every folder runs with ``config.resolved_inference()`` (threads included: each backend applies them).
     A row an interrupted run measured is kept when the settings, the CPU and the folder's files are the
@@ -120,7 +180,11 @@ def compare(config: CompareConfig) -> list[dict]:
         row = partial.kept(name, Path(folder))
         if row is None:
             log.info("measuring %s on %d %s reviews", folder, len(texts), config.split)
-            row = {"name": name} | measure(Path(folder), texts, labels, config)
+            keep = out / STORE_DIR if store and out else None
+            ran = reference if i == 0 and reference is not None else None
+            row = {"name": name} | measure(
+                Path(folder), texts, labels, config, settings=ran, speed_samples=speed_samples, store=keep
+            )
             partial.add(row, Path(folder))
         rows.append(row)
         log.info("%s", row)

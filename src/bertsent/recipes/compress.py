@@ -27,7 +27,14 @@ an interrupted recipe continues where it stopped (distillation also resumes from
     compare/         the trade-off table of all of the above against the teacher
 
 "Fastest within the accuracy budget" (``compare.fastest_within``) picks among every row, so across
-backends (PyTorch, ONNX Runtime, OpenVINO) and precisions.
+backends (PyTorch, ONNX Runtime, OpenVINO) and precisions. The teacher's row, the ratios' reference, runs
+in PyTorch fp32; each row's predictions are kept in ``compare/predictions`` and reused (a folder is scored
+once per content, route and settings), its speed timed on the first ``speed_samples`` test reviews.
+
+With a time budget (``time_budget``, or the plan ``bertsent reproduce`` passes in), the training stages
+(distillation, each recovery) train for their share of it (:mod:`bertsent.recipes.plan`), and the table's
+scoring is reserved from measured throughput. ``table="decision"`` scores only the rows a decision needs
+(:data:`DECISION_SKIPS` are built, not scored).
 """
 
 from __future__ import annotations
@@ -42,6 +49,31 @@ from bertsent.config import CompressConfig, SettingsError
 from bertsent.folder import read_training_args, write_json_whole
 
 log = logging.getLogger(__name__)
+
+TRAINING_WEIGHTS = {
+    "student": 3.0,
+    "student pruned": 1.0,
+    "teacher factorized": 1.0,
+    "student trimmed vocab 95%": 0.5,
+}
+"""The training stages' shares of a planned recipe's training time, relative to each other (the teacher,
+in ``reproduce``, weighs more than all of them): distillation trains a new model, recoveries mend one."""
+DECISION_SKIPS = (
+    "teacher ONNX fp32",
+    "teacher INT8 + embeddings",
+    "student",
+    "student pruned",
+    "student trimmed vocab",
+    "student trimmed vocab 95%",
+    "student OpenVINO fp32",
+)
+"""Rows ``table="decision"`` leaves unscored: fp32 PyTorch intermediates whose deployable INT8 / OpenVINO
+variants are in the table (and the exports those variants supersede)."""
+OTHER_STAGES = "other stages"
+"""The plan's reserve for the stages that do not train (exports, quantization, trimming, early exit),
+lowered by what each takes as it ends."""
+REFERENCE = {"backend": "torch", "precision": "fp32"}
+"""How the teacher's row, the ratios' reference, runs: the folder as PyTorch fp32, on the same CPU."""
 
 
 def _complete(folder: Path) -> bool:
@@ -66,17 +98,33 @@ class _Stages:
     ``timings`` is what this run did (seconds, or why not); ``measured`` every stage's seconds from the run
     that made it, kept in ``STAGE_SECONDS`` across runs."""
 
-    def __init__(self, teacher: Path, out: Path) -> None:
+    def __init__(self, teacher: Path, out: Path, plan=None) -> None:
         self.folders: dict[str, Path] = {"teacher": teacher}
         self.timings: dict[str, float | str] = {}
         self.path = out / STAGE_SECONDS
         self.measured: dict[str, float] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.plan = plan
+        self.reserve = None  # () -> None: re-estimates the plan's reserves (set by compress)
+
+    def budget(self, name: str) -> str | None:
+        """The ``--time-budget`` of training stage ``name``: its share of the plan, the reserves estimated
+        again first; None without a plan (the stage trains its epochs)."""
+        if self.plan is None or name not in self.plan.stages:
+            return None
+        if self.reserve is not None:
+            self.reserve()
+        return f"{self.plan.seconds_for(name):.0f}s"
 
     def measured_now(self, name: str, seconds: float) -> None:
         """Record a stage that ran in this run, in ``timings`` and (at once) in ``STAGE_SECONDS``."""
         self.timings[name] = self.measured[name] = round(seconds, 1)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json_whole(self.path, self.measured)  # a kill mid-write leaves the last complete record
+        if self.plan is not None:
+            self.plan.finished(name, seconds)
+            other = self.plan.stages.get(OTHER_STAGES)
+            if other is not None and other.used is None and not self.plan.stages[name].weight:
+                self.plan.estimate(OTHER_STAGES, max(0.0, other.reserve - seconds))  # one of them is done
 
     def run(self, name: str, folder: Path, make) -> None:
         """Run ``make`` unless ``folder`` is complete; ``make`` returns a reason (a string) when the stage does
@@ -84,6 +132,8 @@ class _Stages:
         if _complete(folder):
             log.info("%s: complete in %s, skipped", name, folder)
             self.timings[name] = "skipped (already complete)"
+            if self.plan is not None and not self.plan.done(name):  # made before the plan: what it took then
+                self.plan.finished(name, self.measured.get(name, 0.0))
         else:
             log.info("%s: writing %s", name, folder)
             started = time.perf_counter()
@@ -95,10 +145,16 @@ class _Stages:
         self.folders[name] = folder
 
 
-def compress(config: CompressConfig) -> list[dict]:
-    """Run every stage that is not complete yet, then compare all variants; returns the table's rows."""
+def compress(config: CompressConfig, plan=None) -> list[dict]:
+    """Run every stage that is not complete yet, then compare all variants; returns the table's rows.
+
+    ``plan`` (a :class:`~bertsent.recipes.plan.RecipePlan`, ``reproduce``'s) gives the training stages their
+    time; without one, ``config.time_budget`` makes one for this recipe (``plan.json`` in ``output_dir``)."""
     out, teacher = Path(config.output_dir), Path(config.teacher)
-    stages = _Stages(teacher, out)
+    plan = plan if plan is not None else own_plan(config, out)
+    stages = _Stages(teacher, out, plan)
+    if plan is not None:
+        stages.reserve = lambda: reserve_scoring(config, plan, stages)
     _teacher_variants(config, out, stages)
     smallest = _student_variants(config, out, stages)
     _survey_variants(config, out, stages, smallest)
@@ -112,6 +168,76 @@ def compress(config: CompressConfig) -> list[dict]:
     }
     (out / "recipe.json").write_text(json.dumps(record, indent=2))
     return rows
+
+
+def training_weights(settings) -> dict[str, float]:
+    """The :data:`TRAINING_WEIGHTS` of the training stages ``settings`` (a CompressConfig, or the defaults)
+    turn on: distillation always; each recovery only when it runs."""
+    on = {
+        "student": True,
+        "student pruned": bool((settings.heads_fraction or settings.ffn_fraction) and settings.recovery_epochs),
+        "teacher factorized": bool(settings.factorize_energy),
+        "student trimmed vocab 95%": bool(
+            settings.trim_vocab and settings.trim_coverage not in (None, 1) and settings.recovery_epochs
+        ),
+    }
+    return {name: weight for name, weight in TRAINING_WEIGHTS.items() if on[name]}
+
+
+def own_plan(config: CompressConfig, out: Path):
+    """The plan of ``config.time_budget`` (None without one), kept in ``out/plan.json``."""
+    if not config.time_budget:
+        return None
+    from bertsent.config import budget_seconds
+    from bertsent.recipes.plan import PLAN_FILE, RecipePlan
+
+    return RecipePlan.load(out / PLAN_FILE, budget_seconds(config.time_budget), training_weights(config), {})
+
+
+def table_rows(config: CompressConfig, teacher_layers: int) -> list[tuple[str, str, int]]:
+    """The rows the table will score: (name, route, encoder layers), as far as known before the stages run
+    (the student's layers from ``student_layers``, the routes from what each folder is)."""
+    student = config.student_layers or max(1, teacher_layers // 2)
+    names = [("teacher", "torch", teacher_layers), ("teacher ONNX fp32", "onnx", teacher_layers)]
+    names += [("teacher INT8", "onnx", teacher_layers), ("teacher INT8 + embeddings", "onnx", teacher_layers)]
+    names += [("student", "torch", student), ("student INT8 (unpruned)", "onnx", student)]
+    names += [("student pruned", "torch", student), ("student INT8", "onnx", student)]
+    names += [("student trimmed vocab", "torch", student), ("student trimmed INT8", "onnx", student)]
+    names += [("student trimmed vocab 95%", "torch", student), ("student trimmed 95% INT8", "onnx", student)]
+    names += [("teacher factorized", "torch", teacher_layers), ("teacher early exit", "torch", teacher_layers)]
+    for who, layers in (("teacher", teacher_layers), ("student", student)):
+        names += [(f"{who} OpenVINO fp32", "openvino", layers), (f"{who} OpenVINO INT8", "openvino", layers)]
+    return [row for row in names if config.table == "all" or row[0] not in DECISION_SKIPS]
+
+
+def reserve_scoring(config: CompressConfig, plan, stages: _Stages) -> None:
+    """The plan's ``scoring`` reserve: every row not scored yet (the whole test split, plus the speed sample),
+    at the measured rates; the teacher's row is free once its predictions are stored (``reproduce``)."""
+    from bertsent.recipes.compare import STORE_DIR
+
+    layers = _teacher_layers(Path(config.teacher))
+    test = config.data.eval_samples or _test_rows(config)
+    stored = {p.stem for p in (Path(config.output_dir) / "compare" / STORE_DIR).glob("*.json")}
+    timed = min(config.speed_samples or test, test)
+    rows = [
+        (route, n, timed if name == "teacher" and stored else test + timed)
+        for name, route, n in table_rows(config, layers)
+    ]
+    plan.estimate("scoring", plan.scoring_seconds(rows))
+
+
+def _teacher_layers(teacher: Path) -> int:
+    from bertsent.modeling.pooling import POOLING_KEY
+
+    saved = json.loads((teacher / "config.json").read_text())
+    return saved["num_hidden_layers"] - (POOLING_KEY in saved)
+
+
+def _test_rows(config: CompressConfig) -> int:
+    """How many test reviews the table scores (the data's ``eval_samples``, else the whole split)."""
+    from bertsent.data.loading import load_data
+
+    return len(load_data(config.data, splits=("test",)).test)
 
 
 def _quantized(
@@ -167,7 +293,8 @@ def _student_variants(config: CompressConfig, out: Path, stages: _Stages) -> Pat
         evaluate_test=False,
         threads=config.threads,
     )
-    stages.run("student", student_dir, lambda: distill(distill_args, config.data))
+    budgeted = lambda: dataclasses.replace(distill_args, time_budget=stages.budget("student"))  # noqa: E731
+    stages.run("student", student_dir, lambda: distill(budgeted(), config.data))
     smallest = student_dir
     if config.heads_fraction or config.ffn_fraction:
         # Pruning buys speed but costs accuracy, so the unpruned student is quantized too: the table
@@ -186,7 +313,7 @@ def _student_variants(config: CompressConfig, out: Path, stages: _Stages) -> Pat
             seed=config.data.seed,
             batch_size=config.batch_size,
         )
-        stages.run("student pruned", smallest, lambda: prune(prune_config))
+        stages.run("student pruned", smallest, lambda: prune(_budgeted(prune_config, stages, "student pruned")))
     stages.run("student INT8", out / "student-int8", _quantized(config, smallest, out / "student-int8"))
     return smallest
 
@@ -222,7 +349,7 @@ def _survey_variants(config: CompressConfig, out: Path, stages: _Stages, smalles
 
         def factorized() -> str | None:
             try:
-                factorize(settings)
+                factorize(_budgeted(settings, stages, "teacher factorized"))
             except SettingsError as e:  # a spectrum too flat at this energy: no layer would get smaller
                 return str(e)
             return None
@@ -261,9 +388,16 @@ def _covering_trim(config: CompressConfig, out: Path, stages: _Stages, smallest:
         batch_size=config.batch_size,
         threads=config.threads,
     )
-    stages.run(f"student trimmed vocab {share}%", trimmed, lambda: trim_vocab(trim))
+    name = f"student trimmed vocab {share}%"
+    stages.run(name, trimmed, lambda: trim_vocab(_budgeted(trim, stages, name)))
     int8 = out / f"student-trimmed-{share}-int8"
     stages.run(f"student trimmed {share}% INT8", int8, _quantized(config, trimmed, int8, True))
+
+
+def _budgeted(settings, stages: _Stages, name: str):
+    """A recovering stage's settings with its planned ``recovery_time_budget`` (unchanged without a plan)."""
+    budget = stages.budget(name) if settings.recovery_epochs else None
+    return dataclasses.replace(settings, recovery_time_budget=budget) if budget else settings
 
 
 def _openvino_variants(config: CompressConfig, out: Path, stages: _Stages, smallest: Path) -> None:
@@ -293,9 +427,10 @@ def _compare(config: CompressConfig, out: Path, stages: _Stages) -> list[dict]:
     from bertsent.config import CompareConfig
     from bertsent.recipes.compare import compare, previous_rows
 
+    scored = {name: f for name, f in stages.folders.items() if config.table == "all" or name not in DECISION_SKIPS}
     compare_config = CompareConfig(
-        models=[str(f) for f in stages.folders.values()],
-        names=list(stages.folders),
+        models=[str(f) for f in scored.values()],
+        names=list(scored),
         data=config.data,
         latency_samples=config.latency_samples,
         threads=config.threads,
@@ -307,6 +442,16 @@ def _compare(config: CompressConfig, out: Path, stages: _Stages) -> list[dict]:
         stages.timings["compare"] = "skipped (already complete)"
         return rows
     started = time.perf_counter()
-    rows = compare(compare_config)
+    rows = compare(compare_config, **table_options(config))
     stages.measured_now("compare", time.perf_counter() - started)
     return rows
+
+
+def table_options(config: CompressConfig) -> dict:
+    """How the recipe's table is measured (:func:`bertsent.recipes.compare.compare`'s options): the teacher
+    in PyTorch fp32, the speed on the fixed sample, predictions stored and reused."""
+    from bertsent.config import InferenceSettings
+
+    inference = {"threads": config.threads} if config.threads else {}
+    reference = InferenceSettings(**REFERENCE, **inference)
+    return {"reference": reference, "speed_samples": config.speed_samples, "store": True}

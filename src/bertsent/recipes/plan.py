@@ -7,7 +7,14 @@ training stages still to run in proportion to their weights. A stage that ends e
 after it; a reserve re-estimated from measured throughput moves the others' shares at once.
 
 The plan is kept in ``plan.json`` after every change, so a recipe killed halfway continues with what its
-finished stages used (their own measured seconds, not the wall clock between sessions).
+finished stages used (their own measured seconds, not the wall clock between sessions). A stage that was
+given time and killed before it finished keeps what it was given when the next run continues it (so its
+resumed training runs under the same ``--time-budget``).
+
+Reserves are estimated from measured throughput: :meth:`RecipePlan.measured` keeps each route's
+reviews/s (times the encoder layers of the model it was measured on, so one 6-layer measurement also
+prices a 3-layer student), and :meth:`RecipePlan.scoring_seconds` prices rows still to score with them;
+a route not measured yet is priced at the slowest measured one (an upper bound, lowered once measured).
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ class RecipePlan:
     budget: float
     stages: dict[str, StagePlan] = field(default_factory=dict)
     path: Path | None = None
+    rates: dict[str, float] = field(default_factory=dict)
+    """Per route (``torch``, ``onnx``, ``openvino``): measured reviews/s times the layers of the model."""
 
     @classmethod
     def load(cls, path: Path, budget: float, weights: dict[str, float], reserves: dict[str, float]) -> RecipePlan:
@@ -58,6 +67,7 @@ class RecipePlan:
         plan = cls(budget, path=path)
         if path.is_file() and (saved := json.loads(path.read_text())).get("budget") == budget:
             plan.stages = {name: StagePlan(**stage) for name, stage in saved["stages"].items()}
+            plan.rates = saved.get("rates", {})
         for name, weight in weights.items():
             plan.stages.setdefault(name, StagePlan(weight=weight))
         for name, seconds in reserves.items():
@@ -69,7 +79,8 @@ class RecipePlan:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_json_whole(
-                self.path, {"budget": self.budget, "stages": {k: asdict(v) for k, v in self.stages.items()}}
+                self.path,
+                {"budget": self.budget, "stages": {k: asdict(v) for k, v in self.stages.items()}, "rates": self.rates},
             )
 
     @property
@@ -87,6 +98,8 @@ class RecipePlan:
         stage = self.stages[name]
         if not stage.weight:
             raise KeyError(f"{name!r} is not a training stage of the plan")
+        if stage.planned is not None and stage.used is None:  # a killed run's stage, continued
+            return stage.planned
         waiting = sum(s.weight for s in self.stages.values() if s.weight and s.used is None)
         left = self.budget - self.used - self.reserved()
         stage.planned = round(max(MIN_STAGE_SECONDS, left * stage.weight / waiting), 1)
@@ -103,6 +116,20 @@ class RecipePlan:
         """Record what stage ``name`` took."""
         self.stages.setdefault(name, StagePlan()).used = round(seconds, 1)
         self.save()
+
+    def measured(self, route: str, reviews_per_second: float, layers: int) -> None:
+        """Keep a measured throughput of ``route`` on a model of ``layers`` encoder layers."""
+        if reviews_per_second > 0 and layers > 0:
+            self.rates[route] = round(reviews_per_second * layers, 3)
+            self.save()
+
+    def scoring_seconds(self, rows: list[tuple[str, int, int]]) -> float:
+        """Seconds to score ``rows`` (route, layers, reviews) at the measured rates (see the module
+        docstring); 0 before anything is measured."""
+        if not self.rates:
+            return 0.0
+        slowest = min(self.rates.values())
+        return sum(reviews * layers / self.rates.get(route, slowest) for route, layers, reviews in rows)
 
     def done(self, name: str) -> bool:
         return name in self.stages and self.stages[name].used is not None

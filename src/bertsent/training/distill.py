@@ -4,7 +4,9 @@ The student starts from the teacher's own layers (every other one, as DistilBERT
 ``--student`` model. Its loss is ``alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)``
 (Hinton et al., 2015), optionally plus an MSE between the student's hidden states and the matching
 teacher layers. The teacher's logits are computed once and cached, so the teacher does not run every
-epoch (only the hidden-state term needs it at every step). Everything else is ``train``'s loop.
+epoch (only the hidden-state term needs it at every step); that pass, and the teacher's validation scores
+of the record, run on the route ``Predictor`` picks for the teacher's folder by default (on a CPU the
+fastest that passes the fp32 guard). Everything else is ``train``'s loop.
 """
 
 from __future__ import annotations
@@ -60,9 +62,13 @@ def student_from_teacher(teacher, n_layers: int):
     return student, keep
 
 
-def teacher_logits(teacher, encoded: Encoded, pad_id: int, device: torch.device, cache: Path) -> np.ndarray:
-    """The teacher's logits for every training review (fp32, batches of 64), computed once and cached next
-    to the run. The teacher moves to ``device`` and stays there, in eval mode."""
+def teacher_logits(
+    teacher, encoded: Encoded, pad_id: int, device: torch.device, cache: Path, teacher_dir: Path | None = None
+) -> np.ndarray:
+    """The teacher's logits for every training review (batches of 64), computed once and cached next to
+    the run. With ``teacher_dir`` (the teacher's folder) they run on the route ``Predictor`` picks by
+    default: on a CPU, the fastest that passes the fp32 guard (``--backend auto``), whose logits agree with
+    fp32 PyTorch's labels; else (or on a GPU) the teacher in memory, in fp32, moved to ``device``."""
     from bertsent.inference import TorchBackend, run
 
     key = hashlib.sha256(b"".join(ids.tobytes() + b"|" for ids in encoded.ids)).hexdigest()[:16]
@@ -70,14 +76,30 @@ def teacher_logits(teacher, encoded: Encoded, pad_id: int, device: torch.device,
     if cache.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key:
         log.info("teacher logits from cache %s", cache)
         return np.load(cache)
-    log.info("computing the teacher's logits for %d training reviews (once)", len(encoded))
-    teacher.eval().to(device)
     progress = None if is_main_process() else False  # one bar, on a terminal, from the main process
-    out = run(TorchBackend.from_model(teacher, device), encoded, TEACHER_BATCH_SIZE, pad_id, progress)
+    backend, route = _fast_route(teacher_dir, device)
+    if backend is None:
+        teacher.eval().to(device)
+        backend = TorchBackend.from_model(teacher, device)
+    log.info("computing the teacher's logits for %d training reviews (once), with %s", len(encoded), route)
+    out = run(backend, encoded, TEACHER_BATCH_SIZE, pad_id, progress)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, out)
-    meta.write_text(json.dumps({"key": key, "rows": len(encoded)}))
+    meta.write_text(json.dumps({"key": key, "rows": len(encoded), "route": route}))
     return out
+
+
+def _fast_route(teacher_dir: Path | None, device: torch.device):
+    """The backend ``Predictor(teacher_dir)`` runs with its default settings and what it is, or
+    ``(None, "PyTorch fp32")`` without a folder or on an accelerator (the teacher in memory runs there)."""
+    if teacher_dir is None or device.type != "cpu":
+        return None, "PyTorch fp32"
+    from bertsent.predict import Predictor
+
+    predictor = Predictor(teacher_dir, batch_size=TEACHER_BATCH_SIZE, device="cpu")
+    backend = predictor.backend
+    route = getattr(getattr(predictor, "route", None), "name", None) or backend.name
+    return backend, f"route {route} ({backend.name}, {backend.precision})"
 
 
 def distillation_loss(
@@ -114,7 +136,9 @@ def distill(args: DistillationArguments, data: DataConfig) -> TrainResult:
     pad_id = load_tokenizer(args.model).pad_token_id or 0
 
     def make_loss(splits: Splits, train_enc: Encoded, device: torch.device):
-        soft = torch.from_numpy(teacher_logits(teacher, train_enc, pad_id, device, output_dir / TEACHER_LOGITS))
+        cache = output_dir / TEACHER_LOGITS
+        folder = Path(args.teacher)  # the teacher's folder: its logits run on the fastest agreeing route
+        soft = torch.from_numpy(teacher_logits(teacher, train_enc, pad_id, device, cache, folder).astype(np.float32))
         if not args.hidden_weight:
             teacher.cpu()  # the cached logits are all the teacher is needed for
 
@@ -180,7 +204,13 @@ def _report(args: DistillationArguments, data: DataConfig, teacher, result: Trai
     tokenizer = load_tokenizer(args.model)
     encoded = encode(tokenizer, validation["text"].tolist(), args.max_length, args.truncation)
     device = next(teacher.parameters()).device
-    probs = predict_probs(teacher, encoded, args.eval_batch_size, tokenizer.pad_token_id or 0, device)
+    backend, _ = _fast_route(Path(args.teacher), device)
+    if backend is None:
+        probs = predict_probs(teacher, encoded, args.eval_batch_size, tokenizer.pad_token_id or 0, device)
+    else:
+        from bertsent.inference import run, softmax
+
+        probs = softmax(run(backend, encoded, args.eval_batch_size, tokenizer.pad_token_id or 0))
     teacher_eval = classification_metrics(validation["label"].to_numpy(), probs, teacher.config.id2label)
     metrics = result.metrics
     summary = {
