@@ -47,6 +47,7 @@ from pathlib import Path
 
 from bertsent.config import CompressConfig, SettingsError
 from bertsent.folder import read_training_args, write_json_whole
+from bertsent.recipes.plan import StagePlan
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class _Stages:
         self.measured: dict[str, float] = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.plan = plan
         self.reserve = None  # () -> None: re-estimates the plan's reserves (set by compress)
+        self.fixed: list[str] = []  # the stages that do not train, as far as known (set by compress)
 
     def budget(self, name: str) -> str | None:
         """The ``--time-budget`` of training stage ``name``: its share of the plan, the reserves estimated
@@ -122,9 +124,20 @@ class _Stages:
         write_json_whole(self.path, self.measured)  # a kill mid-write leaves the last complete record
         if self.plan is not None:
             self.plan.finished(name, seconds)
-            other = self.plan.stages.get(OTHER_STAGES)
-            if other is not None and other.used is None and not self.plan.stages[name].weight:
-                self.plan.estimate(OTHER_STAGES, max(0.0, other.reserve - seconds))  # one of them is done
+            if not self.plan.stages[name].weight:
+                self.reserve_fixed(seconds)
+
+    def reserve_fixed(self, seconds: float) -> None:
+        """One of the stages that do not train took ``seconds``: the plan's reserve for the rest of them is the
+        estimate less that, or, when more, their number times what each finished one took on average (their
+        fixed costs, loading and exporting, do not scale with the reviews the estimate counts)."""
+        other = self.plan.stages.setdefault(OTHER_STAGES, StagePlan())
+        if other.used is not None:
+            return
+        took = [self.plan.stages[n].used for n in self.fixed if self.plan.done(n)]
+        left = [n for n in self.fixed if not self.plan.done(n)]
+        by_mean = len(left) * sum(took) / len(took) if took else 0.0
+        self.plan.estimate(OTHER_STAGES, max(other.reserve - seconds, by_mean, 0.0))
 
     def run(self, name: str, folder: Path, make) -> None:
         """Run ``make`` unless ``folder`` is complete; ``make`` returns a reason (a string) when the stage does
@@ -155,6 +168,10 @@ def compress(config: CompressConfig, plan=None) -> list[dict]:
     stages = _Stages(teacher, out, plan)
     if plan is not None:
         stages.reserve = lambda: reserve_scoring(config, plan, stages)
+        every = dataclasses.replace(config, table="all")
+        stages.fixed = [
+            n for n, _, _ in table_rows(every, _teacher_layers(teacher)) if n not in {"teacher", *TRAINING_WEIGHTS}
+        ]
     _teacher_variants(config, out, stages)
     smallest = _student_variants(config, out, stages)
     _survey_variants(config, out, stages, smallest)
@@ -191,7 +208,24 @@ def own_plan(config: CompressConfig, out: Path):
     from bertsent.config import budget_seconds
     from bertsent.recipes.plan import PLAN_FILE, RecipePlan
 
-    return RecipePlan.load(out / PLAN_FILE, budget_seconds(config.time_budget), training_weights(config), {})
+    plan = RecipePlan.load(out / PLAN_FILE, budget_seconds(config.time_budget), training_weights(config), {})
+    if not plan.rates:
+        measure_teacher_rate(config, plan)
+    return plan
+
+
+def measure_teacher_rate(config: CompressConfig, plan) -> None:
+    """The plan's scoring rate from the teacher itself, PyTorch fp32 on a few test reviews: what an own plan has
+    before its table is scored (the slowest route, so the scoring reserve errs on the safe side)."""
+    from bertsent.data.loading import load_data
+    from bertsent.predict import Predictor
+
+    texts = load_data(config.data, splits=("test",)).test["text"].tolist()[:64]
+    predictor = Predictor(config.teacher, **REFERENCE)
+    predictor.predict_proba(texts[: predictor.batch_size])  # warm-up
+    started = time.perf_counter()
+    predictor.predict_proba(texts)
+    plan.measured("torch", len(texts) / (time.perf_counter() - started), _teacher_layers(Path(config.teacher)))
 
 
 def table_rows(config: CompressConfig, teacher_layers: int) -> list[tuple[str, str, int]]:
@@ -211,8 +245,8 @@ def table_rows(config: CompressConfig, teacher_layers: int) -> list[tuple[str, s
 
 
 def reserve_scoring(config: CompressConfig, plan, stages: _Stages) -> None:
-    """The plan's ``scoring`` reserve: every row not scored yet (the whole test split, plus the speed sample),
-    at the measured rates; the teacher's row is free once its predictions are stored (``reproduce``)."""
+    """The plan's ``compare`` reserve (the table's scoring): every row (the whole test split, plus the speed
+    sample) at the measured rates; the teacher's row is free once its predictions are stored (``reproduce``)."""
     from bertsent.recipes.compare import STORE_DIR
 
     layers = _teacher_layers(Path(config.teacher))
@@ -223,7 +257,7 @@ def reserve_scoring(config: CompressConfig, plan, stages: _Stages) -> None:
         (route, n, timed if name == "teacher" and stored else test + timed)
         for name, route, n in table_rows(config, layers)
     ]
-    plan.estimate("scoring", plan.scoring_seconds(rows))
+    plan.estimate("compare", plan.scoring_seconds(rows))
 
 
 def _teacher_layers(teacher: Path) -> int:
