@@ -44,6 +44,7 @@ from bertsent.config import (
     ServeSettings,
     TrainingArguments,
     TrimVocabConfig,
+    passed_on,
 )
 from bertsent.errors import BertsentError
 from bertsent.serve import cmd_serve  # the server's own loop; light to import (no torch)
@@ -142,12 +143,7 @@ def predict_on_ray(ns: argparse.Namespace, args: PredictArguments, explain: Expl
         args.input,
         args.output,
         settings(ns, InferenceSettings),
-        text_column=args.text_column,
-        keep_columns=args.keep_columns,
-        top_k=args.top_k,
-        encoding=args.encoding,
-        address=args.address,
-        workers=args.workers,
+        **passed_on(args, "text_column", "keep_columns", "top_k", "encoding", "address", "workers"),
     )
     print(
         f"{result.rows} predictions written to {result.output} ({result.output_files} Parquet files, from "
@@ -240,9 +236,7 @@ def cmd_trim_vocab(ns: argparse.Namespace) -> int:
 
     result = trim_vocab(settings(ns, TrimVocabConfig))
     record = result.record
-    for name, key in (("vocabulary", "vocab_size"), ("parameters", "parameters")):
-        print(f"{name:>24}: {record[key]['before']:,} -> {record[key]['after']:,}")
-    print(f"{'weights':>24}: {_mb(record['weights_bytes']['before'])} -> {_mb(record['weights_bytes']['after'])}")
+    _print_before_after(record, (("vocabulary", "vocab_size"), ("parameters", "parameters")))
     for split, tokens in record["tokens"].items():
         print(
             f"{split + ' tokens':>24}: {100 * tokens['unk_token_share']:.4f}% became [UNK], "
@@ -254,6 +248,13 @@ def cmd_trim_vocab(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _print_before_after(record: dict, counts: tuple[tuple[str, str], ...]) -> None:
+    """A stage record's counts, then its weights' bytes, each as before -> after."""
+    for name, key in counts:
+        print(f"{name:>24}: {record[key]['before']:,} -> {record[key]['after']:,}")
+    print(f"{'weights':>24}: {_mb(record['weights_bytes']['before'])} -> {_mb(record['weights_bytes']['after'])}")
+
+
 def cmd_factorize(ns: argparse.Namespace) -> int:
     from bertsent.compression.factorize import factorize
 
@@ -263,9 +264,7 @@ def cmd_factorize(ns: argparse.Namespace) -> int:
         return 0
     layers, ranks = record["layers"], record["ranks"]
     print(f"{'factorized layers':>24}: {len(ranks)} of {len(layers)} (ranks {sorted(set(ranks.values()))})")
-    for name, key in (("parameters", "parameters"), ("factorized weights", "factorized_weights")):
-        print(f"{name:>24}: {record[key]['before']:,} -> {record[key]['after']:,}")
-    print(f"{'weights':>24}: {_mb(record['weights_bytes']['before'])} -> {_mb(record['weights_bytes']['after'])}")
+    _print_before_after(record, (("parameters", "parameters"), ("factorized weights", "factorized_weights")))
     validation = record["validation"]
     _print_recovered(validation, "factorized")
     print(f"factorized model saved to {result.output_dir}")

@@ -102,6 +102,10 @@ def _setting(name: str) -> property:
     return property(lambda self: getattr(self.settings, name), doc=f"The resolved ``settings.{name}``.")
 
 
+DESCRIBED_SETTINGS = ("max_length", "truncation", "long_text", "stride", "batch_size")
+"""The resolved inference settings a :class:`ModelDescription` repeats."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelDescription:
     """What a loaded model is and how it runs, in one object (:meth:`Predictor.describe`): what the
@@ -262,14 +266,10 @@ class Predictor:
             backend=backend.name,
             precision=str(backend.precision),
             threads=backend.threads,
-            max_length=self.max_length,
-            truncation=self.truncation,
-            long_text=self.long_text,
-            stride=self.stride,
-            batch_size=self.batch_size,
             mean_layers=backend.mean_layers,
             route=self.route.name,
             route_reason=self.route.reason,
+            **{name: getattr(self.settings, name) for name in DESCRIBED_SETTINGS},
         )
 
     def __call__(self, texts: str | list[str], top_k: int | None = 1) -> list[dict] | list[list[dict]]:

@@ -337,15 +337,7 @@ def _student_variants(config: CompressConfig, out: Path, stages: _Stages) -> Pat
         stages.run("student INT8 (unpruned)", unpruned_int8, _quantized(config, student_dir, unpruned_int8))
         smallest = out / "student-pruned"
         prune_config = PruneConfig(
-            model=str(student_dir),
-            output_dir=str(smallest),
-            heads_fraction=config.heads_fraction,
-            ffn_fraction=config.ffn_fraction,
-            recovery_epochs=config.recovery_epochs,
-            recovery_lr=config.recovery_lr,
-            data=config.data,
-            seed=config.data.seed,
-            batch_size=config.batch_size,
+            str(student_dir), str(smallest), config.heads_fraction, config.ffn_fraction, **_recovery(config)
         )
         stages.run("student pruned", smallest, lambda: prune(_budgeted(prune_config, stages, "student pruned")))
     stages.run("student INT8", out / "student-int8", _quantized(config, smallest, out / "student-int8"))
@@ -402,6 +394,13 @@ def _survey_variants(config: CompressConfig, out: Path, stages: _Stages, smalles
         stages.run("teacher early exit", folder, lambda: early_exit(exits))
 
 
+def _recovery(config: CompressConfig) -> dict:
+    """What a stage with recovery fine-tuning (pruning, the covering trim) takes from the recipe: its data and
+    seed, the recovery epochs and rate, the batch size and threads."""
+    names = ("recovery_epochs", "recovery_lr", "batch_size", "threads")
+    return {"data": config.data, "seed": config.data.seed} | {name: getattr(config, name) for name in names}
+
+
 def _covering_trim(config: CompressConfig, out: Path, stages: _Stages, smallest: Path) -> None:
     """The size lever pushed further: the smallest student keeping only the pieces that cover
     ``trim_coverage`` of the training texts' tokens, recovery fine-tuned (``recovery_epochs``), and its INT8
@@ -412,16 +411,7 @@ def _covering_trim(config: CompressConfig, out: Path, stages: _Stages, smallest:
     share = f"{config.trim_coverage * 100:g}"
     trimmed = out / f"student-trimmed-{share}"
     # Dropped pieces re-split their words into pieces the student never saw there: it recovers on them.
-    trim = TrimVocabConfig(
-        model=str(smallest),
-        output_dir=str(trimmed),
-        coverage=config.trim_coverage,
-        data=config.data,
-        recovery_epochs=config.recovery_epochs,
-        recovery_lr=config.recovery_lr,
-        batch_size=config.batch_size,
-        threads=config.threads,
-    )
+    trim = TrimVocabConfig(str(smallest), str(trimmed), coverage=config.trim_coverage, **_recovery(config))
     name = f"student trimmed vocab {share}%"
     stages.run(name, trimmed, lambda: trim_vocab(_budgeted(trim, stages, name)))
     int8 = out / f"student-trimmed-{share}-int8"
