@@ -48,3 +48,15 @@ def test_a_compression_stage_needs_only_the_folder(folder_at_128, tmp_path, comm
     if command == "factorize":  # neither --rank nor --energy: the recipe's energy
         record = json.loads((out / "compression.json").read_text())
         assert record["arguments"]["energy"] == 0.9
+
+
+def test_serve_chunks_long_reviews_with_the_folder_length(folder_at_128):
+    from fastapi.testclient import TestClient
+
+    from bertsent.serve import create_app
+
+    with TestClient(create_app(folder_at_128, inference=InferenceSettings(long_text="chunk"))) as client:
+        info = client.get("/info").json()
+        answer = client.post("/predict", json={"inputs": ["a fine film, " * 200, "dull"]})
+    assert answer.status_code == 200 and len(answer.json()) == 2
+    assert json.dumps(info).count('"stride": 64') == 1  # half the folder's 128 tokens, as predict and evaluate
