@@ -144,11 +144,11 @@ def test_an_interrupted_comparison_keeps_its_rows_for_the_next_run(trained_tiny_
     )
     measure, calls, kill = module.measure, [], [False]
 
-    def killed_on_the_second(folder, *args):
+    def killed_on_the_second(folder, *args, **kwargs):
         calls.append(folder)
         if kill[0] and len(calls) == 2:
             raise RuntimeError("killed")
-        return measure(folder, *args)
+        return measure(folder, *args, **kwargs)
 
     def interrupted() -> dict:
         calls.clear()

@@ -106,7 +106,9 @@ def owned_fields(classes: tuple[type, ...], skip: frozenset[str] = frozenset()) 
     if clashes := {name: owners for name, owners in declared.items() if len(owners) > 1 and name not in SHARED}:
         detail = "; ".join(f"{name!r} in {' and '.join(owners)}" for name, owners in clashes.items())
         raise SettingsClash(f"one flag, two meanings: {detail} (rename one, skip one, or declare it SHARED)")
-    return {cls: tuple(f.name for f in flag_fields(cls, skip)) for cls in classes}
+    # A field skipped command-wide may still come from the namespace (a positional the command adds itself).
+    wide = frozenset(name for name in skip if "." not in name)
+    return {cls: tuple(f.name for f in flag_fields(cls, skip - wide)) for cls in classes}
 
 
 _warned: set[str] = set()
