@@ -50,7 +50,7 @@ def weights(folder: Path) -> dict:
 
 
 def step_lines(log: str) -> list[str]:
-    return [line.split(": ", 1)[1] for line in log.splitlines() if "bertsent.train: step" in line]
+    return [line.split(": ", 1)[1] for line in log.splitlines() if "bertsent.training.loop: step" in line]
 
 
 @pytest.fixture(scope="module")

@@ -269,7 +269,7 @@ def test_derived_folders_do_not_claim_the_heads(exit_dir, tmp_path, caplog):
     assert EARLY_EXIT_KEY not in json.loads((tmp_path / "saved" / "config.json").read_text())
     from bertsent.compression.export import export
 
-    with caplog.at_level(logging.WARNING, logger="bertsent.export"):
+    with caplog.at_level(logging.WARNING, logger="bertsent.compression.export"):
         onnx_dir = export(ExportConfig(model=str(exit_dir), output_dir=str(tmp_path / "onnx"))).output_dir
     assert "full-depth model" in caplog.text
     assert EARLY_EXIT_KEY not in json.loads((onnx_dir / "config.json").read_text())

@@ -86,7 +86,7 @@ def test_predictor_runs_the_onnx_folder_like_the_pytorch_one(onnx_dir, trained_t
     assert onnx_predictor.backend.name == "onnxruntime"
     assert torch_predictor.backend.name == "pytorch"
     assert onnx_predictor.id2label == torch_predictor.id2label
-    assert (onnx_predictor.max_length, onnx_predictor.truncation) == (32, "head")
+    assert (onnx_predictor.max_length, onnx_predictor.truncation) == (32, "head+tail")
     onnx_probs, torch_probs = onnx_predictor.predict_proba(toy_texts), torch_predictor.predict_proba(toy_texts)
     np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-4, rtol=0)
     assert [p["label"] for p in onnx_predictor(toy_texts)] == [p["label"] for p in torch_predictor(toy_texts)]

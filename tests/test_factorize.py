@@ -336,7 +336,11 @@ def test_a_killed_recovery_continues_from_its_checkpoint(trained_tiny_dir, tmp_p
 
     def config(name: str) -> FactorizeConfig:
         return FactorizeConfig(
-            model=str(trained_tiny_dir), output_dir=str(tmp_path / name), rank=4, recovery_samples=64, validation_samples=40
+            model=str(trained_tiny_dir),
+            output_dir=str(tmp_path / name),
+            rank=4,
+            recovery_samples=64,
+            validation_samples=40,
         )
 
     factorize(config("whole"))

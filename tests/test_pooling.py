@@ -87,7 +87,8 @@ def pooled_run(sentence_encoder, toy_data_dir, tmp_path_factory) -> Path:
     """The tiny sentence encoder fine-tuned with ``--pooling auto`` (the default)."""
     from bertsent.training.loop import train
 
-    args = tiny_args(sentence_encoder, tmp_path_factory.mktemp("pooled_run"), epochs=4)
+    # head truncation, as the transformers pipeline this folder is checked against truncates
+    args = tiny_args(sentence_encoder, tmp_path_factory.mktemp("pooled_run"), epochs=4, truncation="head")
     return train(args, DataConfig(str(toy_data_dir), validation_size=40)).output_dir
 
 
@@ -130,11 +131,11 @@ def test_pruning_a_mean_pooled_model_keeps_the_pooling_layer_whole_and_last(pool
     # Each of the pooling layer's heads carries one slice of the mean: none of them is a candidate. Its
     # near-zero feed-forward goes down to the one neuron a layer keeps.
     result = prune(PruneConfig(output_dir=str(tmp_path / "heads"), heads_fraction=0.5, ffn_fraction=0.5, **common))
-    layout = result.compression["layout"]
+    layout = result.record["layout"]
     assert len(layout["heads"]["2"]) == 4
     assert sum(len(layout["heads"][str(i)]) for i in range(2)) == 4  # half of the 8 heads of the real layers
     assert layout["intermediate"]["2"] == 1 and layout["intermediate"]["0"] == 32
-    assert "mean-pooling layer's near-zero feed-forward" in result.compression["resolved"]["ffn_selection"]
+    assert "mean-pooling layer's near-zero feed-forward" in result.record["resolved"]["ffn_selection"]
     # A one-neuron feed-forward exports and quantizes like any other (the recipe's student INT8).
     from bertsent.compression.quantize import quantize
     from bertsent.config import QuantizeConfig
@@ -146,7 +147,7 @@ def test_pruning_a_mean_pooled_model_keeps_the_pooling_layer_whole_and_last(pool
     assert json.loads((tmp_path / "heads" / "config.json").read_text())[POOLING_KEY] == {"layer": 2}
     # keep_layers counts the encoder's own layers; the pooling layer comes along, renumbered.
     kept = prune(PruneConfig(output_dir=str(tmp_path / "layers"), keep_layers=1, **common))
-    assert kept.compression["resolved"]["kept_layers"] == [1, 2]
+    assert kept.record["resolved"]["kept_layers"] == [1, 2]
     config = json.loads((tmp_path / "layers" / "config.json").read_text())
     assert config["num_hidden_layers"] == 2 and config[POOLING_KEY] == {"layer": 1}
     assert len(Predictor(tmp_path / "layers")(["a fine film"])) == 1

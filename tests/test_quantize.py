@@ -212,7 +212,7 @@ def test_accuracy_drop_is_warned_loudly(trained_tiny_dir, tmp_path, monkeypatch,
         return logits
 
     monkeypatch.setattr(OnnxBackend, "logits", flip_every_third)
-    with caplog.at_level(logging.WARNING, logger="bertsent.quantize"):
+    with caplog.at_level(logging.WARNING, logger="bertsent.compression.quantize"):
         result = quantize(QuantizeConfig(model=str(trained_tiny_dir), output_dir=str(tmp_path / "drop"), max_drop=1.0))
     validation = result.record["validation"]
     assert validation["drop_exceeded"] is True

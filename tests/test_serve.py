@@ -84,7 +84,7 @@ def test_health_info_and_page(client, trained_tiny_dir, predictor):
     assert str(trained_tiny_dir.parent) not in client.get("/info").text
     assert info["labels"] == {str(k): v for k, v in predictor.id2label.items()}
     assert info["backend"] == predictor.backend.name == "pytorch"
-    assert (info["max_length"], info["truncation"]) == (predictor.max_length, predictor.truncation) == (32, "head")
+    assert (info["max_length"], info["truncation"]) == (predictor.max_length, predictor.truncation) == (32, "head+tail")
     assert (info["precision"], info["threads"]) == (predictor.backend.precision, predictor.backend.threads)
     assert info["mean_layers"] is None  # no early exit: every text runs every layer
     assert info["batching"] == {"max_batch_size": 8, "max_wait_ms": 2.0, "max_batch_tokens": 16_384}

@@ -381,7 +381,10 @@ def test_recovery_fine_tunes_the_trimmed_model_on_its_own_tokenizer(trained_tiny
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [({"recovery_lr": 0}, "recovery_lr must be > 0"), ({"recovery_epochs": 1, "validation_samples": 0}, "validation_samples")],
+    [
+        ({"recovery_lr": 0}, "recovery_lr must be > 0"),
+        ({"recovery_epochs": 1, "validation_samples": 0}, "validation_samples"),
+    ],
 )
 def test_bad_recovery_settings_are_settings_errors(change, message, tmp_path):
     with pytest.raises(SettingsError, match=message):

@@ -57,6 +57,11 @@ class StageResult:
     metrics: dict
     model: Any = None
 
+    @property
+    def compression(self) -> dict:
+        """The record under the name prune's result gave it before every stage returned this type."""
+        return self.record
+
 
 @dataclass
 class Source:

@@ -129,15 +129,16 @@ class _Stages:
 
     def reserve_fixed(self, seconds: float) -> None:
         """One of the stages that do not train took ``seconds``: the plan's reserve for the rest of them is the
-        estimate less that, or, when more, their number times what each finished one took on average (their
-        fixed costs, loading and exporting, do not scale with the reviews the estimate counts)."""
+        estimate less that, or, when more, their number times the longest a finished one took (their fixed
+        costs, loading, exporting and calibrating, do not scale with the reviews the estimate counts, and
+        they differ: an NNCF INT8 takes longer than an ONNX export, so the plan errs on the safe side)."""
         other = self.plan.stages.setdefault(OTHER_STAGES, StagePlan())
         if other.used is not None:
             return
         took = [self.plan.stages[n].used for n in self.fixed if self.plan.done(n)]
         left = [n for n in self.fixed if not self.plan.done(n)]
-        by_mean = len(left) * sum(took) / len(took) if took else 0.0
-        self.plan.estimate(OTHER_STAGES, max(other.reserve - seconds, by_mean, 0.0))
+        by_longest = len(left) * max(took, default=0.0)
+        self.plan.estimate(OTHER_STAGES, max(other.reserve - seconds, by_longest, 0.0))
 
     def run(self, name: str, folder: Path, make) -> None:
         """Run ``make`` unless ``folder`` is complete; ``make`` returns a reason (a string) when the stage does
