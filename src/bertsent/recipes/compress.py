@@ -73,6 +73,9 @@ variants are in the table (and the exports those variants supersede)."""
 OTHER_STAGES = "other stages"
 """The plan's reserve for the stages that do not train (exports, quantization, trimming, early exit),
 lowered by what each takes as it ends."""
+FIXED_STAGE_SECONDS = 10.0
+"""The least the plan reserves for each stage that does not train, before any has been timed (loading a model,
+exporting and saving it take that even for a tiny one)."""
 REFERENCE = {"backend": "torch", "precision": "fp32"}
 """How the teacher's row, the ratios' reference, runs: the folder as PyTorch fp32, on the same CPU."""
 
@@ -137,7 +140,7 @@ class _Stages:
             return
         took = [self.plan.stages[n].used for n in self.fixed if self.plan.done(n)]
         left = [n for n in self.fixed if not self.plan.done(n)]
-        by_longest = len(left) * max(took, default=0.0)
+        by_longest = len(left) * max([*took, FIXED_STAGE_SECONDS])
         self.plan.estimate(OTHER_STAGES, max(other.reserve - seconds, by_longest, 0.0))
 
     def run(self, name: str, folder: Path, make) -> None:
@@ -173,6 +176,7 @@ def compress(config: CompressConfig, plan=None) -> list[dict]:
         stages.fixed = [
             n for n, _, _ in table_rows(every, _teacher_layers(teacher)) if n not in {"teacher", *TRAINING_WEIGHTS}
         ]
+        stages.reserve_fixed(0.0)  # reserved before the first stage: at least FIXED_STAGE_SECONDS each
     _teacher_variants(config, out, stages)
     smallest = _student_variants(config, out, stages)
     _survey_variants(config, out, stages, smallest)
