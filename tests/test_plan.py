@@ -3,6 +3,7 @@
 import pytest
 
 from bertsent.config import SettingsError
+from bertsent.errors import PlanError
 from bertsent.recipes.plan import MIN_STAGE_SECONDS, PLAN_FILE, RecipePlan
 
 WEIGHTS = {"teacher": 6.0, "distill": 2.0, "prune recovery": 1.0, "factorize recovery": 1.0}
@@ -65,3 +66,25 @@ def test_a_stage_gets_a_floor_and_bad_budgets_are_errors(tmp_path):
         plan.seconds_for("scoring")
     with pytest.raises(SettingsError, match="> 0"):
         RecipePlan.load(tmp_path / "other.json", 0, WEIGHTS, RESERVES)
+
+
+def test_a_budget_the_reserves_would_fill_is_refused_before_training_naming_one_that_fits(tmp_path):
+    plan = RecipePlan.load(tmp_path / PLAN_FILE, 1800, WEIGHTS, RESERVES)  # reserves 1,500 s of 1,800
+    assert not plan.started()
+    with pytest.raises(PlanError, match=r"30m cannot hold .*\(scoring 20m\).* --time-budget 34m or more") as caught:
+        plan.check_fits(0.25)
+    assert "\n" not in str(caught.value)
+    roomy = RecipePlan.load(tmp_path / "roomy.json", 34 * 60, WEIGHTS, RESERVES)
+    roomy.check_fits(0.25)  # the budget the error named fits
+    roomy.seconds_for("teacher")
+    assert roomy.started()
+
+
+def test_an_int8_route_is_priced_at_its_own_rate_else_at_its_base_route(tmp_path):
+    plan = RecipePlan.load(tmp_path / PLAN_FILE, 9000, WEIGHTS, RESERVES)
+    plan.measured("torch", 20.0, 6)
+    plan.measured("onnx", 40.0, 6)
+    assert plan.scoring_seconds([("onnx-int8", 6, 400)]) == pytest.approx(10.0)  # unmeasured: onnx's rate
+    assert plan.scoring_seconds([("openvino-int8", 3, 400)]) == pytest.approx(10.0)  # nothing: the slowest
+    plan.measured("onnx-int8", 80.0, 6)
+    assert plan.scoring_seconds([("onnx-int8", 3, 400)]) == pytest.approx(2.5)

@@ -37,6 +37,10 @@ class PruneError(BertsentError):
     """A pruning request that cannot be carried out on this model (unknown layer, too many heads, ...)."""
 
 
+class PlanError(BertsentError):
+    """A recipe's time budget that cannot hold it on this machine (its scoring alone would take most of it)."""
+
+
 class EarlyExitError(BertsentError):
     """An early-exit request that cannot be carried out (no labelled reviews, unsupported model, ...)."""
 

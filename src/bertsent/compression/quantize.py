@@ -140,7 +140,9 @@ def _op_types(config: QuantizeConfig) -> list[str]:
     return ["MatMul", "Gemm", *(["Gather"] if config.quantize_embeddings else [])]
 
 
-def _onnx_dynamic(config: QuantizeConfig, model_in: Path, model_out: Path) -> dict:
+def onnx_dynamic_int8(config: QuantizeConfig, model_in: Path, model_out: Path) -> dict:
+    """``model_in`` (an ONNX file) with INT8 weights in ``model_out`` by ``quantize_dynamic`` (the ops of
+    ``config``; activations quantized per batch at run time); returns what was quantized, for the record."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     op_types = _op_types(config)
@@ -396,7 +398,7 @@ def quantize(config: QuantizeConfig) -> StageResult:
             prepared = Path(tmp) / "prepared.onnx"
             record["preprocess"] = _preprocess(fp32_dir / ONNX_FILE, prepared)
             if config.method == "onnx-dynamic":
-                record["quantization"] = _onnx_dynamic(config, prepared, staged / ONNX_FILE)
+                record["quantization"] = onnx_dynamic_int8(config, prepared, staged / ONNX_FILE)
             else:
                 texts = reviews.train["text"].tolist()
                 record["quantization"] = _onnx_static(config, prepared, staged / ONNX_FILE, source, texts)

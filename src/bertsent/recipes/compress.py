@@ -235,17 +235,19 @@ def measure_teacher_rate(config: CompressConfig, plan) -> None:
 
 def table_rows(config: CompressConfig, teacher_layers: int) -> list[tuple[str, str, int]]:
     """The rows the table will score: (name, route, encoder layers), as far as known before the stages run
-    (the student's layers from ``student_layers``, the routes from what each folder is)."""
+    (the student's layers from ``student_layers``, the routes from what each folder is; an INT8 route is its
+    base route's name with ``-int8``, priced at the base route until measured)."""
     student = config.student_layers or max(1, teacher_layers // 2)
+    int8 = "onnx-int8"
     names = [("teacher", "torch", teacher_layers), ("teacher ONNX fp32", "onnx", teacher_layers)]
-    names += [("teacher INT8", "onnx", teacher_layers), ("teacher INT8 + embeddings", "onnx", teacher_layers)]
-    names += [("student", "torch", student), ("student INT8 (unpruned)", "onnx", student)]
-    names += [("student pruned", "torch", student), ("student INT8", "onnx", student)]
-    names += [("student trimmed vocab", "torch", student), ("student trimmed INT8", "onnx", student)]
-    names += [("student trimmed vocab 95%", "torch", student), ("student trimmed 95% INT8", "onnx", student)]
+    names += [("teacher INT8", int8, teacher_layers), ("teacher INT8 + embeddings", int8, teacher_layers)]
+    names += [("student", "torch", student), ("student INT8 (unpruned)", int8, student)]
+    names += [("student pruned", "torch", student), ("student INT8", int8, student)]
+    names += [("student trimmed vocab", "torch", student), ("student trimmed INT8", int8, student)]
+    names += [("student trimmed vocab 95%", "torch", student), ("student trimmed 95% INT8", int8, student)]
     names += [("teacher factorized", "torch", teacher_layers), ("teacher early exit", "torch", teacher_layers)]
     for who, layers in (("teacher", teacher_layers), ("student", student)):
-        names += [(f"{who} OpenVINO fp32", "openvino", layers), (f"{who} OpenVINO INT8", "openvino", layers)]
+        names += [(f"{who} OpenVINO fp32", "openvino", layers), (f"{who} OpenVINO INT8", "openvino-int8", layers)]
     return [row for row in names if config.table == "all" or row[0] not in DECISION_SKIPS]
 
 

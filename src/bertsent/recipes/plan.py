@@ -14,17 +14,24 @@ resumed training runs under the same ``--time-budget``).
 Reserves are estimated from measured throughput: :meth:`RecipePlan.measured` keeps each route's
 reviews/s (times the encoder layers of the model it was measured on, so one 6-layer measurement also
 prices a 3-layer student), and :meth:`RecipePlan.scoring_seconds` prices rows still to score with them;
-a route not measured yet is priced at the slowest measured one (an upper bound, lowered once measured).
+a route not measured yet is priced at its base route (``onnx-int8`` at ``onnx``), else at the slowest measured
+one (an upper bound, lowered once measured).
+
+A budget whose reserves leave the training stages less than a share of it is refused before anything trains
+(:meth:`RecipePlan.check_fits`): on a slow CPU the table's scoring alone can take the whole budget, and a
+teacher trained for the 30-second floor is not a result.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bertsent.config import SettingsError
+from bertsent.errors import PlanError
 from bertsent.folder import write_json_whole
 
 log = logging.getLogger(__name__)
@@ -129,7 +136,35 @@ class RecipePlan:
         if not self.rates:
             return 0.0
         slowest = min(self.rates.values())
-        return sum(reviews * layers / self.rates.get(route, slowest) for route, layers, reviews in rows)
+
+        def rate(route: str) -> float:
+            return self.rates.get(route) or self.rates.get(route.split("-")[0]) or slowest
+
+        return sum(reviews * layers / rate(route) for route, layers, reviews in rows)
+
+    def check_fits(self, min_training_share: float) -> None:
+        """Raise :class:`PlanError` when what is used and reserved leaves the training stages less than
+        ``min_training_share`` of the budget, naming the budget that would leave them that much."""
+        taken = self.used + self.reserved()
+        if self.budget - taken >= min_training_share * self.budget:
+            return
+        need = taken / (1 - min_training_share)
+        biggest = max((n for n, s in self.stages.items() if s.used is None and not s.weight), key=self._reserve_of)
+        rates = ", ".join(f"{route} {rate:.0f}" for route, rate in sorted(self.rates.items()))
+        rates = f" at the measured rates (reviews/s x layers: {rates})" if rates else ""
+        raise PlanError(
+            f"a time budget of {_minutes(self.budget)} cannot hold this recipe on this CPU: what does not train "
+            f"needs about {_minutes(taken)} ({biggest} {_minutes(self.stages[biggest].reserve)}){rates}, "
+            f"leaving less than {min_training_share:.0%} for training; "
+            f"give --time-budget {_minutes(need, up=True)} or more, or fewer test reviews (--eval-samples)"
+        )
+
+    def _reserve_of(self, name: str) -> float:
+        return self.stages[name].reserve
+
+    def started(self) -> bool:
+        """Whether any training stage has been given time yet."""
+        return any(s.weight and s.planned is not None for s in self.stages.values())
 
     def done(self, name: str) -> bool:
         return name in self.stages and self.stages[name].used is not None
@@ -141,3 +176,7 @@ class RecipePlan:
             for name, s in self.stages.items()
         ]
         return [*rows, {"stage": "total", "planned": self.budget, "used": self.used}]
+
+
+def _minutes(seconds: float, up: bool = False) -> str:
+    return f"{math.ceil(seconds / 60) if up else round(seconds / 60)}m"

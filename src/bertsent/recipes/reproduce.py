@@ -41,6 +41,9 @@ TEACHER_WEIGHT = 8.0
 ``TRAINING_WEIGHTS``): the teacher's accuracy bounds every variant's."""
 PROBE_REVIEWS = 64
 """Test reviews the starting model is timed on, per route, before the plan's first estimate."""
+MIN_TRAINING_SHARE = 0.25
+"""The least share of ``time_budget`` the first estimates must leave to the training stages (the teacher
+first): below it, the recipe stops before training, naming the budget that would fit."""
 
 TEACHER_SETTINGS = (
     "model",
@@ -632,6 +635,8 @@ def make_plan(config: ReproduceConfig, out: Path, timings: _Timings):
         timings.record("probe: throughput of the starting model per route", plan.stages["probe"].used)
     if not plan.done("teacher"):
         _first_estimates(config, defaults, plan)
+    if not plan.started():
+        plan.check_fits(MIN_TRAINING_SHARE)
     return plan
 
 
@@ -682,8 +687,9 @@ def _model_layers(config: ReproduceConfig) -> int:
 
 def probe_rates(config: ReproduceConfig, folder: Path, plan) -> None:
     """Time the starting model (a fresh head: speed does not depend on the weights) on
-    :data:`PROBE_REVIEWS` test reviews in PyTorch fp32 and, exported, in ONNX Runtime and (when installed)
-    OpenVINO; keep each rate in the plan. The exports are removed afterwards."""
+    :data:`PROBE_REVIEWS` test reviews in PyTorch fp32 and, exported, in ONNX Runtime (fp32 and with dynamic
+    INT8 weights, as the table's INT8 rows) and (when installed) OpenVINO; keep each rate in the plan. The
+    exports are removed afterwards."""
     import importlib.util
 
     from bertsent.compression.export import export_onnx, export_openvino
@@ -700,6 +706,7 @@ def probe_rates(config: ReproduceConfig, folder: Path, plan) -> None:
     tokenizer.model_max_length = config.max_length
     tokenizer.save_pretrained(folder / "model")
     routes = {"torch": folder / "model", "onnx": export_onnx(folder / "model", folder / "onnx")}
+    routes["onnx-int8"] = _int8_copy(config, folder / "onnx", folder / "onnx-int8")
     if all(importlib.util.find_spec(name) for name in ("openvino", "nncf")):
         routes["openvino"] = export_openvino(folder / "model", folder / "openvino")
     for route, path in routes.items():
@@ -713,6 +720,18 @@ def probe_rates(config: ReproduceConfig, folder: Path, plan) -> None:
         plan.measured(route, len(texts) / (time.perf_counter() - started), layers)
     shutil.rmtree(folder, ignore_errors=True)
     log.info("plan: measured rates (reviews/s x layers) %s", plan.rates)
+
+
+def _int8_copy(config: ReproduceConfig, onnx_folder: Path, folder: Path) -> Path:
+    """A copy of the ONNX export ``onnx_folder`` with dynamic INT8 weights (no accuracy check: it is timed only)."""
+    from bertsent.compression.quantize import onnx_dynamic_int8
+    from bertsent.config import QuantizeConfig
+    from bertsent.folder import ONNX_FILE
+
+    shutil.copytree(onnx_folder, folder, ignore=shutil.ignore_patterns(ONNX_FILE))
+    settings = QuantizeConfig(model=str(onnx_folder), output_dir=str(folder), data=config.data)
+    onnx_dynamic_int8(settings, onnx_folder / ONNX_FILE, folder / ONNX_FILE)
+    return folder
 
 
 def score_teacher(compress_config, teacher: Path, timings: _Timings, plan) -> None:
