@@ -29,12 +29,15 @@ from bertsent.errors import BertsentError, InferenceError, ModelError, ServeErro
 from bertsent.predict import ModelDescription, Predictor  # noqa: E402
 from bertsent.serve import (  # noqa: E402
     API_KEY_ENV,
+    PAD_FLOOR,
+    PAD_RATIO,
     MicroBatcher,
     api_key_from_env,
     background_server,
     bind_socket,
     cmd_serve,
     create_app,
+    plan_batches,
     print_banner,
     settings_from_args,
     validation_message,
@@ -669,6 +672,17 @@ def test_a_long_row_holds_the_others_back_by_its_own_batch_only():
     results = asyncio.run(asyncio.wait_for(scenario(), 10))
     assert model.batches == [[f"s{i}" for i in range(6)], ["long review"]]
     assert [r[0, 0] for r in results] == [11.0] + [2.0] * 6
+
+
+def test_a_full_length_row_is_never_batched_with_one_liners_the_token_cap_would_allow():
+    """32 rows x 256 tokens is within the default token cap, but a 256-token review beside one-liners would pad
+    them all to 256: rows more than PAD_RATIO times a batch's shortest start a batch of their own."""
+    lengths = [20, 22, 25, 256, 24, 240, 30, 12]
+    batches = plan_batches(lengths, max_rows=32, max_tokens=16_384, length=lambda n: n)
+    assert batches == [[12, 20, 22, 24, 25, 30], [240, 256]]
+    for batch in batches:
+        assert max(batch) <= PAD_RATIO * max(batch[0], PAD_FLOOR)
+    assert plan_batches([1, 3, 9, 30, 40], 8, 1_000, lambda n: n) == [[1, 3, 9, 30], [40]]  # floor: 2 x 16 tokens
 
 
 def test_the_server_batches_encoded_rows_by_tokens(trained_tiny_dir, texts, reference):

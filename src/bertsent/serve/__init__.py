@@ -57,7 +57,15 @@ _HOMES = {
     "app": ("PAGE", "create_app", "load_page", "load_predictor"),
     "routes": ("explain_refusal", "explained_answer", "over_limits"),
     "scoring": ("EncodedRow", "Scorer", "mean_by_text"),
-    "batcher": ("ROUND_BATCHES", "SHUTTING_DOWN", "BatchStats", "MicroBatcher", "plan_batches"),
+    "batcher": (
+        "PAD_FLOOR",
+        "PAD_RATIO",
+        "ROUND_BATCHES",
+        "SHUTTING_DOWN",
+        "BatchStats",
+        "MicroBatcher",
+        "plan_batches",
+    ),
     "middleware": (
         "API_KEY_ENV",
         "RETRY_AFTER_S",

@@ -4,10 +4,11 @@ Plain asyncio, no web framework: the model runs in one dedicated thread, one bat
 the event loop goes on accepting requests. A row is whatever the model takes (a text, or a text's
 encoded tokens) with its length in tokens. The worker takes a *round* of waiting rows, orders it by
 length and cuts it into batches of at most ``max_batch_size`` rows and ``max_batch_tokens`` padded
-tokens (rows times the longest row, as text-embeddings-inference counts them), shortest first: short
-rows are never padded to a long one, and a long row holds the others back by no more than its own
-batch. Each row goes back to its own request's future; a batch that fails is retried request by
-request, so only the requests whose own rows fail get the error.
+tokens (rows times the longest row, as text-embeddings-inference counts them), shortest first; a row
+joins a batch only while it is at most :data:`PAD_RATIO` times the batch's shortest row, so short rows are
+never padded to a long one, and a long row holds the others back by no more than its own batch. Each
+row goes back to its own request's future; a batch that fails is retried request by request, so only the
+requests whose own rows fail get the error.
 """
 
 import asyncio
@@ -32,6 +33,12 @@ SHUTTING_DOWN = "the server is shutting down"
 ROUND_BATCHES = 4
 """A round holds at most this many full batches of rows: the longest rows of a round wait at most for
 the round's shorter batches, and rows that arrive meanwhile for the rest of the round."""
+
+PAD_RATIO = 2
+"""A row joins a batch only while it is at most this many times as long as the batch's shortest row (counted
+as at least :data:`PAD_FLOOR` tokens): with ``max_batch_tokens`` alone, a full-length review fits beside 31
+one-liners and pads them all to its length."""
+PAD_FLOOR = 16
 
 
 @dataclass(eq=False)
@@ -59,13 +66,14 @@ class BatchStats:
 
 def plan_batches(items: Sequence, max_rows: int, max_tokens: int, length=lambda item: item.tokens) -> list[list]:
     """``items`` ordered by ``length`` (ties in arrival order), cut into batches, shortest first, of at most
-    ``max_rows`` rows and ``max_tokens`` padded tokens (rows x the batch's longest); a row longer than
-    ``max_tokens`` makes a batch of its own."""
+    ``max_rows`` rows and ``max_tokens`` padded tokens (rows x the batch's longest), each row at most
+    :data:`PAD_RATIO` times the batch's first; a row longer than ``max_tokens`` makes a batch of its own."""
     batches: list[list] = []
     for item in sorted(items, key=length):
         batch = batches[-1] if batches else None
         # Sorted ascending, so this row is the longest of the batch it joins.
-        if batch is None or len(batch) >= max_rows or (len(batch) + 1) * length(item) > max_tokens:
+        too_long = batch is not None and length(item) > PAD_RATIO * max(length(batch[0]), PAD_FLOOR)
+        if batch is None or too_long or len(batch) >= max_rows or (len(batch) + 1) * length(item) > max_tokens:
             batches.append([item])
         else:
             batch.append(item)
