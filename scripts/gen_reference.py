@@ -143,7 +143,7 @@ def openapi_document() -> dict:
     from bertsent.config import ServeSettings
     from bertsent.serve import create_app
 
-    return create_app(_StandIn(), ServeSettings()).openapi()
+    return create_app(_StandIn(), ServeSettings(warmup=False)).openapi()  # nothing is served: no warm-up
 
 
 def openapi_json(doc: dict) -> str:

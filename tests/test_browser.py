@@ -116,7 +116,7 @@ def test_page_shows_api_errors(browser, server_url):
     classify(browser, "x" * (MAX_CHARS + 1))
     error = browser.find_element(By.ID, "error")
     assert error.is_displayed() and not browser.find_element(By.ID, "result").is_displayed()
-    assert error.text == f"Error 413: inputs[0] has {MAX_CHARS + 1} characters; the limit is {MAX_CHARS} (--max-chars)"
+    assert error.text == f"Error 422: inputs[0] has {MAX_CHARS + 1} characters; the limit is {MAX_CHARS} (--max-chars)"
     assert "over" in browser.find_element(By.ID, "chars").get_attribute("class")  # the counter warned too
 
     classify(browser, "   ")  # nothing to classify: said on the page, no request

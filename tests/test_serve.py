@@ -45,6 +45,7 @@ from bertsent.serve import (  # noqa: E402
 
 # Small limits so the limit tests send small bodies; the toy reviews are far below them.
 SETTINGS = ServeSettings(max_batch_size=8, max_wait_ms=2, max_inputs=8, max_chars=400, max_body_bytes=6000)
+COLD = dataclasses.replace(SETTINGS, warmup=False)  # for tests that count the model's calls
 EXTRA_TEXTS = ["", "été génial 😀 — wonderful!", "terrible " * 40]  # empty, non-ASCII, truncated at max_length
 
 
@@ -243,8 +244,9 @@ BAD_REQUESTS = {
     "top_k at top level": ({"json": {"inputs": "x", "top_k": 2}}, 422, '"parameters": {"top_k"'),
     "top_k zero": ({"json": {"inputs": "x", "parameters": {"top_k": 0}}}, 422, "parameters.top_k"),
     "top_k string": ({"json": {"inputs": "x", "parameters": {"top_k": "2"}}}, 422, "parameters.top_k"),
-    "too many inputs": ({"json": {"inputs": ["x"] * 9}}, 413, "9 inputs; the limit is 8"),
-    "text too long": ({"json": {"inputs": ["ok", "x" * 401]}}, 413, "inputs[1] has 401 characters"),
+    # Over the limits the OpenAPI document states (maxItems, maxLength): 422, as any request it does not allow.
+    "too many inputs": ({"json": {"inputs": ["x"] * 9}}, 422, "9 inputs; the limit is 8"),
+    "text too long": ({"json": {"inputs": ["ok", "x" * 401]}}, 422, "inputs[1] has 401 characters"),
     "body too big": ({"json": {"inputs": "x" * 7000}}, 413, "max-body-bytes"),
     # A generator body goes out chunked, without Content-Length: the middleware counts what it reads.
     "body too big, chunked": ({"content": (b"x" * 1000 for _ in range(7)), "headers": JSON}, 413, "over 6,000 bytes"),
@@ -303,6 +305,29 @@ def test_validation_message_wording():
     assert validation_message([]) == "invalid request"
 
 
+def test_the_app_warms_up_with_one_batch_of_the_largest_shape_before_serving(trained_tiny_dir, texts, reference):
+    """As text-embeddings-inference does: full-length rows, as many as the row and token caps allow, run once
+    when the app is made (not counted as a served batch); ``warmup=False`` skips it."""
+    predictor = Predictor(trained_tiny_dir)
+    original, shapes = predictor.predict_proba, []
+
+    def recording(batch):
+        shapes.append((len(batch), max(batch.lengths.tolist())))
+        return original(batch)
+
+    predictor.predict_proba = recording
+    max_length = predictor.describe().max_length
+    settings = dataclasses.replace(SETTINGS, max_batch_tokens=3 * max_length)  # 3 rows of 8 at full length
+    with TestClient(create_app(predictor, settings)) as client:
+        assert shapes == [(3, max_length)]
+        body = client.post("/predict", json={"inputs": texts[:1]}).json()
+        assert client.get("/info").json()["stats"]["batches"] == 1
+    assert_matches(body[0], reference[texts[0]], predictor.id2label)
+    shapes.clear()
+    create_app(predictor, dataclasses.replace(settings, warmup=False))
+    assert shapes == []
+
+
 def test_inference_error_is_a_500_and_the_server_recovers(trained_tiny_dir, texts, reference):
     predictor = Predictor(trained_tiny_dir)
     original, calls = predictor.predict_proba, []
@@ -314,7 +339,7 @@ def test_inference_error_is_a_500_and_the_server_recovers(trained_tiny_dir, text
         return original(batch)
 
     predictor.predict_proba = flaky
-    with TestClient(create_app(predictor, SETTINGS)) as client:
+    with TestClient(create_app(predictor, COLD)) as client:
         failed = client.post("/predict", json={"inputs": texts[:2]})
         assert failed.status_code == 500
         assert failed.json() == {"error": "inference failed: RuntimeError: simulated failure"}
@@ -415,7 +440,7 @@ def test_metrics_count_the_traffic(trained_tiny_dir, predictor, texts):
     with TestClient(app) as client:
         for inputs in (texts[0], texts[1:4], [texts[4]]):  # 3 good requests, 5 texts
             assert client.post("/predict", json={"inputs": inputs}).status_code == 200
-        assert client.post("/predict", json={"inputs": ["x"] * 9}).status_code == 413  # refused by the route
+        assert client.post("/predict", json={"inputs": ["x"] * 9}).status_code == 422  # refused by the route
         assert client.post("/predict", json={"inputs": "x" * 7000}).status_code == 413  # by the body limit
         assert client.post("/predict", json={"inputs": 5}).status_code == 422
         assert client.get("/nowhere").status_code == 404
@@ -427,8 +452,8 @@ def test_metrics_count_the_traffic(trained_tiny_dir, predictor, texts):
     assert {(s.labels["model"], s.labels["backend"]) for s in samples} == {(trained_tiny_dir.name, "pytorch")}
     requests = "bertsent_http_requests_total"
     assert metric(samples, requests, path="/predict", status="200") == 3
-    assert metric(samples, requests, path="/predict", status="413") == 2
-    assert metric(samples, requests, path="/predict", status="422") == 1
+    assert metric(samples, requests, path="/predict", status="413") == 1
+    assert metric(samples, requests, path="/predict", status="422") == 2
     assert metric(samples, requests, path="other", status="404") == 1  # unknown paths share one series
     assert metric(samples, requests) == 7  # the scrape counts once it is answered, in the next one
     assert metric(samples, "bertsent_http_request_duration_seconds_count", path="/predict") == 6
@@ -452,7 +477,7 @@ def test_metrics_count_failed_batches(trained_tiny_dir, texts):
         raise RuntimeError("simulated failure")
 
     predictor.predict_proba = broken
-    with TestClient(create_app(predictor, SETTINGS)) as client:
+    with TestClient(create_app(predictor, COLD)) as client:
         assert client.post("/predict", json={"inputs": texts[:2]}).status_code == 500
         samples = scrape(client)
     assert metric(samples, "bertsent_batch_errors_total") == 1
@@ -697,7 +722,7 @@ def test_the_server_batches_encoded_rows_by_tokens(trained_tiny_dir, texts, refe
 
     served.predict_proba = recording
     cap = 64  # two full-length rows at max_length 32
-    settings = dataclasses.replace(SETTINGS, max_batch_tokens=cap)
+    settings = dataclasses.replace(COLD, max_batch_tokens=cap)
     inputs = [texts[0], EXTRA_TEXTS[2], texts[1], "", EXTRA_TEXTS[2], texts[2], "ok", texts[3]]
     with TestClient(create_app(served, settings)) as client:
         body = client.post("/predict", json={"inputs": inputs}).json()
@@ -1081,7 +1106,7 @@ def test_one_bad_request_never_fails_another(trained_tiny_dir, texts, reference,
         return original(batch)
 
     served.predict_proba = poisoned
-    app = create_app(served, ServeSettings(max_batch_size=64, max_wait_ms=50))
+    app = create_app(served, ServeSettings(max_batch_size=64, max_wait_ms=50, warmup=False))
     n_good, n_requests = 10, 5
     start = threading.Barrier(n_good + 2)
 
@@ -1120,21 +1145,14 @@ def test_one_bad_request_never_fails_another(trained_tiny_dir, texts, reference,
     assert stats["errors"] == len(shared) and stats["queued"] == 0
 
 
-SCHEMATHESIS_CONFIG = """
-[checks.negative_data_rejection]
-# Schemathesis' defaults, and 413: over the limits the document states (maxItems, maxLength) the answer is 413.
-expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
-"""
-
-
 def test_responses_match_the_openapi_document(trained_tiny_dir, tmp_path):
-    """Schemathesis, every check, against a live server with an API key: a few hundred generated requests
-    (valid and invalid), and every response must be what /openapi.json documents."""
+    """Schemathesis, every check with its default settings (no configuration file, as a new user runs it),
+    against a live server with an API key: a few hundred generated requests (valid and invalid), and every
+    response must be what /openapi.json documents."""
     pytest.importorskip("schemathesis", reason="pip install 'schemathesis>=4.3' (in the dev extra)")
     # Limits under which any request the document allows fits in the body limit (12 bytes per escaped character).
     settings = ServeSettings(max_inputs=8, max_chars=200, max_body_bytes=50_000, max_wait_ms=1, api_key=KEY)
-    (tmp_path / "schemathesis.toml").write_text(SCHEMATHESIS_CONFIG)
-    command = [sys.executable, "-m", "schemathesis.cli", "--config-file", "schemathesis.toml", "--no-color", "run"]
+    command = [sys.executable, "-m", "schemathesis.cli", "--no-color", "run"]
     command += ["--checks", "all", "--max-examples", "300", "--seed", "1", "--generation-database", "none"]
     command += ["--header", f"Authorization: Bearer {KEY}", "--request-timeout", "30"]
     with background_server(create_app(trained_tiny_dir, settings)) as url:

@@ -1129,8 +1129,10 @@ class ServeSettings:
     """Most texts in one request (more: 413)."""
     max_chars: int = 20_000
     """Longest text, in characters (longer: 413)."""
-    max_body_bytes: int = 1_000_000
-    """Largest request body (larger: 413, checked on the Content-Length header and on the bytes read)."""
+    max_body_bytes: int = 16_000_000
+    """Largest request body (larger: 413, checked on the Content-Length header and on the bytes read). The
+    default holds the largest request the OpenAPI document allows with the other defaults (64 texts of 20,000
+    characters, at most 12 bytes each when JSON-escaped), so no request the document allows gets a 413."""
     threads: int | None = None
     """CPU threads for PyTorch when the app loads the folder; None leaves PyTorch's default."""
     api_key: str | None = field(default=None, repr=False)
@@ -1145,6 +1147,9 @@ class ServeSettings:
     max_concurrent_requests: int = 512
     """Most /predict requests held at once (queued or running); past it a request gets 429 with a
     Retry-After header at once, instead of a longer queue."""
+    warmup: bool = True
+    """Run one batch of the largest shape (full-length rows, as many as the caps allow) before serving, so the
+    first requests are not slow and the server's memory is at its working size from the start."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():

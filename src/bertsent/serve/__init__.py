@@ -28,8 +28,9 @@ Back-pressure: past ``max_concurrent_requests`` requests held at once, ``/predic
 ``Retry-After`` at once, unread, instead of queueing without bound; ``/metrics`` counts refusals.
 
 Errors are JSON ``{"error": "<one line>"}`` (422 adds ``detail``): 401 without the API key (when
-``--api-key`` is set), 413 for a body, list or text over the limits, 422 for a body that is not JSON
-or not the expected shape (text that is not valid Unicode included), 429 past the concurrency limit,
+``--api-key`` is set), 413 for a body over ``--max-body-bytes``, 422 for a body that is not JSON or not
+the expected shape (text that is not valid Unicode included, and more texts or longer ones than the
+OpenAPI document allows), 429 past the concurrency limit,
 500 when inference fails on a request's own texts (the worker goes on), 503 while the worker is not
 running.
 

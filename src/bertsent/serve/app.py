@@ -107,6 +107,8 @@ def create_app(
     _check_token_cap(description, settings)
     app.state.metrics = _new_metrics(description, settings)
     app.state.scorer = Scorer(predictor)
+    if settings.warmup:
+        _warm_up(app.state.scorer, description, settings)
     # Counters before the first lifespan (and after a restart) read from a batcher that never ran.
     app.state.batcher = app.state.scorer.batcher(settings, app.state.metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -134,6 +136,13 @@ def _check_token_cap(description: "ModelDescription", settings: ServeSettings) -
             f"max_batch_tokens ({settings.max_batch_tokens:,}) is below the model's max_length "
             f"({description.max_length}): give --max-batch-tokens at least {description.max_length}"
         )
+
+
+def _warm_up(scorer: Scorer, description: "ModelDescription", settings: ServeSettings) -> None:
+    """One batch of the largest shape the server forms, before it serves (text-embeddings-inference warms up too)."""
+    rows = max(1, min(settings.max_batch_size, settings.max_batch_tokens // description.max_length))
+    seconds = scorer.warm_up(rows, description.max_length)
+    log.info("warm-up: one batch of %d x %d tokens in %.1f s", rows, description.max_length, seconds)
 
 
 def _new_metrics(description: "ModelDescription", settings: ServeSettings) -> ServeMetrics:

@@ -110,10 +110,13 @@ def add_predict(
     from fastapi import Request
 
     id2label = description.labels
-    too_large = {"model": m.ErrorResponse, "description": "too many inputs, a text too long or a body too big"}
     responses = {
-        413: too_large,
-        422: {"model": m.ValidationErrorResponse, "description": "not JSON, not the expected shape, or not Unicode"},
+        413: {"model": m.ErrorResponse, "description": "a body over --max-body-bytes"},
+        422: {
+            "model": m.ValidationErrorResponse,
+            "description": "not JSON, not the expected shape, not Unicode, or over the limits stated here "
+            "(maxItems, maxLength)",
+        },
         500: {"model": m.ErrorResponse, "description": "inference failed on this request's texts (others go on)"},
         503: {"model": m.ErrorResponse, "description": "the batching worker is not running"},
         400: {"model": m.ErrorResponse, "description": "explain asked of a model that cannot explain (not PyTorch)"},
@@ -143,9 +146,9 @@ def add_predict(
         ``"explanation"``: ``[{"word", "start", "end", "score"}, ...]``.
         """
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-        problem = over_limits(texts, settings)
-        if problem is not None:
-            return error(413, problem)
+        issue = over_limits(texts, settings)
+        if issue is not None:
+            return error(422, issue["msg"], detail=[issue])
         params = body.parameters
         explain = params is not None and params.explain
         refusal = explain_refusal(predictor, description) if explain else None
@@ -208,11 +211,14 @@ async def explained_answer(predictor, texts, probs, method, best: list[dict], an
     return JSONResponse(answer)  # built here: the response model would validate ~10 fields per word again
 
 
-def over_limits(texts: Sequence[str], settings: ServeSettings) -> str | None:
-    """Why ``texts`` break the server's limits (a 413), or None."""
+def over_limits(texts: Sequence[str], settings: ServeSettings) -> dict | None:
+    """How ``texts`` break the limits the OpenAPI document states (``maxItems``, ``maxLength``), as a
+    validation issue (``loc``, ``msg``, ``type``, as FastAPI's own 422s give them), or None."""
     if len(texts) > settings.max_inputs:
-        return f"{len(texts)} inputs; the limit is {settings.max_inputs} per request (--max-inputs)"
+        msg = f"{len(texts)} inputs; the limit is {settings.max_inputs} per request (--max-inputs)"
+        return {"loc": ["body", "inputs"], "msg": msg, "type": "too_long"}
     for i, text in enumerate(texts):
         if len(text) > settings.max_chars:
-            return f"inputs[{i}] has {len(text):,} characters; the limit is {settings.max_chars:,} (--max-chars)"
+            msg = f"inputs[{i}] has {len(text):,} characters; the limit is {settings.max_chars:,} (--max-chars)"
+            return {"loc": ["body", "inputs", i], "msg": msg, "type": "string_too_long"}
     return None

@@ -38,7 +38,7 @@ def unicode_problem(text: str) -> str | None:
 def check_inputs(value):
     """``inputs``' validator: one clear message instead of pydantic's per-union-member errors.
 
-    Texts are named by their index, a lone string as ``inputs[0]`` (as the 413 limits name them).
+    Texts are named by their index, a lone string as ``inputs[0]`` (as the limits' 422s name them).
     """
     if isinstance(value, list) and not value:
         raise PydanticCustomError("empty_inputs", "inputs is an empty list: send at least one text")
@@ -246,7 +246,8 @@ def validation_message(errors: Sequence[dict]) -> str:
 def document_limits(spec: dict, settings: ServeSettings) -> dict:
     """Write the server's limits into its OpenAPI document (``inputs``: maxItems, maxLength), in place.
 
-    Clients, and tests generated from the document, then know them; over them the server answers 413.
+    Clients, and tests generated from the document, then know them; over them the server answers 422, as
+    for any other request the document does not allow.
     """
     inputs = spec["components"]["schemas"]["PredictRequest"]["properties"]["inputs"]
     for option in inputs.get("anyOf", []):
@@ -256,7 +257,7 @@ def document_limits(spec: dict, settings: ServeSettings) -> dict:
             option["maxItems"] = settings.max_inputs
             option.setdefault("items", {})["maxLength"] = settings.max_chars
     inputs["description"] = (
-        f"a text, or a list of texts: at most {settings.max_inputs} texts of {settings.max_chars:,} characters, "
-        f"and a body of {settings.max_body_bytes:,} bytes (more: 413)"
+        f"a text, or a list of texts: at most {settings.max_inputs} texts of {settings.max_chars:,} characters "
+        f"(more: 422), and a body of {settings.max_body_bytes:,} bytes (more: 413)"
     )
     return spec
