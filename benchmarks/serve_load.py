@@ -20,7 +20,9 @@
    p99 with the long ones against without.
 
 Every phase counts 429 answers (``--max-concurrent-requests`` reached) apart from errors, so an
-overload run (e.g. 256 clients against ``--max-concurrent-requests 32``) shows 200s and 429s only.
+overload run (e.g. 256 clients against ``--max-concurrent-requests 32``) shows 200s and 429s only;
+``--backoff`` makes a refused client wait the answer's ``Retry-After``, as a well-behaved one does, instead
+of retrying at once (a retry storm that spends the shared CPU on refusals).
 Goals: server throughput >= 80% of offline batch throughput, 0 errors; with ``--mix``, the one-line
 reviews' p99 with the long ones <= 2x their p99 without. The server is stopped at the end (SIGINT,
 then terminate/kill if it does not exit), on errors too.
@@ -226,17 +228,18 @@ class _Tally:
             return self.done
 
 
-def _post(client, url: str, text: str) -> tuple[int | None, str | None, float, str | None]:
-    """One request: its status (None: no answer), label, seconds and error."""
+def _post(client, url: str, text: str) -> tuple[int | None, str | None, float, str | None, float]:
+    """One request: its status (None: no answer), label, seconds, error and ``Retry-After`` seconds (0: none)."""
     started = time.perf_counter()
     try:
         response = client.post(f"{url}/predict", json={"inputs": text})
         elapsed = time.perf_counter() - started
         if response.status_code != 200:
-            return response.status_code, None, elapsed, f"HTTP {response.status_code}: {response.text}"
-        return 200, response.json()[0]["label"], elapsed, None
+            retry = float(response.headers.get("retry-after", 0) or 0)
+            return response.status_code, None, elapsed, f"HTTP {response.status_code}: {response.text}", retry
+        return 200, response.json()[0]["label"], elapsed, None, 0.0
     except Exception as e:  # connection refused/reset, timeout, bad JSON: all count as errors
-        return None, None, time.perf_counter() - started, f"{type(e).__name__}: {e}"
+        return None, None, time.perf_counter() - started, f"{type(e).__name__}: {e}", 0.0
 
 
 def send_load(
@@ -249,8 +252,10 @@ def send_load(
     expected: list[str] | None = None,
     on_done=None,
     kinds: list[str] | None = None,
+    backoff: bool = False,
 ) -> dict:
-    """``clients`` threads post one text per request, cycling through ``texts``, ``total`` requests at most.
+    """``clients`` threads post one text per request, cycling through ``texts``, ``total`` requests at most;
+    with ``backoff`` a client answered 429 waits the answer's ``Retry-After`` before its next request.
 
     Returns latencies (s) of successful requests (and by ``kinds[i]``, the kind of ``texts[i]``, when
     given), error, refusal (429) and mismatch counts, and wall time.
@@ -268,9 +273,12 @@ def send_load(
                 i = next(counter)  # itertools.count is atomic under the GIL
                 if i >= total:
                     return
-                count = tally.add(i, *_post(client, url, texts[i % len(texts)]))
+                *answer, retry_after = _post(client, url, texts[i % len(texts)])
+                count = tally.add(i, *answer)
                 if on_done is not None:
                     on_done(count)
+                if backoff and answer[0] == 429:
+                    time.sleep(min(retry_after, max(0.0, deadline - time.monotonic())))
 
     threads = [threading.Thread(target=worker, name=f"client-{k}", daemon=True) for k in range(clients)]
     started = time.perf_counter()
@@ -323,7 +331,8 @@ def measure_load(
         plan = f"one review per request from {ns.clients} clients for {seconds:g} s"
     print(f"load    : {plan} ...", flush=True)
     cpu_server, cpu_client = cpu_seconds(server.pid), _self_cpu()
-    load = send_load(url, texts, total, ns.clients, seconds, server, expected)
+    with _rss_sampler(server.pid) as samples:
+        load = send_load(url, texts, total, ns.clients, seconds, server, expected, backoff=ns.backoff)
     cpu_server, cpu_client = cpu_seconds(server.pid) - cpu_server, _self_cpu() - cpu_client
     after = batch_counters(client, url)
     batches = after["batches"] - before["batches"]
@@ -354,7 +363,44 @@ def measure_load(
         "server_rss_mb_before": rss_before,
         "server_rss_mb_after": _rss_mb(server.pid),
         "server_peak_rss_mb": round(proc_status(server.pid).get("VmHWM", 0) / 1024, 1),
+        "server_rss_mb_samples": samples,
+        "server_rss_growth_after_warm": _growth_after(samples, RSS_WARM_SECONDS),
     }
+
+
+RSS_EVERY_SECONDS = 2.0
+RSS_WARM_SECONDS = 10.0
+"""The server's memory grows to its largest batch's shape in the first seconds under load (ONNX Runtime's and
+the allocator's arenas); growth is read from the first sample after this many seconds to the last."""
+
+
+@contextlib.contextmanager
+def _rss_sampler(pid: int):
+    """Samples ``(seconds, RSS MB)`` of ``pid`` every :data:`RSS_EVERY_SECONDS` while the block runs."""
+    samples: list[tuple[float, float | None]] = []
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def sample() -> None:
+        while True:
+            samples.append((round(time.monotonic() - started, 1), _rss_mb(pid)))
+            if stop.wait(RSS_EVERY_SECONDS):
+                return
+
+    thread = threading.Thread(target=sample, name="rss-sampler", daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join(5)
+        samples.append((round(time.monotonic() - started, 1), _rss_mb(pid)))
+
+
+def _growth_after(samples: list[tuple[float, float | None]], warm: float) -> float | None:
+    """RSS growth (a share) from the first sample at or after ``warm`` seconds to the last one."""
+    later = [mb for t, mb in samples if t >= warm and mb is not None]
+    return round(later[-1] / later[0] - 1, 4) if len(later) >= 2 else None
 
 
 def rss_phase(url: str, texts: list[str], ns: argparse.Namespace, server: Server) -> dict:
@@ -472,6 +518,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-concurrent-requests", type=int, help="server --max-concurrent-requests (default: the server's)"
     )
+    parser.add_argument(
+        "--backoff",
+        action="store_true",
+        help="a client answered 429 waits its Retry-After before the next request (default: retries at once)",
+    )
     parser.add_argument("--threads", type=int, help=f"intra-op threads (default: ${THREADS_ENV} or cores)")
     parser.add_argument(
         "--warmup",
@@ -558,7 +609,9 @@ def main(argv: list[str] | None = None) -> int:
                 url = server.wait_ready(client, ns.startup_timeout)
                 print(f"server  : pid {server.pid} at {url} ({' '.join(server.cmd[1:])})", flush=True)
                 # Warm-up: a few batches, so the first timed requests do not pay for lazy initialisation.
-                warm = send_load(url, texts[: ns.warmup], ns.warmup, ns.clients, ns.max_seconds, server)
+                # Within the concurrency limit, so that every warm-up request is served (none refused).
+                warm_clients = min(ns.clients, ns.max_concurrent_requests or ns.clients)
+                warm = send_load(url, texts[: ns.warmup], ns.warmup, warm_clients, ns.max_seconds, server)
                 if warm["errors"]:
                     raise LoadError(f"warm-up requests failed: {warm['error_examples'][0]}")
                 results["server"] = measure_load(server, client, url, texts, expected, ns, offline)
@@ -618,6 +671,12 @@ def print_report(results: dict) -> None:
         f"the end (peak {s['server_peak_rss_mb']} MB); latency p50 {lat.get('p50_ms')} ms, p99 {lat.get('p99_ms')} ms, "
         f"max {lat.get('max_ms')} ms; {s['errors']} errors"
     )
+    growth = s["server_rss_growth_after_warm"]
+    if growth is not None:
+        by_time = ", ".join(
+            f"{t:g} s {mb}" for t, mb in s["server_rss_mb_samples"][:: max(1, len(s["server_rss_mb_samples"]) // 8)]
+        )
+        print(f"server RSS (MB) over the load: {by_time}; growth after the first {RSS_WARM_SECONDS:g} s: {growth:+.1%}")
     if s["refused"]:
         print(f"refused: {s['refused']} requests answered 429 (--max-concurrent-requests reached)")
     if s["error_examples"]:
