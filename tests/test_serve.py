@@ -307,25 +307,25 @@ def test_validation_message_wording():
 
 def test_the_app_warms_up_with_one_batch_of_the_largest_shape_before_serving(trained_tiny_dir, texts, reference):
     """As text-embeddings-inference does: full-length rows, as many as the row and token caps allow, run once
-    when the app is made (not counted as a served batch); ``warmup=False`` skips it."""
+    in the inference thread when the app starts (not counted as a served batch); ``warmup=False`` skips it."""
     predictor = Predictor(trained_tiny_dir)
     original, shapes = predictor.predict_proba, []
 
     def recording(batch):
-        shapes.append((len(batch), max(batch.lengths.tolist())))
+        shapes.append((len(batch), max(batch.lengths.tolist()), threading.current_thread().name))
         return original(batch)
 
     predictor.predict_proba = recording
     max_length = predictor.describe().max_length
     settings = dataclasses.replace(SETTINGS, max_batch_tokens=3 * max_length)  # 3 rows of 8 at full length
     with TestClient(create_app(predictor, settings)) as client:
-        assert shapes == [(3, max_length)]
+        assert shapes == [(3, max_length, shapes[0][2])] and shapes[0][2].startswith("bertsent-inference")
         body = client.post("/predict", json={"inputs": texts[:1]}).json()
         assert client.get("/info").json()["stats"]["batches"] == 1
     assert_matches(body[0], reference[texts[0]], predictor.id2label)
     shapes.clear()
-    create_app(predictor, dataclasses.replace(settings, warmup=False))
-    assert shapes == []
+    with TestClient(create_app(predictor, dataclasses.replace(settings, warmup=False))):
+        assert shapes == []
 
 
 def test_inference_error_is_a_500_and_the_server_recovers(trained_tiny_dir, texts, reference):
@@ -752,7 +752,7 @@ def test_past_max_concurrent_requests_the_answer_is_429_at_once(tmp_path):
     /metrics counts the refusal; the held ones are answered once the model goes on."""
     gate = threading.Event()
     model = FakeModel(tmp_path / "fake", gate=gate)
-    app = create_app(model, dataclasses.replace(SETTINGS, max_concurrent_requests=2, max_wait_ms=0))
+    app = create_app(model, dataclasses.replace(COLD, max_concurrent_requests=2, max_wait_ms=0))  # gated: no warm-up
     with background_server(app) as url, httpx.Client(base_url=url, timeout=30) as http:
         with ThreadPoolExecutor(2) as pool:
             held = [pool.submit(httpx.post, f"{url}/predict", json={"inputs": f"good {i}"}, timeout=30) for i in (1, 2)]

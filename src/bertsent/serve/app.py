@@ -107,8 +107,6 @@ def create_app(
     _check_token_cap(description, settings)
     app.state.metrics = _new_metrics(description, settings)
     app.state.scorer = Scorer(predictor)
-    if settings.warmup:
-        _warm_up(app.state.scorer, description, settings)
     # Counters before the first lifespan (and after a restart) read from a batcher that never ran.
     app.state.batcher = app.state.scorer.batcher(settings, app.state.metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -138,11 +136,15 @@ def _check_token_cap(description: "ModelDescription", settings: ServeSettings) -
         )
 
 
-def _warm_up(scorer: Scorer, description: "ModelDescription", settings: ServeSettings) -> None:
-    """One batch of the largest shape the server forms, before it serves (text-embeddings-inference warms up too)."""
-    rows = max(1, min(settings.max_batch_size, settings.max_batch_tokens // description.max_length))
-    seconds = scorer.warm_up(rows, description.max_length)
-    log.info("warm-up: one batch of %d x %d tokens in %.1f s", rows, description.max_length, seconds)
+async def _warm_up(app, batcher) -> None:
+    """One batch of the largest shape the server forms, in the inference thread, before it serves (as
+    text-embeddings-inference warms up): memory a batch of that shape takes is allocated by the thread that
+    will serve, so the server's RSS is at its working size from the start."""
+    settings: ServeSettings = app.state.settings
+    max_length = app.state.description.max_length
+    rows = max(1, min(settings.max_batch_size, settings.max_batch_tokens // max_length))
+    seconds = await batcher.warm_up(app.state.scorer.full_rows(rows, max_length))
+    log.info("warm-up: one batch of %d x %d tokens in %.1f s", rows, max_length, seconds)
 
 
 def _new_metrics(description: "ModelDescription", settings: ServeSettings) -> ServeMetrics:
@@ -166,6 +168,8 @@ async def _lifespan(app):
     batcher = app.state.scorer.batcher(settings, app.state.metrics)
     app.state.batcher = batcher
     batcher.start()
+    if settings.warmup:
+        await _warm_up(app, batcher)
     try:
         yield
     finally:

@@ -134,6 +134,16 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertsent-inference")
         self._task = asyncio.get_running_loop().create_task(self._work(), name="bertsent-batcher")
 
+    async def warm_up(self, rows: Sequence) -> float:
+        """Run ``rows`` once in the inference thread, outside the stats (the thread that serves allocates
+        what a batch of that shape needs); returns the seconds it took."""
+        if not self.running:
+            raise ServeError("the batching worker is not running (server starting or shutting down)")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await loop.run_in_executor(self._executor, self.predict, list(rows))
+        return loop.time() - started
+
     async def stop(self, drain: float = 0.0) -> None:
         """Stop the worker; new rows are refused at once.
 

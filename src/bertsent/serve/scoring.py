@@ -8,7 +8,6 @@ padded tokens; a text's windows are averaged back into its one row, as ``Predict
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -49,14 +48,10 @@ class Scorer:
             self.score_rows, settings.max_batch_size, settings.max_wait_ms, metrics, settings.max_batch_tokens
         )
 
-    def warm_up(self, rows: int, max_length: int) -> float:
-        """Run ``rows`` full-length rows as one batch (the largest the server forms), so the backend has
-        allocated what a full batch needs before the first request; returns the seconds it took."""
+    def full_rows(self, rows: int, max_length: int) -> list[EncodedRow]:
+        """``rows`` full-length rows: the largest batch the server forms, for its warm-up."""
         encoded, _ = self.model.prepare([" ".join(["warm"] * max_length)])  # at least max_length tokens
-        row = EncodedRow(encoded.ids[0], int(encoded.full_lengths[0]))
-        started = time.perf_counter()
-        self.score_rows([row] * rows)
-        return time.perf_counter() - started
+        return [EncodedRow(encoded.ids[0], int(encoded.full_lengths[0]))] * rows
 
     def score_rows(self, rows: Sequence[EncodedRow]) -> np.ndarray:
         """The model's probabilities for one batch of rows, in their order (called in the inference thread)."""
