@@ -156,3 +156,21 @@ def test_reproduce_adopts_a_fine_tuned_teacher_calibrating_a_copy(trained_tiny_d
     (other / "metrics.json").write_text("{")
     assert main([*argv, "--teacher", str(other)]) == 2
     assert "metrics.json: not JSON" in capsys.readouterr().err
+
+
+def test_a_budget_the_scoring_would_fill_stops_before_training_in_one_line(
+    tiny_model_dir, toy_data_dir, tmp_path, capsys, monkeypatch
+):
+    """The real probe and first estimates on the tiny model; a share no plan can leave (99%) stands in for a
+    slow CPU: exit 2, one line naming a budget that fits, and no teacher trained."""
+    monkeypatch.setattr("bertsent.recipes.reproduce.MIN_TRAINING_SHARE", 0.99)
+    out = tmp_path / "repro"
+    argv = ["reproduce", "--data", str(toy_data_dir), "--output-dir", str(out), "--model", str(tiny_model_dir)]
+    argv += ["--max-length", "32", "--time-budget", "10m"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bertsent reproduce: error: a time budget of 10m cannot hold this recipe on this CPU")
+    assert "give --time-budget" in err and "\n" not in err and "Traceback" not in err
+    plan = json.loads((out / "plan.json").read_text())
+    assert {"torch", "onnx", "onnx-int8"} <= set(plan["rates"]) and plan["stages"]["compare"]["reserve"] > 0
+    assert plan["stages"]["teacher"]["planned"] is None and not (out / "teacher" / "metrics.json").exists()

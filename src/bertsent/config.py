@@ -1126,9 +1126,9 @@ class ServeSettings:
     max_wait_ms: float = 5.0
     """How long the first waiting text may wait for others to join its batch."""
     max_inputs: int = 64
-    """Most texts in one request (more: 413)."""
+    """Most texts in one request (more: 422, as the OpenAPI document's ``maxItems`` states)."""
     max_chars: int = 20_000
-    """Longest text, in characters (longer: 413)."""
+    """Longest text, in characters (longer: 422, as the OpenAPI document's ``maxLength`` states)."""
     max_body_bytes: int = 16_000_000
     """Largest request body (larger: 413, checked on the Content-Length header and on the bytes read). The
     default holds the largest request the OpenAPI document allows with the other defaults (64 texts of 20,000

@@ -149,7 +149,8 @@ class RecipePlan:
         if self.budget - taken >= min_training_share * self.budget:
             return
         need = taken / (1 - min_training_share)
-        biggest = max((n for n, s in self.stages.items() if s.used is None and not s.weight), key=self._reserve_of)
+        waiting = [n for n, s in self.stages.items() if s.used is None and not s.weight]
+        biggest = max(waiting, key=lambda n: self.stages[n].reserve)
         rates = ", ".join(f"{route} {rate:.0f}" for route, rate in sorted(self.rates.items()))
         rates = f" at the measured rates (reviews/s x layers: {rates})" if rates else ""
         raise PlanError(
@@ -158,9 +159,6 @@ class RecipePlan:
             f"leaving less than {min_training_share:.0%} for training; "
             f"give --time-budget {_minutes(need, up=True)} or more, or fewer test reviews (--eval-samples)"
         )
-
-    def _reserve_of(self, name: str) -> float:
-        return self.stages[name].reserve
 
     def started(self) -> bool:
         """Whether any training stage has been given time yet."""

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHUTTING_DOWN = "the server is shutting down"
+NOT_RUNNING = "the batching worker is not running (server starting or shutting down)"
 ROUND_BATCHES = 4
 """A round holds at most this many full batches of rows: the longest rows of a round wait at most for
 the round's shorter batches, and rows that arrive meanwhile for the rest of the round."""
@@ -138,7 +139,7 @@ class MicroBatcher:
         """Run ``rows`` once in the inference thread, outside the stats (the thread that serves allocates
         what a batch of that shape needs); returns the seconds it took."""
         if not self.running:
-            raise ServeError("the batching worker is not running (server starting or shutting down)")
+            raise ServeError(NOT_RUNNING)
         loop = asyncio.get_running_loop()
         started = loop.time()
         await loop.run_in_executor(self._executor, self.predict, list(rows))
@@ -176,7 +177,7 @@ class MicroBatcher:
         in the stats once all are answered (default: one per row).
         """
         if not self.running or self._queue is None or self._closing:
-            raise ServeError("the batching worker is not running (server starting or shutting down)")
+            raise ServeError(NOT_RUNNING)
         loop = asyncio.get_running_loop()
         now = loop.time()
         request = next(self._request_ids)
