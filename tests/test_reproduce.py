@@ -161,9 +161,10 @@ def test_reproduce_adopts_a_fine_tuned_teacher_calibrating_a_copy(trained_tiny_d
 def test_a_budget_the_scoring_would_fill_stops_before_training_in_one_line(
     tiny_model_dir, toy_data_dir, tmp_path, capsys, monkeypatch
 ):
-    """The real probe and first estimates on the tiny model; a share no plan can leave (99%) stands in for a
-    slow CPU: exit 2, one line naming a budget that fits, and no teacher trained."""
-    monkeypatch.setattr("bertsent.recipes.reproduce.MIN_TRAINING_SHARE", 0.99)
+    """The real probe and first estimates on the tiny model; a share no plan can leave (all but a millionth
+    of the budget, so even a fast CPU's reserves exceed what is left) stands in for a slow CPU: exit 2, one
+    line naming a budget that fits, and no teacher trained."""
+    monkeypatch.setattr("bertsent.recipes.reproduce.MIN_TRAINING_SHARE", 1 - 1e-6)
     out = tmp_path / "repro"
     argv = ["reproduce", "--data", str(toy_data_dir), "--output-dir", str(out), "--model", str(tiny_model_dir)]
     argv += ["--max-length", "32", "--time-budget", "10m"]

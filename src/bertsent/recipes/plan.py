@@ -177,4 +177,7 @@ class RecipePlan:
 
 
 def _minutes(seconds: float, up: bool = False) -> str:
+    """Whole minutes (rounded, or up with ``up``); under a minute, whole seconds, so a short budget never reads 0m."""
+    if seconds < 60:
+        return f"{math.ceil(seconds) if up else round(seconds)}s"
     return f"{math.ceil(seconds / 60) if up else round(seconds / 60)}m"
