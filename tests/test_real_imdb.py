@@ -20,7 +20,7 @@ pytestmark = [
 def test_embedded_model_fine_tuned_on_400_reviews_reaches_70_percent(tmp_path):
     args = TrainingArguments(
         output_dir=str(tmp_path / "minilm"),
-        max_length=256,
+        max_length=128,
         truncation="head+tail",
         epochs=1,
         batch_size=16,
@@ -43,7 +43,7 @@ def test_embedded_model_fine_tuned_with_keras_on_400_reviews_reaches_70_percent(
     args = TrainingArguments(
         output_dir=str(tmp_path / "minilm-keras"),
         backend="keras",
-        max_length=256,
+        max_length=128,
         truncation="head+tail",
         epochs=1,
         batch_size=16,
