@@ -94,7 +94,7 @@ def predict_savedmodel(folder: str, ns: argparse.Namespace, strings: bool) -> di
             return model.signatures["serving_strings"](text=tf.constant(batch_texts))["logits"].numpy()
         enc = encode(tokenizer, batch_texts, ns.max_length, "head+tail")
         b = collate(enc, np.arange(len(enc)), tokenizer.pad_token_id or 0)
-        ids, mask = (tf.constant(b[k].numpy(), tf.int32) for k in ("input_ids", "attention_mask"))
+        ids, mask = (tf.constant(b[k], tf.int32) for k in ("input_ids", "attention_mask"))
         return model.signatures["serving_default"](input_ids=ids, attention_mask=mask)["logits"].numpy()
 
     # Same batching as the Predictor: length-sorted (by characters: no tokenizer outside the graph).

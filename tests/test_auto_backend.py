@@ -6,8 +6,11 @@ so no test depends on timings."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from bertsent import route_choice
 from bertsent.config import DataConfig, InferenceSettings
 from bertsent.errors import SettingsError
 from bertsent.predict import Predictor
+from bertsent.tokenizer_json import JsonTokenizer, same_encoding
 
 
 @pytest.fixture
@@ -61,20 +65,65 @@ def test_first_use_measures_and_a_second_predictor_loads_the_cached_winner(
     assert first.route.measured_seconds is not None
     [verdict] = verdicts(cache)
     assert verdict["route"] == "onnx" and verdict["reviews"] > 0 and len(verdict["candidates"]) == 2
+    assert verdict["tokenizer"] == "tokenizers" and first.route.light_tokenizer
 
     no_measuring(monkeypatch)
-    import bertsent.inference as inference
+    import bertsent.modeling.loading as loading
+    import bertsent.predict as predict
 
     def no_torch_model(*args, **kwargs):
         raise AssertionError("built the PyTorch model for a cached ONNX winner")
 
-    monkeypatch.setattr(inference, "load_classifier", no_torch_model)
+    def no_transformers_tokenizer(*args, **kwargs):
+        raise AssertionError("loaded transformers' tokenizer where tokenizer.json was checked to match it")
+
+    monkeypatch.setattr(loading, "load_classifier", no_torch_model)
+    monkeypatch.setattr(predict, "load_tokenizer", no_transformers_tokenizer)
     second = Predictor(trained_tiny_dir, threads=1)
     assert second.route.name == "onnx" and second.route.measured_seconds is None
+    assert isinstance(second.tokenizer, JsonTokenizer)
     assert second.describe().route == "onnx" and second.describe().backend == "onnxruntime"
     monkeypatch.undo()
     reference = Predictor(trained_tiny_dir, backend="torch", precision="fp32", threads=1).predict_proba(toy_texts)
     np.testing.assert_allclose(second.predict_proba(toy_texts), reference, atol=1e-5)
+
+
+def test_a_cached_onnx_winner_predicts_in_a_process_without_torch_or_transformers(
+    trained_tiny_dir, toy_texts, cache, monkeypatch
+):
+    choose(monkeypatch, "onnx")
+    expected = Predictor(trained_tiny_dir, threads=1).predict_proba(toy_texts)  # measures, caches the winner
+    code = (
+        "import json, sys\n"
+        "from bertsent.predict import Predictor\n"
+        "p = Predictor(sys.argv[1], threads=1)\n"
+        "probs = p.predict_proba(json.loads(sys.argv[2])).tolist()\n"
+        "print(json.dumps({'probs': probs, 'imported': [m for m in ('torch', 'transformers') if m in sys.modules]}))"
+    )
+    argv = [sys.executable, "-c", code, str(trained_tiny_dir), json.dumps(toy_texts)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["imported"] == []
+    np.testing.assert_allclose(np.asarray(got["probs"]), expected, atol=1e-6)
+
+
+def test_tokenizer_json_is_used_only_where_it_encodes_as_transformers(trained_tiny_dir, tmp_path, toy_texts):
+    from bertsent.modeling.loading import load_tokenizer
+
+    reference = load_tokenizer(trained_tiny_dir)
+    assert same_encoding(trained_tiny_dir, reference, toy_texts, 32, "head+tail") is None
+    light = JsonTokenizer(trained_tiny_dir)
+    assert light.pad_token_id == reference.pad_token_id and light.model_max_length == reference.model_max_length
+    # A folder without tokenizer.json (transformers builds one from vocab.txt), or one whose pad token
+    # disagrees, keeps transformers' tokenizer, and the verdict says why.
+    bare = shutil.copytree(trained_tiny_dir, tmp_path / "bare")
+    (bare / "tokenizer.json").unlink()
+    assert "cannot load" in same_encoding(bare, reference, toy_texts, 32, "head")
+    other_pad = shutil.copytree(trained_tiny_dir, tmp_path / "pad")
+    config = json.loads((other_pad / "tokenizer_config.json").read_text())
+    (other_pad / "tokenizer_config.json").write_text(json.dumps(config | {"pad_token": "[UNK]"}))
+    assert same_encoding(other_pad, reference, toy_texts, 32, "head").startswith("pad token id")
 
 
 def test_a_changed_file_of_the_folder_measures_again(trained_tiny_dir, tmp_path, cache, monkeypatch):

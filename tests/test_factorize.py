@@ -34,7 +34,7 @@ TEXTS = ["a great and moving film", "boring, dull and the worst plot", "i loved 
 
 def batch_of(model_dir, texts=TEXTS) -> dict[str, torch.Tensor]:
     encoded = encode(load_tokenizer(model_dir), texts, MAX_LENGTH)
-    return collate(encoded, np.arange(len(texts)), pad_id=0)
+    return {k: torch.from_numpy(v) for k, v in collate(encoded, np.arange(len(texts)), pad_id=0).items()}
 
 
 @torch.no_grad()

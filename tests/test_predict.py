@@ -174,7 +174,8 @@ def test_cls_only_last_layer_gives_the_plain_forwards_logits(trained_tiny_dir, t
         for implementation in ("sdpa", "eager"):  # the mask differs: None/bool for SDPA, additive for eager
             plain.set_attn_implementation(implementation)
             fast.set_attn_implementation(implementation)
-            for _, batch in iter_batches(encoded, 7, 0):  # padded batches of mixed lengths
+            for _, arrays in iter_batches(encoded, 7, 0):  # padded batches of mixed lengths
+                batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
                 torch.testing.assert_close(fast(**batch).logits, plain(**batch).logits, atol=1e-5, rtol=0)
     # The Predictor uses it unless told not to, with the same probabilities either way.
     on, off = Predictor(trained_tiny_dir), Predictor(trained_tiny_dir, cls_only=False)
@@ -264,7 +265,7 @@ class LengthBackend(FullDepth):
 
     def logits(self, batch):
         self.widths.append(batch["input_ids"].shape[1])
-        mask = batch["attention_mask"].numpy()
+        mask = batch["attention_mask"]
         return np.stack([mask.sum(1), np.full(len(mask), len(self.widths))], axis=1).astype(np.float32)
 
 

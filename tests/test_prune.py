@@ -66,7 +66,7 @@ def pruned(trained_tiny_dir, toy_data_dir, tmp_path_factory):
 
 def batch_of(model_dir, texts=TEXTS) -> dict[str, torch.Tensor]:
     encoded = encode(load_tokenizer(model_dir), texts, MAX_LENGTH)
-    return collate(encoded, np.arange(len(texts)), pad_id=0)
+    return {k: torch.from_numpy(v) for k, v in collate(encoded, np.arange(len(texts)), pad_id=0).items()}
 
 
 @torch.no_grad()

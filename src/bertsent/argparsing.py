@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import inspect
 import itertools
 import logging
-import textwrap
 import types
 import typing
 from functools import cache
@@ -38,16 +36,30 @@ def field_docs(cls: type) -> dict[str, str]:
     """Attribute docstrings (the string literal under a field) of a dataclass and its bases."""
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__[:-1]):
-        try:
-            body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
-        except (OSError, TypeError, IndexError):
-            continue
-        for node, following in itertools.pairwise(body):
+        docs |= _module_docs(klass.__module__).get(klass.__qualname__, {})
+    return docs
+
+
+@cache
+def _module_docs(module: str) -> dict[str, dict[str, str]]:
+    """Every top-level class's attribute docstrings in ``module``, from one parse of its source (a parse per
+    class through ``inspect.getsource`` cost most of a second of every command's start-up)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module)
+        tree = ast.parse(spec.loader.get_source(module))
+    except (AttributeError, ImportError, OSError, SyntaxError, TypeError, ValueError):
+        return {}
+    found: dict[str, dict[str, str]] = {}
+    for klass in (node for node in tree.body if isinstance(node, ast.ClassDef)):
+        docs = found.setdefault(klass.name, {})
+        for node, following in itertools.pairwise(klass.body):
             if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr):
                 value = following.value
                 if isinstance(value, ast.Constant) and isinstance(value.value, str):
                     docs[node.target.id] = " ".join(value.value.split())
-    return docs
+    return found
 
 
 def nested_type(hint) -> type | None:

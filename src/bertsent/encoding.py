@@ -13,7 +13,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from bertsent.config import TRUNCATION_STRATEGIES
 from bertsent.errors import ModelError, SettingsError
@@ -229,18 +228,17 @@ def pad_rows(rows: Sequence[np.ndarray], fill, dtype) -> np.ndarray:
     return out
 
 
-def collate(encoded: Encoded, indices: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad the texts at ``indices`` to their longest member."""
+def collate(encoded: Encoded, indices: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
+    """Pad the texts at ``indices`` to their longest member: int64 ``input_ids`` and ``attention_mask`` (NumPy:
+    ONNX Runtime and OpenVINO take them as they are, PyTorch through ``torch.from_numpy`` without a copy)."""
     rows = [encoded.ids[i] for i in indices]
     input_ids = pad_rows(rows, pad_id, np.int64)
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     mask = (np.arange(input_ids.shape[1]) < lengths[:, None]).astype(np.int64)
-    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+    return {"input_ids": input_ids, "attention_mask": mask}
 
 
-def iter_batches(
-    encoded: Encoded, batch_size: int, pad_id: int
-) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+def iter_batches(encoded: Encoded, batch_size: int, pad_id: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Inference batches, longest first, with the original indices of their rows."""
     for idx in sorted_batches(encoded.lengths, batch_size):
         yield idx, collate(encoded, idx, pad_id)

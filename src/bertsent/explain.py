@@ -215,7 +215,8 @@ class Explainer:
         are (what the baseline replaces), on the model's device."""
         batch = collate(encoded, idx, self.pad_id)
         text = torch.from_numpy(pad_rows([rows[i].word_of >= 0 for i in idx], False, bool))
-        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device), text.to(self.device)
+        ids, mask = (torch.from_numpy(batch[name]).to(self.device) for name in ("input_ids", "attention_mask"))
+        return ids, mask, text.to(self.device)
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """What Captum differentiates: every label's log-odds, in fp32."""

@@ -6,6 +6,7 @@ Every stage writes a self-describing folder (``config.json``, weights, ``trainin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -266,6 +267,17 @@ def _dropped_lines(report: dict) -> str:
     return "\n".join(lines) or "No rows were dropped."
 
 
+def recorded_early_exit(folder: str | Path) -> dict | None:
+    """The folder's ``config.json`` record of early exit (``bertsent_early_exit``), unchecked; None without one
+    (read without PyTorch: the ONNX and OpenVINO routes ask it too)."""
+    path = Path(folder) / "config.json"
+    try:
+        record = json.loads(path.read_text()).get(EARLY_EXIT_KEY)
+    except (OSError, ValueError, AttributeError):  # no readable config: the loader says why, not this probe
+        return None
+    return record if record else None
+
+
 def inference_settings(model_dir: Path, tokenizer) -> tuple[int, str]:
     """Max length and truncation the model was trained with (from ``training_args.json``)."""
     if (model_dir / ARGS_FILE).is_file():
@@ -311,11 +323,16 @@ WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "model.safetensor
 
 
 def read_id2label(model_dir: Path) -> dict[int, str]:
-    """Labels as transformers reads them (``LABEL_i`` defaults when config.json names none)."""
-    from transformers import AutoConfig
-
+    """Labels as transformers reads them (``LABEL_i`` defaults when config.json names none). A config.json
+    that names them is read as JSON, without importing transformers (the ONNX and OpenVINO routes need it)."""
     if not (model_dir / "config.json").is_file():
         raise ModelError(f"{model_dir}: not a model folder (no config.json)")
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+        named = json.loads((model_dir / "config.json").read_text()).get("id2label")
+        if isinstance(named, dict) and named:
+            return {int(k): str(v) for k, v in named.items()}
+    from transformers import AutoConfig
+
     try:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     except (OSError, ValueError) as e:  # JSON errors are ValueErrors

@@ -28,10 +28,9 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
 from bertsent.config import INFERENCE_BACKENDS, LONG_TEXT, PRECISIONS, InferenceSettings
 from bertsent.encoding import Encoded, iter_batches
@@ -44,14 +43,9 @@ from bertsent.folder import (
     PRECISION_CHECK_FILE,
     WEIGHT_PATTERNS,
     read_id2label,
+    recorded_early_exit,
     write_json_whole,
 )
-from bertsent.modeling.cls_only import cls_only_last_layer
-from bertsent.modeling.early_exit import EarlyExitModel, load_early_exit, recorded_early_exit
-from bertsent.modeling.loading import load_classifier
-from bertsent.modeling.parity import Candidate
-from bertsent.modeling.passes import model_pass
-from bertsent.modeling.quantized import is_torch_dynamic
 from bertsent.runtime import (
     auto_precision,
     cpu_capabilities,
@@ -63,6 +57,12 @@ from bertsent.runtime import (
     session_options,
     torch_threads,
 )
+
+if TYPE_CHECKING:  # PyTorch is imported where a PyTorch backend is made: the ONNX and OpenVINO routes start without it
+    import torch
+
+    from bertsent.modeling.early_exit import EarlyExitModel
+    from bertsent.modeling.parity import Candidate
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,9 @@ class Backend(Protocol):
         """The context :func:`run` holds for a whole loop."""
         ...
 
-    def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        """float32 logits, shape ``(rows, num_labels)``, of one padded batch."""
+    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """float32 logits, shape ``(rows, num_labels)``, of one padded batch (int64 ``input_ids`` and
+        ``attention_mask``, as :func:`~bertsent.encoding.collate` makes them)."""
         ...
 
 
@@ -148,7 +149,7 @@ def as_candidate(backend: Backend) -> Candidate:
     attention_mask)`` arrays in, float32 logits out (export checks its graph through the backend that runs it)."""
 
     def candidate(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         with backend.running():
             return backend.logits(batch)
 
@@ -175,6 +176,8 @@ def predict_probs(
     :func:`run` on :meth:`TorchBackend.from_model`; the softmax is torch's, on ``device``, as training has
     always computed it (NumPy's :func:`softmax` can differ in the last bit).
     """
+    import torch
+
     logits = run(TorchBackend.from_model(model, device, dtype), encoded, batch_size, pad_id, progress)
     return torch.softmax(torch.from_numpy(logits).to(device), dim=-1).cpu().numpy()
 
@@ -192,6 +195,8 @@ class TorchBackend(FullDepth):
     def __init__(
         self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None = None, cls_only: bool = False
     ) -> None:
+        import torch
+
         self.model, self.device, self.dtype, self.cls_only = model, device, dtype, cls_only
         self.id2label = {int(k): v for k, v in model.config.id2label.items()}
         self.threads = torch.get_num_threads()
@@ -213,6 +218,11 @@ class TorchBackend(FullDepth):
 
         ``precision="auto"``: bf16 autocast where :func:`~bertsent.runtime.auto_precision` says the device
         runs it fast and :func:`precision_verdict` accepts it, else fp32; ``fp32``/``bf16`` force one."""
+        import torch
+
+        from bertsent.modeling.cls_only import cls_only_last_layer
+        from bertsent.modeling.loading import load_classifier
+        from bertsent.modeling.quantized import is_torch_dynamic
         from bertsent.runtime import pick_device
 
         settings = settings if settings is not None else InferenceSettings()
@@ -243,6 +253,8 @@ class TorchBackend(FullDepth):
     def _compiled(self, model):
         """``torch.compile`` with dynamic shapes (batch and length vary), compiled now on a small batch;
         eager, with a warning, where it cannot compile (e.g. no C++ compiler for the CPU backend)."""
+        import torch
+
         compiled = torch.compile(model, dynamic=True)
         ids = torch.full((2, 8), 1000, dtype=torch.long, device=self.device)
         try:
@@ -254,16 +266,20 @@ class TorchBackend(FullDepth):
 
     def running(self) -> contextlib.AbstractContextManager:
         """Eval mode and inference mode for a whole :func:`run`; the model's own mode comes back after."""
+        from bertsent.modeling.passes import model_pass
+
         return model_pass(self.model, inference=True)
 
-    def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         return self._forward(self.model, batch)
 
-    @torch.inference_mode()
-    def _forward(self, model, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            return model(**batch).logits.float().cpu().numpy()
+    def _forward(self, model, batch: dict) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            batch = {k: torch.as_tensor(v).to(self.device) for k, v in batch.items()}
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                return model(**batch).logits.float().cpu().numpy()
 
 
 class EarlyExitBackend(TorchBackend):
@@ -307,13 +323,17 @@ class EarlyExitBackend(TorchBackend):
 
     def running(self) -> contextlib.AbstractContextManager:
         """Eval and inference mode for the heads and the model, as :meth:`TorchBackend.running`."""
+        from bertsent.modeling.passes import model_pass
+
         return model_pass(self.exit_model, inference=True)
 
-    @torch.inference_mode()
-    def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            out = self.exit_model(**batch)
+    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            batch = {k: torch.as_tensor(v).to(self.device) for k, v in batch.items()}
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                out = self.exit_model(**batch)
         self.exit_counts += np.bincount(out.layers.cpu().numpy() - 1, minlength=len(self.exit_counts))
         return out.logits.float().cpu().numpy()
 
@@ -379,6 +399,8 @@ def _check_files(model_dir: Path, backend: str, has_onnx: bool, has_openvino: bo
 
 def _torch_backend(model_dir: Path, settings: InferenceSettings) -> TorchBackend:
     """:meth:`TorchBackend.from_folder`, as an :class:`EarlyExitBackend` when the folder records early exit."""
+    from bertsent.modeling.early_exit import load_early_exit
+
     early_exit = recorded_early_exit(model_dir) is not None
     if settings.exit_threshold is not None and not early_exit:
         log.warning("exit_threshold is for early-exit folders (bertsent early-exit); %s runs at full depth", model_dir)
@@ -436,8 +458,8 @@ class OnnxBackend(FullDepth):
             raise ModelError(f"cannot load {path} with onnxruntime: {first_line(e)}") from e
         self.input_names = _known_inputs(path, [i.name for i in self.session.get_inputs()])
 
-    def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        feed = {name: batch[name].detach().cpu().numpy().astype(np.int64, copy=False) for name in self.input_names}
+    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {name: np.asarray(batch[name], dtype=np.int64) for name in self.input_names}
         return np.asarray(self.session.run([OUTPUT_NAME], feed)[0], dtype=np.float32)
 
 
@@ -522,11 +544,11 @@ class OpenVinoBackend(FullDepth):
                 return fp32()
         return backend
 
-    def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
-        feed = {name: batch[name].detach().cpu().numpy().astype(np.int64, copy=False) for name in self.input_names}
+        feed = {name: np.asarray(batch[name], dtype=np.int64) for name in self.input_names}
         return np.array(request.infer(feed)[self.output], dtype=np.float32)
 
 
@@ -541,6 +563,8 @@ PRECISION_CHECK_REVIEWS = 500
 
 
 def _torch_key(device: torch.device) -> str:
+    import torch
+
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_capabilities()["model_name"]
     return f"pytorch | {where} | torch {torch.__version__}"
 
@@ -567,6 +591,12 @@ class ValidationSample:
     pad_id: int
     source: str | None
     """Where the reviews came from (the recorded data's source)."""
+    texts: list[str] = dataclasses.field(default_factory=list)
+    tokenizer: object = None
+    """The folder's transformers tokenizer that encoded ``texts`` (at the folder's ``max_length`` and
+    ``truncation``, the fields below)."""
+    max_length: int = 0
+    truncation: str = "head"
 
 
 def validation_sample(model_dir: Path, id2label: dict[int, str]) -> tuple[ValidationSample | None, str | None]:
@@ -585,9 +615,11 @@ def validation_sample(model_dir: Path, id2label: dict[int, str]) -> tuple[Valida
         return None, reason
     tokenizer = load_tokenizer(model_dir)
     max_length, truncation = inference_settings(model_dir, tokenizer)
-    encoded = encode(tokenizer, reviews.validation["text"].tolist(), max_length, truncation)
+    texts = reviews.validation["text"].tolist()
+    encoded = encode(tokenizer, texts, max_length, truncation)
     labels = reviews.validation["label"].to_numpy()
-    return ValidationSample(encoded, labels, tokenizer.pad_token_id or 0, reviews.report.get("source")), None
+    pad_id, source = tokenizer.pad_token_id or 0, reviews.report.get("source")
+    return ValidationSample(encoded, labels, pad_id, source, texts, tokenizer, max_length, truncation), None
 
 
 def agreement_verdict(fp32: np.ndarray, candidate: np.ndarray, labels: np.ndarray) -> dict:

@@ -15,13 +15,13 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bertsent.config import ExplainSettings, InferenceSettings, default_stride
 from bertsent.encoding import Encoded, encode, encode_windows
 from bertsent.errors import DataError, ModelError
-from bertsent.explain import Explainer
 from bertsent.folder import inference_settings
 from bertsent.inference import TorchBackend, run, softmax
 from bertsent.modeling.loading import load_tokenizer
@@ -41,6 +41,7 @@ from bertsent.tabular import (
     rank_labels,
     read_texts,
 )
+from bertsent.tokenizer_json import JsonTokenizer
 
 __all__ = [
     "CHUNK",
@@ -61,6 +62,9 @@ __all__ = [
     "resolve_settings",
 ]
 
+if TYPE_CHECKING:  # explanations import PyTorch and Captum: only a Predictor that explains needs them
+    from bertsent.explain import Explainer
+
 log = logging.getLogger(__name__)
 
 SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(InferenceSettings))
@@ -71,11 +75,7 @@ def resolve_settings(
 ) -> InferenceSettings:
     """``settings`` (default: :class:`InferenceSettings`) with ``overrides`` (field names; None values mean
     "not given"), and max length/truncation left None filled from what the folder was trained with."""
-    unknown = sorted(set(overrides) - SETTING_NAMES)
-    if unknown:
-        raise TypeError(f"unknown inference settings {unknown}; known: {', '.join(sorted(SETTING_NAMES))}")
-    base = settings if settings is not None else InferenceSettings()
-    resolved = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    resolved = _given_settings(settings, **overrides)
     trained_length, trained_truncation = inference_settings(model_dir, tokenizer)
     max_length = resolved.max_length or trained_length
     return dataclasses.replace(
@@ -84,6 +84,15 @@ def resolve_settings(
         truncation=resolved.truncation or trained_truncation,
         stride=default_stride(max_length) if resolved.stride is None else resolved.stride,
     )
+
+
+def _given_settings(settings: InferenceSettings | None, **overrides) -> InferenceSettings:
+    """``settings`` (default: :class:`InferenceSettings`) with ``overrides``, nothing filled from the folder yet."""
+    unknown = sorted(set(overrides) - SETTING_NAMES)
+    if unknown:
+        raise TypeError(f"unknown inference settings {unknown}; known: {', '.join(sorted(SETTING_NAMES))}")
+    base = settings if settings is not None else InferenceSettings()
+    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def _explain_settings(explain: bool | str | ExplainSettings) -> ExplainSettings:
@@ -166,11 +175,12 @@ class Predictor:
             raise ModelError(f"{self.model_dir}: not a model folder (no config.json)")
         if settings is not None and not isinstance(settings, InferenceSettings):
             raise TypeError(f"settings must be an InferenceSettings, got {type(settings).__name__}")
-        self.tokenizer = load_tokenizer(self.model_dir)
-        self.settings = resolve_settings(self.model_dir, self.tokenizer, settings, **overrides)
-        self.backend, route = load_route(self.model_dir, self.settings)
+        # The route first: it does not depend on the length settings, and it says which library tokenizes.
+        self.backend, route = load_route(self.model_dir, _given_settings(settings, **overrides))
         self.route: Route = route
         """Which route runs the folder and why (:class:`~bertsent.route_choice.Route`)."""
+        self.tokenizer = JsonTokenizer(self.model_dir) if route.light_tokenizer else load_tokenizer(self.model_dir)
+        self.settings = resolve_settings(self.model_dir, self.tokenizer, settings, **overrides)
         self.id2label = self.backend.id2label
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.explain_settings = _explain_settings(explain)
@@ -189,8 +199,11 @@ class Predictor:
         """
         with self._explainer_lock:
             if self._explainer is None:
+                from bertsent.explain import Explainer
+
+                tokenizer = load_tokenizer(self.model_dir) if self.route.light_tokenizer else self.tokenizer  # offsets
                 self._explainer = Explainer(
-                    self._explained_model(), self.tokenizer, self.max_length, self.truncation, self.explain_settings
+                    self._explained_model(), tokenizer, self.max_length, self.truncation, self.explain_settings
                 )
             return self._explainer
 

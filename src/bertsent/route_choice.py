@@ -49,6 +49,7 @@ from bertsent.folder import (
     OPENVINO_XML,
     OUTPUT_NAME,
     read_id2label,
+    recorded_early_exit,
     write_json_whole,
 )
 from bertsent.inference import (
@@ -62,7 +63,14 @@ from bertsent.inference import (
     run,
     validation_sample,
 )
-from bertsent.runtime import auto_precision, cpu_fingerprint, pick_device, progress_bar, resolve_threads
+from bertsent.runtime import (
+    auto_precision,
+    cpu_fingerprint,
+    pick_device,
+    progress_bar,
+    resolve_threads,
+    torch_cpu_build,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +84,9 @@ VERDICT_FILE = "route.json"
 IR_DIR = "openvino"
 BLOB_DIR = "openvino_cache"
 LOCK_FILE = ".lock"
-KEY_FORMAT = 1
-"""Bumped when what the cache holds changes shape: every older verdict is then measured again."""
+KEY_FORMAT = 2
+"""Bumped when what the cache holds changes shape: every older verdict is then measured again (2: the
+verdict says which library tokenizes)."""
 MIN_SPEEDUP = 1.05
 """How much faster than PyTorch another route must run the validation reviews to replace it: PyTorch is
 what explanations and ``torch.compile`` need, so a tie stays with it."""
@@ -104,6 +113,9 @@ class Route:
     """What measuring cost, when this run measured (the first use); None when it loaded a verdict."""
     cache_dir: Path | None = None
     """Where the verdict and the winner's artifact live (auto only)."""
+    light_tokenizer: bool = False
+    """The winner is not PyTorch and :class:`~bertsent.tokenizer_json.JsonTokenizer` encoded the validation
+    reviews exactly as transformers does: the route starts without importing transformers or PyTorch."""
 
     def record(self) -> dict:
         """The route as a record's fields: ``{"route", "route_reason"}`` (and what measuring cost)."""
@@ -173,7 +185,11 @@ def load_route(model_dir: Path, settings: InferenceSettings) -> tuple[Backend, R
             )  # fmt: skip
         else:
             log.info("backend auto: %s runs with PyTorch: %s", model_dir, verdict["reason"])
-        return backend, Route(verdict["route"], verdict["reason"], True, seconds, folder)
+        return backend, Route(verdict["route"], verdict["reason"], True, seconds, folder, _light(verdict))
+
+
+def _light(verdict: dict) -> bool:
+    return verdict["route"] != "torch" and verdict.get("tokenizer") == "tokenizers"
 
 
 def _torch(model_dir: Path, settings: InferenceSettings, why: str) -> tuple[Backend, Route]:
@@ -183,9 +199,8 @@ def _torch(model_dir: Path, settings: InferenceSettings, why: str) -> tuple[Back
 
 def _stays_torch(model_dir: Path, settings: InferenceSettings) -> str | None:
     """Why ``auto`` keeps a PyTorch folder on PyTorch without measuring, or None."""
-    from bertsent.modeling.early_exit import recorded_early_exit
-
-    if pick_device(settings.device).type != "cpu":
+    cpu = settings.device == "cpu" or (settings.device == "auto" and torch_cpu_build())
+    if not cpu and pick_device(settings.device).type != "cpu":
         return "a GPU device: PyTorch runs there"
     if settings.compile:
         return "--compile is PyTorch's"
@@ -296,7 +311,7 @@ def _load_cached(model_dir: Path, settings: InferenceSettings, folder: Path) -> 
         log.warning("backend auto: the cached %s route does not load (%s): measuring again", verdict["route"], e)
         return None
     log.info("backend auto: %s runs with %s (%s; cached in %s)", model_dir, verdict["route"], verdict["reason"], folder)
-    return backend, Route(verdict["route"], verdict["reason"], True, None, folder)
+    return backend, Route(verdict["route"], verdict["reason"], True, None, folder, _light(verdict))
 
 
 def load_winner(model_dir: Path, settings: InferenceSettings, folder: Path, verdict: dict) -> Backend:
@@ -378,8 +393,23 @@ def measure(model_dir: Path, settings: InferenceSettings, folder: Path) -> tuple
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": str(model_dir),
         "candidates": results,
-    }
+    } | _tokenizer_verdict(model_dir, sample, chosen["route"])
     return backends[winner], verdict
+
+
+def _tokenizer_verdict(model_dir: Path, sample: ValidationSample, route: str) -> dict:
+    """Which library a non-PyTorch winner tokenizes with on later runs: ``tokenizers`` where
+    :func:`~bertsent.tokenizer_json.same_encoding` finds its ids equal to transformers' (then neither
+    transformers nor PyTorch is imported to predict), else ``transformers`` and why."""
+    if route == "torch":
+        return {"tokenizer": "transformers"}
+    from bertsent.tokenizer_json import same_encoding
+
+    differs = same_encoding(model_dir, sample.tokenizer, sample.texts, sample.max_length, sample.truncation)
+    if differs is None:
+        return {"tokenizer": "tokenizers"}
+    log.info("backend auto: tokenizing with transformers: tokenizer.json alone does not match it (%s)", differs)
+    return {"tokenizer": "transformers", "tokenizer_reason": differs}
 
 
 def _timed_labels(backend: Backend, sample: ValidationSample) -> tuple[np.ndarray, float]:

@@ -123,6 +123,17 @@ def torch_threads(threads: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+def torch_cpu_build() -> bool:
+    """Whether the installed PyTorch is a CPU-only wheel (version tag ``+cpu``), read without importing it: on
+    such a build ``device="auto"`` is the CPU, and the ONNX and OpenVINO routes start without PyTorch."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch").endswith("+cpu")
+    except PackageNotFoundError:
+        return False
+
+
 def pick_device(name: str) -> torch.device:
     import torch
 

@@ -184,7 +184,7 @@ def _calibration_batches(source: Path, texts: list[str], batch_size: int) -> lis
     max_length, truncation = inference_settings(source, tokenizer)
     encoded = encode(tokenizer, texts, max_length, truncation)
     pad_id = tokenizer.pad_token_id or 0
-    return [{k: v.numpy() for k, v in batch.items()} for _, batch in iter_batches(encoded, batch_size, pad_id)]
+    return [batch for _, batch in iter_batches(encoded, batch_size, pad_id)]
 
 
 def weight_nodes(onnx_path: Path, op_types: list[str]) -> list[str]:

@@ -183,7 +183,7 @@ def _check_strings(loaded, hf_model, hf_tokenizer, max_length: int, truncation: 
 
     enc = encode(hf_tokenizer, list(PARITY_TEXTS), max_length, truncation)
     batch = collate(enc, np.arange(len(enc)), hf_tokenizer.pad_token_id or 0)
-    expected = reference_logits(hf_model, batch["input_ids"].numpy(), batch["attention_mask"].numpy())
+    expected = reference_logits(hf_model, batch["input_ids"], batch["attention_mask"])
     got = loaded.signatures[STRING_SIGNATURE](text=tf.constant(PARITY_TEXTS))["logits"].numpy()
     what, shape = "the SavedModel's string signature", list(batch["input_ids"].shape)
     diff = max_abs_diff(got, expected, what, f"{shape[0]}x{shape[1]} ({len(PARITY_TEXTS)} texts)")

@@ -25,7 +25,6 @@ loads the full-depth model and ignores both.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from torch import nn
 
 from bertsent.config import check_exit_rule
 from bertsent.errors import ModelError, SettingsError, first_line
-from bertsent.folder import EARLY_EXIT_FILE, EARLY_EXIT_KEY
+from bertsent.folder import EARLY_EXIT_FILE, EARLY_EXIT_KEY, recorded_early_exit
 from bertsent.modeling.pooling import own_layers, pooling_layer
 
 log = logging.getLogger(__name__)
@@ -250,16 +249,6 @@ def _trim_padding(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
 
 
 # --- the folder: heads file and record ---------------------------------------------------------------
-
-
-def recorded_early_exit(folder: str | Path) -> dict | None:
-    """The folder's ``config.json`` record of early exit (``bertsent_early_exit``), unchecked; None without one."""
-    path = Path(folder) / "config.json"
-    try:
-        record = json.loads(path.read_text()).get(EARLY_EXIT_KEY)
-    except (OSError, ValueError, AttributeError):  # no readable config: the loader says why, not this probe
-        return None
-    return record if record else None
 
 
 def exit_rule(folder: Path, threshold: float | None = None) -> ExitRule:

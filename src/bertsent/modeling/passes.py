@@ -67,5 +67,5 @@ def pass_batches(
     device = next(model.parameters()).device
     with progress_bar(progress, total=len(encoded), desc=desc, unit="review") as bar:
         for idx, batch in iter_batches(encoded, batch_size, pad_id):
-            yield idx, {name: tensor.to(device) for name, tensor in batch.items()}
+            yield idx, {name: torch.from_numpy(array).to(device) for name, array in batch.items()}
             bar.update(len(idx))

@@ -457,7 +457,7 @@ def _optimizer_step(run: Run, group: list[np.ndarray], running: list) -> None:
         # A rank whose share is empty (a last batch smaller than the process count) still runs one row
         # with weight 0: DDP needs every rank in every gradient all-reduce.
         rows, weight = (share, len(share)) if len(share) else (idx[:1], 0)
-        batch = {k: v.to(run.device) for k, v in collate(rows_enc, rows, run.pad_id).items()}
+        batch = {k: torch.from_numpy(v).to(run.device) for k, v in collate(rows_enc, rows, run.pad_id).items()}
         labels = torch.from_numpy(run.train_labels[rows]).to(run.device)
         # Gradients are all-reduced once per optimizer step, on the group's last micro-batch.
         sync = contextlib.nullcontext() if i == len(group) - 1 else acc.no_sync(run.model)

@@ -70,7 +70,7 @@ def range_test(model, optimizer_factory, loss_fn, train_enc: Encoded, labels: np
         for group in optimizer.param_groups:
             group["lr"] = lr
         idx = batches[i % len(batches)]
-        batch = {k: v.to(device) for k, v in collate(train_enc, idx, pad_id).items()}
+        batch = {k: torch.from_numpy(v).to(device) for k, v in collate(train_enc, idx, pad_id).items()}
         loss = loss_fn(model, batch, torch.from_numpy(labels[idx]).to(device), idx)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
