@@ -74,6 +74,9 @@ def test_a_budget_the_reserves_would_fill_is_refused_before_training_naming_one_
     with pytest.raises(PlanError, match=r"30m cannot hold .*\(scoring 20m\).* --time-budget 34m or more") as caught:
         plan.check_fits(0.25)
     assert "\n" not in str(caught.value)
+    tiny = RecipePlan.load(tmp_path / "tiny.json", 45, WEIGHTS, {"scoring": 40})  # under a minute: seconds, not 0m
+    with pytest.raises(PlanError, match=r"45s cannot hold .*\(scoring 40s\).* --time-budget 54s or more"):
+        tiny.check_fits(0.25)
     roomy = RecipePlan.load(tmp_path / "roomy.json", 34 * 60, WEIGHTS, RESERVES)
     roomy.check_fits(0.25)  # the budget the error named fits
     roomy.seconds_for("teacher")
