@@ -108,6 +108,34 @@ def test_a_cached_onnx_winner_predicts_in_a_process_without_torch_or_transformer
     np.testing.assert_allclose(np.asarray(got["probs"]), expected, atol=1e-6)
 
 
+def test_a_server_on_a_cached_onnx_winner_tokenizes_with_tokenizer_json_under_concurrent_requests(
+    trained_tiny_dir, toy_texts, cache, monkeypatch
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    from bertsent.config import ServeSettings
+    from bertsent.serve.app import create_app
+
+    choose(monkeypatch, "onnx")
+    Predictor(trained_tiny_dir, threads=1)  # measures and caches the winner
+    reference = Predictor(trained_tiny_dir, backend="torch", precision="fp32", threads=1).predict_proba(toy_texts)
+    settings = ServeSettings(max_batch_size=4, max_wait_ms=2, max_inputs=4)
+    with TestClient(create_app(trained_tiny_dir, settings)) as client:
+        info = client.get("/info").json()
+        assert info["route"] == "onnx" and info["tokenizer"] == "tokenizers"
+
+        def ask(i: int) -> list[dict]:
+            return client.post("/predict", json={"inputs": toy_texts[i : i + 4]}).json()
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, range(0, len(toy_texts), 4)))
+    got = [row for answer in answers for row in answer]
+    assert [row["label"] for row in got] == ["negative" if p[0] > p[1] else "positive" for p in reference]
+    np.testing.assert_allclose([row["score"] for row in got], reference.max(axis=1), atol=1e-5)
+
+
 def test_tokenizer_json_is_used_only_where_it_encodes_as_transformers(trained_tiny_dir, tmp_path, toy_texts):
     from bertsent.modeling.loading import load_tokenizer
 

@@ -143,6 +143,9 @@ class ModelDescription:
     """The route: ``torch``, ``onnx`` or ``openvino`` (:mod:`bertsent.route_choice`)."""
     route_reason: str = ""
     """Why that route: ``--backend auto``'s verdict, a forced ``--backend``, or the folder's own format."""
+    tokenizer: str = "transformers"
+    """Which library tokenizes: ``tokenizers`` (the folder's ``tokenizer.json`` alone, where ``--backend auto``
+    checked it against transformers) or ``transformers``."""
 
 
 class Predictor:
@@ -282,6 +285,7 @@ class Predictor:
             mean_layers=backend.mean_layers,
             route=self.route.name,
             route_reason=self.route.reason,
+            tokenizer="tokenizers" if isinstance(self.tokenizer, JsonTokenizer) else "transformers",
             **{name: getattr(self.settings, name) for name in DESCRIBED_SETTINGS},
         )
 

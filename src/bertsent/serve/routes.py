@@ -89,6 +89,7 @@ def described(description: "ModelDescription") -> dict:
         "mean_layers": d.mean_layers,
         "route": d.route,
         "route_reason": d.route_reason,
+        "tokenizer": d.tokenizer,
     }
 
 

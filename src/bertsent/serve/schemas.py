@@ -188,6 +188,7 @@ class Info(BaseModel):
     cpu: dict = Field(description="the server's CPU: model and the flags that decide the fastest route")
     route: str = Field(description="the route that runs the model: torch, onnx or openvino")
     route_reason: str = Field(description="why that route (--backend auto's verdict, a forced --backend, an export)")
+    tokenizer: str = Field(description="which library tokenizes: tokenizers (tokenizer.json alone) or transformers")
 
 
 MODELS = (
