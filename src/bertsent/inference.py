@@ -591,12 +591,12 @@ class ValidationSample:
     pad_id: int
     source: str | None
     """Where the reviews came from (the recorded data's source)."""
-    texts: list[str] = dataclasses.field(default_factory=list)
-    tokenizer: object = None
+    texts: list[str]
+    tokenizer: object
     """The folder's transformers tokenizer that encoded ``texts`` (at the folder's ``max_length`` and
     ``truncation``, the fields below)."""
-    max_length: int = 0
-    truncation: str = "head"
+    max_length: int
+    truncation: str
 
 
 def validation_sample(model_dir: Path, id2label: dict[int, str]) -> tuple[ValidationSample | None, str | None]:

@@ -189,7 +189,7 @@ def load_route(model_dir: Path, settings: InferenceSettings) -> tuple[Backend, R
 
 
 def _light(verdict: dict) -> bool:
-    return verdict["route"] != "torch" and verdict.get("tokenizer") == "tokenizers"
+    return verdict.get("tokenizer") == "tokenizers"  # only a non-PyTorch winner is ever checked for it
 
 
 def _torch(model_dir: Path, settings: InferenceSettings, why: str) -> tuple[Backend, Route]:
