@@ -35,7 +35,7 @@ def choose(monkeypatch, route: str) -> list[list[dict]]:
     """Make ``route`` win whenever it passed the check; returns the list each measurement's results go to."""
     seen: list[list[dict]] = []
 
-    def pick(results: list[dict]) -> dict:
+    def pick(results: list[dict], light: bool = False) -> dict:
         seen.append(results)
         return next(r for r in results if r["route"] == route and r["passed"])
 
@@ -233,6 +233,12 @@ def test_pick_takes_the_fastest_route_that_passed_and_beats_pytorch():
     assert route_choice.pick([torch_row, failed, onnx]) is onnx
     close = {"route": "onnx", "passed": True, "seconds": 1.0 / route_choice.MIN_SPEEDUP + 1e-3}
     assert route_choice.pick([torch_row, close]) is torch_row
+    assert route_choice.pick([torch_row, close], light=True) is close, "a tie goes to the route that starts light"
+    slower = {"route": "onnx", "passed": True, "seconds": 1.01}
+    assert route_choice.pick([torch_row, slower], light=True) is torch_row
+    bf16 = {"route": "torch", "passed": True, "seconds": 1.0 / route_choice.MIN_SPEEDUP + 1e-3}
+    tie = route_choice.pick([torch_row, bf16], light=True)
+    assert tie is torch_row, "bf16 PyTorch must still beat fp32 by the margin"
     broken = {"route": "onnx", "passed": False, "error": "export failed"}
     assert route_choice.pick([torch_row, broken]) is torch_row
 

@@ -88,8 +88,11 @@ KEY_FORMAT = 2
 """Bumped when what the cache holds changes shape: every older verdict is then measured again (2: the
 verdict says which library tokenizes)."""
 MIN_SPEEDUP = 1.05
-"""How much faster than PyTorch another route must run the validation reviews to replace it: PyTorch is
-what explanations and ``torch.compile`` need, so a tie stays with it."""
+"""How much faster than PyTorch another route must run the validation reviews to replace it when it would
+still tokenize with transformers (which imports PyTorch): then only its speed counts, and a tie stays with
+PyTorch, whose model explanations use. A route whose ``tokenizer.json`` passed the check starts without
+PyTorch or transformers (seconds sooner, hundreds of MB less, docs/benchmarks.md), so it needs only to be
+no slower."""
 TIMING_BATCH = 32
 """Batch size of the timed passes (the guard and the timing run on the same reviews)."""
 WARMUP_ROWS = 32
@@ -380,28 +383,33 @@ def measure(model_dir: Path, settings: InferenceSettings, folder: Path) -> tuple
             results.append(result)
             backends[len(results) - 1] = backend
             bar.update(1)
-    chosen = pick(results)
+    tokenizer = _tokenizer_verdict(model_dir, sample, results)
+    light = tokenizer["tokenizer"] == "tokenizers"
+    chosen = pick(results, light=light)
+    if chosen["route"] == "torch":
+        tokenizer = {"tokenizer": "transformers"}
     winner = results.index(chosen)
     _drop_losers(folder, chosen["route"])
     verdict = {
         "route": chosen["route"],
         "precision": chosen["precision"],
         "hint": chosen.get("hint"),
-        "reason": _reason(chosen, results[0]),
+        "reason": _reason(chosen, results[0], light),
         "data": sample.source,
         "reviews": len(sample.labels),
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": str(model_dir),
         "candidates": results,
-    } | _tokenizer_verdict(model_dir, sample, chosen["route"])
+    } | tokenizer
     return backends[winner], verdict
 
 
-def _tokenizer_verdict(model_dir: Path, sample: ValidationSample, route: str) -> dict:
-    """Which library a non-PyTorch winner tokenizes with on later runs: ``tokenizers`` where
+def _tokenizer_verdict(model_dir: Path, sample: ValidationSample, results: list[dict]) -> dict:
+    """Which library a non-PyTorch route would tokenize with on later runs: ``tokenizers`` where
     :func:`~bertsent.tokenizer_json.same_encoding` finds its ids equal to transformers' (then neither
-    transformers nor PyTorch is imported to predict), else ``transformers`` and why."""
-    if route == "torch":
+    transformers nor PyTorch is imported to predict), else ``transformers`` and why. Checked only when
+    such a route passed the guard (PyTorch tokenizes with transformers)."""
+    if not any(r["route"] != "torch" and r.get("passed") for r in results):
         return {"tokenizer": "transformers"}
     from bertsent.tokenizer_json import same_encoding
 
@@ -442,22 +450,25 @@ def _try(contender: Contender, sample: ValidationSample, fp32_labels: np.ndarray
     return result | {"build_seconds": round(build_seconds, 2)}, backend
 
 
-def pick(results: list[dict]) -> dict:
+def pick(results: list[dict], light: bool = False) -> dict:
     """The winner among the contenders' results (``results[0]`` is PyTorch, which always qualifies): the
-    fastest that passed the guard, if it beats PyTorch by :data:`MIN_SPEEDUP`; PyTorch otherwise.
+    fastest that passed the guard, if it beats PyTorch by :data:`MIN_SPEEDUP`, or is no slower than
+    PyTorch where it would start ``light`` (its ``tokenizer.json`` checked); PyTorch otherwise.
     Tests replace this function to choose a route without depending on timings."""
     torch_result = next(r for r in results if r["route"] == "torch" and r["passed"])
     passed = [r for r in results if r.get("passed") and "seconds" in r]
     fastest = min(passed, key=lambda r: r["seconds"])
-    return fastest if fastest["seconds"] * MIN_SPEEDUP < torch_result["seconds"] else torch_result
+    needed = 1.0 if light and fastest["route"] != "torch" else MIN_SPEEDUP
+    return fastest if fastest["seconds"] * needed <= torch_result["seconds"] else torch_result
 
 
-def _reason(chosen: dict, torch_fp32: dict) -> str:
+def _reason(chosen: dict, torch_fp32: dict, light: bool) -> str:
     speed = torch_fp32["seconds"] / chosen["seconds"] if chosen.get("seconds") else 1.0
     if chosen["route"] == "torch" and chosen is torch_fp32:
         return "no other route passed the check and ran faster than PyTorch fp32"
     agreement = f", labels {100 * chosen['agreement']:.1f}% as fp32" if "agreement" in chosen else ""
-    return f"fastest route that passed the check: {speed:.2f}x PyTorch fp32 on the validation reviews{agreement}"
+    start = ", starts without PyTorch" if light and chosen["route"] != "torch" else ""
+    return f"fastest route that passed the check: {speed:.2f}x PyTorch fp32 on the validation reviews{agreement}{start}"
 
 
 def _drop_losers(folder: Path, route: str) -> None:
