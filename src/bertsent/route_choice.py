@@ -387,7 +387,7 @@ def measure(model_dir: Path, settings: InferenceSettings, folder: Path) -> tuple
     light = tokenizer["tokenizer"] == "tokenizers"
     chosen = pick(results, light=light)
     if chosen["route"] == "torch":
-        tokenizer = {"tokenizer": "transformers"}
+        tokenizer, light = {"tokenizer": "transformers"}, False
     winner = results.index(chosen)
     _drop_losers(folder, chosen["route"])
     verdict = {
@@ -467,7 +467,7 @@ def _reason(chosen: dict, torch_fp32: dict, light: bool) -> str:
     if chosen["route"] == "torch" and chosen is torch_fp32:
         return "no other route passed the check and ran faster than PyTorch fp32"
     agreement = f", labels {100 * chosen['agreement']:.1f}% as fp32" if "agreement" in chosen else ""
-    start = ", starts without PyTorch" if light and chosen["route"] != "torch" else ""
+    start = ", starts without PyTorch" if light else ""
     return f"fastest route that passed the check: {speed:.2f}x PyTorch fp32 on the validation reviews{agreement}{start}"
 
 
