@@ -9,7 +9,9 @@ time, on the same CSV of N IMDB test reviews (a stratified, seeded subset) at th
    empty route cache: the first run, which tries the routes, and prints what that cost;
 3. the same command again: the second run, which loads the cached winner;
 4. ``bertsent predict --backend torch``;
-5. the reference: ``--backend torch --precision fp32``, whose labels every contender is compared with.
+5. with ``--exported FOLDER`` (e.g. the folder ``bertsent export --format openvino`` wrote from the model),
+   ``bertsent predict`` on that folder, twice: the first run checks its tokenizer once, the second does not;
+6. the reference: ``--backend torch --precision fp32``, whose labels every contender is compared with.
 
 The table gives seconds, the ratio to the pipeline, the route each run took (from its log) and the share
 of labels equal to fp32 PyTorch's; ``--json`` writes it all, with the CPU (lscpu's model name, the AMX
@@ -94,13 +96,19 @@ def contenders(args, reviews: Path, work: Path) -> list[tuple[str, list[str], di
         str(args.max_length),
         str(pipeline_out),
     ]
-    out = {name: work / f"{name}.csv" for name in ("cold", "warm", "torch", "fp32")}
+    out = {name: work / f"{name}.csv" for name in ("cold", "warm", "torch", "fp32", "exported1", "exported2")}
+    exported = [
+        (f"exported folder ({which} run)", predict_command(args.exported, reviews, out[key], args.max_length), env,
+         out[key])
+        for which, key in (("first", "exported1"), ("second", "exported2"))
+    ] if args.exported else []  # fmt: skip
     return [
         ("pipeline(batch_size=32)", pipeline, env, pipeline_out),
         ("predict (first run)", predict_command(args.model, reviews, out["cold"], args.max_length), env, out["cold"]),
         ("predict (second run)", predict_command(args.model, reviews, out["warm"], args.max_length), env, out["warm"]),
         ("predict --backend torch", predict_command(args.model, reviews, out["torch"], args.max_length,
                                                     "--backend", "torch"), env, out["torch"]),
+        *exported,
         ("reference: torch fp32", predict_command(args.model, reviews, out["fp32"], args.max_length,
                                                   "--backend", "torch", "--precision", "fp32"), env, out["fp32"]),
     ]  # fmt: skip
@@ -176,6 +184,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="test reviews")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exported", help="also time predict on this export of the model (ONNX or OpenVINO folder)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     result = measure(args) | {"machine": machine()}

@@ -287,3 +287,81 @@ def test_the_guard_is_precision_autos_thresholds():
     assert agreement_verdict(labels, one_off, labels)["passed"]
     failed = agreement_verdict(labels, four_off, labels)
     assert not failed["passed"] and failed["agreement"] == 0.99 and failed["accuracy_drop_points"] == 1.0
+
+
+def tokenizer_checks(cache) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(cache.glob(f"{route_choice.TOKENIZER_DIR}/*.json"))]
+
+
+@pytest.fixture(scope="module")
+def exported_dir(trained_tiny_dir, tmp_path_factory):
+    from bertsent.compression.export import export_onnx
+
+    return export_onnx(trained_tiny_dir, tmp_path_factory.mktemp("exported") / "onnx")
+
+
+def test_an_exported_folder_tokenizes_with_tokenizer_json_once_checked(
+    exported_dir, trained_tiny_dir, toy_texts, cache, monkeypatch
+):
+    first = Predictor(exported_dir, threads=1)
+    assert first.route.name == "onnx" and first.route.light_tokenizer and isinstance(first.tokenizer, JsonTokenizer)
+    assert first.describe().tokenizer == "tokenizers"
+    [check] = tokenizer_checks(cache)
+    assert check["tokenizer"] == "tokenizers" and check["reviews"] > 0
+    reference = Predictor(trained_tiny_dir, backend="torch", precision="fp32", threads=1).predict_proba(toy_texts)
+    np.testing.assert_allclose(first.predict_proba(toy_texts), reference, atol=1e-4)
+
+    code = (  # a later process: the cached check, and neither PyTorch nor transformers imported
+        "import json, sys\n"
+        "from bertsent.predict import Predictor\n"
+        "p = Predictor(sys.argv[1], threads=1)\n"
+        "probs = p.predict_proba(json.loads(sys.argv[2])).tolist()\n"
+        "print(json.dumps({'probs': probs, 'imported': [m for m in ('torch', 'transformers') if m in sys.modules]}))"
+    )
+    argv = [sys.executable, "-c", code, str(exported_dir), json.dumps(toy_texts)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["imported"] == []
+    np.testing.assert_allclose(np.asarray(got["probs"]), reference, atol=1e-4)
+
+
+def test_a_forced_onnx_backend_takes_the_same_check(exported_dir, cache, monkeypatch):
+    assert Predictor(exported_dir, threads=1).route.light_tokenizer  # checked here, cached
+    import bertsent.route_choice as rc
+
+    def no_check(*args, **kwargs):
+        raise AssertionError("checked the tokenizer again")
+
+    monkeypatch.setattr(rc, "validation_sample", no_check)
+    forced = Predictor(exported_dir, backend="onnx", threads=1)
+    assert forced.route.light_tokenizer and "--backend onnx" in forced.route.reason
+    assert len(tokenizer_checks(cache)) == 1
+
+
+def test_a_changed_tokenizer_file_is_checked_again_and_a_mismatch_keeps_transformers(
+    exported_dir, tmp_path, cache, monkeypatch
+):
+    import bertsent.tokenizer_json as tokenizer_json
+
+    folder = shutil.copytree(exported_dir, tmp_path / "onnx")
+    assert Predictor(folder, threads=1).route.light_tokenizer
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps(config | {"note": "edited"}))
+    monkeypatch.setattr(tokenizer_json, "same_encoding", lambda *args: "token ids differ on text 3")
+    again = Predictor(folder, threads=1)
+    assert not again.route.light_tokenizer and again.describe().tokenizer == "transformers"
+    checks = tokenizer_checks(cache)
+    assert len(checks) == 2 and {c.get("tokenizer_reason") for c in checks} == {None, "token ids differ on text 3"}
+    assert not Predictor(folder, threads=1).route.light_tokenizer  # the mismatch is cached too
+
+
+def test_an_exported_folder_without_recorded_reviews_keeps_transformers_and_caches_nothing(
+    exported_dir, tmp_path, cache
+):
+    folder = shutil.copytree(exported_dir, tmp_path / "onnx")
+    args = json.loads((folder / "training_args.json").read_text())
+    (folder / "training_args.json").write_text(json.dumps({k: v for k, v in args.items() if k != "data"}))
+    predictor = Predictor(folder, threads=1)
+    assert not predictor.route.light_tokenizer and predictor.describe().tokenizer == "transformers"
+    assert tokenizer_checks(cache) == []

@@ -17,7 +17,8 @@ PyTorch stays, with the reason recorded, on a GPU, with ``compile``, for early-e
 INT8 folders, where the folder records no validation reviews (no guard possible), and where
 ``$BERTSENT_AUTO_ROUTES`` (a comma list of the routes ``auto`` may try) allows only ``torch``. A
 ``backend`` of torch, onnx or openvino, or a folder that already is an ONNX or OpenVINO export, goes
-straight to :func:`~bertsent.inference.load_backend`.
+straight to :func:`~bertsent.inference.load_backend`; where that runs an ONNX or OpenVINO graph,
+:func:`export_tokenizer` says (checked once, cached) whether ``tokenizer.json`` alone may tokenize for it.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ from bertsent.runtime import (
     resolve_threads,
     torch_cpu_build,
 )
+from bertsent.tokenizer_json import TOKENIZER_FILE
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,10 @@ VERDICT_FILE = "route.json"
 IR_DIR = "openvino"
 BLOB_DIR = "openvino_cache"
 LOCK_FILE = ".lock"
+TOKENIZER_DIR = "tokenizers"
+"""Under :func:`cache_root`: the tokenizer checks of folders that run their own exported graph."""
+TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json")
+"""The files whose bytes key a folder's tokenizer check."""
 KEY_FORMAT = 2
 """Bumped when what the cache holds changes shape: every older verdict is then measured again (2: the
 verdict says which library tokenizes)."""
@@ -158,10 +164,15 @@ def load_route(model_dir: Path, settings: InferenceSettings) -> tuple[Backend, R
     model_dir = Path(model_dir)
     if settings.backend != "auto":
         backend = load_backend(model_dir, settings)
-        return backend, Route(_route_of(backend), f"--backend {settings.backend} forces it")
+        route = _route_of(backend)
+        light = route != "torch" and _light(export_tokenizer(model_dir))
+        return backend, Route(route, f"--backend {settings.backend} forces it", light_tokenizer=light)
     for name, route in ((OPENVINO_XML, "openvino"), (ONNX_FILE, "onnx")):
         if (model_dir / name).is_file():
-            return load_backend(model_dir, settings), Route(route, f"the folder is an export ({name}): runs as it is")
+            why = f"the folder is an export ({name}): runs as it is"
+            return load_backend(model_dir, settings), Route(
+                route, why, light_tokenizer=_light(export_tokenizer(model_dir))
+            )
     why = _stays_torch(model_dir, settings)
     if why is not None:
         return _torch(model_dir, settings, why)
@@ -234,12 +245,12 @@ def route_key(model_dir: Path, settings: InferenceSettings) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def library_versions() -> dict[str, str | None]:
-    """The installed versions of :data:`VERSIONED` (None: not installed), read without importing them."""
+def library_versions(names: tuple[str, ...] = VERSIONED) -> dict[str, str | None]:
+    """The installed versions of ``names`` (None: not installed), read without importing them."""
     from importlib.metadata import PackageNotFoundError, version
 
     found: dict[str, str | None] = {}
-    for name in VERSIONED:
+    for name in names:
         try:
             found[name] = version(name)
         except PackageNotFoundError:
@@ -383,7 +394,8 @@ def measure(model_dir: Path, settings: InferenceSettings, folder: Path) -> tuple
             results.append(result)
             backends[len(results) - 1] = backend
             bar.update(1)
-    tokenizer = _tokenizer_verdict(model_dir, sample, results)
+    others_passed = any(r["route"] != "torch" and r.get("passed") for r in results)
+    tokenizer = _tokenizer_verdict(model_dir, sample) if others_passed else {"tokenizer": "transformers"}
     light = tokenizer["tokenizer"] == "tokenizers"
     chosen = pick(results, light=light)
     if chosen["route"] == "torch":
@@ -397,27 +409,71 @@ def measure(model_dir: Path, settings: InferenceSettings, folder: Path) -> tuple
         "reason": _reason(chosen, results[0], light),
         "data": sample.source,
         "reviews": len(sample.labels),
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "measured_at": _now(),
         "model": str(model_dir),
         "candidates": results,
     } | tokenizer
     return backends[winner], verdict
 
 
-def _tokenizer_verdict(model_dir: Path, sample: ValidationSample, results: list[dict]) -> dict:
+def _tokenizer_verdict(model_dir: Path, sample: ValidationSample) -> dict:
     """Which library a non-PyTorch route would tokenize with on later runs: ``tokenizers`` where
-    :func:`~bertsent.tokenizer_json.same_encoding` finds its ids equal to transformers' (then neither
-    transformers nor PyTorch is imported to predict), else ``transformers`` and why. Checked only when
-    such a route passed the guard (PyTorch tokenizes with transformers)."""
-    if not any(r["route"] != "torch" and r.get("passed") for r in results):
-        return {"tokenizer": "transformers"}
+    :func:`~bertsent.tokenizer_json.same_encoding` finds its ids equal to transformers' on the sample (then
+    neither transformers nor PyTorch is imported to predict), else ``transformers`` and why. ``measure``
+    asks only when such a route passed the guard (PyTorch tokenizes with transformers)."""
     from bertsent.tokenizer_json import same_encoding
 
     differs = same_encoding(model_dir, sample.tokenizer, sample.texts, sample.max_length, sample.truncation)
     if differs is None:
         return {"tokenizer": "tokenizers"}
-    log.info("backend auto: tokenizing with transformers: tokenizer.json alone does not match it (%s)", differs)
+    log.info("%s tokenizes with transformers: tokenizer.json alone does not match it (%s)", model_dir, differs)
     return {"tokenizer": "transformers", "tokenizer_reason": differs}
+
+
+def export_tokenizer(model_dir: Path) -> dict:
+    """Which library tokenizes a folder that runs its own ONNX or OpenVINO graph (an export, or a forced
+    ``--backend onnx|openvino``): ``{"tokenizer": "tokenizers"}`` where its ``tokenizer.json`` alone encodes
+    the folder's recorded validation reviews as transformers does (:func:`_tokenizer_verdict`), else
+    ``transformers`` and why. Checked on first use and cached under :func:`cache_root` by the tokenizer
+    files' bytes and the library versions (the folder may be read-only); a folder that records no
+    validation reviews tokenizes with transformers (no evidence, nothing cached)."""
+    model_dir = Path(model_dir)
+    if not (model_dir / TOKENIZER_FILE).is_file():
+        return {"tokenizer": "transformers", "tokenizer_reason": f"no {TOKENIZER_FILE}"}
+    path = cache_root() / TOKENIZER_DIR / f"{_tokenizer_key(model_dir)}.json"
+    with contextlib.suppress(OSError, ValueError):
+        cached = json.loads(path.read_text())
+        if isinstance(cached, dict) and cached.get("tokenizer") in ("tokenizers", "transformers"):
+            return cached
+    sample, why = validation_sample(model_dir, read_id2label(model_dir))
+    if sample is None:
+        log.info(
+            "%s tokenizes with transformers: no validation reviews to check %s on (%s)", model_dir, TOKENIZER_FILE, why
+        )
+        return {"tokenizer": "transformers", "tokenizer_reason": f"no validation reviews to check it on ({why})"}
+    verdict = _tokenizer_verdict(model_dir, sample)
+    checked = {"reviews": len(sample.texts), "model": str(model_dir), "checked_at": _now()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_whole(path, verdict | checked)
+    except OSError as e:  # an unwritable cache: the check runs again next time
+        log.info("cannot cache the tokenizer check in %s (%s); set $%s", path, first_line(e), CACHE_ENV)
+    return verdict
+
+
+def _tokenizer_key(model_dir: Path) -> str:
+    """SHA-256 (24 hex digits) over the folder's tokenizer files and the versions of the libraries that read them."""
+    digest = hashlib.sha256(
+        json.dumps([KEY_FORMAT, library_versions(("bertsent", "tokenizers", "transformers"))]).encode()
+    )
+    for name in TOKENIZER_FILES:
+        if (model_dir / name).is_file():
+            digest.update(name.encode() + b":" + (model_dir / name).read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _timed_labels(backend: Backend, sample: ValidationSample) -> tuple[np.ndarray, float]:
