@@ -269,10 +269,17 @@ def test_pytorch_bf16_is_a_route_held_to_the_guard(trained_tiny_dir, tmp_path, c
     folder = shutil.copytree(trained_tiny_dir, tmp_path / "model")
     monkeypatch.setattr(route_choice, "auto_precision", lambda device: "bf16")
     monkeypatch.setattr(inference, "PRECISION_MIN_AGREEMENT", 1.01)  # a tolerance nothing meets
-    seen = choose(monkeypatch, "torch")
+    seen = []
+
+    def prefer_bf16(results: list[dict], light: bool = False) -> dict:
+        seen.append(results)
+        return next(r for r in reversed(results) if r["route"] == "torch" and r["passed"])
+
+    monkeypatch.setattr(route_choice, "pick", prefer_bf16)
     predictor = Predictor(folder, device="cpu")
-    torch_rows = [r for r in seen[0] if r["route"] == "torch"]
-    assert [r["precision"] for r in torch_rows] == ["fp32", "bf16"] and not torch_rows[1]["passed"]
+    torch_rows = [r for r in seen[-1] if r["route"] == "torch"]
+    assert [r["precision"] for r in torch_rows] == ["fp32", "bf16"]
+    assert torch_rows[1]["passed"] is False and torch_rows[1]["agreement"] < 1.01  # checked, and out
     assert predictor.backend.precision == "fp32" and not (folder / "precision_check.json").exists()
 
 
@@ -365,3 +372,72 @@ def test_an_exported_folder_without_recorded_reviews_keeps_transformers_and_cach
     predictor = Predictor(folder, threads=1)
     assert not predictor.route.light_tokenizer and predictor.describe().tokenizer == "transformers"
     assert tokenizer_checks(cache) == []
+
+
+def test_routes_are_timed_on_a_few_reviews_and_only_the_pick_is_checked_on_all(
+    trained_tiny_dir, tmp_path, cache, monkeypatch
+):
+    """Every route is timed on the first TIMING_REVIEWS; the one the pick chooses runs the rest for the
+    guard (fp32 PyTorch too), and a route the pick never reached is recorded as not checked."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv(route_choice.ROUTES_ENV, "onnx,openvino")
+    monkeypatch.setattr(route_choice, "TIMING_REVIEWS", 4)
+    choose(monkeypatch, "onnx")
+    predictor = Predictor(trained_tiny_dir, threads=1)
+    [verdict] = verdicts(cache)
+    rows = {r["route"]: r for r in verdict["candidates"]}
+    assert predictor.route.name == "onnx" and verdict["timed_reviews"] == 4 < verdict["reviews"]
+    assert rows["onnx"]["passed"] and rows["onnx"]["reviews"] == verdict["reviews"]  # the guard saw them all
+    assert rows["openvino"]["passed"] is None and "not run" in rows["openvino"]["check"]
+
+
+def test_a_picked_route_that_fails_the_guard_is_out_and_the_pick_is_made_again(
+    trained_tiny_dir, tmp_path, cache, monkeypatch
+):
+    import bertsent.inference as inference
+
+    folder = shutil.copytree(trained_tiny_dir, tmp_path / "model")
+    monkeypatch.setattr(inference, "PRECISION_MIN_AGREEMENT", 1.01)  # a tolerance nothing meets
+    picks = []
+
+    def onnx_else_torch(results: list[dict], light: bool = False) -> dict:
+        picks.append(next((r["route"] for r in results if r["route"] == "onnx" and r["passed"]), "torch"))
+        return next(r for r in results if r["route"] == picks[-1] and r["passed"])
+
+    monkeypatch.setattr(route_choice, "pick", onnx_else_torch)
+    predictor = Predictor(folder, threads=1)
+    assert picks == ["onnx", "torch"] and predictor.route.name == "torch"
+    [verdict] = verdicts(cache)
+    onnx = next(r for r in verdict["candidates"] if r["route"] == "onnx")
+    assert onnx["passed"] is False and "agreement" in onnx and verdict["tokenizer"] == "transformers"
+
+
+def test_openvinos_own_precision_failing_the_guard_brings_in_openvino_fp32(trained_tiny_dir, cache, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv(route_choice.ROUTES_ENV, "openvino")
+    real_route, real_guard = route_choice._openvino_route, route_choice.agreement_verdict
+
+    def own_choice_bf16(reference, settings, folder, hint):
+        backend = real_route(reference, settings, folder, hint)
+        if hint is None:
+            backend.precision = "bf16"  # as OpenVINO picks on a CPU with AVX512-BF16 or AMX
+        return backend
+
+    calls = []
+
+    def first_fails(*args):
+        calls.append(real_guard(*args))
+        return calls[-1] | ({"passed": False} if len(calls) == 1 else {})
+
+    def newest_openvino(results: list[dict], light: bool = False) -> dict:
+        ok = [r for r in results if r["passed"]]
+        return next((r for r in reversed(ok) if r["route"] == "openvino"), ok[0])
+
+    monkeypatch.setattr(route_choice, "_openvino_route", own_choice_bf16)
+    monkeypatch.setattr(route_choice, "agreement_verdict", first_fails)
+    monkeypatch.setattr(route_choice, "pick", newest_openvino)
+    predictor = Predictor(trained_tiny_dir, threads=1)
+    [verdict] = verdicts(cache)
+    tried = [(r["precision"], r.get("hint"), r["passed"]) for r in verdict["candidates"] if r["route"] == "openvino"]
+    assert tried == [("bf16", None, False), ("fp32", "fp32", True)]
+    assert predictor.route.name == "openvino" and verdict["hint"] == "fp32" and len(calls) == 2

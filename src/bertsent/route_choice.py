@@ -4,9 +4,10 @@ PyTorch, measured once and cached outside the folder.
 The routes (:data:`ROUTES`): ``torch`` (PyTorch at the precision ``--precision auto`` picks), ``onnx``
 (ONNX Runtime on a graph exported from the folder) and ``openvino`` (an IR converted from it, at
 OpenVINO's own precision choice for the CPU, fp32 when that fails the check). On the first use of a
-folder with given settings on a CPU, :func:`load_route` builds every installed route, runs each on the
-folder's recorded validation reviews, keeps those whose labels pass the guard of ``--precision auto``
-(:func:`~bertsent.inference.agreement_verdict`) and picks the fastest (:func:`pick`). The verdict and
+folder with given settings on a CPU, :func:`load_route` builds every installed route, times each on the
+first :data:`TIMING_REVIEWS` of the folder's recorded validation reviews and picks the fastest
+(:func:`pick`), where the route picked must first pass the guard of ``--precision auto``
+(:func:`~bertsent.inference.agreement_verdict`) on all of them, or leave the pick to the others. The verdict and
 the winner's artifact (the ONNX graph, or the OpenVINO IR and OpenVINO's compiled blobs) go under
 :func:`cache_root` (``$BERTSENT_CACHE``, else ``$XDG_CACHE_HOME/bertsent`` or ``~/.cache/bertsent``),
 in a folder named by :func:`route_key`: the folder's content (its config and weight files), the CPU's
@@ -26,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
@@ -100,7 +102,10 @@ PyTorch, whose model explanations use. A route whose ``tokenizer.json`` passed t
 PyTorch or transformers (seconds sooner, hundreds of MB less, docs/benchmarks.md), so it needs only to be
 no slower."""
 TIMING_BATCH = 32
-"""Batch size of the timed passes (the guard and the timing run on the same reviews)."""
+"""Batch size of the timed passes and of the guard's."""
+TIMING_REVIEWS = 160
+"""Validation reviews (the sample's first) every route is timed on, after its warm-up. Only a route the pick
+would choose runs the rest of the sample too, for the guard, and fp32 PyTorch with it (:func:`_checked_pick`)."""
 WARMUP_ROWS = 32
 """Rows each route runs before its timed pass (first-call allocations, OpenVINO's kernel selection)."""
 HASHED_FILES = ("config.json", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin")
@@ -377,43 +382,38 @@ def measure(model_dir: Path, settings: InferenceSettings, folder: Path) -> tuple
         "(once; --backend torch skips this)",
         model_dir, ", ".join(dict.fromkeys(c.route for c in contenders)), len(sample.labels),
     )  # fmt: skip
-    results, backends = [], {}
+    timing = _first(sample.encoded, TIMING_REVIEWS)
     with progress_bar(None, total=1 + len(contenders), desc="backend auto: trying routes", unit="route") as bar:
         bar.set_postfix_str("torch fp32")
-        fp32_labels, seconds = _timed_labels(reference, sample)
-        results.append(_result("torch", reference, seconds, None, None))
-        backends[0] = reference
+        labels, seconds = _timed_labels(reference, timing, sample.pad_id)
+        trials = [_Trial(_result("torch", reference, seconds, None), reference, labels, guarded=False)]
         bar.update(1)
         for contender in contenders:
             bar.set_postfix_str(contender.route)
-            result, backend = _try(contender, sample, fp32_labels)
-            own_choice = contender.route == "openvino" and contender.hint is None and backend is not None
-            if own_choice and backend.precision != "fp32" and not result["passed"]:
-                contenders.append(_openvino_fp32(folder, reference, settings))  # its own choice failed
-                bar.total += 1
-            results.append(result)
-            backends[len(results) - 1] = backend
+            trials.append(_try(contender, timing, sample.pad_id))
             bar.update(1)
-    others_passed = any(r["route"] != "torch" and r.get("passed") for r in results)
-    tokenizer = _tokenizer_verdict(model_dir, sample) if others_passed else {"tokenizer": "transformers"}
-    light = tokenizer["tokenizer"] == "tokenizers"
-    chosen = pick(results, light=light)
+        others_ran = any(t.backend is not None and t.result["route"] != "torch" for t in trials)
+        tokenizer = _tokenizer_verdict(model_dir, sample) if others_ran else {"tokenizer": "transformers"}
+        light = tokenizer["tokenizer"] == "tokenizers"
+        fallback = functools.partial(_openvino_fp32, folder, reference, settings)
+        winner = _checked_pick(trials, sample, timing, light, bar, fallback)
+    chosen = winner.result
     if chosen["route"] == "torch":
         tokenizer, light = {"tokenizer": "transformers"}, False
-    winner = results.index(chosen)
     _drop_losers(folder, chosen["route"])
     verdict = {
         "route": chosen["route"],
         "precision": chosen["precision"],
         "hint": chosen.get("hint"),
-        "reason": _reason(chosen, results[0], light),
+        "reason": _reason(chosen, trials[0].result, light),
         "data": sample.source,
         "reviews": len(sample.labels),
+        "timed_reviews": len(timing),
         "measured_at": _now(),
         "model": str(model_dir),
-        "candidates": results,
+        "candidates": [t.result for t in trials],
     } | tokenizer
-    return backends[winner], verdict
+    return winner.backend, verdict
 
 
 def _tokenizer_verdict(model_dir: Path, sample: ValidationSample) -> dict:
@@ -476,34 +476,82 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _timed_labels(backend: Backend, sample: ValidationSample) -> tuple[np.ndarray, float]:
-    """``backend``'s labels of the sample and the seconds its pass took (after a warm-up batch)."""
-    warm = Encoded(ids=sample.encoded.ids[:WARMUP_ROWS], full_lengths=sample.encoded.full_lengths[:WARMUP_ROWS])
-    run(backend, warm, TIMING_BATCH, sample.pad_id)
+@dataclasses.dataclass
+class _Trial:
+    """A route tried: its result (what the verdict records), its backend (None: it failed), its labels of
+    the reviews it has run so far, and whether it is held to the guard."""
+
+    result: dict
+    backend: Backend | None
+    labels: np.ndarray | None = None
+    guarded: bool = True
+
+
+def _first(encoded: Encoded, n: int) -> Encoded:
+    return Encoded(ids=encoded.ids[:n], full_lengths=encoded.full_lengths[:n])
+
+
+def _timed_labels(backend: Backend, encoded: Encoded, pad_id: int) -> tuple[np.ndarray, float]:
+    """``backend``'s labels of ``encoded`` and the seconds its pass took (after a warm-up batch)."""
+    run(backend, _first(encoded, WARMUP_ROWS), TIMING_BATCH, pad_id)
     started = time.perf_counter()
-    labels = run(backend, sample.encoded, TIMING_BATCH, sample.pad_id).argmax(-1)
+    labels = run(backend, encoded, TIMING_BATCH, pad_id).argmax(-1)
     return labels, time.perf_counter() - started
 
 
-def _result(route: str, backend: Backend, seconds: float, guard: dict | None, hint: str | None) -> dict:
+def _result(route: str, backend: Backend, seconds: float, hint: str | None) -> dict:
     entry = {"route": route, "backend": backend.name, "precision": str(backend.precision), "seconds": round(seconds, 3)}
-    entry |= {"hint": hint} if route == "openvino" else {}
-    return entry | (guard if guard is not None else {"passed": True})
+    return entry | ({"hint": hint} if route == "openvino" else {}) | {"passed": True}
 
 
-def _try(contender: Contender, sample: ValidationSample, fp32_labels: np.ndarray) -> tuple[dict, Backend | None]:
-    """One contender built, timed and checked; a failure to build or run is its result, not an error."""
+def _try(contender: Contender, timing: Encoded, pad_id: int) -> _Trial:
+    """One contender built and timed on the timing reviews; a failure to build or run is its result, not
+    an error. Its ``passed`` stays provisional until :func:`_checked_pick` checks it."""
     started = time.perf_counter()
     try:
         backend = contender.build()
         build_seconds = time.perf_counter() - started
-        labels, seconds = _timed_labels(backend, sample)
+        labels, seconds = _timed_labels(backend, timing, pad_id)
     except Exception as e:  # exporters and runtimes raise many types; the route is then simply not used
         log.info("backend auto: the %s route failed (%s): not used", contender.route, first_line(e))
-        return {"route": contender.route, "passed": False, "error": first_line(e)}, None
-    guard = agreement_verdict(fp32_labels, labels, sample.labels) if contender.guarded else None
-    result = _result(contender.route, backend, seconds, guard, contender.hint)
-    return result | {"build_seconds": round(build_seconds, 2)}, backend
+        return _Trial({"route": contender.route, "passed": False, "error": first_line(e)}, None)
+    result = _result(contender.route, backend, seconds, contender.hint) | {"build_seconds": round(build_seconds, 2)}
+    return _Trial(result, backend, labels, contender.guarded)
+
+
+def _checked_pick(
+    trials: list[_Trial], sample: ValidationSample, timing: Encoded, light: bool, bar, fallback: Callable
+) -> _Trial:
+    """The trial :func:`pick` chooses, where every route it would choose is first held to the guard on the
+    whole sample (``trials[0]``, fp32 PyTorch, then runs it too); one that fails is out, and the pick is
+    made again. OpenVINO's own precision that fails brings in OpenVINO fp32 (``fallback()``). A route the
+    pick never reached records that it was not checked (``passed`` None)."""
+    while True:
+        chosen = pick([t.result for t in trials], light=light)
+        trial = next(t for t in trials if t.result is chosen)
+        if trial is trials[0] or not trial.guarded or "agreement" in chosen:
+            break
+        bar.total += 1
+        bar.set_postfix_str(f"checking {chosen['route']}")
+        chosen |= agreement_verdict(_all_labels(trials[0], sample), _all_labels(trial, sample), sample.labels)
+        bar.update(1)
+        if chosen["passed"]:
+            break
+        if chosen["route"] == "openvino" and chosen.get("hint") is None and chosen["precision"] != "fp32":
+            trials.append(_try(fallback(), timing, sample.pad_id))
+    for other in trials:
+        if other.guarded and other.backend is not None and "agreement" not in other.result:
+            other.result |= {"passed": None, "check": "not run: the pick chose another route first"}
+    return trial
+
+
+def _all_labels(trial: _Trial, sample: ValidationSample) -> np.ndarray:
+    """The trial's labels of the whole sample: the timing reviews' and, run now, the rest's."""
+    done = len(trial.labels)
+    if done < len(sample.labels):
+        rest = Encoded(ids=sample.encoded.ids[done:], full_lengths=sample.encoded.full_lengths[done:])
+        trial.labels = np.concatenate([trial.labels, run(trial.backend, rest, TIMING_BATCH, sample.pad_id).argmax(-1)])
+    return trial.labels
 
 
 def pick(results: list[dict], light: bool = False) -> dict:
