@@ -54,6 +54,22 @@ def verdicts(cache) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(cache.glob(f"routes/*/{route_choice.VERDICT_FILE}"))]
 
 
+def predict_in_a_new_process(folder, texts: list[str]) -> dict:
+    """``Predictor(folder)``'s probabilities of ``texts`` in a fresh interpreter, and which of torch and
+    transformers that process imported."""
+    code = (
+        "import json, sys\n"
+        "from bertsent.predict import Predictor\n"
+        "p = Predictor(sys.argv[1], threads=1)\n"
+        "probs = p.predict_proba(json.loads(sys.argv[2])).tolist()\n"
+        "print(json.dumps({'probs': probs, 'imported': [m for m in ('torch', 'transformers') if m in sys.modules]}))"
+    )
+    argv = [sys.executable, "-c", code, str(folder), json.dumps(texts)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_first_use_measures_and_a_second_predictor_loads_the_cached_winner(
     trained_tiny_dir, toy_texts, cache, monkeypatch
 ):
@@ -93,17 +109,7 @@ def test_a_cached_onnx_winner_predicts_in_a_process_without_torch_or_transformer
 ):
     choose(monkeypatch, "onnx")
     expected = Predictor(trained_tiny_dir, threads=1).predict_proba(toy_texts)  # measures, caches the winner
-    code = (
-        "import json, sys\n"
-        "from bertsent.predict import Predictor\n"
-        "p = Predictor(sys.argv[1], threads=1)\n"
-        "probs = p.predict_proba(json.loads(sys.argv[2])).tolist()\n"
-        "print(json.dumps({'probs': probs, 'imported': [m for m in ('torch', 'transformers') if m in sys.modules]}))"
-    )
-    argv = [sys.executable, "-c", code, str(trained_tiny_dir), json.dumps(toy_texts)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=os.environ | {"HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stderr
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+    got = predict_in_a_new_process(trained_tiny_dir, toy_texts)
     assert got["imported"] == []
     np.testing.assert_allclose(np.asarray(got["probs"]), expected, atol=1e-6)
 
@@ -318,17 +324,7 @@ def test_an_exported_folder_tokenizes_with_tokenizer_json_once_checked(
     reference = Predictor(trained_tiny_dir, backend="torch", precision="fp32", threads=1).predict_proba(toy_texts)
     np.testing.assert_allclose(first.predict_proba(toy_texts), reference, atol=1e-4)
 
-    code = (  # a later process: the cached check, and neither PyTorch nor transformers imported
-        "import json, sys\n"
-        "from bertsent.predict import Predictor\n"
-        "p = Predictor(sys.argv[1], threads=1)\n"
-        "probs = p.predict_proba(json.loads(sys.argv[2])).tolist()\n"
-        "print(json.dumps({'probs': probs, 'imported': [m for m in ('torch', 'transformers') if m in sys.modules]}))"
-    )
-    argv = [sys.executable, "-c", code, str(exported_dir), json.dumps(toy_texts)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=os.environ | {"HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stderr
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+    got = predict_in_a_new_process(exported_dir, toy_texts)  # the cached check: neither library imported
     assert got["imported"] == []
     np.testing.assert_allclose(np.asarray(got["probs"]), reference, atol=1e-4)
 

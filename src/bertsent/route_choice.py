@@ -382,7 +382,7 @@ def measure(model_dir: Path, settings: InferenceSettings, folder: Path) -> tuple
         "(once; --backend torch skips this)",
         model_dir, ", ".join(dict.fromkeys(c.route for c in contenders)), len(sample.labels),
     )  # fmt: skip
-    timing = _first(sample.encoded, TIMING_REVIEWS)
+    timing = _rows(sample.encoded, slice(TIMING_REVIEWS))
     with progress_bar(None, total=1 + len(contenders), desc="backend auto: trying routes", unit="route") as bar:
         bar.set_postfix_str("torch fp32")
         labels, seconds = _timed_labels(reference, timing, sample.pad_id)
@@ -420,7 +420,7 @@ def _tokenizer_verdict(model_dir: Path, sample: ValidationSample) -> dict:
     """Which library a non-PyTorch route would tokenize with on later runs: ``tokenizers`` where
     :func:`~bertsent.tokenizer_json.same_encoding` finds its ids equal to transformers' on the sample (then
     neither transformers nor PyTorch is imported to predict), else ``transformers`` and why. ``measure``
-    asks only when such a route passed the guard (PyTorch tokenizes with transformers)."""
+    asks only when such a route ran (PyTorch tokenizes with transformers)."""
     from bertsent.tokenizer_json import same_encoding
 
     differs = same_encoding(model_dir, sample.tokenizer, sample.texts, sample.max_length, sample.truncation)
@@ -487,13 +487,13 @@ class _Trial:
     guarded: bool = True
 
 
-def _first(encoded: Encoded, n: int) -> Encoded:
-    return Encoded(ids=encoded.ids[:n], full_lengths=encoded.full_lengths[:n])
+def _rows(encoded: Encoded, rows: slice) -> Encoded:
+    return Encoded(ids=encoded.ids[rows], full_lengths=encoded.full_lengths[rows])
 
 
 def _timed_labels(backend: Backend, encoded: Encoded, pad_id: int) -> tuple[np.ndarray, float]:
     """``backend``'s labels of ``encoded`` and the seconds its pass took (after a warm-up batch)."""
-    run(backend, _first(encoded, WARMUP_ROWS), TIMING_BATCH, pad_id)
+    run(backend, _rows(encoded, slice(WARMUP_ROWS)), TIMING_BATCH, pad_id)
     started = time.perf_counter()
     labels = run(backend, encoded, TIMING_BATCH, pad_id).argmax(-1)
     return labels, time.perf_counter() - started
@@ -549,7 +549,7 @@ def _all_labels(trial: _Trial, sample: ValidationSample) -> np.ndarray:
     """The trial's labels of the whole sample: the timing reviews' and, run now, the rest's."""
     done = len(trial.labels)
     if done < len(sample.labels):
-        rest = Encoded(ids=sample.encoded.ids[done:], full_lengths=sample.encoded.full_lengths[done:])
+        rest = _rows(sample.encoded, slice(done, None))
         trial.labels = np.concatenate([trial.labels, run(trial.backend, rest, TIMING_BATCH, sample.pad_id).argmax(-1)])
     return trial.labels
 
@@ -569,7 +569,7 @@ def pick(results: list[dict], light: bool = False) -> dict:
 def _reason(chosen: dict, torch_fp32: dict, light: bool) -> str:
     speed = torch_fp32["seconds"] / chosen["seconds"] if chosen.get("seconds") else 1.0
     if chosen["route"] == "torch" and chosen is torch_fp32:
-        return "no other route passed the check and ran faster than PyTorch fp32"
+        return "no other route both ran faster than PyTorch fp32 and passed the check"
     agreement = f", labels {100 * chosen['agreement']:.1f}% as fp32" if "agreement" in chosen else ""
     start = ", starts without PyTorch" if light else ""
     return f"fastest route that passed the check: {speed:.2f}x PyTorch fp32 on the validation reviews{agreement}{start}"
