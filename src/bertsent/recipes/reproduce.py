@@ -719,14 +719,16 @@ def _model_layers(config: ReproduceConfig) -> int:
 def probe_rates(config: ReproduceConfig, folder: Path, plan) -> None:
     """Time the starting model (a fresh head: speed does not depend on the weights) on
     :data:`PROBE_REVIEWS` test reviews in PyTorch fp32 and, exported, in ONNX Runtime (fp32 and with dynamic
-    INT8 weights, as the table's INT8 rows) and (when installed) OpenVINO; keep each rate in the plan. The
-    exports are removed afterwards."""
+    INT8 weights, as the table's INT8 rows) and (when installed) OpenVINO at its own precision for the CPU
+    (bf16 where it has one, as the table's OpenVINO rows run); keep each rate in the plan. The exports are
+    removed afterwards."""
     import importlib.util
 
     from bertsent.compression.export import export_onnx, export_openvino
     from bertsent.data.loading import load_data
     from bertsent.modeling.loading import load_classifier, load_tokenizer
     from bertsent.predict import Predictor
+    from bertsent.runtime import openvino_own_precision
 
     texts = load_data(config.data, splits=("test",)).test["text"].tolist()[:PROBE_REVIEWS]
     model = load_classifier(config.model, {0: "negative", 1: "positive"})
@@ -740,11 +742,12 @@ def probe_rates(config: ReproduceConfig, folder: Path, plan) -> None:
     routes["onnx-int8"] = _int8_copy(config, folder / "onnx", folder / "onnx-int8")
     if all(importlib.util.find_spec(name) for name in ("openvino", "nncf")):
         routes["openvino"] = export_openvino(folder / "model", folder / "openvino")
+    precisions = {"torch": {"backend": "torch", "precision": "fp32"}}  # the teacher's row: fp32 PyTorch
+    if "openvino" in routes:  # as its rows run once checked (the probe's folder has no reviews to check on)
+        precisions["openvino"] = {"precision": "bf16" if openvino_own_precision() == "bf16" else "fp32"}
     for route, path in routes.items():
         settings = {"max_length": config.max_length, "truncation": config.truncation}
-        predictor = Predictor(
-            path, **settings, **({"backend": "torch", "precision": "fp32"} if route == "torch" else {})
-        )
+        predictor = Predictor(path, **settings, **precisions.get(route, {}))
         predictor.predict_proba(texts[: predictor.batch_size])  # warm-up
         started = time.perf_counter()
         predictor.predict_proba(texts)
