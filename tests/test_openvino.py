@@ -58,6 +58,14 @@ def test_predictor_runs_the_folder_with_openvino(openvino_dir, trained_tiny_dir,
     assert auto([texts[0]])[0]["label"] in ("negative", "positive")
 
 
+def test_openvino_own_precision_is_what_it_compiles_at_unhinted(openvino_dir):
+    """What the recipe's probe times OpenVINO at: its own choice for this CPU, as an unhinted compile runs."""
+    from bertsent.runtime import openvino_own_precision
+
+    own = openvino_own_precision()
+    assert own in ("fp32", "bf16", "fp16") and OpenVinoBackend(openvino_dir, threads=1).precision == own
+
+
 def test_backend_choice(openvino_dir, trained_tiny_dir):
     assert isinstance(load_backend(openvino_dir, precision="fp32"), OpenVinoBackend)
     assert isinstance(load_backend(openvino_dir, backend="openvino", precision="fp32"), OpenVinoBackend)

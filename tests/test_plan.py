@@ -91,3 +91,21 @@ def test_an_int8_route_is_priced_at_its_own_rate_else_at_its_base_route(tmp_path
     assert plan.scoring_seconds([("openvino-int8", 3, 400)]) == pytest.approx(10.0)  # nothing: the slowest
     plan.measured("onnx-int8", 80.0, 6)
     assert plan.scoring_seconds([("onnx-int8", 3, 400)]) == pytest.approx(2.5)
+
+
+def test_a_training_stage_releases_what_it_took_beyond_its_share_from_the_reserve_for_the_rest(tmp_path):
+    from bertsent.recipes.compress import FIXED_STAGE_SECONDS, OTHER_STAGES, _Stages
+
+    weights = {"student": 1.0, "student pruned": 1.0}
+    plan = RecipePlan.load(tmp_path / PLAN_FILE, 9000, weights, {OTHER_STAGES: 1000.0})
+    stages = _Stages(tmp_path / "teacher", tmp_path, plan)
+    stages.fixed = ["student int8", "pruned int8"]
+    given = plan.seconds_for("student")
+    stages.measured_now("student", given + 300)  # scored before and after, as the reserve priced it
+    assert plan.stages[OTHER_STAGES].reserve == pytest.approx(700)
+    pruned = plan.seconds_for("student pruned")
+    assert pruned == pytest.approx(9000 - (given + 300) - 700, abs=1)  # the released time went to training
+    stages.measured_now("student pruned", pruned - 100)  # within its share: the reserve stays
+    assert plan.stages[OTHER_STAGES].reserve == pytest.approx(700)
+    stages.reserve_fixed(5000)  # never below the fixed costs of the stages still to run
+    assert plan.stages[OTHER_STAGES].reserve == pytest.approx(2 * FIXED_STAGE_SECONDS)

@@ -167,7 +167,7 @@ def test_a_budget_the_scoring_would_fill_stops_before_training_in_one_line(
     monkeypatch.setattr("bertsent.recipes.reproduce.MIN_TRAINING_SHARE", 1 - 1e-6)
     out = tmp_path / "repro"
     argv = ["reproduce", "--data", str(toy_data_dir), "--output-dir", str(out), "--model", str(tiny_model_dir)]
-    argv += ["--max-length", "32", "--time-budget", "10m"]
+    argv += ["--max-length", "32", "--time-budget", "10m", "--ood"]  # no out-of-domain set to fetch
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("bertsent reproduce: error: a time budget of 10m cannot hold this recipe on this CPU")
@@ -175,3 +175,36 @@ def test_a_budget_the_scoring_would_fill_stops_before_training_in_one_line(
     plan = json.loads((out / "plan.json").read_text())
     assert {"torch", "onnx", "onnx-int8"} <= set(plan["rates"]) and plan["stages"]["compare"]["reserve"] > 0
     assert plan["stages"]["teacher"]["planned"] is None and not (out / "teacher" / "metrics.json").exists()
+
+
+def test_out_of_domain_sets_are_priced_by_their_tokens_not_as_whole_reviews(
+    tiny_model_dir, toy_data_dir, ood_archives, tmp_path, monkeypatch
+):
+    """The plan prices the out-of-domain sets at the probe reviews' length: short snippets beside reviews that
+    fill ``max_length`` cost their tokens' share of a review, not a review each; a set not fetched yet is
+    fetched first (from the fixture archives here), and no set costs nothing."""
+    import dataclasses
+
+    import pandas as pd
+    import pytest
+
+    from bertsent.config import ReproduceConfig
+    from bertsent.data import ood
+    from bertsent.recipes.reproduce import _ood_reviews, _tokens
+
+    ood_dir = tmp_path / "ood"
+    fetch("amazon-snippets", ood_dir, ood_archives["amazon-snippets"])
+    monkeypatch.setattr(ood, "download", lambda spec, _: ood_archives[spec.name])  # pip's, offline
+    config = ReproduceConfig(
+        data=str(toy_data_dir),
+        output_dir=str(tmp_path / "o"),
+        model=str(tiny_model_dir),
+        max_length=32,
+        ood_dir=str(ood_dir),
+        ood=["amazon-snippets", "rotten-tomatoes"],
+    )
+    priced = _ood_reviews(config, probed := ["a long and wonderful film, " * 40] * 4)  # each cut at 32 tokens
+    assert (ood_dir / "rotten-tomatoes" / "test.parquet").is_file()  # fetched to be priced
+    snippets = [t for name in config.ood for t in pd.read_parquet(ood_dir / name / "test.parquet")["text"]]
+    assert priced == pytest.approx(_tokens(config, snippets) / 32) and 0 < priced < len(snippets)
+    assert _ood_reviews(dataclasses.replace(config, ood=[]), probed) == 0

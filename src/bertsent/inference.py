@@ -47,6 +47,7 @@ from bertsent.folder import (
     write_json_whole,
 )
 from bertsent.runtime import (
+    OPENVINO_PRECISIONS,
     auto_precision,
     cpu_capabilities,
     openvino_config,
@@ -523,9 +524,7 @@ class OpenVinoBackend(FullDepth):
             raise ModelError(f"cannot load {path} with OpenVINO: {first_line(e)}") from e
         self.threads = int(self.compiled.get_property(props.inference_num_threads))
         inference_type = self.compiled.get_property(hints.inference_precision)
-        self.precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(
-            inference_type.to_string(), str(inference_type)
-        )
+        self.precision = OPENVINO_PRECISIONS.get(inference_type.to_string(), str(inference_type))
         self.input_names = _known_inputs(path, [port.get_any_name() for port in self.compiled.inputs])
         self.output = self.compiled.output(0)
         self._local = threading.local()

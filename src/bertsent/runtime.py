@@ -43,6 +43,21 @@ def require_openvino():
     return openvino
 
 
+OPENVINO_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+"""OpenVINO's element type names for inference precision, as bertsent names precisions."""
+
+
+def openvino_own_precision() -> str:
+    """The inference precision OpenVINO's CPU plugin picks by itself here (bf16 where the CPU has AMX or
+    AVX512-BF16, else fp32): what ``--precision auto`` runs an OpenVINO graph at once the check passes."""
+    require_openvino()
+    import openvino as ov
+    import openvino.properties.hint as hints
+
+    own = ov.Core().get_property("CPU", hints.inference_precision).to_string()
+    return OPENVINO_PRECISIONS.get(own, own)
+
+
 def openvino_config(
     threads: int | None = None, precision: str | None = None, cache_dir: str | os.PathLike | None = None
 ) -> dict:

@@ -127,14 +127,20 @@ class _Stages:
         write_json_whole(self.path, self.measured)  # a kill mid-write leaves the last complete record
         if self.plan is not None:
             self.plan.finished(name, seconds)
-            if not self.plan.stages[name].weight:
+            stage = self.plan.stages[name]
+            if not stage.weight:
                 self.reserve_fixed(seconds)
+            elif stage.planned is not None and seconds > stage.planned:
+                # what it took beyond its share (scoring before and after, distillation's teacher logits) is
+                # what the reserve for the other stages priced for it: taken off, not counted twice
+                self.reserve_fixed(seconds - stage.planned)
 
     def reserve_fixed(self, seconds: float) -> None:
-        """One of the stages that do not train took ``seconds``: the plan's reserve for the rest of them is the
-        estimate less that, or, when more, their number times the longest a finished one took (their fixed
-        costs, loading, exporting and calibrating, do not scale with the reviews the estimate counts, and
-        they differ: an NNCF INT8 takes longer than an ONNX export, so the plan errs on the safe side)."""
+        """One of the stages that do not train took ``seconds`` (or a training stage took them beyond its
+        share, scoring what this reserve priced): the plan's reserve for the rest of them is the estimate less
+        that, or, when more, their number times the longest a finished one took (their fixed costs, loading,
+        exporting and calibrating, do not scale with the reviews the estimate counts, and they differ: an NNCF
+        INT8 takes longer than an ONNX export, so the plan errs on the safe side)."""
         other = self.plan.stages.setdefault(OTHER_STAGES, StagePlan())
         if other.used is not None:
             return

@@ -668,13 +668,44 @@ def _first_estimates(config: ReproduceConfig, defaults, plan) -> None:
     other = [("torch", n, 2 * checks) for name, _, n in rows if name != "teacher"]
     other += [("torch", layers, 2000 + 10 * checks), ("openvino", layers, train)]
     plan.estimate(OTHER_STAGES, plan.scoring_seconds(other))
-    ood = sum(_ood_rows(config, name) for name in config.ood)
+    ood = _ood_reviews(config, data.test["text"].tolist()[:PROBE_REVIEWS])
     plan.estimate("out-of-domain", plan.scoring_seconds([(route, n, ood) for _, route, n in rows]))
 
 
-def _ood_rows(config: ReproduceConfig, name: str) -> int:
-    source = Path(config.ood_dir).expanduser() / name / "source.json"
-    return json.loads(source.read_text()).get("rows", 0) if source.is_file() else 0
+def _ood_reviews(config: ReproduceConfig, probed: list[str]) -> float:
+    """The out-of-domain sets as reviews of the probe's length (the rates were measured on ``probed``):
+    their tokens, truncated as the table truncates, over the probe reviews' mean. A one-line snippet costs a
+    fraction of a 256-token review. Sets not fetched yet are fetched now (the recipe scores them later); one
+    that cannot be fetched counts nothing (it is skipped then too, with a warning)."""
+    import pandas as pd
+
+    from bertsent.data.ood import fetch
+    from bertsent.errors import BertsentError
+
+    folders = []
+    for name in config.ood:
+        try:
+            folders.append(fetch(name, config.ood_dir))
+        except BertsentError as e:
+            log.warning("plan: out-of-domain set %s not priced: %s", name, e)
+    if not folders:
+        return 0.0
+    texts = [text for folder in folders for text in _scored_texts(pd.read_parquet(folder / "test.parquet"), config)]
+    return _tokens(config, texts) * len(probed) / _tokens(config, probed)
+
+
+def _scored_texts(frame, config: ReproduceConfig) -> list[str]:
+    """The texts of an out-of-domain set that its table scores (``eval_samples`` of them, when set)."""
+    return frame["text"].tolist()[: config.data.eval_samples or None]
+
+
+def _tokens(config: ReproduceConfig, texts: list[str]) -> int:
+    """All the tokens of ``texts`` as the recipe encodes them (special tokens in, truncated at ``max_length``)."""
+    from bertsent.encoding import encode
+    from bertsent.modeling.loading import load_tokenizer
+
+    encoded = encode(load_tokenizer(config.model), texts, config.max_length, config.truncation)
+    return int(encoded.lengths.sum())
 
 
 def _model_layers(config: ReproduceConfig) -> int:
@@ -688,14 +719,16 @@ def _model_layers(config: ReproduceConfig) -> int:
 def probe_rates(config: ReproduceConfig, folder: Path, plan) -> None:
     """Time the starting model (a fresh head: speed does not depend on the weights) on
     :data:`PROBE_REVIEWS` test reviews in PyTorch fp32 and, exported, in ONNX Runtime (fp32 and with dynamic
-    INT8 weights, as the table's INT8 rows) and (when installed) OpenVINO; keep each rate in the plan. The
-    exports are removed afterwards."""
+    INT8 weights, as the table's INT8 rows) and (when installed) OpenVINO at its own precision for the CPU
+    (bf16 where it has one, as the table's OpenVINO rows run); keep each rate in the plan. The exports are
+    removed afterwards."""
     import importlib.util
 
     from bertsent.compression.export import export_onnx, export_openvino
     from bertsent.data.loading import load_data
     from bertsent.modeling.loading import load_classifier, load_tokenizer
     from bertsent.predict import Predictor
+    from bertsent.runtime import openvino_own_precision
 
     texts = load_data(config.data, splits=("test",)).test["text"].tolist()[:PROBE_REVIEWS]
     model = load_classifier(config.model, {0: "negative", 1: "positive"})
@@ -709,11 +742,12 @@ def probe_rates(config: ReproduceConfig, folder: Path, plan) -> None:
     routes["onnx-int8"] = _int8_copy(config, folder / "onnx", folder / "onnx-int8")
     if all(importlib.util.find_spec(name) for name in ("openvino", "nncf")):
         routes["openvino"] = export_openvino(folder / "model", folder / "openvino")
+    precisions = {"torch": {"backend": "torch", "precision": "fp32"}}  # the teacher's row: fp32 PyTorch
+    if "openvino" in routes:  # as its rows run once checked (the probe's folder has no reviews to check on)
+        precisions["openvino"] = {"precision": "bf16" if openvino_own_precision() == "bf16" else "fp32"}
     for route, path in routes.items():
         settings = {"max_length": config.max_length, "truncation": config.truncation}
-        predictor = Predictor(
-            path, **settings, **({"backend": "torch", "precision": "fp32"} if route == "torch" else {})
-        )
+        predictor = Predictor(path, **settings, **precisions.get(route, {}))
         predictor.predict_proba(texts[: predictor.batch_size])  # warm-up
         started = time.perf_counter()
         predictor.predict_proba(texts)
