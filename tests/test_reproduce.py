@@ -190,7 +190,9 @@ def test_out_of_domain_sets_are_priced_by_their_tokens_not_as_whole_reviews(
 
     from bertsent.config import ReproduceConfig
     from bertsent.data import ood
-    from bertsent.recipes.reproduce import _ood_reviews, _tokens
+    from bertsent.encoding import encode
+    from bertsent.modeling.loading import load_tokenizer
+    from bertsent.recipes.reproduce import _ood_reviews
 
     ood_dir = tmp_path / "ood"
     fetch("amazon-snippets", ood_dir, ood_archives["amazon-snippets"])
@@ -206,5 +208,6 @@ def test_out_of_domain_sets_are_priced_by_their_tokens_not_as_whole_reviews(
     priced = _ood_reviews(config, probed := ["a long and wonderful film, " * 40] * 4)  # each cut at 32 tokens
     assert (ood_dir / "rotten-tomatoes" / "test.parquet").is_file()  # fetched to be priced
     snippets = [t for name in config.ood for t in pd.read_parquet(ood_dir / name / "test.parquet")["text"]]
-    assert priced == pytest.approx(_tokens(config, snippets) / 32) and 0 < priced < len(snippets)
+    tokens = encode(load_tokenizer(tiny_model_dir), snippets, 32, config.truncation).lengths.sum()
+    assert priced == pytest.approx(tokens / 32) and 0 < priced < len(snippets)
     assert _ood_reviews(dataclasses.replace(config, ood=[]), probed) == 0

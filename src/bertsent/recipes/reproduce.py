@@ -680,7 +680,9 @@ def _ood_reviews(config: ReproduceConfig, probed: list[str]) -> float:
     import pandas as pd
 
     from bertsent.data.ood import fetch
+    from bertsent.encoding import encode
     from bertsent.errors import BertsentError
+    from bertsent.modeling.loading import load_tokenizer
 
     folders = []
     for name in config.ood:
@@ -690,22 +692,14 @@ def _ood_reviews(config: ReproduceConfig, probed: list[str]) -> float:
             log.warning("plan: out-of-domain set %s not priced: %s", name, e)
     if not folders:
         return 0.0
-    texts = [text for folder in folders for text in _scored_texts(pd.read_parquet(folder / "test.parquet"), config)]
-    return _tokens(config, texts) * len(probed) / _tokens(config, probed)
+    tokenizer = load_tokenizer(config.model)
 
+    def tokens(texts: list[str]) -> int:  # special tokens in, truncated at max_length
+        return int(encode(tokenizer, texts, config.max_length, config.truncation).lengths.sum())
 
-def _scored_texts(frame, config: ReproduceConfig) -> list[str]:
-    """The texts of an out-of-domain set that its table scores (``eval_samples`` of them, when set)."""
-    return frame["text"].tolist()[: config.data.eval_samples or None]
-
-
-def _tokens(config: ReproduceConfig, texts: list[str]) -> int:
-    """All the tokens of ``texts`` as the recipe encodes them (special tokens in, truncated at ``max_length``)."""
-    from bertsent.encoding import encode
-    from bertsent.modeling.loading import load_tokenizer
-
-    encoded = encode(load_tokenizer(config.model), texts, config.max_length, config.truncation)
-    return int(encoded.lengths.sum())
+    scored = config.data.eval_samples or None  # the table scores that many of each set
+    texts = [t for folder in folders for t in pd.read_parquet(folder / "test.parquet")["text"].tolist()[:scored]]
+    return tokens(texts) * len(probed) / tokens(probed)
 
 
 def _model_layers(config: ReproduceConfig) -> int:
