@@ -2,9 +2,10 @@
 
 Training stages (the teacher, distillation, each recovery) take a ``--time-budget`` of their own; the planner
 gives each its share of what is left when it starts: the budget, less what the finished stages used, less the
-time reserved for what cannot be trained faster (scoring the table, exports, out-of-domain sets), split among the
-training stages still to run in proportion to their weights. A stage that ends early leaves its rest to the ones
-after it; a reserve re-estimated from measured throughput moves the others' shares at once.
+time reserved for what cannot be trained faster (scoring the table, exports, out-of-domain sets) and a small
+headroom (:data:`HEADROOM`), split among the training stages still to run in proportion to their weights. A
+stage that ends early leaves its rest to the ones after it; a reserve re-estimated from measured throughput
+moves the others' shares at once.
 
 The plan is kept in ``plan.json`` after every change, so a recipe killed halfway continues with what its
 finished stages used (their own measured seconds, not the wall clock between sessions). A stage that was
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 PLAN_FILE = "plan.json"
 MIN_STAGE_SECONDS = 30.0
 """The least a training stage is given: below it, steps would be planned from too few measurements."""
+HEADROOM = 0.05
+"""Share of the budget no training stage is given: what the plan cannot price (a training stage's own
+validation and saving, a stage run slower by a busy machine) comes out of it, not past the budget."""
 
 
 @dataclass
@@ -108,7 +112,7 @@ class RecipePlan:
         if stage.planned is not None and stage.used is None:  # a killed run's stage, continued
             return stage.planned
         waiting = sum(s.weight for s in self.stages.values() if s.weight and s.used is None)
-        left = self.budget - self.used - self.reserved()
+        left = self.budget * (1 - HEADROOM) - self.used - self.reserved()
         stage.planned = round(max(MIN_STAGE_SECONDS, left * stage.weight / waiting), 1)
         log.info("plan: %s gets %.0f s of %.0f s left (%.0f s reserved)", name, stage.planned, left, self.reserved())
         self.save()

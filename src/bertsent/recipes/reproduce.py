@@ -656,7 +656,7 @@ def _first_estimates(config: ReproduceConfig, defaults, plan) -> None:
     and after, early exit's head training and sweep, the teacher's logits for distillation); each
     out-of-domain set already fetched, once per row."""
     from bertsent.data.loading import load_data
-    from bertsent.recipes.compress import OTHER_STAGES, table_rows
+    from bertsent.recipes.compress import EXIT_HEAD_REVIEWS, EXIT_VALIDATION_REVIEWS, OTHER_STAGES, table_rows
 
     layers = _model_layers(config)
     data = load_data(config.data, splits=("train", "test"))
@@ -666,7 +666,8 @@ def _first_estimates(config: ReproduceConfig, defaults, plan) -> None:
     plan.estimate("compare", plan.scoring_seconds([(route, n, test + timed) for _, route, n in rows]))
     checks = 500  # the stages' default validation_samples, scored before and after
     other = [("torch", n, 2 * checks) for name, _, n in rows if name != "teacher"]
-    other += [("torch", layers, 2000 + 10 * checks), ("openvino", layers, train)]
+    exits = min(EXIT_HEAD_REVIEWS, train) + 10 * EXIT_VALIDATION_REVIEWS  # heads' states, then the sweep
+    other += [("torch", layers, exits), ("openvino", layers, train)]
     plan.estimate(OTHER_STAGES, plan.scoring_seconds(other))
     ood = _ood_reviews(config, data.test["text"].tolist()[:PROBE_REVIEWS])
     plan.estimate("out-of-domain", plan.scoring_seconds([(route, n, ood) for _, route, n in rows]))
