@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 from bertsent.cli import main
 from bertsent.data.ood import fetch
@@ -211,3 +212,32 @@ def test_out_of_domain_sets_are_priced_by_their_tokens_not_as_whole_reviews(
     tokens = encode(load_tokenizer(tiny_model_dir), snippets, 32, config.truncation).lengths.sum()
     assert priced == pytest.approx(tokens / 32) and 0 < priced < len(snippets)
     assert _ood_reviews(dataclasses.replace(config, ood=[]), probed) == 0
+
+
+def test_the_survey_table_places_each_row_by_the_methods_that_made_it(tmp_path):
+    from bertsent.recipes.reproduce import lineage, survey_table
+
+    def folder(name: str, **record) -> Path:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "compression.json").write_text(json.dumps(record))
+        return tmp_path / name
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()  # fine-tuned, not compressed: no compression.json
+    student = folder("student", method="distill", teacher=str(teacher))
+    pruned = folder("student-pruned", method="prune", source=str(student))
+    int8 = folder("student-int8", method="onnx-dynamic", source=str(pruned), settings={"quantize_embeddings": True})
+    ir = folder("teacher-openvino", method="openvino-export", source=str(teacher))
+    assert lineage(int8) == ["onnx-dynamic", "embeddings-int8", "prune", "distill"]
+    assert lineage(ir) == ["openvino-export"] and lineage(teacher) == []
+
+    def row(name: str, path: Path) -> dict:
+        scores = {"accuracy": 0.9, "size_mb": 10.0, "throughput": 100.0, "accuracy_delta_points": -1.0}
+        return {"name": name, "lineage": lineage(path)} | scores
+
+    rows = [row("teacher", teacher), row("student INT8", int8), row("teacher OpenVINO fp32", ir)]
+    families = {line.split(" | ")[0][2:]: line.split(" | ")[-1] for line in survey_table(rows).splitlines()[4:]}
+    for family in ("Quantization", "Pruning", "Knowledge distillation", "Embedding-matrix compression"):
+        assert families[family].startswith("student INT8: 0.9000, 10.0 MB, 100.0/s, -1.00"), family
+    assert families["Matrix decomposition"] == families["Dynamic inference"] == "not in this run |"
+    assert "OpenVINO fp32" not in survey_table(rows)  # an export compresses nothing

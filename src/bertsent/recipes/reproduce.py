@@ -24,7 +24,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bertsent.config import DataConfig, ReproduceConfig
+from bertsent.config import METHODS, DataConfig, ReproduceConfig
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ def reproduce(config: ReproduceConfig) -> dict:
     # Summed over every run that trained it, so it survives interruptions (optimizer steps only).
     timings.record("teacher: optimizer steps, all runs", teacher_metrics["train_seconds"])
     rows = compress(compress_config, plan)
+    for row in rows:  # what made each row, so the page's survey table needs no folder to be rebuilt
+        row["lineage"] = lineage(Path(row["model"]))
     recipe = json.loads((out / "compress" / "recipe.json").read_text())
     table = json.loads((out / "compress" / "compare" / "compare.json").read_text())
     # What each stage took in the run that finished it, even a killed run (a resumed stage: its last part).
@@ -315,42 +317,44 @@ def ood_table(result: dict) -> str:
     return f"The same folders on out-of-domain review sets (`bertsent ood`):\n\n{head}{body}\n\n{sets}\n{skipped_lines}"
 
 
+EMBEDDINGS_INT8 = "embeddings-int8"
+"""The lineage entry of a quantization that also stored the embedding tables in INT8."""
 SURVEY = (
     (
         "Quantization",
         "INT8 after training: ONNX Runtime dynamic and static, PyTorch dynamic, OpenVINO + NNCF (`quantize`)",
-        ("*INT8",),
+        METHODS,
     ),
     (
         "Pruning",
         "structured: attention heads and FFN neurons by importance (Michel et al., 2019), whole layers, "
         "magnitude sparsity; recovery fine-tuning (`prune`)",
-        ("student pruned",),
+        ("prune",),
     ),
     (
         "Knowledge distillation",
         "a student from the teacher's own layers, soft targets and hidden states (`distill`)",
-        ("student",),
+        ("distill",),
     ),
     (
         "Matrix decomposition",
         "truncated SVD of FFN and attention linears, plain or activation/Fisher-weighted, then recovery (`factorize`)",
-        ("teacher factorized",),
+        ("factorize",),
     ),
     (
         "Dynamic inference",
         "early exit: a classifier on every layer's [CLS], leaving at the first confident one (`early-exit`)",
-        ("teacher early exit",),
+        ("early-exit",),
     ),
     (
         "Embedding-matrix compression",
         "vocabulary trimmed to the training texts' WordPieces, all or those covering a share of the tokens "
         "(`trim-vocab`); embedding tables in INT8",
-        ("*student trimmed", "teacher INT8 + embeddings"),
+        ("trim-vocab", EMBEDDINGS_INT8),
     ),
 )
-"""The families of Ganesh et al. (2021) that bertsent implements, and the table rows of each: by name, or
-every name containing what follows a ``*``."""
+"""The families of Ganesh et al. (2021) that bertsent implements, and the compression methods of each: a
+row belongs to every family a method of its lineage (:func:`lineage`) is in."""
 
 NOT_DONE = (
     (
@@ -369,8 +373,22 @@ NOT_DONE = (
 )
 
 
-def _matches(name: str, key: str) -> bool:
-    return key[1:] in name if key.startswith("*") else name == key
+def lineage(folder: Path) -> list[str]:
+    """The compression methods that made ``folder``, its own first: each folder's ``compression.json``
+    names its method and ``source``, back to a folder without one (the teacher) or a distilled student (its
+    record names a teacher, not a source). Embedding tables stored in INT8 add :data:`EMBEDDINGS_INT8`."""
+    methods: list[str] = []
+    seen: set[Path] = set()
+    while folder not in seen and (path := folder / "compression.json").is_file():
+        seen.add(folder)
+        record = json.loads(path.read_text())
+        methods.append(record["method"])
+        if record.get("settings", {}).get("quantize_embeddings"):
+            methods.append(EMBEDDINGS_INT8)
+        if not record.get("source"):
+            break
+        folder = Path(record["source"])
+    return methods
 
 
 def survey_table(rows: list[dict]) -> str:
@@ -378,7 +396,7 @@ def survey_table(rows: list[dict]) -> str:
     reference = rows[0]
     lines = ["| Family | What bertsent does | Measured rows (accuracy, size, reviews/s, Δ points) |", "|---|---|---|"]
     for family, what, keys in SURVEY:
-        matched = [r for r in rows[1:] if any(_matches(r["name"], key) for key in keys)]
+        matched = [r for r in rows[1:] if set(r.get("lineage", ())) & set(keys)]
         cells = "<br>".join(
             f"{r['name']}: {r['accuracy']:.4f}, {r['size_mb']:.1f} MB, {r['throughput']:.1f}/s, "
             f"{r['accuracy_delta_points']:+.2f}"
