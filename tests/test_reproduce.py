@@ -215,7 +215,8 @@ def test_out_of_domain_sets_are_priced_by_their_tokens_not_as_whole_reviews(
 
 
 def test_the_survey_table_places_each_row_by_the_methods_that_made_it(tmp_path):
-    from bertsent.recipes.reproduce import lineage, survey_table
+    from bertsent.folder import lineage
+    from bertsent.recipes.reproduce import survey_table
 
     def folder(name: str, **record) -> Path:
         (tmp_path / name).mkdir()

@@ -287,6 +287,26 @@ def inference_settings(model_dir: Path, tokenizer) -> tuple[int, str]:
 
 
 COMPRESSION_FILE = "compression.json"
+EMBEDDINGS_INT8 = "embeddings-int8"
+"""The :func:`lineage` entry of a quantization that also stored the embedding tables in INT8."""
+
+
+def lineage(folder: Path) -> list[str]:
+    """The compression methods that made ``folder``, its own first: each folder's ``compression.json``
+    names its method and ``source``, back to a folder without one (the teacher) or a distilled student (its
+    record names a teacher, not a source). Embedding tables stored in INT8 add :data:`EMBEDDINGS_INT8`."""
+    methods: list[str] = []
+    seen: set[Path] = set()
+    while folder not in seen and (path := folder / COMPRESSION_FILE).is_file():
+        seen.add(folder)
+        record = json.loads(path.read_text())
+        methods.append(record["method"])
+        if record.get("settings", {}).get("quantize_embeddings"):
+            methods.append(EMBEDDINGS_INT8)
+        if not record.get("source"):
+            break
+        folder = Path(record["source"])
+    return methods
 
 
 METRICS_FILE = "metrics.json"

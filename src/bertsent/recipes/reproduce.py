@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bertsent.config import METHODS, DataConfig, ReproduceConfig
+from bertsent.folder import EMBEDDINGS_INT8, lineage
 
 log = logging.getLogger(__name__)
 
@@ -317,8 +318,6 @@ def ood_table(result: dict) -> str:
     return f"The same folders on out-of-domain review sets (`bertsent ood`):\n\n{head}{body}\n\n{sets}\n{skipped_lines}"
 
 
-EMBEDDINGS_INT8 = "embeddings-int8"
-"""The lineage entry of a quantization that also stored the embedding tables in INT8."""
 SURVEY = (
     (
         "Quantization",
@@ -354,7 +353,7 @@ SURVEY = (
     ),
 )
 """The families of Ganesh et al. (2021) that bertsent implements, and the compression methods of each: a
-row belongs to every family a method of its lineage (:func:`lineage`) is in."""
+row belongs to every family a method of its lineage (:func:`bertsent.folder.lineage`) is in."""
 
 NOT_DONE = (
     (
@@ -371,24 +370,6 @@ NOT_DONE = (
         "where a review's time goes.",
     ),
 )
-
-
-def lineage(folder: Path) -> list[str]:
-    """The compression methods that made ``folder``, its own first: each folder's ``compression.json``
-    names its method and ``source``, back to a folder without one (the teacher) or a distilled student (its
-    record names a teacher, not a source). Embedding tables stored in INT8 add :data:`EMBEDDINGS_INT8`."""
-    methods: list[str] = []
-    seen: set[Path] = set()
-    while folder not in seen and (path := folder / "compression.json").is_file():
-        seen.add(folder)
-        record = json.loads(path.read_text())
-        methods.append(record["method"])
-        if record.get("settings", {}).get("quantize_embeddings"):
-            methods.append(EMBEDDINGS_INT8)
-        if not record.get("source"):
-            break
-        folder = Path(record["source"])
-    return methods
 
 
 def survey_table(rows: list[dict]) -> str:
