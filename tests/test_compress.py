@@ -145,8 +145,11 @@ def test_every_stage_reads_the_data_options(tiny_model_dir, toy_data_dir, tmp_pa
     trimmed = json.loads((out / "student-trimmed" / "compression.json").read_text())
     assert trimmed["train_reviews"] == 150 and trimmed["tokens"]["test"]["reviews"] == 60
     exits = json.loads((out / "teacher-early-exit" / "compression.json").read_text())
-    # head_train_samples (formerly train_samples) keeps its default; the data's own slice caps what it reads.
-    assert exits["training"]["train_reviews"] == 150
+    # The recipe's early-exit settings (8,000 head reviews, 2,000 validation reviews): the data's slices cap them.
+    from bertsent.recipes.compress import EXIT_MAX_DROP
+
+    assert exits["training"]["train_reviews"] == 150 and exits["validation"]["reviews"] == 40
+    assert exits["arguments"]["max_drop"] == EXIT_MAX_DROP
     recorded = {
         "student": json.loads((out / "student" / "training_args.json").read_text())["data"],
         "student-pruned": json.loads((out / "student-pruned" / "compression.json").read_text())["arguments"]["data"],
