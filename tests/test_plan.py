@@ -112,3 +112,11 @@ def test_a_training_stage_releases_what_it_took_beyond_its_share_from_the_reserv
     assert plan.stages[OTHER_STAGES].reserve == pytest.approx(700)
     stages.reserve_fixed(5000)  # never below the fixed costs of the stages still to run
     assert plan.stages[OTHER_STAGES].reserve == pytest.approx(2 * FIXED_STAGE_SECONDS)
+
+
+def test_a_route_left_to_backend_auto_is_priced_at_the_fastest_full_precision_route(tmp_path):
+    plan = RecipePlan.load(tmp_path / PLAN_FILE, 9000, WEIGHTS, RESERVES)
+    plan.measured("torch", 20.0, 6)
+    plan.measured("openvino", 40.0, 6)
+    plan.measured("onnx-int8", 80.0, 6)  # INT8 is not what auto runs a full-precision folder at
+    assert plan.scoring_seconds([("auto", 6, 400)]) == pytest.approx(10.0)

@@ -25,6 +25,7 @@ from bertsent.folder import COMPRESSION_FILE
 from bertsent.modeling.loading import load_classifier, load_tokenizer
 from bertsent.modeling.pruned import PRUNING_KEY, prune_ffn, prune_heads, pruning_layout, retain_layers
 from bertsent.predict import Predictor
+from bertsent.training.distill import TEACHER_LOGITS
 
 HIDDEN, HEADS, HEAD_SIZE, FFN, LAYERS = 32, 4, 8, 64, 2
 MAX_LENGTH = 48
@@ -403,3 +404,42 @@ def test_broken_pruned_folders_give_model_errors(pruned, tmp_path):
     (folder / "model.safetensors").unlink()
     with pytest.raises(ModelError, match="no model.safetensors"):
         load_classifier(folder)
+
+
+def test_recovery_can_learn_the_teachers_logits_too(source_dir, toy_data_dir, tmp_path):
+    settings = dict(
+        model=str(source_dir),
+        heads_fraction=0.5,
+        data=DataConfig(str(toy_data_dir), validation_size=40, train_samples=64),
+        importance_samples=32,
+        validation_samples=40,
+        recovery_lr=1e-3,
+        recovery_epochs=1,
+    )
+    labels_only = prune(PruneConfig(output_dir=str(tmp_path / "labels"), **settings))
+    taught = prune(PruneConfig(output_dir=str(tmp_path / "taught"), recovery_teacher=str(source_dir), **settings))
+    assert taught.record["recovery"]["teacher"] == str(source_dir)
+    assert "teacher" not in labels_only.record["recovery"]
+    # The teacher's logits on the 64 recovery reviews, computed once and kept next to the run.
+    assert np.load(tmp_path / "taught" / TEACHER_LOGITS).shape == (64, 2)
+    taught_state = load_classifier(tmp_path / "taught").state_dict()
+    labels_state = load_classifier(tmp_path / "labels").state_dict()
+    assert any(not torch.equal(labels_state[k], taught_state[k]) for k in labels_state)  # another loss
+
+
+def test_a_recovery_teacher_with_another_vocabulary_is_refused(source_dir, toy_data_dir, tmp_path):
+    other = load_classifier(source_dir)
+    other.resize_token_embeddings(other.config.vocab_size + 8)
+    other.save_pretrained(tmp_path / "other")
+    config = PruneConfig(
+        model=str(source_dir),
+        output_dir=str(tmp_path / "out"),
+        heads_fraction=0.5,
+        data=DataConfig(str(toy_data_dir), validation_size=40, train_samples=64),
+        importance_samples=32,
+        validation_samples=0,
+        recovery_epochs=1,
+        recovery_teacher=str(tmp_path / "other"),
+    )
+    with pytest.raises(ModelError, match="vocabulary"):
+        prune(config)

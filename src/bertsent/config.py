@@ -504,6 +504,10 @@ class PruneConfig:
     recovery_time_budget: str | None = None
     """With recovery on (``recovery_epochs`` >= 1), fine-tune for this long instead (``train --time-budget``:
     steps planned from measured step times, the learning rate at zero at the deadline); None: the epochs."""
+    recovery_teacher: str | None = None
+    """With recovery on, a fine-tuned folder with the same vocabulary (the teacher the model was distilled
+    from) whose logits recovery learns from as well as the labels (``distill``'s loss, alpha and
+    temperature); None: the labels only."""
     data: DataConfig | str | None = None
     """Labelled reviews, needed for importance, evaluation and recovery (a source string is read with
     the default settings). Its ``train_samples`` caps the recovery reviews; with the training source and

@@ -220,10 +220,16 @@ def recover(config, model, tokenizer_from: Path, data: DataConfig, length: tuple
     args = recovery_args(config, tokenizer_from, epochs, lr, *length)
     if budget := getattr(config, "recovery_time_budget", None):
         args = dataclasses.replace(args, time_budget=budget)
+    make_loss = None
+    if teacher := getattr(config, "recovery_teacher", None):
+        from bertsent.training.distill import TEACHER_LOGITS, soft_label_loss
+
+        make_loss = soft_label_loss(Path(teacher), model, Path(config.output_dir) / TEACHER_LOGITS)
     with around(model) if around is not None else contextlib.nullcontext():
-        result = train(args, data, model=model.train())
+        result = train(args, data, model=model.train(), make_loss=make_loss)
     model.eval()
     record = recovery_record(result, epochs, lr) | ({"time_budget": budget} if budget else {})
+    record |= {"teacher": str(teacher)} if teacher else {}
     return record if is_main_process() else None
 
 

@@ -16,7 +16,8 @@ Reserves are estimated from measured throughput: :meth:`RecipePlan.measured` kee
 reviews/s (times the encoder layers of the model it was measured on, so one 6-layer measurement also
 prices a 3-layer student), and :meth:`RecipePlan.scoring_seconds` prices rows still to score with them;
 a route not measured yet is priced at its base route (``onnx-int8`` at ``onnx``), else at the slowest measured
-one (an upper bound, lowered once measured).
+one (an upper bound, lowered once measured); ``auto`` (a folder ``--backend auto`` runs on the route it
+picks) at the fastest full-precision route measured.
 
 A budget whose reserves leave the training stages less than a share of it is refused before anything trains
 (:meth:`RecipePlan.check_fits`): on a slow CPU the table's scoring alone can take the whole budget, and a
@@ -140,8 +141,11 @@ class RecipePlan:
         if not self.rates:
             return 0.0
         slowest = min(self.rates.values())
+        fastest = max((r for route, r in self.rates.items() if not route.endswith("-int8")), default=slowest)
 
         def rate(route: str) -> float:
+            if route == "auto":  # --backend auto: the fastest full-precision route
+                return fastest
             return self.rates.get(route) or self.rates.get(route.split("-")[0]) or slowest
 
         return sum(reviews * layers / rate(route) for route, layers, reviews in rows)

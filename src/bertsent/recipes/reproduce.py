@@ -666,7 +666,8 @@ def _first_estimates(config: ReproduceConfig, defaults, plan) -> None:
     checks = 500  # the stages' default validation_samples, scored before and after
     other = [("torch", n, 2 * checks) for name, _, n in rows if name != "teacher"]
     exits = min(EXIT_HEAD_REVIEWS, train) + 10 * EXIT_VALIDATION_REVIEWS  # heads' states, then the sweep
-    other += [("torch", layers, exits), ("openvino", layers, train)]
+    # The teacher's logits on the training reviews, for distillation and again for the pruned student's recovery.
+    other += [("torch", layers, exits), ("auto", layers, train), ("auto", layers, train)]
     plan.estimate(OTHER_STAGES, plan.scoring_seconds(other))
     ood = _ood_reviews(config, data.test["text"].tolist()[:PROBE_REVIEWS])
     plan.estimate("out-of-domain", plan.scoring_seconds([(route, n, ood) for _, route, n in rows]))
