@@ -9,7 +9,8 @@ an interrupted recipe continues where it stopped (distillation also resumes from
     student/         distilled from the teacher's own layers (half of them by default)
     student-unpruned-int8/  the student, ONNX dynamic INT8, embeddings included (when pruning is on;
                      otherwise student-int8/ is this one)
-    student-pruned/  the student with attention heads and FFN neurons pruned, then recovery fine-tuned
+    student-pruned/  the student with attention heads and FFN neurons pruned, then recovery fine-tuned on
+                     the labels and the teacher's logits
     student-int8/    the smallest student, ONNX dynamic INT8, embeddings included
     student-trimmed/, student-trimmed-int8/
                      the smallest student with its vocabulary trimmed to the training texts' WordPieces,
