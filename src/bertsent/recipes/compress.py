@@ -71,8 +71,9 @@ EXIT_MAX_DROP = 0.3
 standard error of a drop measured on :data:`EXIT_VALIDATION_REVIEWS`, since the choice is the threshold that
 loses most within it."""
 EXIT_MAX_LAYERS_SHARE = 2 / 3
-"""The early-exit row's mean depth, as a share of the teacher's layers, the planner prices its scoring at
-(the recipe's target: 4 of 6 layers at most; the choice usually leaves earlier)."""
+"""The early-exit row's mean depth, as a share of the teacher's layers, the planner prices its scoring at:
+an upper estimate (the choice within :data:`EXIT_MAX_DROP` usually leaves earlier; the page reports the
+measured depth)."""
 DECISION_SKIPS = (
     "teacher ONNX fp32",
     "teacher INT8 + embeddings",
@@ -267,7 +268,7 @@ def table_rows(config: CompressConfig, teacher_layers: int) -> list[tuple[str, s
     names += [("student trimmed vocab", "torch", student), ("student trimmed INT8", int8, student)]
     names += [("student trimmed vocab 95%", "torch", student), ("student trimmed 95% INT8", int8, student)]
     # Both run on the route --backend auto picks for them: the factorized teacher as fast as the teacher's
-    # export, early exit in PyTorch through about two thirds of its layers (the recipe accepts at most that).
+    # export, early exit in PyTorch through at most about two thirds of its layers (EXIT_MAX_LAYERS_SHARE).
     exit_layers = max(1, round(teacher_layers * EXIT_MAX_LAYERS_SHARE))
     names += [("teacher factorized", "auto", teacher_layers), ("teacher early exit", "torch", exit_layers)]
     for who, layers in (("teacher", teacher_layers), ("student", student)):

@@ -116,10 +116,10 @@ def distillation_loss(
     return alpha * ce + (1 - alpha) * temperature**2 * kl
 
 
-def soft_label_loss(teacher_dir: Path, model, cache: Path, alpha=None, temperature=None):
+def soft_label_loss(teacher_dir: Path, model, cache: Path):
     """A ``make_loss`` for :func:`~bertsent.training.loop.train` that fine-tunes ``model`` on the
     distillation loss against the teacher in ``teacher_dir`` (its logits on the run's training reviews,
-    computed once and cached at ``cache``); ``alpha`` and ``temperature`` default to ``distill``'s. The
+    computed once and cached at ``cache``), with ``distill``'s default alpha and temperature. The
     teacher's logits run on the recovering model's token ids, so both need the same vocabulary."""
     teacher = load_classifier(str(teacher_dir))
     if teacher.config.vocab_size != model.config.vocab_size:
@@ -127,8 +127,7 @@ def soft_label_loss(teacher_dir: Path, model, cache: Path, alpha=None, temperatu
             f"{teacher_dir}: a teacher's logits need the model's vocabulary ({teacher.config.vocab_size} "
             f"WordPieces against {model.config.vocab_size}); give the teacher the model was made from"
         )
-    alpha = DistillationArguments.alpha if alpha is None else alpha
-    temperature = DistillationArguments.temperature if temperature is None else temperature
+    alpha, temperature = DistillationArguments.alpha, DistillationArguments.temperature
     pad_id = load_tokenizer(str(teacher_dir)).pad_token_id or 0
 
     def make_loss(splits: Splits, train_enc: Encoded, device: torch.device):
